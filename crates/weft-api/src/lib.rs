@@ -1,0 +1,6 @@
+//! Weft's vocabulary and its pure decisions: no sockets, no tasks.
+//!
+//! - [`proxy_config`]: the resources a proxy runs on (pushed by the control plane or read from a
+//!   file by `weft proxy --config`).
+
+pub mod proxy_config;
