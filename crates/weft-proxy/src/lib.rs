@@ -1,1 +1,20 @@
-//! placeholder
+//! Weft's data plane: the sidecar proxy.
+//!
+//! Read [`app`] first: it wires the whole process top to bottom. Then [`outbound`] (what
+//! happens to a request the app sends) and [`inbound`] (what happens to one it receives).
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod capture;
+pub mod config;
+pub mod detect;
+pub mod forward;
+pub mod http;
+pub mod inbound;
+pub mod io;
+pub mod listen;
+pub mod outbound;
+pub mod pool;
+pub mod tcp;
+pub mod telemetry;

@@ -80,8 +80,8 @@ impl ProxyConfig {
         if self.limits.max_connections == 0 {
             problems.push(Problem::field("limits.maxConnections", "must be at least 1"));
         }
-        if self.limits.max_header_bytes < 1024 {
-            problems.push(Problem::field("limits.maxHeaderBytes", "must be at least 1024"));
+        if self.limits.max_header_bytes < 8192 {
+            problems.push(Problem::field("limits.maxHeaderBytes", "must be at least 8192"));
         }
         problems
     }

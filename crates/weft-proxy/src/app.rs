@@ -1,0 +1,172 @@
+//! The proxy, wired top to bottom: config, metrics, pools, listeners, admin, drain.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weft_api::proxy_config::ProxyConfig;
+
+use crate::balance::Balancers;
+use crate::config::{Shared, Snapshot};
+use crate::listen::{accept_loop, Listening};
+use crate::pool::Pools;
+use crate::telemetry::metrics::Metrics;
+use crate::{admin, inbound, outbound};
+
+/// Process-level settings that are not part of the pushed config.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `SO_MARK` on every upstream socket, so iptables can exclude the proxy's own traffic.
+    pub outbound_mark: Option<u32>,
+}
+
+/// The addresses a running proxy is bound to (ports resolved when the config said 0).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bound {
+    pub admin: SocketAddr,
+    pub mesh: SocketAddr,
+    pub outbound: Option<SocketAddr>,
+    pub outbound_ports: Vec<SocketAddr>,
+    pub inbound_ports: Vec<SocketAddr>,
+    pub capture: Option<SocketAddr>,
+}
+
+/// A started proxy.
+pub struct Running {
+    pub bound: Bound,
+    pub shared: Arc<Shared>,
+    drain: CancellationToken,
+    tracker: TaskTracker,
+    deadline: Duration,
+}
+
+/// Binds every listener and starts serving.
+pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Running> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let registry = Arc::new(registry);
+    let limits = config.limits.clone();
+    let pools = Pools::new(
+        Duration::from_millis(limits.connect_timeout_ms),
+        Duration::from_millis(limits.idle_timeout_ms),
+        limits.pool_max_idle_per_endpoint,
+        options.outbound_mark,
+    );
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(Snapshot::new(ProxyConfig::default())),
+        balancers: Balancers::default(),
+        pools,
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(false),
+    });
+    shared.apply(config.clone());
+
+    let drain = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let listening = Listening { drain: drain.clone(), tracker: tracker.clone(), metrics, max_connections: limits.max_connections };
+
+    // Inbound: the mesh port, app ports, capture.
+    let mesh = bind(config.inbound.mesh, "inbound mesh port").await?;
+    let mesh_addr = mesh.local_addr()?;
+    spawn_loop(mesh, "mesh", &listening, &shared, |s, stream, d| inbound::handle_mesh(s, stream, d));
+    let mut inbound_ports = Vec::new();
+    for l in &config.inbound.listeners {
+        let Some(addr) = l.listen else { continue };
+        let listener = bind(addr, &format!("inbound port {}", l.port)).await?;
+        inbound_ports.push(listener.local_addr()?);
+        let entry = inbound::Entry::AppPort(l.port);
+        spawn_loop(listener, "inbound", &listening, &shared, move |s, stream, d| {
+            inbound::handle_app_port(s, stream, entry, d)
+        });
+    }
+    let capture = match config.inbound.capture {
+        Some(addr) => {
+            let listener = bind(addr, "inbound capture port").await?;
+            let bound = listener.local_addr()?;
+            spawn_loop(listener, "inbound_capture", &listening, &shared, |s, stream, d| {
+                inbound::handle_app_port(s, stream, inbound::Entry::Capture, d)
+            });
+            Some(bound)
+        }
+        None => None,
+    };
+
+    // Outbound: the outbound (HTTP proxy + capture) port and per-service ports.
+    let outbound_addr = match config.outbound.listen {
+        Some(addr) => {
+            let listener = bind(addr, "outbound port").await?;
+            let bound = listener.local_addr()?;
+            spawn_loop(listener, "outbound", &listening, &shared, |s, stream, d| {
+                outbound::handle(s, stream, outbound::Entry::Outbound, d)
+            });
+            Some(bound)
+        }
+        None => None,
+    };
+    let mut outbound_ports = Vec::new();
+    for p in &config.outbound.ports {
+        let listener = bind(p.listen, &format!("outbound port for {}:{}", p.service, p.port)).await?;
+        outbound_ports.push(listener.local_addr()?);
+        let entry = outbound::Entry::Service { service: p.service.clone(), port: p.port };
+        spawn_loop(listener, "outbound_service", &listening, &shared, move |s, stream, d| {
+            outbound::handle(s, stream, entry.clone(), d)
+        });
+    }
+
+    // Admin last: `/ready` turns true only once everything above is bound.
+    let admin_listener = bind(config.admin.address, "admin").await?;
+    let admin_addr = admin_listener.local_addr()?;
+    let admin_shared = shared.clone();
+    let admin_drain = drain.clone();
+    tokio::spawn(accept_loop(admin_listener, "admin", listening.clone(), move |stream, _| {
+        admin::handle(admin_shared.clone(), registry.clone(), stream, admin_drain.clone())
+    }));
+    shared.ready.store(true, Ordering::Release);
+
+    let bound = Bound { admin: admin_addr, mesh: mesh_addr, outbound: outbound_addr, outbound_ports, inbound_ports, capture };
+    Ok(Running { bound, shared, drain, tracker, deadline: Duration::from_millis(limits.drain_deadline_ms) })
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("binding the {what} on {addr}"))
+}
+
+fn spawn_loop<F, Fut>(listener: TcpListener, name: &'static str, l: &Listening, shared: &Arc<Shared>, handle: F)
+where
+    F: Fn(Arc<Shared>, tokio::net::TcpStream, CancellationToken) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let shared = shared.clone();
+    let drain = l.drain.clone();
+    tokio::spawn(accept_loop(listener, name, l.clone(), move |stream, _peer| {
+        handle(shared.clone(), stream, drain.clone())
+    }));
+}
+
+// === impl Running ===
+
+impl Running {
+    /// Drains: stop accepting, let in-flight work finish within the deadline, then return.
+    /// Returns whether everything finished in time.
+    pub async fn drain(self) -> bool {
+        self.shared.ready.store(false, Ordering::Release);
+        self.drain.cancel();
+        self.tracker.close();
+        let finished = tokio::time::timeout(self.deadline, self.tracker.wait()).await.is_ok();
+        if finished {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!(deadline = ?self.deadline, open = self.tracker.len(), "drain deadline passed; closing the rest");
+        }
+        finished
+    }
+}

@@ -1,0 +1,178 @@
+//! The live configuration: an immutable snapshot in an `ArcSwap`, plus the indexes every
+//! connection needs, built once per config rather than per request.
+//!
+//! A request loads one snapshot when it starts and keeps it to the end; a new config swaps
+//! in without locks on the hot path. Per-endpoint state (balancers, pools) lives outside the
+//! snapshot and is reconciled, never reset (shared/ARCHITECTURE.md, "State that outlives a push").
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use weft_api::proxy_config::{split_host, Endpoint, MeshService, OutboundTrafficPolicy, Protocol, ProxyConfig};
+
+use crate::balance::Balancers;
+use crate::pool::Pools;
+use crate::telemetry::metrics::{Label, Metrics, Peer};
+
+/// One config, with its lookups precomputed.
+pub struct Snapshot {
+    pub config: ProxyConfig,
+    /// Every spelling of every service (`reviews`, `reviews.ns`, `reviews.ns.svc`, FQDN).
+    by_host: HashMap<String, Arc<ServiceInfo>>,
+    /// Virtual IP and port of captured traffic.
+    by_vip: HashMap<SocketAddr, Arc<ServiceInfo>>,
+    /// Inbound listeners by app port.
+    inbound: HashMap<u16, InboundTarget>,
+    /// This workload, as metric labels.
+    pub local: Peer,
+}
+
+/// What the proxy knows of one mesh service.
+#[derive(Debug)]
+pub struct ServiceInfo {
+    pub fqdn: String,
+    pub name: Label,
+    pub namespace: Label,
+    pub fqdn_label: Label,
+    pub service: MeshService,
+}
+
+/// Where the app behind an inbound port listens.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundTarget {
+    pub app: SocketAddr,
+    pub protocol: Protocol,
+}
+
+/// Everything the listeners share.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub balancers: Balancers,
+    pub pools: Arc<Pools>,
+    pub metrics: Arc<Metrics>,
+    pub ready: AtomicBool,
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    pub fn new(config: ProxyConfig) -> Self {
+        let mut by_host = HashMap::new();
+        let mut by_vip = HashMap::new();
+        for svc in &config.services {
+            let fqdn = svc.fqdn();
+            let info = Arc::new(ServiceInfo {
+                fqdn_label: Label::new(&fqdn),
+                name: Label::new(&svc.name),
+                namespace: Label::new(&svc.namespace),
+                fqdn: fqdn.clone(),
+                service: svc.clone(),
+            });
+            let (n, ns) = (&svc.name, &svc.namespace);
+            for alias in [format!("{n}.{ns}"), format!("{n}.{ns}.svc"), fqdn] {
+                by_host.insert(alias, info.clone());
+            }
+            if *ns == config.workload.namespace {
+                by_host.insert(n.clone(), info.clone());
+            }
+            if let Some(vip) = svc.vip {
+                for p in &svc.ports {
+                    by_vip.insert(SocketAddr::new(vip, p.port), info.clone());
+                }
+            }
+        }
+        let inbound = config
+            .inbound
+            .listeners
+            .iter()
+            .map(|l| {
+                let app = l.app.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], l.port)));
+                (l.port, InboundTarget { app, protocol: l.protocol })
+            })
+            .collect();
+        let w = &config.workload;
+        let local = Peer {
+            workload: Label::new(&w.name),
+            namespace: Label::new(&w.namespace),
+            principal: Label::unknown(),
+            app: Label::new(w.labels.get("app").map_or("unknown", String::as_str)),
+            version: Label::new(w.labels.get("version").map_or("unknown", String::as_str)),
+        };
+        Self { config, by_host, by_vip, inbound, local }
+    }
+
+    /// The service a `Host`/`:authority` names (port stripped by the caller).
+    pub fn service_by_host(&self, host: &str) -> Option<&Arc<ServiceInfo>> {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        self.by_host.get(host).or_else(|| {
+            // Case-insensitive names, without allocating in the common (lower-case) case.
+            let lower = host.to_ascii_lowercase();
+            let (n, ns) = split_host(&lower, &self.config.workload.namespace)?;
+            self.by_host.get(&format!("{n}.{ns}"))
+        })
+    }
+
+    /// The service whose virtual IP and port a captured connection was addressed to.
+    pub fn service_by_vip(&self, dst: SocketAddr) -> Option<&Arc<ServiceInfo>> {
+        self.by_vip.get(&dst)
+    }
+
+    pub fn inbound(&self, port: u16) -> Option<InboundTarget> {
+        self.inbound.get(&port).copied()
+    }
+
+    pub fn traffic_policy(&self) -> OutboundTrafficPolicy {
+        self.config.outbound.traffic_policy
+    }
+}
+
+// === impl ServiceInfo ===
+
+impl ServiceInfo {
+    pub fn port_protocol(&self, port: u16) -> Option<Protocol> {
+        self.service.ports.iter().find(|p| p.port == port).map(|p| p.protocol)
+    }
+}
+
+/// `destination_*` labels for an endpoint of a service.
+pub fn endpoint_peer(ep: &Endpoint, svc_ns: &Label) -> Peer {
+    let label = |k: &str| Label::new(ep.labels.get(k).map_or("unknown", String::as_str));
+    Peer {
+        workload: Label::new(ep.workload.as_deref().unwrap_or("unknown")),
+        namespace: svc_ns.clone(),
+        principal: Label::unknown(),
+        app: label("app"),
+        version: label("version"),
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// Swaps in a new config, reconciling the long-lived endpoint state.
+    pub fn apply(&self, config: ProxyConfig) {
+        self.balancers.reconcile(&config);
+        let keep: std::collections::HashSet<SocketAddr> = config
+            .endpoints
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .flat_map(|e| {
+                let mesh = e.mesh_port.map(|p| SocketAddr::new(e.address.ip(), p));
+                [Some(e.address), mesh].into_iter().flatten()
+            })
+            .chain(config.inbound.listeners.iter().map(|l| {
+                l.app.unwrap_or_else(|| SocketAddr::new(IpAddr::from([127, 0, 0, 1]), l.port))
+            }))
+            .collect();
+        self.snapshot.store(Arc::new(Snapshot::new(config)));
+        // Passthrough destinations are pooled too; they stay until the next push drops them.
+        self.pools.retain(|a| keep.contains(a));
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,329 @@
+//! Sending to an upstream: choosing an endpoint (with failover before any byte went out),
+//! shaping the request for the hop, opening TCP tunnels, and metering what comes back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::balance::{Balancer, Slot};
+use crate::config::{endpoint_peer, ServiceInfo, Shared};
+use crate::http::error::{Flag, ProxyError};
+use crate::http::headers::{self as mesh_headers, strip_hop_by_hop};
+use crate::http::Body;
+use crate::pool::ConnectError;
+use crate::telemetry::metered::RequestMeta;
+
+/// How long an endpoint that refused a connection is skipped by the balancer.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(5);
+/// Endpoints tried before giving up on a connection failure.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// How a request travels to its next hop.
+pub enum Hop {
+    /// To a peer proxy's mesh port, as an HTTP/2 stream naming the app port.
+    Mesh { peer: SocketAddr, target_port: u16 },
+    /// Straight to an app (or a destination outside the mesh), in the request's own version.
+    Direct { addr: SocketAddr },
+}
+
+// === impl Hop ===
+
+impl Hop {
+    pub fn for_endpoint(slot: &Slot) -> Self {
+        let ep = &slot.endpoint;
+        match ep.mesh_port {
+            Some(p) => Hop::Mesh { peer: SocketAddr::new(ep.address.ip(), p), target_port: ep.address.port() },
+            None => Hop::Direct { addr: ep.address },
+        }
+    }
+
+    /// Establishes the connection this hop needs, before any request byte is sent.
+    async fn ready(&self, shared: &Shared, h2: bool) -> Result<Ready, ConnectError> {
+        Ok(match *self {
+            Hop::Mesh { peer, .. } => Ready::H2(shared.pools.h2(peer).await?),
+            Hop::Direct { addr } if h2 => Ready::H2(shared.pools.h2(addr).await?),
+            Hop::Direct { addr } => Ready::H1(shared.pools.h1(addr).await?),
+        })
+    }
+}
+
+enum Ready {
+    H1(crate::pool::H1Conn),
+    H2(hyper::client::conn::http2::SendRequest<Body>),
+}
+
+/// Picks an endpoint and connects to it, moving on to another endpoint when one refuses or
+/// times out (allowed: nothing of the request has gone upstream yet).
+async fn pick_and_connect<'b>(
+    shared: &Shared,
+    balancer: &'b Balancer,
+    service: &str,
+    h2: bool,
+) -> Result<(&'b Slot, Hop, Ready), ProxyError> {
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_err = None;
+    for _ in 0..MAX_CONNECT_ATTEMPTS {
+        let Some(slot) = balancer.pick(&tried) else { break };
+        let hop = Hop::for_endpoint(slot);
+        match hop.ready(shared, h2 || matches!(hop, Hop::Mesh { .. })).await {
+            Ok(ready) => return Ok((slot, hop, ready)),
+            Err(e) => {
+                tracing::info!(service, endpoint = %slot.state.addr, error = %e, "endpoint failed, trying another");
+                slot.state.mark_unreachable(UNREACHABLE_BACKOFF);
+                tried.push(slot.state.addr);
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(match last_err {
+        Some(e) => connect_error(e),
+        None => ProxyError::no_endpoints(service),
+    })
+}
+
+pub fn connect_error(e: ConnectError) -> ProxyError {
+    ProxyError::new(Flag::UpstreamConnectFailure, StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// Forwards an HTTP request to one of `svc`'s endpoints.
+pub async fn to_service(
+    shared: &Shared,
+    svc: &Arc<ServiceInfo>,
+    port: u16,
+    req: Request<Incoming>,
+    meta: &mut RequestMeta,
+) -> Result<Response<Body>, ProxyError> {
+    let balancer = shared.balancers.get(&svc.fqdn, port).ok_or_else(|| ProxyError::no_endpoints(&svc.fqdn))?;
+    if mesh_headers::is_upgrade(req.headers()) {
+        let (slot, stream) = open_stream_to_service(shared, &balancer, svc, meta).await?;
+        meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
+        return upgrade(stream, req).await;
+    }
+    let h2 = req.version() == Version::HTTP_2;
+    let (slot, hop, ready) = pick_and_connect(shared, &balancer, &svc.fqdn, h2).await?;
+    meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
+    let authority = request_authority(&req).unwrap_or_else(|| format!("{}:{port}", svc.fqdn));
+    let in_flight = slot.state.start();
+    let req = shape(req.map(|b| meta.count_request(crate::http::boxed(b))), &authority, &hop, meta);
+    let resp = send(ready, req).await;
+    in_flight.finish_now();
+    resp
+}
+
+/// Forwards an HTTP request straight to `addr` (an app, or a destination outside the mesh).
+pub async fn to_addr(
+    shared: &Shared,
+    addr: SocketAddr,
+    req: Request<Incoming>,
+    meta: &RequestMeta,
+) -> Result<Response<Body>, ProxyError> {
+    if mesh_headers::is_upgrade(req.headers()) {
+        let stream = shared.pools.connect_tcp(addr).await.map_err(connect_error)?;
+        return upgrade(stream, req).await;
+    }
+    let hop = Hop::Direct { addr };
+    let h2 = req.version() == Version::HTTP_2;
+    let ready = hop.ready(shared, h2).await.map_err(connect_error)?;
+    let authority = request_authority(&req).unwrap_or_else(|| addr.to_string());
+    let req = shape(req.map(|b| meta.count_request(crate::http::boxed(b))), &authority, &hop, meta);
+    send(ready, req).await
+}
+
+async fn send(ready: Ready, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    let result = match ready {
+        Ready::H1(conn) => conn.send(req).await,
+        Ready::H2(mut sender) => sender.send_request(req).await,
+    };
+    match result {
+        Ok(resp) => Ok(shape_response(resp)),
+        Err(e) => Err(ProxyError::new(
+            Flag::UpstreamTerminated,
+            StatusCode::BAD_GATEWAY,
+            format!("upstream failed before responding: {e}"),
+        )),
+    }
+}
+
+/// The `Host`/`:authority` the client addressed.
+pub fn request_authority<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)
+}
+
+/// Shapes a request for its hop: HTTP/2 with an absolute URI towards a peer proxy (plus the
+/// mesh headers naming the app port, the app's protocol and the source), or the app's own
+/// version towards an app.
+fn shape(mut req: Request<Body>, authority: &str, hop: &Hop, meta: &RequestMeta) -> Request<Body> {
+    let was_h1 = req.version() != Version::HTTP_2;
+    strip_hop_by_hop(req.headers_mut());
+    let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let to_h2 = match hop {
+        Hop::Mesh { target_port, .. } => {
+            let h = req.headers_mut();
+            h.insert(mesh_headers::TARGET_PORT, HeaderValue::from(*target_port));
+            if was_h1 {
+                h.insert(mesh_headers::ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+            }
+            if let Ok(v) = HeaderValue::from_str(&meta.source_header()) {
+                h.insert(mesh_headers::SOURCE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&meta.service.0) {
+                h.insert(mesh_headers::SERVICE, v);
+            }
+            true
+        }
+        Hop::Direct { .. } => !was_h1,
+    };
+    if to_h2 {
+        *req.version_mut() = Version::HTTP_2;
+        req.headers_mut().remove(header::HOST);
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Authority::try_from(authority).ok();
+        parts.path_and_query = Some(path);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+        if !req.headers().contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(authority) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        *req.uri_mut() = Uri::from(path);
+    }
+    req
+}
+
+fn shape_response(resp: Response<Incoming>) -> Response<Body> {
+    let mut resp = resp.map(crate::http::boxed);
+    strip_hop_by_hop(resp.headers_mut());
+    resp
+}
+
+// === TCP: tunnels and upgrades ===
+
+/// Opens a byte stream to one of `svc`'s endpoints: an HTTP/2 CONNECT tunnel through the
+/// endpoint's proxy, or a TCP connection to an endpoint without one.
+pub async fn open_stream_to_service<'b>(
+    shared: &Shared,
+    balancer: &'b Balancer,
+    svc: &ServiceInfo,
+    meta: &RequestMeta,
+) -> Result<(&'b Slot, Box<dyn StreamBox>), ProxyError> {
+    let mut tried = Vec::new();
+    let mut last = None;
+    for _ in 0..MAX_CONNECT_ATTEMPTS {
+        let Some(slot) = balancer.pick(&tried) else { break };
+        let opened: Result<Box<dyn StreamBox>, ProxyError> = match Hop::for_endpoint(slot) {
+            Hop::Mesh { peer, .. } => tunnel(shared, peer, slot.endpoint.address, meta).await,
+            Hop::Direct { addr } => match shared.pools.connect_tcp(addr).await {
+                Ok(s) => Ok(Box::new(s)),
+                Err(e) => Err(connect_error(e)),
+            },
+        };
+        match opened {
+            Ok(stream) => return Ok((slot, stream)),
+            Err(e) if e.flag == Flag::UpstreamConnectFailure => {
+                tracing::info!(service = %svc.fqdn, endpoint = %slot.state.addr, error = %e, "endpoint failed, trying another");
+                slot.state.mark_unreachable(UNREACHABLE_BACKOFF);
+                tried.push(slot.state.addr);
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ProxyError::no_endpoints(&svc.fqdn)))
+}
+
+/// A boxed byte stream (TCP or tunnel), so both kinds travel the same path.
+pub trait StreamBox: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> StreamBox for T {}
+
+/// An HTTP/2 CONNECT stream through the peer proxy at `peer` to the app at `target`.
+pub async fn tunnel(
+    shared: &Shared,
+    peer: SocketAddr,
+    target: SocketAddr,
+    meta: &RequestMeta,
+) -> Result<Box<dyn StreamBox>, ProxyError> {
+    let mut sender = shared.pools.h2(peer).await.map_err(connect_error)?;
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .version(Version::HTTP_2)
+        .uri(target.to_string())
+        .body(crate::http::empty())
+        .map_err(|e| ProxyError::new(Flag::BadRequest, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Ok(v) = HeaderValue::from_str(&meta.source_header()) {
+        req.headers_mut().insert(mesh_headers::SOURCE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&meta.service.0) {
+        req.headers_mut().insert(mesh_headers::SERVICE, v);
+    }
+    let resp = sender.send_request(req).await.map_err(|e| {
+        ProxyError::new(Flag::UpstreamConnectFailure, StatusCode::SERVICE_UNAVAILABLE, format!("tunnel via {peer}: {e}"))
+    })?;
+    if resp.status() != StatusCode::OK {
+        let why = resp.headers().get(crate::http::error::ERROR_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        return Err(ProxyError::new(
+            Flag::UpstreamConnectFailure,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("tunnel via {peer} to {target} refused: {} {why}", resp.status()),
+        ));
+    }
+    let upgraded = hyper::upgrade::on(resp).await.map_err(|e| {
+        ProxyError::new(Flag::UpstreamConnectFailure, StatusCode::SERVICE_UNAVAILABLE, format!("tunnel via {peer}: {e}"))
+    })?;
+    Ok(Box::new(TokioIo::new(upgraded)))
+}
+
+/// Relays an HTTP/1 `Upgrade` (WebSocket) over `stream`: the request goes out as HTTP/1.1 and,
+/// on `101 Switching Protocols`, both sides are joined byte for byte.
+async fn upgrade<S: StreamBox + 'static>(
+    stream: S,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let client_side = hyper::upgrade::on(&mut req);
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ProxyError::new(Flag::UpstreamConnectFailure, StatusCode::BAD_GATEWAY, e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upgrade connection ended");
+        }
+    });
+    let mut req = req.map(crate::http::boxed);
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = Uri::from(pq);
+    }
+    *req.version_mut() = Version::HTTP_11;
+    mesh_headers::strip_mesh(req.headers_mut());
+    let mut resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ProxyError::new(Flag::UpstreamTerminated, StatusCode::BAD_GATEWAY, e.to_string()))?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let server_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_side, server_side) {
+                Ok((client, server)) => {
+                    let (mut c, mut s) = (TokioIo::new(client), TokioIo::new(server));
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+    }
+    Ok(resp.map(crate::http::boxed))
+}

@@ -1,0 +1,162 @@
+//! Failures the proxy itself generates, each with an Envoy-style response flag that shows in
+//! metrics (`response_flags`), logs, and the response (`x-weft-response-flags`,
+//! `x-weft-proxy-error`), so a user can see why without reading code.
+
+use std::fmt;
+
+use http::{HeaderValue, Response, StatusCode};
+
+use super::Body;
+
+/// The response flag vocabulary (Envoy's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flag {
+    /// No healthy upstream: the service has no endpoint to send to.
+    NoHealthyUpstream,
+    /// Upstream connection failure: connect refused or timed out on every endpoint tried.
+    UpstreamConnectFailure,
+    /// Upstream request timeout.
+    UpstreamTimeout,
+    /// Upstream overflow: a limit (connections, pending requests) was hit.
+    Overflow,
+    /// No route: no mesh service for this destination (REGISTRY_ONLY) or no listener.
+    NoRoute,
+    /// Downstream connection termination: the client went away mid-request.
+    DownstreamTerminated,
+    /// Upstream connection termination: the upstream reset the stream or closed.
+    UpstreamTerminated,
+    /// Passthrough: sent unchanged to a destination outside the mesh (ALLOW_ANY).
+    Passthrough,
+    /// The request was malformed and refused by the proxy.
+    BadRequest,
+}
+
+/// An error the proxy answers itself.
+#[derive(Debug, Clone)]
+pub struct ProxyError {
+    pub flag: Flag,
+    pub status: StatusCode,
+    pub message: String,
+}
+
+pub const FLAGS_HEADER: &str = "x-weft-response-flags";
+pub const ERROR_HEADER: &str = "x-weft-proxy-error";
+
+// === impl Flag ===
+
+impl Flag {
+    /// The short code, as Envoy prints it.
+    pub fn code(self) -> &'static str {
+        match self {
+            Flag::NoHealthyUpstream => "UH",
+            Flag::UpstreamConnectFailure => "UF",
+            Flag::UpstreamTimeout => "UT",
+            Flag::Overflow => "UO",
+            Flag::NoRoute => "NR",
+            Flag::DownstreamTerminated => "DC",
+            Flag::UpstreamTerminated => "UC",
+            Flag::Passthrough => "PT",
+            Flag::BadRequest => "DPE",
+        }
+    }
+
+    /// gRPC status a gRPC client gets for this failure.
+    fn grpc_status(self) -> u32 {
+        match self {
+            Flag::UpstreamTimeout => 4,       // DEADLINE_EXCEEDED
+            Flag::NoRoute => 12,              // UNIMPLEMENTED
+            Flag::BadRequest => 13,           // INTERNAL
+            Flag::DownstreamTerminated => 1,  // CANCELLED
+            _ => 14,                          // UNAVAILABLE
+        }
+    }
+}
+
+impl fmt::Display for Flag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    pub fn new(flag: Flag, status: StatusCode, message: impl Into<String>) -> Self {
+        Self { flag, status, message: message.into() }
+    }
+
+    pub fn no_endpoints(service: &str) -> Self {
+        Self::new(Flag::NoHealthyUpstream, StatusCode::SERVICE_UNAVAILABLE, format!("no endpoints for {service}"))
+    }
+
+    pub fn no_route(message: impl Into<String>) -> Self {
+        Self::new(Flag::NoRoute, StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn bad_request(status: StatusCode, message: impl Into<String>) -> Self {
+        Self::new(Flag::BadRequest, status, message)
+    }
+
+    /// The response a client gets. gRPC clients get a trailers-only response (HTTP 200 with
+    /// `grpc-status`), never a bare 5xx.
+    pub fn to_response(&self, grpc: bool) -> Response<Body> {
+        let mut builder = Response::builder().header(FLAGS_HEADER, self.flag.code());
+        if let Ok(v) = HeaderValue::from_str(&sanitize(&self.message)) {
+            builder = builder.header(ERROR_HEADER, v.clone());
+            if grpc {
+                builder = builder.header("grpc-message", v);
+            }
+        }
+        let built = if grpc {
+            builder
+                .status(StatusCode::OK)
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header("grpc-status", self.flag.grpc_status())
+                .body(super::empty())
+        } else {
+            builder
+                .status(self.status)
+                .header(http::header::CONTENT_TYPE, "text/plain")
+                .body(super::full(format!("{}: {}\n", self.flag.code(), self.message)))
+        };
+        built.unwrap_or_else(|_| {
+            let mut r = Response::new(super::empty());
+            *r.status_mut() = self.status;
+            r
+        })
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.flag, self.message)
+    }
+}
+
+/// Header values cannot hold control characters; messages come partly from the network.
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).take(256).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_errors_are_trailers_only() {
+        let e = ProxyError::no_endpoints("reviews");
+        let r = e.to_response(true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()[FLAGS_HEADER], "UH");
+        let r = e.to_response(false);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[ERROR_HEADER], "no endpoints for reviews");
+    }
+
+    #[test]
+    fn control_characters_never_reach_a_header() {
+        let e = ProxyError::no_route("bad\r\nhost");
+        assert_eq!(e.to_response(false).headers()[ERROR_HEADER], "bad  host");
+    }
+}

@@ -1,0 +1,174 @@
+//! Traffic arriving for the workload, from accept to the local app.
+//!
+//! From other proxies it arrives on the mesh port as HTTP/2: requests name the app port in a
+//! mesh header, TCP arrives as CONNECT streams to `ip:port` (shared/ARCHITECTURE.md, "The hop
+//! between proxies"). From outside the mesh it arrives on an app port (or redirected there by
+//! iptables to the capture port): detected, mesh headers stripped, passed to the app.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, Version as HttpVersion};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use weft_api::proxy_config::Protocol;
+
+use crate::config::{InboundTarget, Shared};
+use crate::detect::{detect, Detected};
+use crate::forward;
+use crate::http::error::{Flag, ProxyError};
+use crate::http::headers::{self as mesh_headers, is_grpc, strip_mesh};
+use crate::http::server::{check_request, close_after, serve, Version};
+use crate::http::Body;
+use crate::io::PrefixedIo;
+use crate::telemetry::metered::RequestMeta;
+use crate::telemetry::metrics::Peer;
+
+/// How a connection reached the inbound side.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry {
+    /// An app port the proxy fronts directly.
+    AppPort(u16),
+    /// The capture port: the original destination port picks the app port.
+    Capture,
+}
+
+/// Handles one connection on the mesh port: always HTTP/2 from a peer proxy.
+pub async fn handle_mesh(shared: Arc<Shared>, stream: TcpStream, drain: CancellationToken) {
+    let limits = shared.snapshot.load().config.limits.clone();
+    let handler = move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { mesh_request(&shared, req).await }
+    };
+    serve(stream, Version::Http2, &limits, drain, handler).await;
+}
+
+async fn mesh_request(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> {
+    let snap = shared.snapshot.load_full();
+    let headers = req.headers();
+    let source = headers
+        .get(mesh_headers::SOURCE)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(Peer::unknown, Peer::from_source_header);
+    let mut meta = RequestMeta::new(shared.metrics.clone(), "destination", source, snap.local.clone(), is_grpc(headers));
+    if let Some(svc) = headers.get(mesh_headers::SERVICE).and_then(|v| v.to_str().ok()) {
+        meta.set_service_from_header(svc);
+    }
+    if req.method() == Method::CONNECT {
+        return mesh_connect(shared, req, meta).await;
+    }
+    let port = headers.get(mesh_headers::TARGET_PORT).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let Some(port) = port else {
+        return meta.fail(&ProxyError::bad_request(StatusCode::BAD_REQUEST, "mesh request names no target port"));
+    };
+    let Some(target) = snap.inbound(port) else {
+        return meta.fail(&ProxyError::no_route(format!("no inbound listener for port {port}")));
+    };
+    let orig_h1 = headers.contains_key(mesh_headers::ORIG_PROTO);
+    // The app gets the protocol the client spoke; an HTTP/2 request for an app declared as
+    // HTTP/1 (and not gRPC) is handed over as HTTP/1.1.
+    if orig_h1 || (target.protocol == Protocol::Http && !meta.grpc) {
+        *req.version_mut() = HttpVersion::HTTP_11;
+    }
+    strip_mesh(req.headers_mut());
+    to_app(shared, target, req, meta).await
+}
+
+/// A CONNECT stream from a peer: TCP (or an upgraded HTTP/1 connection) for an app port.
+async fn mesh_connect(shared: &Shared, mut req: Request<Incoming>, meta: RequestMeta) -> Response<Body> {
+    let snap = shared.snapshot.load_full();
+    let port = req.uri().authority().and_then(|a| a.port_u16());
+    let Some(target) = port.and_then(|p| snap.inbound(p)) else {
+        let e = ProxyError::no_route(format!("no inbound listener for CONNECT {}", req.uri()));
+        return meta.fail(&e);
+    };
+    let app = match shared.pools.connect_tcp(target.app).await {
+        Ok(s) => s,
+        Err(e) => return meta.fail(&forward::connect_error(e)),
+    };
+    let idle = Duration::from_millis(snap.config.limits.idle_timeout_ms);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => crate::tcp::relay(TokioIo::new(upgraded), app, idle, &meta, "-").await,
+            Err(e) => tracing::debug!(error = %e, "CONNECT stream ended before upgrade"),
+        }
+    });
+    Response::new(crate::http::empty())
+}
+
+/// Handles one connection on an app port or the capture port: traffic from outside the mesh.
+pub async fn handle_app_port(shared: Arc<Shared>, mut stream: TcpStream, entry: Entry, drain: CancellationToken) {
+    let snap = shared.snapshot.load_full();
+    let port = match entry {
+        Entry::AppPort(port) => Some(port),
+        Entry::Capture => match crate::capture::original_dst(&stream) {
+            Ok(Some(dst)) => Some(dst.port()),
+            _ => None,
+        },
+    };
+    let Some((port, target)) = port.and_then(|p| Some((p, snap.inbound(p)?))) else {
+        tracing::info!(?port, flags = "NR", "no inbound listener for this port; closing");
+        shared.metrics.connection_rejected("inbound", "no_listener");
+        return;
+    };
+    let limits = snap.config.limits.clone();
+    let (detected, prefix) = if target.protocol.skips_detection(port) {
+        (Detected::Opaque, bytes::Bytes::new())
+    } else {
+        match detect(&mut stream, Duration::from_millis(limits.detect_timeout_ms)).await {
+            Ok(found) => found,
+            Err(_) => return,
+        }
+    };
+    let io = PrefixedIo::new(prefix, stream);
+    let version = match detected {
+        Detected::Http1 => Version::Http1,
+        Detected::Http2 => Version::Http2,
+        Detected::Tls | Detected::Opaque => {
+            // The app's own TLS passes through untouched, like any opaque bytes.
+            let meta = RequestMeta::new(shared.metrics.clone(), "destination", Peer::unknown(), snap.local.clone(), false);
+            match shared.pools.connect_tcp(target.app).await {
+                Ok(app) => {
+                    let idle = Duration::from_millis(limits.idle_timeout_ms);
+                    crate::tcp::relay(io, app, idle, &meta, "-").await;
+                }
+                Err(e) => tracing::info!(app = %target.app, flags = "UF", error = %e, "app refused connection"),
+            }
+            return;
+        }
+    };
+    drop(snap);
+    let handler = move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { outside_request(&shared, target, req).await }
+    };
+    serve(io, version, &limits, drain, handler).await;
+}
+
+async fn outside_request(shared: &Shared, target: InboundTarget, mut req: Request<Incoming>) -> Response<Body> {
+    let snap = shared.snapshot.load_full();
+    let meta =
+        RequestMeta::new(shared.metrics.clone(), "destination", Peer::unknown(), snap.local.clone(), is_grpc(req.headers()));
+    if let Err(e) = check_request(&req, &snap.config.limits) {
+        return close_after(meta.fail(&e));
+    }
+    strip_mesh(req.headers_mut());
+    to_app(shared, target, req, meta).await
+}
+
+async fn to_app(shared: &Shared, target: InboundTarget, req: Request<Incoming>, meta: RequestMeta) -> Response<Body> {
+    match forward::to_addr(shared, target.app, req, &meta).await {
+        Ok(resp) => meta.meter(resp),
+        Err(e) => {
+            let e = if e.flag == Flag::UpstreamConnectFailure {
+                ProxyError::new(e.flag, StatusCode::SERVICE_UNAVAILABLE, format!("app at {}: {}", target.app, e.message))
+            } else {
+                e
+            };
+            meta.fail(&e)
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Upstream connections: opened with a timeout (and the proxy's socket mark), then pooled.
+//!
+//! HTTP/2 connections (to peer proxies' mesh ports, and to apps that speak HTTP/2) are one per
+//! endpoint and multiplexed. HTTP/1 connections are kept idle per endpoint and reused. A pool
+//! entry is established *before* a request is handed to it, so a refused connection can fail
+//! over to another endpoint without any request byte having gone upstream.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+use crate::http::Body;
+
+/// Why an upstream connection could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr} refused: {source}")]
+    Refused { addr: SocketAddr, source: io::Error },
+    #[error("connect to {addr} timed out after {after:?}")]
+    Timeout { addr: SocketAddr, after: Duration },
+    #[error("handshake with {addr} failed: {source}")]
+    Handshake { addr: SocketAddr, source: hyper::Error },
+}
+
+/// Connection settings and the pools themselves.
+pub struct Pools {
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    mark: Option<u32>,
+    h1: Mutex<HashMap<SocketAddr, Vec<(Instant, http1::SendRequest<Body>)>>>,
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+}
+
+/// An HTTP/1 connection taken from the pool; it returns itself once its response is done.
+pub struct H1Conn {
+    addr: SocketAddr,
+    sender: http1::SendRequest<Body>,
+    pools: Arc<Pools>,
+}
+
+// === impl Pools ===
+
+impl Pools {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize, mark: Option<u32>) -> Arc<Self> {
+        Arc::new(Self {
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            mark,
+            h1: Mutex::default(),
+            h2: Mutex::default(),
+        })
+    }
+
+    /// Opens a TCP connection with the connect timeout, `TCP_NODELAY`, and the proxy's mark
+    /// (so iptables does not capture the proxy's own traffic again).
+    pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+            .map_err(|source| ConnectError::Refused { addr, source })?;
+        if let Some(mark) = self.mark {
+            socket2::SockRef::from(&socket)
+                .set_mark(mark)
+                .map_err(|source| ConnectError::Refused { addr, source })?;
+        }
+        let stream = tokio::time::timeout(self.connect_timeout, socket.connect(addr))
+            .await
+            .map_err(|_| ConnectError::Timeout { addr, after: self.connect_timeout })?
+            .map_err(|source| ConnectError::Refused { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// A multiplexed HTTP/2 connection to `addr`, opened if there is none.
+    pub async fn h2(&self, addr: SocketAddr) -> Result<http2::SendRequest<Body>, ConnectError> {
+        if let Some(sender) = self.lock_h2().get(&addr) {
+            if !sender.is_closed() {
+                return Ok(sender.clone());
+            }
+        }
+        // Two requests racing here may both connect; the later one is kept in the pool and the
+        // earlier serves its own request and closes when dropped.
+        let stream = self.connect_tcp(addr).await?;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let (sender, conn) = builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        self.lock_h2().insert(addr, sender.clone());
+        Ok(sender)
+    }
+
+    /// An idle HTTP/1 connection to `addr`, or a new one.
+    pub async fn h1(self: &Arc<Self>, addr: SocketAddr) -> Result<H1Conn, ConnectError> {
+        let now = Instant::now();
+        {
+            let mut pools = self.lock_h1();
+            if let Some(idle) = pools.get_mut(&addr) {
+                while let Some((since, sender)) = idle.pop() {
+                    if sender.is_ready() && now.duration_since(since) < self.idle_timeout {
+                        return Ok(H1Conn { addr, sender, pools: self.clone() });
+                    }
+                }
+            }
+        }
+        let stream = self.connect_tcp(addr).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(H1Conn { addr, sender, pools: self.clone() })
+    }
+
+    fn put_h1(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
+        let mut pools = self.lock_h1();
+        let idle = pools.entry(addr).or_default();
+        if idle.len() < self.max_idle {
+            idle.push((Instant::now(), sender));
+        }
+    }
+
+    /// Drops pooled state for endpoints no longer in the config.
+    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        self.lock_h1().retain(|a, _| keep(a));
+        self.lock_h2().retain(|a, _| keep(a));
+    }
+
+    fn lock_h1(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<(Instant, http1::SendRequest<Body>)>>> {
+        self.h1.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, http2::SendRequest<Body>>> {
+        self.h2.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+// === impl H1Conn ===
+
+impl H1Conn {
+    /// Sends one request; the connection goes back to the pool once its response has been read
+    /// to the end (unless it was upgraded or closed).
+    pub async fn send(self, req: Request<Body>) -> hyper::Result<Response<Incoming>> {
+        let H1Conn { addr, mut sender, pools } = self;
+        let resp = sender.send_request(req).await?;
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pools.put_h1(addr, sender);
+                }
+            });
+        }
+        Ok(resp)
+    }
+}

@@ -1,0 +1,265 @@
+//! Per-request metering: what is known of a request as it crosses the proxy, recorded once
+//! when its response body ends (so gRPC trailers and streamed sizes count).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use http_body::{Frame, SizeHint};
+use tokio::time::Instant;
+
+use super::metrics::{Label, Metrics, Peer, RequestLabels};
+use crate::http::error::ProxyError;
+use crate::http::{Body, BoxError};
+
+/// What is known of one request, filled in as it is routed.
+pub struct RequestMeta {
+    metrics: Arc<Metrics>,
+    pub reporter: &'static str,
+    pub source: Peer,
+    pub destination: Peer,
+    pub service: Label,
+    pub service_name: Label,
+    pub service_namespace: Label,
+    pub grpc: bool,
+    start: Instant,
+    request_bytes: Arc<AtomicU64>,
+}
+
+/// A response body that records the request's metrics when it ends.
+pub struct MeteredBody {
+    inner: Body,
+    bytes: u64,
+    grpc_status: Option<Label>,
+    record: Option<(RequestMeta, u16)>,
+}
+
+/// A request body that counts its bytes.
+pub struct CountedBody {
+    inner: Body,
+    count: Arc<AtomicU64>,
+}
+
+// === impl RequestMeta ===
+
+impl RequestMeta {
+    pub fn new(metrics: Arc<Metrics>, reporter: &'static str, source: Peer, destination: Peer, grpc: bool) -> Self {
+        let u = Label::unknown();
+        Self {
+            metrics,
+            reporter,
+            source,
+            destination,
+            service: u.clone(),
+            service_name: u.clone(),
+            service_namespace: u,
+            grpc,
+            start: Instant::now(),
+            request_bytes: Arc::default(),
+        }
+    }
+
+    pub fn set_service(&mut self, fqdn: &Label, name: &Label, namespace: &Label) {
+        self.service = fqdn.clone();
+        self.service_name = name.clone();
+        self.service_namespace = namespace.clone();
+    }
+
+    /// The service named by a mesh header from a peer proxy: `name.namespace.svc.<domain>`.
+    pub fn set_service_from_header(&mut self, fqdn: &str) {
+        let mut parts = fqdn.split('.');
+        if let (Some(name), Some(ns)) = (parts.next(), parts.next()) {
+            self.service_name = Label::new(name);
+            self.service_namespace = Label::new(ns);
+            self.service = Label::new(fqdn);
+        }
+    }
+
+    /// The mesh header naming this request's source workload.
+    pub fn source_header(&self) -> String {
+        let s = &self.source;
+        format!("{};{};{};{}", s.workload.0, s.namespace.0, s.app.0, s.version.0)
+    }
+
+    /// Wraps a request body so its size is counted.
+    pub fn count_request(&self, body: Body) -> Body {
+        crate::http::boxed(CountedBody { inner: body, count: self.request_bytes.clone() })
+    }
+
+    fn labels(&self, code: u16, grpc_status: Label, flags: &'static str) -> RequestLabels {
+        RequestLabels {
+            reporter: self.reporter,
+            source_workload: self.source.workload.clone(),
+            source_workload_namespace: self.source.namespace.clone(),
+            source_principal: self.source.principal.clone(),
+            source_app: self.source.app.clone(),
+            source_version: self.source.version.clone(),
+            destination_workload: self.destination.workload.clone(),
+            destination_workload_namespace: self.destination.namespace.clone(),
+            destination_principal: self.destination.principal.clone(),
+            destination_app: self.destination.app.clone(),
+            destination_version: self.destination.version.clone(),
+            destination_service: self.service.clone(),
+            destination_service_name: self.service_name.clone(),
+            destination_service_namespace: self.service_namespace.clone(),
+            request_protocol: if self.grpc { "grpc" } else { "http" },
+            response_code: code,
+            grpc_response_status: grpc_status,
+            response_flags: flags,
+            connection_security_policy: "none",
+        }
+    }
+
+    fn record(&self, code: u16, grpc_status: Label, flags: &'static str, response_bytes: u64) {
+        let labels = self.labels(code, grpc_status, flags);
+        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        self.metrics.request(&labels, ms, self.request_bytes.load(Ordering::Relaxed), response_bytes);
+    }
+
+    /// Records a request the proxy answered itself, and logs why.
+    pub fn fail(self, err: &ProxyError) -> Response<Body> {
+        let resp = err.to_response(self.grpc);
+        let grpc_status = if self.grpc {
+            resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map_or_else(Label::unknown, Label::new)
+        } else {
+            Label::new("-")
+        };
+        tracing::info!(reporter = self.reporter, service = %self.service.0, flags = err.flag.code(), status = err.status.as_u16(), "{}", err.message);
+        self.record(resp.status().as_u16(), grpc_status, err.flag.code(), 0);
+        resp
+    }
+
+    /// Meters a response: its metrics are recorded when its body ends or is dropped.
+    pub fn meter(self, resp: Response<Body>) -> Response<Body> {
+        let code = resp.status().as_u16();
+        let grpc_status = self.grpc.then(|| grpc_status(resp.headers())).flatten();
+        resp.map(|inner| {
+            crate::http::boxed(MeteredBody { inner, bytes: 0, grpc_status, record: Some((self, code)) })
+        })
+    }
+}
+
+fn grpc_status(h: &HeaderMap) -> Option<Label> {
+    h.get("grpc-status").and_then(|v| v.to_str().ok()).map(Label::new)
+}
+
+// === impl MeteredBody ===
+
+impl MeteredBody {
+    fn finish(&mut self) {
+        if let Some((meta, code)) = self.record.take() {
+            let grpc = match (&self.grpc_status, meta.grpc) {
+                (Some(s), _) => s.clone(),
+                (None, true) => Label::unknown(),
+                (None, false) => Label::new("-"),
+            };
+            meta.record(code, grpc, "-", self.bytes);
+        }
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(s) = grpc_status(trailers) {
+                        self.grpc_status = Some(s);
+                    }
+                }
+            }
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+// === impl CountedBody ===
+
+impl http_body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === impl Peer ===
+
+impl Peer {
+    /// Parses the mesh source header (`workload;namespace;app;version`).
+    pub fn from_source_header(v: &str) -> Self {
+        let mut it = v.split(';').map(|s| if s.is_empty() { Label::unknown() } else { Label::new(s) });
+        let mut next = || it.next().unwrap_or_else(Label::unknown);
+        Peer { workload: next(), namespace: next(), principal: Label::unknown(), app: next(), version: next() }
+    }
+}
+
+impl RequestMeta {
+    /// The `istio_tcp_*` labels for a connection with what this meta knows.
+    pub fn tcp_labels(&self, flags: &'static str) -> super::metrics::TcpLabels {
+        let r = self.labels(0, Label::unknown(), flags);
+        super::metrics::TcpLabels {
+            reporter: r.reporter,
+            source_workload: r.source_workload,
+            source_workload_namespace: r.source_workload_namespace,
+            source_principal: r.source_principal,
+            source_app: r.source_app,
+            source_version: r.source_version,
+            destination_workload: r.destination_workload,
+            destination_workload_namespace: r.destination_workload_namespace,
+            destination_principal: r.destination_principal,
+            destination_app: r.destination_app,
+            destination_version: r.destination_version,
+            destination_service: r.destination_service,
+            destination_service_name: r.destination_service_name,
+            destination_service_namespace: r.destination_service_namespace,
+            request_protocol: "tcp",
+            response_flags: flags,
+            connection_security_policy: r.connection_security_policy,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
