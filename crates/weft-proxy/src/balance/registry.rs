@@ -1,0 +1,138 @@
+//! The long-lived registry of balancers, keyed by service FQDN and port.
+//!
+//! Requests read it without locks (an `ArcSwap` of an immutable table); a config push builds a
+//! whole new table and swaps it in. Per-endpoint state is carried from the old table to the new
+//! one for every (service port, address) that remains, so a push never resets in-flight counts,
+//! latency estimates or unreachable marks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use weft_api::proxy_config::{Endpoint, LoadBalancer, ProxyConfig};
+
+use super::{lock, Balancer, EndpointState, Slot};
+
+/// FQDN -> port -> balancer. Nested so that a lookup by `&str` needs no allocation.
+type Table = HashMap<String, HashMap<u16, Arc<Balancer>>>;
+
+/// Every balancer of the current config.
+#[derive(Debug, Default)]
+pub struct Balancers {
+    table: ArcSwap<Table>,
+    /// Held for the whole of a reconcile so that two pushes applied at once cannot each build
+    /// on the same old table and lose one another's state. Holds the seed source of
+    /// [`Balancers::with_seed`].
+    reconciling: Mutex<Option<fastrand::Rng>>,
+}
+
+// === impl Balancers ===
+
+impl Balancers {
+    /// An empty registry; its balancers use thread-local randomness.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty registry whose balancers are seeded from `seed`, for deterministic tests.
+    pub fn with_seed(seed: u64) -> Self {
+        Self {
+            table: ArcSwap::default(),
+            reconciling: Mutex::new(Some(fastrand::Rng::with_seed(seed))),
+        }
+    }
+
+    /// The balancer for `port` of the service named `fqdn` (e.g.
+    /// `reviews.default.svc.cluster.local`), if the current config has that service port.
+    /// A service port with no endpoints has a balancer that picks nothing.
+    pub fn get(&self, fqdn: &str, port: u16) -> Option<Arc<Balancer>> {
+        self.table.load().get(fqdn)?.get(&port).cloned()
+    }
+
+    /// Replaces the balancers with those of `config`. An address that remains in a service
+    /// port keeps its `EndpointState`; new addresses start fresh; removed ones are dropped
+    /// (their state lives on only in requests still holding an `InFlight`). A balancer whose
+    /// policy and endpoints did not change is kept whole, round-robin position included.
+    pub fn reconcile(&self, config: &ProxyConfig) {
+        let mut seeds = lock(&self.reconciling);
+        let old = self.table.load_full();
+        let policies: HashMap<String, LoadBalancer> = config
+            .services
+            .iter()
+            .map(|s| (s.fqdn(), s.load_balancer))
+            .collect();
+
+        let mut table = Table::new();
+        for ((fqdn, port), endpoints) in desired_endpoints(config) {
+            let policy = policies.get(&fqdn).copied().unwrap_or_default();
+            let previous = old.get(&fqdn).and_then(|ports| ports.get(&port));
+            let balancer = match previous {
+                Some(b) if unchanged(b, policy, &endpoints) => Arc::clone(b),
+                _ => {
+                    let slots = carry_state(previous.map(|b| b.slots()), endpoints);
+                    Arc::new(match seeds.as_mut() {
+                        Some(rng) => Balancer::with_seed(policy, slots, rng.u64(..)),
+                        None => Balancer::new(policy, slots),
+                    })
+                }
+            };
+            table.entry(fqdn).or_default().insert(port, balancer);
+        }
+        tracing::debug!(services = table.len(), "balancers reconciled");
+        self.table.store(Arc::new(table));
+    }
+}
+
+/// The endpoints of every service port in `config`, in a stable order (so seeded balancers
+/// get the same seeds on every run). Two `EndpointSet`s for one service port are merged; a
+/// declared service port with no set gets an empty list, so `get` can tell "no such service"
+/// from "no endpoints".
+fn desired_endpoints(config: &ProxyConfig) -> BTreeMap<(String, u16), Vec<Endpoint>> {
+    let mut desired: BTreeMap<(String, u16), Vec<Endpoint>> = BTreeMap::new();
+    for service in &config.services {
+        for port in &service.ports {
+            desired.entry((service.fqdn(), port.port)).or_default();
+        }
+    }
+    for set in &config.endpoints {
+        let key = (ProxyConfig::fqdn(&set.service, &set.namespace), set.port);
+        desired
+            .entry(key)
+            .or_default()
+            .extend(set.endpoints.iter().cloned());
+    }
+    desired
+}
+
+fn unchanged(balancer: &Balancer, policy: LoadBalancer, endpoints: &[Endpoint]) -> bool {
+    balancer.policy() == policy
+        && balancer.slots().len() == endpoints.len()
+        && balancer
+            .slots()
+            .iter()
+            .zip(endpoints)
+            .all(|(slot, endpoint)| slot.endpoint == *endpoint)
+}
+
+/// Slots for `endpoints`, reusing the state of `previous` slots with the same address. An
+/// address listed twice shares one state, since it is one endpoint.
+fn carry_state(previous: Option<&[Slot]>, endpoints: Vec<Endpoint>) -> Vec<Slot> {
+    let mut states: HashMap<SocketAddr, Arc<EndpointState>> = previous
+        .unwrap_or_default()
+        .iter()
+        .map(|slot| (slot.endpoint.address, Arc::clone(&slot.state)))
+        .collect();
+    endpoints
+        .into_iter()
+        .map(|endpoint| {
+            let state = states
+                .entry(endpoint.address)
+                .or_insert_with(|| Arc::new(EndpointState::new(endpoint.address)));
+            Slot {
+                state: Arc::clone(state),
+                endpoint,
+            }
+        })
+        .collect()
+}
