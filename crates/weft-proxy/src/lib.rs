@@ -1,1 +1,3 @@
-//! placeholder
+//! Weft's data plane: the sidecar proxy.
+
+pub mod capture;
