@@ -1,0 +1,3 @@
+//! The `weft` subcommands, one module each.
+
+pub mod init_iptables;
