@@ -1,25 +1,58 @@
-// Minimal entry point so `weft init-iptables` can be built and tested on this branch; the real
-// CLI (owned by main.rs's maintainer) wires the same `cmd::init_iptables` in by hand.
+//! The `weft` command: argument parsing and printing only; each verb is a thin call into the
+//! library crates (shared/ARCHITECTURE.md).
 
 mod cmd;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "weft", about = "Weft service mesh")]
+#[command(name = "weft", version, about = "Weft service mesh")]
 struct Cli {
+    /// Log filter (`info`, `debug`, `weft_proxy=trace`...). Default: RUST_LOG, else `info`.
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a sidecar proxy from a ProxyConfig file (YAML or JSON).
+    Proxy(cmd::proxy::ProxyArgs),
     /// Install the iptables rules that capture a pod's traffic into its sidecar.
     InitIptables(cmd::init_iptables::InitIptablesArgs),
+    /// Run a small meshed demo on this machine: two backends, two sidecars, and the URLs to try.
+    Demo(cmd::demo::DemoArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::InitIptables(args) => cmd::init_iptables::run(args),
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let result = match cli.command {
+        Command::Proxy(args) => cmd::proxy::run(args),
+        Command::InitIptables(args) => {
+            cmd::init_iptables::run(args).map(|()| std::process::ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => cmd::demo::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weft: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
+}
+
+fn init_logging(flag: Option<&str>) {
+    let filter = flag
+        .map(str::to_string)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

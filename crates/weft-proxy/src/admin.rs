@@ -13,7 +13,12 @@ use crate::http::server::{serve, Version};
 use crate::http::{full, Body};
 
 /// Serves one admin connection.
-pub async fn handle(shared: Arc<Shared>, registry: Arc<Registry>, stream: TcpStream, drain: CancellationToken) {
+pub async fn handle(
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    stream: TcpStream,
+    drain: CancellationToken,
+) {
     let limits = shared.snapshot.load().config.limits.clone();
     let handler = move |req: Request<Incoming>| {
         let shared = shared.clone();
@@ -34,15 +39,28 @@ fn respond(shared: &Shared, registry: &Registry, req: &Request<Incoming>) -> Res
         "/metrics" => {
             let mut out = String::new();
             match prometheus_client::encoding::text::encode(&mut out, registry) {
-                Ok(()) => with_type(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", out),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")),
+                Ok(()) => with_type(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    out,
+                ),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding metrics: {e}\n"),
+                ),
             }
         }
         "/config_dump" => match serde_json::to_string_pretty(&shared.snapshot.load().config) {
             Ok(json) => with_type(StatusCode::OK, "application/json", json + "\n"),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding config: {e}\n")),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding config: {e}\n"),
+            ),
         },
-        _ => text(StatusCode::NOT_FOUND, "admin endpoints: /live /ready /metrics /config_dump\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "admin endpoints: /live /ready /metrics /config_dump\n".into(),
+        ),
     }
 }
 
@@ -53,6 +71,9 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 fn with_type(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     resp
 }

@@ -72,12 +72,19 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
 
     let drain = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let listening = Listening { drain: drain.clone(), tracker: tracker.clone(), metrics, max_connections: limits.max_connections };
+    let listening = Listening {
+        drain: drain.clone(),
+        tracker: tracker.clone(),
+        metrics,
+        max_connections: limits.max_connections,
+    };
 
     // Inbound: the mesh port, app ports, capture.
     let mesh = bind(config.inbound.mesh, "inbound mesh port").await?;
     let mesh_addr = mesh.local_addr()?;
-    spawn_loop(mesh, "mesh", &listening, &shared, |s, stream, d| inbound::handle_mesh(s, stream, d));
+    spawn_loop(mesh, "mesh", &listening, &shared, |s, stream, d| {
+        inbound::handle_mesh(s, stream, d)
+    });
     let mut inbound_ports = Vec::new();
     for l in &config.inbound.listeners {
         let Some(addr) = l.listen else { continue };
@@ -92,9 +99,13 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
         Some(addr) => {
             let listener = bind(addr, "inbound capture port").await?;
             let bound = listener.local_addr()?;
-            spawn_loop(listener, "inbound_capture", &listening, &shared, |s, stream, d| {
-                inbound::handle_app_port(s, stream, inbound::Entry::Capture, d)
-            });
+            spawn_loop(
+                listener,
+                "inbound_capture",
+                &listening,
+                &shared,
+                |s, stream, d| inbound::handle_app_port(s, stream, inbound::Entry::Capture, d),
+            );
             Some(bound)
         }
         None => None,
@@ -116,10 +127,17 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
     for p in &config.outbound.ports {
         let listener = bind(p.listen, &format!("outbound port for {}:{}", p.service, p.port)).await?;
         outbound_ports.push(listener.local_addr()?);
-        let entry = outbound::Entry::Service { service: p.service.clone(), port: p.port };
-        spawn_loop(listener, "outbound_service", &listening, &shared, move |s, stream, d| {
-            outbound::handle(s, stream, entry.clone(), d)
-        });
+        let entry = outbound::Entry::Service {
+            service: p.service.clone(),
+            port: p.port,
+        };
+        spawn_loop(
+            listener,
+            "outbound_service",
+            &listening,
+            &shared,
+            move |s, stream, d| outbound::handle(s, stream, entry.clone(), d),
+        );
     }
 
     // Admin last: `/ready` turns true only once everything above is bound.
@@ -127,21 +145,51 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
     let admin_addr = admin_listener.local_addr()?;
     let admin_shared = shared.clone();
     let admin_drain = drain.clone();
-    tokio::spawn(accept_loop(admin_listener, "admin", listening.clone(), move |stream, _| {
-        admin::handle(admin_shared.clone(), registry.clone(), stream, admin_drain.clone())
-    }));
+    tokio::spawn(accept_loop(
+        admin_listener,
+        "admin",
+        listening.clone(),
+        move |stream, _| {
+            admin::handle(
+                admin_shared.clone(),
+                registry.clone(),
+                stream,
+                admin_drain.clone(),
+            )
+        },
+    ));
     shared.ready.store(true, Ordering::Release);
 
-    let bound = Bound { admin: admin_addr, mesh: mesh_addr, outbound: outbound_addr, outbound_ports, inbound_ports, capture };
-    Ok(Running { bound, shared, drain, tracker, deadline: Duration::from_millis(limits.drain_deadline_ms) })
+    let bound = Bound {
+        admin: admin_addr,
+        mesh: mesh_addr,
+        outbound: outbound_addr,
+        outbound_ports,
+        inbound_ports,
+        capture,
+    };
+    Ok(Running {
+        bound,
+        shared,
+        drain,
+        tracker,
+        deadline: Duration::from_millis(limits.drain_deadline_ms),
+    })
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("binding the {what} on {addr}"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} on {addr}"))
 }
 
-fn spawn_loop<F, Fut>(listener: TcpListener, name: &'static str, l: &Listening, shared: &Arc<Shared>, handle: F)
-where
+fn spawn_loop<F, Fut>(
+    listener: TcpListener,
+    name: &'static str,
+    l: &Listening,
+    shared: &Arc<Shared>,
+    handle: F,
+) where
     F: Fn(Arc<Shared>, tokio::net::TcpStream, CancellationToken) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -161,7 +209,9 @@ impl Running {
         self.shared.ready.store(false, Ordering::Release);
         self.drain.cancel();
         self.tracker.close();
-        let finished = tokio::time::timeout(self.deadline, self.tracker.wait()).await.is_ok();
+        let finished = tokio::time::timeout(self.deadline, self.tracker.wait())
+            .await
+            .is_ok();
         if finished {
             tracing::info!("drained");
         } else {

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use weft_api::proxy_config::{split_host, Endpoint, MeshService, OutboundTrafficPolicy, Protocol, ProxyConfig};
+use weft_api::proxy_config::{
+    split_host, Endpoint, MeshService, OutboundTrafficPolicy, Protocol, ProxyConfig,
+};
 
 use crate::balance::Balancers;
 use crate::pool::Pools;
@@ -89,8 +91,16 @@ impl Snapshot {
             .listeners
             .iter()
             .map(|l| {
-                let app = l.app.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], l.port)));
-                (l.port, InboundTarget { app, protocol: l.protocol })
+                let app = l
+                    .app
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], l.port)));
+                (
+                    l.port,
+                    InboundTarget {
+                        app,
+                        protocol: l.protocol,
+                    },
+                )
             })
             .collect();
         let w = &config.workload;
@@ -101,7 +111,13 @@ impl Snapshot {
             app: Label::new(w.labels.get("app").map_or("unknown", String::as_str)),
             version: Label::new(w.labels.get("version").map_or("unknown", String::as_str)),
         };
-        Self { config, by_host, by_vip, inbound, local }
+        Self {
+            config,
+            by_host,
+            by_vip,
+            inbound,
+            local,
+        }
     }
 
     /// The service a `Host`/`:authority` names (port stripped by the caller).
@@ -133,7 +149,11 @@ impl Snapshot {
 
 impl ServiceInfo {
     pub fn port_protocol(&self, port: u16) -> Option<Protocol> {
-        self.service.ports.iter().find(|p| p.port == port).map(|p| p.protocol)
+        self.service
+            .ports
+            .iter()
+            .find(|p| p.port == port)
+            .map(|p| p.protocol)
     }
 }
 
@@ -164,7 +184,8 @@ impl Shared {
                 [Some(e.address), mesh].into_iter().flatten()
             })
             .chain(config.inbound.listeners.iter().map(|l| {
-                l.app.unwrap_or_else(|| SocketAddr::new(IpAddr::from([127, 0, 0, 1]), l.port))
+                l.app
+                    .unwrap_or_else(|| SocketAddr::new(IpAddr::from([127, 0, 0, 1]), l.port))
             }))
             .collect();
         self.snapshot.store(Arc::new(Snapshot::new(config)));

@@ -22,7 +22,10 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const MAX_METHOD: usize = 16;
 
 /// Reads just enough of `io` to classify it; returns the bytes read so they can be replayed.
-pub async fn detect<T: AsyncRead + Unpin>(io: &mut T, timeout: Duration) -> std::io::Result<(Detected, Bytes)> {
+pub async fn detect<T: AsyncRead + Unpin>(
+    io: &mut T,
+    timeout: Duration,
+) -> std::io::Result<(Detected, Bytes)> {
     let mut buf = BytesMut::with_capacity(64);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -53,7 +56,11 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
     }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
-        return if n == H2_PREFACE.len() { Some(Detected::Http2) } else { None };
+        return if n == H2_PREFACE.len() {
+            Some(Detected::Http2)
+        } else {
+            None
+        };
     }
     // An HTTP/1 request line starts with a method token of upper-case letters (and '-').
     for (i, &b) in buf.iter().enumerate().take(MAX_METHOD) {

@@ -39,7 +39,10 @@ impl Hop {
     pub fn for_endpoint(slot: &Slot) -> Self {
         let ep = &slot.endpoint;
         match ep.mesh_port {
-            Some(p) => Hop::Mesh { peer: SocketAddr::new(ep.address.ip(), p), target_port: ep.address.port() },
+            Some(p) => Hop::Mesh {
+                peer: SocketAddr::new(ep.address.ip(), p),
+                target_port: ep.address.port(),
+            },
             None => Hop::Direct { addr: ep.address },
         }
     }
@@ -89,7 +92,11 @@ async fn pick_and_connect<'b>(
 }
 
 pub fn connect_error(e: ConnectError) -> ProxyError {
-    ProxyError::new(Flag::UpstreamConnectFailure, StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    ProxyError::new(
+        Flag::UpstreamConnectFailure,
+        StatusCode::SERVICE_UNAVAILABLE,
+        e.to_string(),
+    )
 }
 
 /// Forwards an HTTP request to one of `svc`'s endpoints.
@@ -100,7 +107,10 @@ pub async fn to_service(
     req: Request<Incoming>,
     meta: &mut RequestMeta,
 ) -> Result<Response<Body>, ProxyError> {
-    let balancer = shared.balancers.get(&svc.fqdn, port).ok_or_else(|| ProxyError::no_endpoints(&svc.fqdn))?;
+    let balancer = shared
+        .balancers
+        .get(&svc.fqdn, port)
+        .ok_or_else(|| ProxyError::no_endpoints(&svc.fqdn))?;
     if mesh_headers::is_upgrade(req.headers()) {
         let (slot, stream) = open_stream_to_service(shared, &balancer, svc, meta).await?;
         meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
@@ -111,7 +121,12 @@ pub async fn to_service(
     meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
     let authority = request_authority(&req).unwrap_or_else(|| format!("{}:{port}", svc.fqdn));
     let in_flight = slot.state.start();
-    let req = shape(req.map(|b| meta.count_request(crate::http::boxed(b))), &authority, &hop, meta);
+    let req = shape(
+        req.map(|b| meta.count_request(crate::http::boxed(b))),
+        &authority,
+        &hop,
+        meta,
+    );
     let resp = send(ready, req).await;
     in_flight.finish_now();
     resp
@@ -132,7 +147,12 @@ pub async fn to_addr(
     let h2 = req.version() == Version::HTTP_2;
     let ready = hop.ready(shared, h2).await.map_err(connect_error)?;
     let authority = request_authority(&req).unwrap_or_else(|| addr.to_string());
-    let req = shape(req.map(|b| meta.count_request(crate::http::boxed(b))), &authority, &hop, meta);
+    let req = shape(
+        req.map(|b| meta.count_request(crate::http::boxed(b))),
+        &authority,
+        &hop,
+        meta,
+    );
     send(ready, req).await
 }
 
@@ -156,7 +176,10 @@ pub fn request_authority<B>(req: &Request<B>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str().to_string());
     }
-    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
 }
 
 /// Shapes a request for its hop: HTTP/2 with an absolute URI towards a peer proxy (plus the
@@ -165,7 +188,11 @@ pub fn request_authority<B>(req: &Request<B>) -> Option<String> {
 fn shape(mut req: Request<Body>, authority: &str, hop: &Hop, meta: &RequestMeta) -> Request<Body> {
     let was_h1 = req.version() != Version::HTTP_2;
     strip_hop_by_hop(req.headers_mut());
-    let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let to_h2 = match hop {
         Hop::Mesh { target_port, .. } => {
             let h = req.headers_mut();
@@ -271,10 +298,18 @@ pub async fn tunnel(
         req.headers_mut().insert(mesh_headers::SERVICE, v);
     }
     let resp = sender.send_request(req).await.map_err(|e| {
-        ProxyError::new(Flag::UpstreamConnectFailure, StatusCode::SERVICE_UNAVAILABLE, format!("tunnel via {peer}: {e}"))
+        ProxyError::new(
+            Flag::UpstreamConnectFailure,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("tunnel via {peer}: {e}"),
+        )
     })?;
     if resp.status() != StatusCode::OK {
-        let why = resp.headers().get(crate::http::error::ERROR_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let why = resp
+            .headers()
+            .get(crate::http::error::ERROR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         return Err(ProxyError::new(
             Flag::UpstreamConnectFailure,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -282,7 +317,11 @@ pub async fn tunnel(
         ));
     }
     let upgraded = hyper::upgrade::on(resp).await.map_err(|e| {
-        ProxyError::new(Flag::UpstreamConnectFailure, StatusCode::SERVICE_UNAVAILABLE, format!("tunnel via {peer}: {e}"))
+        ProxyError::new(
+            Flag::UpstreamConnectFailure,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("tunnel via {peer}: {e}"),
+        )
     })?;
     Ok(Box::new(TokioIo::new(upgraded)))
 }
@@ -297,7 +336,13 @@ async fn upgrade<S: StreamBox + 'static>(
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| ProxyError::new(Flag::UpstreamConnectFailure, StatusCode::BAD_GATEWAY, e.to_string()))?;
+        .map_err(|e| {
+            ProxyError::new(
+                Flag::UpstreamConnectFailure,
+                StatusCode::BAD_GATEWAY,
+                e.to_string(),
+            )
+        })?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upgrade connection ended");

@@ -52,19 +52,33 @@ async fn mesh_request(shared: &Shared, mut req: Request<Incoming>) -> Response<B
         .get(mesh_headers::SOURCE)
         .and_then(|v| v.to_str().ok())
         .map_or_else(Peer::unknown, Peer::from_source_header);
-    let mut meta = RequestMeta::new(shared.metrics.clone(), "destination", source, snap.local.clone(), is_grpc(headers));
+    let mut meta = RequestMeta::new(
+        shared.metrics.clone(),
+        "destination",
+        source,
+        snap.local.clone(),
+        is_grpc(headers),
+    );
     if let Some(svc) = headers.get(mesh_headers::SERVICE).and_then(|v| v.to_str().ok()) {
         meta.set_service_from_header(svc);
     }
     if req.method() == Method::CONNECT {
         return mesh_connect(shared, req, meta).await;
     }
-    let port = headers.get(mesh_headers::TARGET_PORT).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let port = headers
+        .get(mesh_headers::TARGET_PORT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let Some(port) = port else {
-        return meta.fail(&ProxyError::bad_request(StatusCode::BAD_REQUEST, "mesh request names no target port"));
+        return meta.fail(&ProxyError::bad_request(
+            StatusCode::BAD_REQUEST,
+            "mesh request names no target port",
+        ));
     };
     let Some(target) = snap.inbound(port) else {
-        return meta.fail(&ProxyError::no_route(format!("no inbound listener for port {port}")));
+        return meta.fail(&ProxyError::no_route(format!(
+            "no inbound listener for port {port}"
+        )));
     };
     let orig_h1 = headers.contains_key(mesh_headers::ORIG_PROTO);
     // The app gets the protocol the client spoke; an HTTP/2 request for an app declared as
@@ -100,7 +114,12 @@ async fn mesh_connect(shared: &Shared, mut req: Request<Incoming>, meta: Request
 }
 
 /// Handles one connection on an app port or the capture port: traffic from outside the mesh.
-pub async fn handle_app_port(shared: Arc<Shared>, mut stream: TcpStream, entry: Entry, drain: CancellationToken) {
+pub async fn handle_app_port(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    entry: Entry,
+    drain: CancellationToken,
+) {
     let snap = shared.snapshot.load_full();
     let port = match entry {
         Entry::AppPort(port) => Some(port),
@@ -129,13 +148,21 @@ pub async fn handle_app_port(shared: Arc<Shared>, mut stream: TcpStream, entry: 
         Detected::Http2 => Version::Http2,
         Detected::Tls | Detected::Opaque => {
             // The app's own TLS passes through untouched, like any opaque bytes.
-            let meta = RequestMeta::new(shared.metrics.clone(), "destination", Peer::unknown(), snap.local.clone(), false);
+            let meta = RequestMeta::new(
+                shared.metrics.clone(),
+                "destination",
+                Peer::unknown(),
+                snap.local.clone(),
+                false,
+            );
             match shared.pools.connect_tcp(target.app).await {
                 Ok(app) => {
                     let idle = Duration::from_millis(limits.idle_timeout_ms);
                     crate::tcp::relay(io, app, idle, &meta, "-").await;
                 }
-                Err(e) => tracing::info!(app = %target.app, flags = "UF", error = %e, "app refused connection"),
+                Err(e) => {
+                    tracing::info!(app = %target.app, flags = "UF", error = %e, "app refused connection")
+                }
             }
             return;
         }
@@ -148,10 +175,19 @@ pub async fn handle_app_port(shared: Arc<Shared>, mut stream: TcpStream, entry: 
     serve(io, version, &limits, drain, handler).await;
 }
 
-async fn outside_request(shared: &Shared, target: InboundTarget, mut req: Request<Incoming>) -> Response<Body> {
+async fn outside_request(
+    shared: &Shared,
+    target: InboundTarget,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let snap = shared.snapshot.load_full();
-    let meta =
-        RequestMeta::new(shared.metrics.clone(), "destination", Peer::unknown(), snap.local.clone(), is_grpc(req.headers()));
+    let meta = RequestMeta::new(
+        shared.metrics.clone(),
+        "destination",
+        Peer::unknown(),
+        snap.local.clone(),
+        is_grpc(req.headers()),
+    );
     if let Err(e) = check_request(&req, &snap.config.limits) {
         return close_after(meta.fail(&e));
     }
@@ -159,12 +195,21 @@ async fn outside_request(shared: &Shared, target: InboundTarget, mut req: Reques
     to_app(shared, target, req, meta).await
 }
 
-async fn to_app(shared: &Shared, target: InboundTarget, req: Request<Incoming>, meta: RequestMeta) -> Response<Body> {
+async fn to_app(
+    shared: &Shared,
+    target: InboundTarget,
+    req: Request<Incoming>,
+    meta: RequestMeta,
+) -> Response<Body> {
     match forward::to_addr(shared, target.app, req, &meta).await {
         Ok(resp) => meta.meter(resp),
         Err(e) => {
             let e = if e.flag == Flag::UpstreamConnectFailure {
-                ProxyError::new(e.flag, StatusCode::SERVICE_UNAVAILABLE, format!("app at {}: {}", target.app, e.message))
+                ProxyError::new(
+                    e.flag,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("app at {}: {}", target.app, e.message),
+                )
             } else {
                 e
             };

@@ -157,7 +157,10 @@ async fn dest_from_authority(snap: &Snapshot, req: &Request<Incoming>) -> Result
     let host = authority.host();
     if let Some(svc) = snap.service_by_host(host) {
         if svc.port_protocol(port).is_none() {
-            return Err(ProxyError::no_route(format!("service {} has no port {port}", svc.fqdn)));
+            return Err(ProxyError::no_route(format!(
+                "service {} has no port {port}",
+                svc.fqdn
+            )));
         }
         return Ok(Dest::Service(svc.clone(), port));
     }
@@ -179,7 +182,11 @@ async fn dest_from_authority(snap: &Snapshot, req: &Request<Incoming>) -> Result
                 .ok()
                 .and_then(|mut addrs| addrs.next())
                 .ok_or_else(|| {
-                    ProxyError::new(Flag::NoRoute, StatusCode::BAD_GATEWAY, format!("cannot resolve {host}"))
+                    ProxyError::new(
+                        Flag::NoRoute,
+                        StatusCode::BAD_GATEWAY,
+                        format!("cannot resolve {host}"),
+                    )
                 })?;
             Ok(Dest::Passthrough(addr))
         }
@@ -226,7 +233,13 @@ async fn connect(
 /// Relays an opaque (or TLS) connection to its destination.
 async fn relay(shared: &Shared, snap: &Snapshot, dest: Dest, io: PrefixedIo<TcpStream>) {
     let idle = Duration::from_millis(snap.config.limits.idle_timeout_ms);
-    let mut meta = RequestMeta::new(shared.metrics.clone(), "source", snap.local.clone(), Peer::unknown(), false);
+    let mut meta = RequestMeta::new(
+        shared.metrics.clone(),
+        "source",
+        snap.local.clone(),
+        Peer::unknown(),
+        false,
+    );
     match dest {
         Dest::Service(svc, port) => {
             meta.set_service(&svc.fqdn_label, &svc.name, &svc.namespace);

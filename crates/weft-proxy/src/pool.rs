@@ -51,7 +51,12 @@ pub struct H1Conn {
 // === impl Pools ===
 
 impl Pools {
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize, mark: Option<u32>) -> Arc<Self> {
+    pub fn new(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+        mark: Option<u32>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             connect_timeout,
             idle_timeout,
@@ -65,8 +70,12 @@ impl Pools {
     /// Opens a TCP connection with the connect timeout, `TCP_NODELAY`, and the proxy's mark
     /// (so iptables does not capture the proxy's own traffic again).
     pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-            .map_err(|source| ConnectError::Refused { addr, source })?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|source| ConnectError::Refused { addr, source })?;
         if let Some(mark) = self.mark {
             socket2::SockRef::from(&socket)
                 .set_mark(mark)
@@ -74,7 +83,10 @@ impl Pools {
         }
         let stream = tokio::time::timeout(self.connect_timeout, socket.connect(addr))
             .await
-            .map_err(|_| ConnectError::Timeout { addr, after: self.connect_timeout })?
+            .map_err(|_| ConnectError::Timeout {
+                addr,
+                after: self.connect_timeout,
+            })?
             .map_err(|source| ConnectError::Refused { addr, source })?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
@@ -118,7 +130,11 @@ impl Pools {
             if let Some(idle) = pools.get_mut(&addr) {
                 while let Some((since, sender)) = idle.pop() {
                     if sender.is_ready() && now.duration_since(since) < self.idle_timeout {
-                        return Ok(H1Conn { addr, sender, pools: self.clone() });
+                        return Ok(H1Conn {
+                            addr,
+                            sender,
+                            pools: self.clone(),
+                        });
                     }
                 }
             }
@@ -133,7 +149,11 @@ impl Pools {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
             }
         });
-        Ok(H1Conn { addr, sender, pools: self.clone() })
+        Ok(H1Conn {
+            addr,
+            sender,
+            pools: self.clone(),
+        })
     }
 
     fn put_h1(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
@@ -150,7 +170,9 @@ impl Pools {
         self.lock_h2().retain(|a, _| keep(a));
     }
 
-    fn lock_h1(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<(Instant, http1::SendRequest<Body>)>>> {
+    fn lock_h1(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<(Instant, http1::SendRequest<Body>)>>> {
         self.h1.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -165,7 +187,11 @@ impl H1Conn {
     /// Sends one request; the connection goes back to the pool once its response has been read
     /// to the end (unless it was upgraded or closed).
     pub async fn send(self, req: Request<Body>) -> hyper::Result<Response<Incoming>> {
-        let H1Conn { addr, mut sender, pools } = self;
+        let H1Conn {
+            addr,
+            mut sender,
+            pools,
+        } = self;
         let resp = sender.send_request(req).await?;
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             tokio::spawn(async move {

@@ -63,11 +63,11 @@ impl Flag {
     /// gRPC status a gRPC client gets for this failure.
     fn grpc_status(self) -> u32 {
         match self {
-            Flag::UpstreamTimeout => 4,       // DEADLINE_EXCEEDED
-            Flag::NoRoute => 12,              // UNIMPLEMENTED
-            Flag::BadRequest => 13,           // INTERNAL
-            Flag::DownstreamTerminated => 1,  // CANCELLED
-            _ => 14,                          // UNAVAILABLE
+            Flag::UpstreamTimeout => 4,      // DEADLINE_EXCEEDED
+            Flag::NoRoute => 12,             // UNIMPLEMENTED
+            Flag::BadRequest => 13,          // INTERNAL
+            Flag::DownstreamTerminated => 1, // CANCELLED
+            _ => 14,                         // UNAVAILABLE
         }
     }
 }
@@ -82,11 +82,19 @@ impl fmt::Display for Flag {
 
 impl ProxyError {
     pub fn new(flag: Flag, status: StatusCode, message: impl Into<String>) -> Self {
-        Self { flag, status, message: message.into() }
+        Self {
+            flag,
+            status,
+            message: message.into(),
+        }
     }
 
     pub fn no_endpoints(service: &str) -> Self {
-        Self::new(Flag::NoHealthyUpstream, StatusCode::SERVICE_UNAVAILABLE, format!("no endpoints for {service}"))
+        Self::new(
+            Flag::NoHealthyUpstream,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no endpoints for {service}"),
+        )
     }
 
     pub fn no_route(message: impl Into<String>) -> Self {
@@ -135,7 +143,10 @@ impl fmt::Display for ProxyError {
 
 /// Header values cannot hold control characters; messages come partly from the network.
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).take(256).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(256)
+        .collect()
 }
 
 #[cfg(test)]

@@ -27,7 +27,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     // `TE: trailers` is the one TE value that must survive: gRPC servers require it.
-    let te_trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in [
         header::CONNECTION,
         header::TRANSFER_ENCODING,
@@ -47,8 +49,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Removes every mesh header: they are believed only between proxies.
 pub fn strip_mesh(headers: &mut HeaderMap) {
-    let mesh: Vec<HeaderName> =
-        headers.keys().filter(|k| k.as_str().starts_with(MESH_PREFIX)).cloned().collect();
+    let mesh: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(MESH_PREFIX))
+        .cloned()
+        .collect();
     for name in mesh {
         headers.remove(name);
     }

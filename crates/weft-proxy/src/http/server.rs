@@ -99,13 +99,17 @@ pub fn check_request<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyEr
     }
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > limits.max_uri_bytes {
-        return Err(ProxyError::bad_request(StatusCode::URI_TOO_LONG, "request target too long"));
+        return Err(ProxyError::bad_request(
+            StatusCode::URI_TOO_LONG,
+            "request target too long",
+        ));
     }
     Ok(())
 }
 
 /// Marks a response so hyper closes the connection after sending it.
 pub fn close_after(mut resp: Response<Body>) -> Response<Body> {
-    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
     resp
 }

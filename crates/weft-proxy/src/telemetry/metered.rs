@@ -46,7 +46,13 @@ pub struct CountedBody {
 // === impl RequestMeta ===
 
 impl RequestMeta {
-    pub fn new(metrics: Arc<Metrics>, reporter: &'static str, source: Peer, destination: Peer, grpc: bool) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        reporter: &'static str,
+        source: Peer,
+        destination: Peer,
+        grpc: bool,
+    ) -> Self {
         let u = Label::unknown();
         Self {
             metrics,
@@ -86,7 +92,10 @@ impl RequestMeta {
 
     /// Wraps a request body so its size is counted.
     pub fn count_request(&self, body: Body) -> Body {
-        crate::http::boxed(CountedBody { inner: body, count: self.request_bytes.clone() })
+        crate::http::boxed(CountedBody {
+            inner: body,
+            count: self.request_bytes.clone(),
+        })
     }
 
     fn labels(&self, code: u16, grpc_status: Label, flags: &'static str) -> RequestLabels {
@@ -116,14 +125,22 @@ impl RequestMeta {
     fn record(&self, code: u16, grpc_status: Label, flags: &'static str, response_bytes: u64) {
         let labels = self.labels(code, grpc_status, flags);
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        self.metrics.request(&labels, ms, self.request_bytes.load(Ordering::Relaxed), response_bytes);
+        self.metrics.request(
+            &labels,
+            ms,
+            self.request_bytes.load(Ordering::Relaxed),
+            response_bytes,
+        );
     }
 
     /// Records a request the proxy answered itself, and logs why.
     pub fn fail(self, err: &ProxyError) -> Response<Body> {
         let resp = err.to_response(self.grpc);
         let grpc_status = if self.grpc {
-            resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map_or_else(Label::unknown, Label::new)
+            resp.headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(Label::unknown, Label::new)
         } else {
             Label::new("-")
         };
@@ -137,7 +154,12 @@ impl RequestMeta {
         let code = resp.status().as_u16();
         let grpc_status = self.grpc.then(|| grpc_status(resp.headers())).flatten();
         resp.map(|inner| {
-            crate::http::boxed(MeteredBody { inner, bytes: 0, grpc_status, record: Some((self, code)) })
+            crate::http::boxed(MeteredBody {
+                inner,
+                bytes: 0,
+                grpc_status,
+                record: Some((self, code)),
+            })
         })
     }
 }
@@ -165,7 +187,10 @@ impl http_body::Body for MeteredBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -204,7 +229,10 @@ impl http_body::Body for CountedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
@@ -228,9 +256,21 @@ impl http_body::Body for CountedBody {
 impl Peer {
     /// Parses the mesh source header (`workload;namespace;app;version`).
     pub fn from_source_header(v: &str) -> Self {
-        let mut it = v.split(';').map(|s| if s.is_empty() { Label::unknown() } else { Label::new(s) });
+        let mut it = v.split(';').map(|s| {
+            if s.is_empty() {
+                Label::unknown()
+            } else {
+                Label::new(s)
+            }
+        });
         let mut next = || it.next().unwrap_or_else(Label::unknown);
-        Peer { workload: next(), namespace: next(), principal: Label::unknown(), app: next(), version: next() }
+        Peer {
+            workload: next(),
+            namespace: next(),
+            principal: Label::unknown(),
+            app: next(),
+            version: next(),
+        }
     }
 }
 

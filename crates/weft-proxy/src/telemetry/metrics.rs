@@ -116,7 +116,9 @@ fn duration_histogram() -> Histogram {
 
 fn size_histogram() -> Histogram {
     // Istio's: 1 B to 100 MB, x10 each.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 10.0, 9))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 10.0, 9,
+    ))
 }
 
 // === impl Label ===
@@ -149,7 +151,13 @@ impl EncodeLabelValue for Label {
 impl Peer {
     pub fn unknown() -> Self {
         let u = Label::unknown();
-        Self { workload: u.clone(), namespace: u.clone(), principal: u.clone(), app: u.clone(), version: u }
+        Self {
+            workload: u.clone(),
+            namespace: u.clone(),
+            principal: u.clone(),
+            app: u.clone(),
+            version: u,
+        }
     }
 }
 
@@ -166,9 +174,20 @@ where
         + 'static,
     C: MetricConstructor<M> + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
-    fn register(registry: &mut Registry, name: &str, help: &str, family: Family<L, M, C>, overflow: &Counter) -> Self {
+    fn register(
+        registry: &mut Registry,
+        name: &str,
+        help: &str,
+        family: Family<L, M, C>,
+        overflow: &Counter,
+    ) -> Self {
         registry.register(name, help, family.clone());
-        Self { family, distinct: AtomicUsize::new(0), cap: LABEL_SET_CAP, overflow: overflow.clone() }
+        Self {
+            family,
+            distinct: AtomicUsize::new(0),
+            cap: LABEL_SET_CAP,
+            overflow: overflow.clone(),
+        }
     }
 
     /// Applies `f` to the metric for `labels`, or to the overflow set once the cap is reached.
@@ -204,7 +223,13 @@ impl Metrics {
         );
         let hist = |f: fn() -> Histogram| Family::<RequestLabels, Histogram>::new_with_constructor(f);
         Arc::new(Self {
-            requests: Capped::register(registry, "istio_requests", "Requests", Family::default(), &overflow),
+            requests: Capped::register(
+                registry,
+                "istio_requests",
+                "Requests",
+                Family::default(),
+                &overflow,
+            ),
             duration_ms: Capped::register(
                 registry,
                 "istio_request_duration_milliseconds",
@@ -226,7 +251,13 @@ impl Metrics {
                 hist(size_histogram),
                 &overflow,
             ),
-            tcp_sent: Capped::register(registry, "istio_tcp_sent_bytes", "Bytes sent to the client", Family::default(), &overflow),
+            tcp_sent: Capped::register(
+                registry,
+                "istio_tcp_sent_bytes",
+                "Bytes sent to the client",
+                Family::default(),
+                &overflow,
+            ),
             tcp_received: Capped::register(
                 registry,
                 "istio_tcp_received_bytes",
@@ -258,15 +289,22 @@ impl Metrics {
         self.requests.with(labels, overflow, |c| {
             c.inc();
         });
-        self.duration_ms.with(labels, overflow, |h| h.observe(duration_ms));
-        self.request_bytes.with(labels, overflow, |h| h.observe(request_bytes as f64));
-        self.response_bytes.with(labels, overflow, |h| h.observe(response_bytes as f64));
+        self.duration_ms
+            .with(labels, overflow, |h| h.observe(duration_ms));
+        self.request_bytes
+            .with(labels, overflow, |h| h.observe(request_bytes as f64));
+        self.response_bytes
+            .with(labels, overflow, |h| h.observe(response_bytes as f64));
     }
 
     pub fn tcp_opened(&self, labels: &TcpLabels) {
-        self.tcp_opened.with(labels, || TcpLabels::overflow(labels.reporter), |c| {
-            c.inc();
-        });
+        self.tcp_opened.with(
+            labels,
+            || TcpLabels::overflow(labels.reporter),
+            |c| {
+                c.inc();
+            },
+        );
     }
 
     /// Records a closed connection and the bytes it carried.
@@ -284,7 +322,9 @@ impl Metrics {
     }
 
     pub fn connection_rejected(&self, listener: &'static str, reason: &'static str) {
-        self.rejected.get_or_create(&ListenerLabels { listener, reason }).inc();
+        self.rejected
+            .get_or_create(&ListenerLabels { listener, reason })
+            .inc();
     }
 }
 
