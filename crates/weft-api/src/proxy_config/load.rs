@@ -178,3 +178,16 @@ limits: {maxConnections: 0}
         );
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy/sidecar.yaml");
+        let c = ProxyConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.services[0].vip, Some("240.240.0.10".parse().expect("ip")));
+        assert_eq!(c.outbound.ports[0].service, "reviews");
+    }
+}
