@@ -193,6 +193,8 @@ impl H1Conn {
             mut sender,
             pools,
         } = self;
+        // A fresh connection becomes ready once its task runs; an idle one already is.
+        sender.ready().await?;
         let resp = sender.send_request(req).await?;
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             tokio::spawn(async move {
