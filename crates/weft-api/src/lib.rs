@@ -4,3 +4,4 @@
 //!   file by `weft proxy --config`).
 
 pub mod proxy_config;
+pub mod route;
