@@ -98,6 +98,30 @@ impl Proxy {
         }
     }
 
+    /// Starts `weft proxy` inside network namespace `netns` (`ip netns exec`, which execs the
+    /// proxy itself, so killing the child kills the proxy).
+    pub fn start_in_netns(netns: &str, yaml: &str, extra_args: &[&str]) -> Proxy {
+        let netns = netns.to_string();
+        Self::start_cmd(yaml, extra_args, move |c| {
+            let mut wrapped = Command::new("ip");
+            wrapped
+                .args(["netns", "exec", &netns])
+                .arg(c.get_program())
+                .args(c.get_args());
+            wrapped
+        })
+    }
+
+    /// The admin `/metrics` text, fetched from inside network namespace `netns`.
+    pub fn metrics_in_netns(&self, netns: &str) -> String {
+        let url = format!("http://{}/metrics", self.bound.admin);
+        run(
+            "ip",
+            &["netns", "exec", netns, "curl", "--max-time", "10", "-sS", &url],
+        )
+        .stdout
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
