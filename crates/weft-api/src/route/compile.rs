@@ -43,11 +43,10 @@ enum Matcher {
 
 /// A rule that cannot be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} {namespace}/{name} rule {rule}: regex {regex:?}: {message}")]
+#[error("{document} rule {rule}: regex {regex:?}: {message}")]
 pub struct CompileError {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
+    /// `Kind namespace/name`.
+    pub document: String,
     pub rule: usize,
     pub regex: String,
     pub message: String,
@@ -97,10 +96,9 @@ impl CompiledTable {
 
 impl CompiledRule {
     fn compile(rule: &Rule) -> Result<Self, CompileError> {
+        let o = &rule.origin;
         let err = |regex: &str, e: regex::Error| CompileError {
-            kind: rule.origin.kind.clone(),
-            namespace: rule.origin.namespace.clone(),
-            name: rule.origin.name.clone(),
+            document: format!("{} {}/{}", o.kind, o.namespace, o.name),
             rule: rule.index,
             regex: regex.to_string(),
             message: e.to_string(),
