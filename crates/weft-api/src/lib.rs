@@ -3,5 +3,7 @@
 //! - [`proxy_config`]: the resources a proxy runs on (pushed by the control plane or read from a
 //!   file by `weft proxy --config`).
 
+pub mod finding;
 pub mod proxy_config;
+pub mod resources;
 pub mod route;
