@@ -11,6 +11,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
+use weft_api::proxy_config::Protocol;
 
 use crate::balance::{Balancer, Slot};
 use crate::config::{endpoint_peer, ServiceInfo, Shared};
@@ -104,7 +105,7 @@ pub async fn to_service(
     shared: &Shared,
     svc: &Arc<ServiceInfo>,
     port: u16,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     meta: &mut RequestMeta,
 ) -> Result<Response<Body>, ProxyError> {
     let balancer = shared
@@ -115,6 +116,11 @@ pub async fn to_service(
         let (slot, stream) = open_stream_to_service(shared, &balancer, svc, meta).await?;
         meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
         return upgrade(stream, req).await;
+    }
+    // A port declared HTTP/1 gets HTTP/1.1 whatever the client spoke (gRPC excepted), as the
+    // inbound side does for its app: an endpoint without a sidecar may speak nothing else.
+    if svc.port_protocol(port) == Some(Protocol::Http) && !meta.grpc {
+        *req.version_mut() = Version::HTTP_11;
     }
     let h2 = req.version() == Version::HTTP_2;
     let (slot, hop, ready) = pick_and_connect(shared, &balancer, &svc.fqdn, h2).await?;
