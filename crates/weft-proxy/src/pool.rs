@@ -31,13 +31,16 @@ pub enum ConnectError {
     Handshake { addr: SocketAddr, source: hyper::Error },
 }
 
+/// Idle HTTP/1 connections per endpoint, each with when it was returned.
+type IdleH1 = HashMap<SocketAddr, Vec<(Instant, http1::SendRequest<Body>)>>;
+
 /// Connection settings and the pools themselves.
 pub struct Pools {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
     mark: Option<u32>,
-    h1: Mutex<HashMap<SocketAddr, Vec<(Instant, http1::SendRequest<Body>)>>>,
+    h1: Mutex<IdleH1>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
 }
 
@@ -170,9 +173,7 @@ impl Pools {
         self.lock_h2().retain(|a, _| keep(a));
     }
 
-    fn lock_h1(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<(Instant, http1::SendRequest<Body>)>>> {
+    fn lock_h1(&self) -> std::sync::MutexGuard<'_, IdleH1> {
         self.h1.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -64,15 +64,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn server_sidecar(name: &str, version: &str, app: SocketAddr) -> ProxyConfig {
-    let mut config = ProxyConfig::default();
-    config.workload = WorkloadInfo {
-        name: name.to_string(),
-        labels: [
-            ("app".into(), "reviews".into()),
-            ("version".into(), version.into()),
-        ]
-        .into(),
-        ..WorkloadInfo::default()
+    let mut config = ProxyConfig {
+        workload: WorkloadInfo {
+            name: name.to_string(),
+            labels: [
+                ("app".into(), "reviews".into()),
+                ("version".into(), version.into()),
+            ]
+            .into(),
+            ..WorkloadInfo::default()
+        },
+        ..ProxyConfig::default()
     };
     config.admin.address = LOOPBACK_ANY;
     config.inbound.mesh = LOOPBACK_ANY;
@@ -87,15 +89,17 @@ fn server_sidecar(name: &str, version: &str, app: SocketAddr) -> ProxyConfig {
 }
 
 fn client_sidecar(endpoints: Vec<Endpoint>, port: u16) -> ProxyConfig {
-    let mut config = ProxyConfig::default();
-    config.workload = WorkloadInfo {
-        name: "productpage-v1".into(),
-        labels: [
-            ("app".into(), "productpage".into()),
-            ("version".into(), "v1".into()),
-        ]
-        .into(),
-        ..WorkloadInfo::default()
+    let mut config = ProxyConfig {
+        workload: WorkloadInfo {
+            name: "productpage-v1".into(),
+            labels: [
+                ("app".into(), "productpage".into()),
+                ("version".into(), "v1".into()),
+            ]
+            .into(),
+            ..WorkloadInfo::default()
+        },
+        ..ProxyConfig::default()
     };
     config.admin.address = LOOPBACK_ANY;
     config.inbound.mesh = LOOPBACK_ANY;
