@@ -208,15 +208,45 @@ impl Running {
     pub async fn drain(self) -> bool {
         self.shared.ready.store(false, Ordering::Release);
         self.drain.cancel();
-        self.tracker.close();
-        let finished = tokio::time::timeout(self.deadline, self.tracker.wait())
-            .await
-            .is_ok();
+        let finished = wait_tracked(&self.tracker, self.deadline).await;
         if finished {
             tracing::info!("drained");
         } else {
             tracing::warn!(deadline = ?self.deadline, open = self.tracker.len(), "drain deadline passed; closing the rest");
         }
         finished
+    }
+}
+
+/// Closes `tracker` and waits for its tasks, up to `deadline`; whether they all finished.
+async fn wait_tracked(tracker: &TaskTracker, deadline: Duration) -> bool {
+    tracker.close();
+    tokio::time::timeout(deadline, tracker.wait()).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_gives_up_on_a_task_that_never_finishes_at_the_deadline() {
+        let tracker = TaskTracker::new();
+        tracker.spawn(std::future::pending::<()>());
+        let start = tokio::time::Instant::now();
+        assert!(!wait_tracked(&tracker, Duration::from_millis(500)).await);
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+        assert_eq!(tracker.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_returns_as_soon_as_tracked_work_finishes() {
+        let tracker = TaskTracker::new();
+        tracker.spawn(tokio::time::sleep(Duration::from_millis(200)));
+        tracker.spawn(tokio::time::sleep(Duration::from_millis(300)));
+        let start = tokio::time::Instant::now();
+        assert!(wait_tracked(&tracker, Duration::from_secs(5)).await);
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+        // Closed: an empty tracker counts as done at once.
+        assert!(tracker.is_closed());
     }
 }

@@ -87,8 +87,11 @@ fn log_end(err: Option<hyper::Error>) {
     }
 }
 
-/// Checks hyper does not do for us: request smuggling (both `Content-Length` and
-/// `Transfer-Encoding`) and an over-long request target.
+/// Checks hyper does not do for us: an over-long request target, and (defence in depth) both
+/// `Content-Length` and `Transfer-Encoding`. hyper's HTTP/1 parser already resolves that pair
+/// itself (RFC 9112 section 6.3: Transfer-Encoding wins, Content-Length is removed, the
+/// connection closes after the response), and h2 refuses `Transfer-Encoding`, so a request from
+/// the wire never reaches this with both; `proxy_limits` tests the resulting behaviour.
 pub fn check_request<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyError> {
     let h = req.headers();
     if h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH) {
