@@ -4,6 +4,8 @@
 //!   file by `weft proxy --config`).
 
 pub mod finding;
+pub mod model;
 pub mod proxy_config;
 pub mod resources;
 pub mod route;
+pub mod translate;

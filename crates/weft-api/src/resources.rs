@@ -162,7 +162,6 @@ fn syntax_finding(file: &str, start_line: usize, e: &marked_yaml::LoadError) -> 
         E::TopLevelMustBeMapping(m) | E::TopLevelMustBeSequence(m) | E::UnexpectedAnchor(m) => Some(*m),
         E::MappingKeyMustBeScalar(m) | E::UnexpectedTag(m) | E::ScanError(m, _) => Some(*m),
         E::DuplicateKey(d) => d.key.span().start().copied(),
-        _ => None,
     };
     let at = Location {
         file: Some(file.to_string()),

@@ -1,0 +1,199 @@
+//! The ONE internal model every dialect is translated into (shared/ARCHITECTURE.md, "One
+//! model"). Istio, Linkerd, SMI and Gateway API documents all become these types; the control
+//! plane compiles them into proxy-config resources, and `weft explain` reads them with the same
+//! code. Adding a dialect never touches the proxy.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::proxy_config::{LoadBalancer, Protocol, ProxyConfig};
+use crate::route::{Origin, Rule};
+
+/// Everything the documents say about the mesh.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Mesh {
+    pub services: Vec<Service>,
+    pub workloads: Vec<Workload>,
+    /// Routing rules attached to a host, per document.
+    pub routes: Vec<HostRoutes>,
+    /// Subsets and traffic policy per host (Istio DestinationRule).
+    pub destinations: Vec<DestinationPolicy>,
+}
+
+/// A service: a stable name in front of the workloads its selector picks.
+#[derive(Debug, Clone, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub ports: Vec<ServicePort>,
+    /// Labels of the workloads behind it.
+    pub selector: BTreeMap<String, String>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub port: u16,
+    pub name: Option<String>,
+    /// From `appProtocol`, else the port name's prefix (`http-web`, `grpc`, `tcp-db`), else auto.
+    pub protocol: Protocol,
+    /// Where the workloads listen; default the same as `port`.
+    pub target_port: u16,
+}
+
+/// A workload: what a Deployment is on Kubernetes (Weft's own `Workload` kind for meshes
+/// without Kubernetes).
+#[derive(Debug, Clone, Serialize)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub ports: Vec<WorkloadPort>,
+    /// The command `weft up` runs; empty for a workload started elsewhere.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub replicas: u32,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkloadPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// Which dialect wrote a set of routes. When two route one host, the earlier variant wins
+/// (Gateway API over Istio over SMI), and `analyze` warns about the loser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Dialect {
+    GatewayApi,
+    Istio,
+    Smi,
+}
+
+/// The rules one document attaches to one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostRoutes {
+    pub dialect: Dialect,
+    /// Fully qualified service name.
+    pub host: String,
+    /// The service port the routes apply to; None for every port.
+    pub port: Option<u16>,
+    pub origin: Origin,
+    /// In document order. Gateway API rules carry their precedence key (see `precedence`);
+    /// Istio rules are tried first-match in this order.
+    pub rules: Vec<Rule>,
+    /// Gateway API tie-break: the older route wins.
+    pub creation_timestamp: Option<String>,
+    /// Load order (files sorted by path, documents in file order): the last tie-break.
+    pub seen: usize,
+}
+
+/// Subsets and policy for one host (Istio DestinationRule).
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationPolicy {
+    pub host: String,
+    pub origin: Origin,
+    pub load_balancer: Option<LoadBalancer>,
+    pub subsets: Vec<Subset>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Subset {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub load_balancer: Option<LoadBalancer>,
+}
+
+// === impl Mesh ===
+
+impl Mesh {
+    pub fn service(&self, fqdn: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.fqdn() == fqdn)
+    }
+
+    pub fn destination(&self, fqdn: &str) -> Option<&DestinationPolicy> {
+        self.destinations.iter().find(|d| d.host == fqdn)
+    }
+
+    /// The route documents that decide `fqdn:port`: those of the winning dialect only, in
+    /// the order their rules are tried. Returns the losers too (for `analyze`).
+    pub fn routes_for(&self, fqdn: &str, port: u16) -> (Vec<&HostRoutes>, Vec<&HostRoutes>) {
+        let mut all: Vec<&HostRoutes> = self
+            .routes
+            .iter()
+            .filter(|r| r.host == fqdn && r.port.is_none_or(|p| p == port))
+            .collect();
+        let Some(winner) = all.iter().map(|r| r.dialect).min() else {
+            return (Vec::new(), Vec::new());
+        };
+        let losers = all.iter().filter(|r| r.dialect != winner).copied().collect();
+        all.retain(|r| r.dialect == winner);
+        // Documents in age order (oldest first), then load order: Istio merges nothing and
+        // the oldest VirtualService for a host wins; the Gateway API tie-breaks the same way.
+        all.sort_by(|a, b| {
+            let age = match (&a.creation_timestamp, &b.creation_timestamp) {
+                (Some(x), Some(y)) => x.cmp(y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            };
+            age.then(a.seen.cmp(&b.seen))
+        });
+        (all, losers)
+    }
+}
+
+// === impl Service ===
+
+impl Service {
+    pub fn fqdn(&self) -> String {
+        ProxyConfig::fqdn(&self.name, &self.namespace)
+    }
+
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+}
+
+impl Workload {
+    /// Whether a selector picks this workload (an empty selector picks nothing, as for a
+    /// Service without selector).
+    pub fn selected_by(&self, selector: &BTreeMap<String, String>) -> bool {
+        !selector.is_empty() && selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+/// Protocol from a Kubernetes port's `appProtocol` or its name (Istio's naming convention).
+pub fn protocol_of(app_protocol: Option<&str>, name: Option<&str>) -> Protocol {
+    let from = |s: &str| match s.to_ascii_lowercase().as_str() {
+        "http" | "http1" | "http/1.1" | "kubernetes.io/http" => Some(Protocol::Http),
+        "http2" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http2),
+        "grpc" | "grpc-web" => Some(Protocol::Grpc),
+        "tcp" | "mysql" | "mongo" | "redis" | "tls" | "https" => Some(Protocol::Tcp),
+        _ => None,
+    };
+    if let Some(p) = app_protocol.and_then(from) {
+        return p;
+    }
+    name.and_then(|n| from(n.split('-').next().unwrap_or(n)))
+        .unwrap_or(Protocol::Auto)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_from_app_protocol_then_name() {
+        assert_eq!(protocol_of(Some("grpc"), Some("http")), Protocol::Grpc);
+        assert_eq!(protocol_of(None, Some("http-web")), Protocol::Http);
+        assert_eq!(protocol_of(None, Some("grpc")), Protocol::Grpc);
+        assert_eq!(protocol_of(None, Some("tcp-db")), Protocol::Tcp);
+        assert_eq!(protocol_of(None, Some("web")), Protocol::Auto);
+        assert_eq!(protocol_of(None, None), Protocol::Auto);
+    }
+}

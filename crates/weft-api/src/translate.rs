@@ -1,0 +1,170 @@
+//! Documents -> the one model. One module per family; each finding carries file:line.
+//!
+//! Unknown kinds and unknown fields are reported, never silently dropped; a kind Weft reads
+//! but does not act on yet is a finding that says so.
+
+use crate::finding::{codes, Finding};
+use crate::model::Mesh;
+use crate::proxy_config::{split_host, ProxyConfig};
+use crate::resources::Document;
+use crate::route::Origin;
+
+/// The model and what translation found on the way.
+#[derive(Debug, Default)]
+pub struct Translated {
+    pub mesh: Mesh,
+    pub findings: Vec<Finding>,
+}
+
+/// Kinds Weft recognises but does not act on yet: each gets a finding saying so.
+const NOT_YET: &[(&str, &str, &str)] = &[
+    (
+        "networking.istio.io",
+        "Gateway",
+        "ingress gateways arrive with the gateways issue",
+    ),
+    (
+        "networking.istio.io",
+        "ServiceEntry",
+        "external services arrive with the egress issue",
+    ),
+    (
+        "security.istio.io",
+        "PeerAuthentication",
+        "mTLS modes arrive with the identity issue",
+    ),
+    (
+        "security.istio.io",
+        "AuthorizationPolicy",
+        "authorization arrives with the identity issue",
+    ),
+    (
+        "security.istio.io",
+        "RequestAuthentication",
+        "JWT authentication is not built yet",
+    ),
+    (
+        "gateway.networking.k8s.io",
+        "Gateway",
+        "ingress gateways arrive with the gateways issue",
+    ),
+    (
+        "linkerd.io",
+        "ServiceProfile",
+        "ServiceProfiles are not translated yet",
+    ),
+    (
+        "policy.linkerd.io",
+        "Server",
+        "Linkerd policy arrives with the identity issue",
+    ),
+    (
+        "policy.linkerd.io",
+        "AuthorizationPolicy",
+        "Linkerd policy arrives with the identity issue",
+    ),
+    (
+        "policy.linkerd.io",
+        "MeshTLSAuthentication",
+        "Linkerd policy arrives with the identity issue",
+    ),
+    (
+        "policy.linkerd.io",
+        "NetworkAuthentication",
+        "Linkerd policy arrives with the identity issue",
+    ),
+    (
+        "policy.linkerd.io",
+        "HTTPRoute",
+        "Linkerd HTTPRoutes are not translated yet",
+    ),
+];
+
+/// A translator: reads one document (its load order in `seen`) into the model.
+type Translator = fn(doc: &Document, seen: usize, out: &mut Translated);
+
+/// Who translates what: (API group, kind, translator). Core `v1` has the empty group.
+const TRANSLATORS: &[(&str, &str, Translator)] = &[];
+
+/// Translates every document, in order.
+pub fn translate(docs: &[Document]) -> Translated {
+    let mut out = Translated::default();
+    for (seen, doc) in docs.iter().enumerate() {
+        let (group, kind) = (doc.group(), doc.kind.as_str());
+        if let Some((_, _, translator)) = TRANSLATORS.iter().find(|(g, k, _)| *g == group && *k == kind) {
+            translator(doc, seen, &mut out);
+        } else if let Some((_, _, why)) = NOT_YET.iter().find(|(g, k, _)| *g == group && *k == kind) {
+            out.findings.push(Finding::warning(
+                codes::NOT_IMPLEMENTED,
+                format!(
+                    "{kind} {}/{} is read but not acted on: {why}",
+                    doc.namespace, doc.name
+                ),
+                &doc.location(),
+            ));
+        } else {
+            out.findings.push(Finding::warning(
+                codes::UNKNOWN_KIND,
+                format!(
+                    "unknown kind {kind} ({}) {}/{}: ignored",
+                    doc.api_version, doc.namespace, doc.name
+                ),
+                &doc.location(),
+            ));
+        }
+    }
+    out
+}
+
+/// The origin of a document, for rules and findings.
+pub fn origin(doc: &Document) -> Origin {
+    Origin {
+        kind: doc.kind.clone(),
+        namespace: doc.namespace.clone(),
+        name: doc.name.clone(),
+        file: Some(doc.file.clone()),
+        line: Some(doc.line),
+    }
+}
+
+/// A host as written in a document (`reviews`, `reviews.ns`, FQDN), made fully qualified in
+/// the document's namespace. None for a name that is not a mesh service name.
+pub fn mesh_host(host: &str, doc_namespace: &str) -> Option<String> {
+    let (name, ns) = split_host(host, doc_namespace)?;
+    Some(ProxyConfig::fqdn(name, ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{parse_file, Loaded};
+
+    #[test]
+    fn unknown_and_not_yet_kinds_are_reported_with_their_line() {
+        let mut loaded = Loaded::default();
+        parse_file(
+            "m.yaml",
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default}\nspec: {}\n",
+            &mut loaded,
+        );
+        let t = translate(&loaded.documents);
+        assert_eq!(t.findings.len(), 2);
+        assert_eq!(t.findings[0].code, codes::UNKNOWN_KIND);
+        assert_eq!(t.findings[0].line, Some(1));
+        assert_eq!(t.findings[1].code, codes::NOT_IMPLEMENTED);
+        assert_eq!(t.findings[1].line, Some(5));
+    }
+
+    #[test]
+    fn hosts_are_qualified_in_the_document_namespace() {
+        assert_eq!(
+            mesh_host("reviews", "shop").as_deref(),
+            Some("reviews.shop.svc.cluster.local")
+        );
+        assert_eq!(
+            mesh_host("reviews.default.svc.cluster.local", "shop").as_deref(),
+            Some("reviews.default.svc.cluster.local")
+        );
+        assert_eq!(mesh_host("www.example.com", "shop"), None);
+    }
+}
