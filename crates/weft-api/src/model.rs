@@ -147,6 +147,17 @@ impl Mesh {
     }
 }
 
+impl Mesh {
+    /// The route table of `fqdn:port`, in the order rules are tried: the winning dialect's
+    /// documents oldest first, each document's rules in order.
+    pub fn route_table(&self, fqdn: &str, port: u16) -> crate::route::RouteTable {
+        let (docs, _losers) = self.routes_for(fqdn, port);
+        crate::route::RouteTable {
+            rules: docs.iter().flat_map(|d| d.rules.iter().cloned()).collect(),
+        }
+    }
+}
+
 // === impl Service ===
 
 impl Service {

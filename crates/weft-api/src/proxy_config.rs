@@ -209,6 +209,17 @@ pub struct MeshService {
     /// Load-balancing policy. Default `LEAST_REQUEST` (power of two choices).
     #[serde(default)]
     pub load_balancer: LoadBalancer,
+    /// Routing rules per service port (empty: every request goes to the service itself).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<PortRoutes>,
+}
+
+/// The route table of one service port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortRoutes {
+    pub port: u16,
+    pub table: crate::route::RouteTable,
 }
 
 /// One port of a service.
@@ -236,6 +247,9 @@ pub struct EndpointSet {
     pub namespace: String,
     /// Service port these endpoints serve.
     pub port: u16,
+    /// The subset these endpoints form (a DestinationRule subset); None for the whole service.
+    #[serde(default)]
+    pub subset: Option<String>,
     /// The endpoints.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,

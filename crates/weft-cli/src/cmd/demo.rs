@@ -119,11 +119,13 @@ fn client_sidecar(endpoints: Vec<Endpoint>, port: u16) -> ProxyConfig {
             protocol: Protocol::Http,
         }],
         load_balancer: LoadBalancer::RoundRobin,
+        routes: Vec::new(),
     }];
     config.endpoints = vec![EndpointSet {
         service: "reviews".into(),
         namespace: "default".into(),
         port: 9080,
+        subset: None,
         endpoints,
     }];
     config

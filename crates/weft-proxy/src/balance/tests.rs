@@ -367,11 +367,13 @@ fn config(policy: LoadBalancer, endpoints: Vec<Endpoint>) -> ProxyConfig {
                 },
             ],
             load_balancer: policy,
+            routes: Vec::new(),
         }],
         endpoints: vec![EndpointSet {
             service: "reviews".into(),
             namespace: "default".into(),
             port: 9080,
+            subset: None,
             endpoints,
         }],
         ..ProxyConfig::default()
