@@ -15,6 +15,8 @@ use weft_api::proxy_config::{
     split_host, Endpoint, MeshService, OutboundTrafficPolicy, Protocol, ProxyConfig,
 };
 
+use weft_api::route::CompiledTable;
+
 use crate::balance::Balancers;
 use crate::pool::Pools;
 use crate::telemetry::metrics::{Label, Metrics, Peer};
@@ -30,6 +32,8 @@ pub struct Snapshot {
     inbound: HashMap<u16, InboundTarget>,
     /// This workload, as metric labels.
     pub local: Peer,
+    /// Compiled route tables by service FQDN and port (absent: no rules).
+    routes: HashMap<String, HashMap<u16, Arc<CompiledTable>>>,
 }
 
 /// What the proxy knows of one mesh service.
@@ -64,7 +68,21 @@ impl Snapshot {
     pub fn new(config: ProxyConfig) -> Self {
         let mut by_host = HashMap::new();
         let mut by_vip = HashMap::new();
+        let mut routes: HashMap<String, HashMap<u16, Arc<CompiledTable>>> = HashMap::new();
         for svc in &config.services {
+            for pr in &svc.routes {
+                // A config that reached here was validated, so tables compile; one that does
+                // not is logged and its service keeps the default route.
+                match CompiledTable::compile(&pr.table, &svc.fqdn()) {
+                    Ok(t) if !t.is_empty() => {
+                        routes.entry(svc.fqdn()).or_default().insert(pr.port, Arc::new(t));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(service = %svc.fqdn(), error = %e, "route table does not compile")
+                    }
+                }
+            }
             let fqdn = svc.fqdn();
             let info = Arc::new(ServiceInfo {
                 fqdn_label: Label::new(&fqdn),
@@ -117,6 +135,7 @@ impl Snapshot {
             by_vip,
             inbound,
             local,
+            routes,
         }
     }
 
@@ -134,6 +153,11 @@ impl Snapshot {
     /// The service whose virtual IP and port a captured connection was addressed to.
     pub fn service_by_vip(&self, dst: SocketAddr) -> Option<&Arc<ServiceInfo>> {
         self.by_vip.get(&dst)
+    }
+
+    /// The compiled routes of a service port; None when it has no rules.
+    pub fn route_table(&self, fqdn: &str, port: u16) -> Option<&CompiledTable> {
+        self.routes.get(fqdn)?.get(&port).map(|t| t.as_ref())
     }
 
     pub fn inbound(&self, port: u16) -> Option<InboundTarget> {

@@ -100,18 +100,22 @@ pub fn connect_error(e: ConnectError) -> ProxyError {
     )
 }
 
-/// Forwards an HTTP request to one of `svc`'s endpoints.
+/// Forwards an HTTP request to one of the endpoints of `svc` (or of its `subset`).
 pub async fn to_service(
     shared: &Shared,
     svc: &Arc<ServiceInfo>,
     port: u16,
-    mut req: Request<Incoming>,
+    subset: Option<&str>,
+    mut req: Request<Body>,
     meta: &mut RequestMeta,
 ) -> Result<Response<Body>, ProxyError> {
     let balancer = shared
         .balancers
-        .get(&svc.fqdn, port)
-        .ok_or_else(|| ProxyError::no_endpoints(&svc.fqdn))?;
+        .get_subset(&svc.fqdn, port, subset)
+        .ok_or_else(|| match subset {
+            Some(name) => ProxyError::no_endpoints(&format!("{} subset {name}", svc.fqdn)),
+            None => ProxyError::no_endpoints(&svc.fqdn),
+        })?;
     if mesh_headers::is_upgrade(req.headers()) {
         let (slot, stream) = open_stream_to_service(shared, &balancer, svc, meta).await?;
         meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
@@ -127,12 +131,7 @@ pub async fn to_service(
     meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
     let authority = request_authority(&req).unwrap_or_else(|| format!("{}:{port}", svc.fqdn));
     let in_flight = slot.state.start();
-    let req = shape(
-        req.map(|b| meta.count_request(crate::http::boxed(b))),
-        &authority,
-        &hop,
-        meta,
-    );
+    let req = shape(req.map(|b| meta.count_request(b)), &authority, &hop, meta);
     let resp = send(ready, req).await;
     in_flight.finish_now();
     resp
@@ -142,7 +141,7 @@ pub async fn to_service(
 pub async fn to_addr(
     shared: &Shared,
     addr: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<Body>,
     meta: &RequestMeta,
 ) -> Result<Response<Body>, ProxyError> {
     if mesh_headers::is_upgrade(req.headers()) {
@@ -153,12 +152,7 @@ pub async fn to_addr(
     let h2 = req.version() == Version::HTTP_2;
     let ready = hop.ready(shared, h2).await.map_err(connect_error)?;
     let authority = request_authority(&req).unwrap_or_else(|| addr.to_string());
-    let req = shape(
-        req.map(|b| meta.count_request(crate::http::boxed(b))),
-        &authority,
-        &hop,
-        meta,
-    );
+    let req = shape(req.map(|b| meta.count_request(b)), &authority, &hop, meta);
     send(ready, req).await
 }
 
@@ -336,7 +330,7 @@ pub async fn tunnel(
 /// on `101 Switching Protocols`, both sides are joined byte for byte.
 async fn upgrade<S: StreamBox + 'static>(
     stream: S,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let client_side = hyper::upgrade::on(&mut req);
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
@@ -354,7 +348,6 @@ async fn upgrade<S: StreamBox + 'static>(
             tracing::debug!(error = %e, "upgrade connection ended");
         }
     });
-    let mut req = req.map(crate::http::boxed);
     if let Some(pq) = req.uri().path_and_query().cloned() {
         *req.uri_mut() = Uri::from(pq);
     }

@@ -201,7 +201,7 @@ async fn to_app(
     req: Request<Incoming>,
     meta: RequestMeta,
 ) -> Response<Body> {
-    match forward::to_addr(shared, target.app, req, &meta).await {
+    match forward::to_addr(shared, target.app, req.map(crate::http::boxed), &meta).await {
         Ok(resp) => meta.meter(resp),
         Err(e) => {
             let e = if e.flag == Flag::UpstreamConnectFailure {

@@ -16,5 +16,6 @@ pub mod io;
 pub mod listen;
 pub mod outbound;
 pub mod pool;
+pub mod routing;
 pub mod tcp;
 pub mod telemetry;

@@ -136,8 +136,10 @@ async fn request(shared: &Shared, dest: Option<Dest>, mut req: Request<Incoming>
         return connect(shared, &snap, dest, req, meta).await;
     }
     let result = match &dest {
-        Dest::Service(svc, port) => forward::to_service(shared, svc, *port, req, &mut meta).await,
-        Dest::Passthrough(addr) => forward::to_addr(shared, *addr, req, &meta).await,
+        Dest::Service(svc, port) => {
+            crate::routing::route(shared, &snap, svc, *port, req.map(crate::http::boxed), &mut meta).await
+        }
+        Dest::Passthrough(addr) => forward::to_addr(shared, *addr, req.map(crate::http::boxed), &meta).await,
     };
     match result {
         Ok(resp) => meta.meter(resp),

@@ -31,7 +31,10 @@ pub struct Problem {
 impl ProxyConfig {
     /// Parses YAML (JSON is YAML too) and validates it. `source_name` names the input in errors.
     pub fn from_yaml(source_name: &str, text: &str) -> Result<Self, ConfigError> {
-        let config: ProxyConfig = serde_norway::from_str(text).map_err(|e| {
+        // Enums as one-key maps (`{exact: /a}`), as in JSON, rather than YAML tags (`!exact`).
+        let de = serde_norway::Deserializer::from_str(text);
+        let parsed: Result<ProxyConfig, _> = serde_norway::with::singleton_map_recursive::deserialize(de);
+        let config: ProxyConfig = parsed.map_err(|e| {
             let location = e.location();
             ConfigError {
                 source_name: source_name.to_string(),

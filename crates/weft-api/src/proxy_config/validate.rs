@@ -29,6 +29,14 @@ impl ProxyConfig {
                     "a service needs at least one port",
                 ));
             }
+            for (j, pr) in svc.routes.iter().enumerate() {
+                if let Err(e) = crate::route::CompiledTable::compile(&pr.table, &svc.fqdn()) {
+                    problems.push(Problem::field(
+                        format!("services[{i}].routes[{j}]"),
+                        e.to_string(),
+                    ));
+                }
+            }
             let mut ports = HashSet::new();
             for (j, p) in svc.ports.iter().enumerate() {
                 if !ports.insert(p.port) {

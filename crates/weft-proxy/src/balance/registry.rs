@@ -1,4 +1,4 @@
-//! The long-lived registry of balancers, keyed by service FQDN and port.
+//! The long-lived registry of balancers, keyed by service FQDN, port and subset.
 //!
 //! Requests read it without locks (an `ArcSwap` of an immutable table); a config push builds a
 //! whole new table and swaps it in. Per-endpoint state is carried from the old table to the new
@@ -14,8 +14,23 @@ use weft_api::proxy_config::{Endpoint, LoadBalancer, ProxyConfig};
 
 use super::{lock, Balancer, EndpointState, Slot};
 
-/// FQDN -> port -> balancer. Nested so that a lookup by `&str` needs no allocation.
-type Table = HashMap<String, HashMap<u16, Arc<Balancer>>>;
+/// FQDN -> port -> balancers. Nested so that a lookup by `&str` needs no allocation.
+type Table = HashMap<String, HashMap<u16, PortBalancers>>;
+
+/// The balancers of one service port: over every endpoint, and per subset. An endpoint in a
+/// subset shares its state with the same endpoint in the whole set: it is one endpoint.
+#[derive(Debug, Clone, Default)]
+struct PortBalancers {
+    all: Option<Arc<Balancer>>,
+    subsets: HashMap<String, Arc<Balancer>>,
+}
+
+/// The endpoints one service port should have: all of them, and per subset.
+#[derive(Debug, Default)]
+struct Desired {
+    all: Vec<Endpoint>,
+    subsets: BTreeMap<String, Vec<Endpoint>>,
+}
 
 /// Every balancer of the current config.
 #[derive(Debug, Default)]
@@ -47,7 +62,17 @@ impl Balancers {
     /// `reviews.default.svc.cluster.local`), if the current config has that service port.
     /// A service port with no endpoints has a balancer that picks nothing.
     pub fn get(&self, fqdn: &str, port: u16) -> Option<Arc<Balancer>> {
-        self.table.load().get(fqdn)?.get(&port).cloned()
+        self.table.load().get(fqdn)?.get(&port)?.all.clone()
+    }
+
+    /// The balancer of a subset of a service port (`None`: the whole service).
+    pub fn get_subset(&self, fqdn: &str, port: u16, subset: Option<&str>) -> Option<Arc<Balancer>> {
+        let table = self.table.load();
+        let ports = table.get(fqdn)?.get(&port)?;
+        match subset {
+            None => ports.all.clone(),
+            Some(name) => ports.subsets.get(name).cloned(),
+        }
     }
 
     /// Replaces the balancers with those of `config`. An address that remains in a service
@@ -64,20 +89,38 @@ impl Balancers {
             .collect();
 
         let mut table = Table::new();
-        for ((fqdn, port), endpoints) in desired_endpoints(config) {
+        for ((fqdn, port), desired) in desired_endpoints(config) {
             let policy = policies.get(&fqdn).copied().unwrap_or_default();
             let previous = old.get(&fqdn).and_then(|ports| ports.get(&port));
-            let balancer = match previous {
+            // One state per address across the whole set and its subsets.
+            let mut states = previous_states(previous);
+            let mut build = |previous: Option<&Arc<Balancer>>, endpoints: Vec<Endpoint>| match previous {
                 Some(b) if unchanged(b, policy, &endpoints) => Arc::clone(b),
                 _ => {
-                    let slots = carry_state(previous.map(|b| b.slots()), endpoints);
+                    let slots = carry_state(&mut states, endpoints);
                     Arc::new(match seeds.as_mut() {
                         Some(rng) => Balancer::with_seed(policy, slots, rng.u64(..)),
                         None => Balancer::new(policy, slots),
                     })
                 }
             };
-            table.entry(fqdn).or_default().insert(port, balancer);
+            let all = build(previous.and_then(|p| p.all.as_ref()), desired.all);
+            let subsets = desired
+                .subsets
+                .into_iter()
+                .map(|(name, endpoints)| {
+                    let prev = previous.and_then(|p| p.subsets.get(&name));
+                    let b = build(prev, endpoints);
+                    (name, b)
+                })
+                .collect();
+            table.entry(fqdn).or_default().insert(
+                port,
+                PortBalancers {
+                    all: Some(all),
+                    subsets,
+                },
+            );
         }
         tracing::debug!(services = table.len(), "balancers reconciled");
         self.table.store(Arc::new(table));
@@ -88,8 +131,8 @@ impl Balancers {
 /// get the same seeds on every run). Two `EndpointSet`s for one service port are merged; a
 /// declared service port with no set gets an empty list, so `get` can tell "no such service"
 /// from "no endpoints".
-fn desired_endpoints(config: &ProxyConfig) -> BTreeMap<(String, u16), Vec<Endpoint>> {
-    let mut desired: BTreeMap<(String, u16), Vec<Endpoint>> = BTreeMap::new();
+fn desired_endpoints(config: &ProxyConfig) -> BTreeMap<(String, u16), Desired> {
+    let mut desired: BTreeMap<(String, u16), Desired> = BTreeMap::new();
     for service in &config.services {
         for port in &service.ports {
             desired.entry((service.fqdn(), port.port)).or_default();
@@ -97,12 +140,24 @@ fn desired_endpoints(config: &ProxyConfig) -> BTreeMap<(String, u16), Vec<Endpoi
     }
     for set in &config.endpoints {
         let key = (ProxyConfig::fqdn(&set.service, &set.namespace), set.port);
-        desired
-            .entry(key)
-            .or_default()
-            .extend(set.endpoints.iter().cloned());
+        let entry = desired.entry(key).or_default();
+        let list = match &set.subset {
+            None => &mut entry.all,
+            Some(name) => entry.subsets.entry(name.clone()).or_default(),
+        };
+        list.extend(set.endpoints.iter().cloned());
     }
     desired
+}
+
+fn previous_states(previous: Option<&PortBalancers>) -> HashMap<SocketAddr, Arc<EndpointState>> {
+    let Some(p) = previous else { return HashMap::new() };
+    p.all
+        .iter()
+        .chain(p.subsets.values())
+        .flat_map(|b| b.slots())
+        .map(|slot| (slot.endpoint.address, Arc::clone(&slot.state)))
+        .collect()
 }
 
 fn unchanged(balancer: &Balancer, policy: LoadBalancer, endpoints: &[Endpoint]) -> bool {
@@ -115,14 +170,9 @@ fn unchanged(balancer: &Balancer, policy: LoadBalancer, endpoints: &[Endpoint]) 
             .all(|(slot, endpoint)| slot.endpoint == *endpoint)
 }
 
-/// Slots for `endpoints`, reusing the state of `previous` slots with the same address. An
+/// Slots for `endpoints`, reusing the state of earlier slots with the same address. An
 /// address listed twice shares one state, since it is one endpoint.
-fn carry_state(previous: Option<&[Slot]>, endpoints: Vec<Endpoint>) -> Vec<Slot> {
-    let mut states: HashMap<SocketAddr, Arc<EndpointState>> = previous
-        .unwrap_or_default()
-        .iter()
-        .map(|slot| (slot.endpoint.address, Arc::clone(&slot.state)))
-        .collect();
+fn carry_state(states: &mut HashMap<SocketAddr, Arc<EndpointState>>, endpoints: Vec<Endpoint>) -> Vec<Slot> {
     endpoints
         .into_iter()
         .map(|endpoint| {

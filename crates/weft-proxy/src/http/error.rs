@@ -29,6 +29,8 @@ pub enum Flag {
     Passthrough,
     /// The request was malformed and refused by the proxy.
     BadRequest,
+    /// A fault-injection rule aborted the request.
+    FaultInjected,
 }
 
 /// An error the proxy answers itself.
@@ -57,6 +59,7 @@ impl Flag {
             Flag::UpstreamTerminated => "UC",
             Flag::Passthrough => "PT",
             Flag::BadRequest => "DPE",
+            Flag::FaultInjected => "FI",
         }
     }
 

@@ -1,0 +1,395 @@
+//! Applying the routing decision to a request for a mesh service: which backend (weighted
+//! split, subset), and the policies the matched rule carries — fault, header changes, rewrite,
+//! timeout, retries, redirect and direct responses.
+//!
+//! The decision itself is `weft_api::route::resolve`, the same function `weft explain` calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use weft_api::route::{self, Backend, Decision, DecisionKind, HeaderOps, RequestHead, RoutePolicies, Source};
+
+use crate::config::Shared;
+use crate::config::{ServiceInfo, Snapshot};
+use crate::forward;
+use crate::http::error::{Flag, ProxyError};
+use crate::http::{full, Body};
+use crate::telemetry::metered::RequestMeta;
+
+/// Retry conditions when a rule asks for retries without naming any (Istio's default).
+const DEFAULT_RETRY_ON: &[&str] = &[
+    "connect-failure",
+    "refused-stream",
+    "unavailable",
+    "cancelled",
+    "503",
+];
+/// First pause between attempts; doubles each time (Envoy's 25 ms base).
+const RETRY_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Request headers as the router reads them.
+struct HeadersView<'a>(&'a HeaderMap);
+
+impl route::Headers for HeadersView<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Routes one request for `svc:port` and sends it.
+pub async fn route(
+    shared: &Shared,
+    snap: &Snapshot,
+    svc: &Arc<ServiceInfo>,
+    port: u16,
+    req: Request<Body>,
+    meta: &mut RequestMeta,
+) -> Result<Response<Body>, ProxyError> {
+    let decision = match snap.route_table(&svc.fqdn, port) {
+        None => None,
+        Some(table) => {
+            let authority = forward::request_authority(&req).unwrap_or_default();
+            let host = authority.rsplit_once(':').map_or(authority.as_str(), |(h, _)| h);
+            let head = RequestHead {
+                method: req.method().as_str(),
+                path: req.uri().path(),
+                query: req.uri().query(),
+                authority: host,
+                port,
+                headers: &HeadersView(req.headers()),
+            };
+            let w = &snap.config.workload;
+            let source = Source {
+                namespace: &w.namespace,
+                labels: Some(&w.labels),
+            };
+            Some(route::resolve(table, &head, &source, false))
+        }
+    };
+    let Some(decision) = decision else {
+        // No rules: the service itself, every endpoint.
+        return forward::to_service(shared, svc, port, None, req, meta).await;
+    };
+    match decision.kind {
+        DecisionKind::NotFound => Err(ProxyError::no_route(format!("no route of {} matched", svc.fqdn))),
+        DecisionKind::Redirect => Ok(redirect(&decision, &req)),
+        DecisionKind::DirectResponse => Ok(direct_response(&decision)),
+        DecisionKind::Route => send_routed(shared, snap, port, decision, req, meta).await,
+    }
+}
+
+async fn send_routed(
+    shared: &Shared,
+    snap: &Snapshot,
+    port: u16,
+    decision: Decision,
+    mut req: Request<Body>,
+    meta: &mut RequestMeta,
+) -> Result<Response<Body>, ProxyError> {
+    let policies = decision.policies;
+    let backend = pick_backend(&decision.backends)
+        .ok_or_else(|| ProxyError::no_endpoints("route (every backend has weight 0)"))?;
+    let target = snap.service_by_host(&backend.service).cloned().ok_or_else(|| {
+        ProxyError::no_endpoints(&format!("{} (not in this proxy's config)", backend.service))
+    })?;
+    meta.set_service(&target.fqdn_label, &target.name, &target.namespace);
+    let target_port = backend.port.unwrap_or(port);
+
+    if let Some(fault) = &policies.fault {
+        if let (Some(ms), pct) = (fault.delay_ms, fault.delay_percent.unwrap_or(100.0)) {
+            if chance(pct) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
+        if let (Some(status), pct) = (fault.abort_status, fault.abort_percent.unwrap_or(100.0)) {
+            if chance(pct) {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                return Err(ProxyError::new(Flag::FaultInjected, status, "fault injected"));
+            }
+        }
+    }
+    apply_header_ops(req.headers_mut(), &policies.request_headers);
+    rewrite(&mut req, &policies);
+
+    let attempt_all = retry_loop(
+        shared,
+        &target,
+        target_port,
+        backend.subset.as_deref(),
+        req,
+        meta,
+        &policies,
+    );
+    let mut resp = match policies.timeout_ms {
+        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), attempt_all)
+            .await
+            .map_err(|_| {
+                ProxyError::new(
+                    Flag::UpstreamTimeout,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("upstream request timeout ({ms} ms)"),
+                )
+            })??,
+        None => attempt_all.await?,
+    };
+    apply_header_ops(resp.headers_mut(), &policies.response_headers);
+    Ok(resp)
+}
+
+/// Sends, retrying as the rule allows. Only requests without a body are retried (a body is
+/// streamed through, not kept): buffering small bodies for retry is the routing issue's.
+async fn retry_loop(
+    shared: &Shared,
+    target: &Arc<ServiceInfo>,
+    port: u16,
+    subset: Option<&str>,
+    req: Request<Body>,
+    meta: &mut RequestMeta,
+    policies: &RoutePolicies,
+) -> Result<Response<Body>, ProxyError> {
+    let Some(retries) = policies
+        .retries
+        .as_ref()
+        .filter(|r| r.attempts > 0 && req.body().is_end_stream())
+    else {
+        return forward::to_service(shared, target, port, subset, req, meta).await;
+    };
+    let retry_on: Vec<&str> = if retries.retry_on.is_empty() {
+        DEFAULT_RETRY_ON.to_vec()
+    } else {
+        retries.retry_on.iter().map(String::as_str).collect()
+    };
+    let per_try = retries.per_try_timeout_ms.map(Duration::from_millis);
+    let (parts, _empty) = req.into_parts();
+    let mut backoff = RETRY_BACKOFF;
+    for attempt in 0..=retries.attempts {
+        let mut copy = Request::new(crate::http::empty());
+        *copy.method_mut() = parts.method.clone();
+        *copy.uri_mut() = parts.uri.clone();
+        *copy.version_mut() = parts.version;
+        *copy.headers_mut() = parts.headers.clone();
+        let sent = forward::to_service(shared, target, port, subset, copy, meta);
+        let result = match per_try {
+            Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| {
+                Err(ProxyError::new(
+                    Flag::UpstreamTimeout,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "per-try timeout",
+                ))
+            }),
+            None => sent.await,
+        };
+        let last = attempt == retries.attempts;
+        if last || !retryable(&result, &retry_on) {
+            return result;
+        }
+        tracing::debug!(service = %target.fqdn, attempt, "retrying");
+        // Jitter keeps retries from many clients from arriving in lockstep.
+        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(Duration::from_millis(250));
+    }
+    Err(ProxyError::no_endpoints(&target.fqdn))
+}
+
+/// Whether a result meets one of the retry conditions (Envoy's `retry_on` vocabulary).
+fn retryable(result: &Result<Response<Body>, ProxyError>, retry_on: &[&str]) -> bool {
+    let has = |c: &str| retry_on.contains(&c);
+    match result {
+        Err(e) => match e.flag {
+            Flag::UpstreamConnectFailure | Flag::NoHealthyUpstream => {
+                has("connect-failure") || has("5xx") || has("gateway-error")
+            }
+            Flag::UpstreamTerminated => has("reset") || has("5xx") || has("refused-stream"),
+            Flag::UpstreamTimeout => has("5xx") || has("gateway-error"),
+            _ => false,
+        },
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            let grpc = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+            (has("5xx") && code >= 500)
+                || (has("gateway-error") && matches!(code, 502..=504))
+                || (has("retriable-4xx") && code == 409)
+                || retry_on.iter().any(|c| c.parse::<u16>().ok() == Some(code))
+                || matches!(
+                    (grpc, retry_on),
+                    (Some("14"), r) if r.contains(&"unavailable")
+                )
+                || matches!((grpc, retry_on), (Some("1"), r) if r.contains(&"cancelled"))
+                || matches!((grpc, retry_on), (Some("4"), r) if r.contains(&"deadline-exceeded"))
+                || matches!((grpc, retry_on), (Some("8"), r) if r.contains(&"resource-exhausted"))
+        }
+    }
+}
+
+/// Weighted choice among backends; weight 0 never chosen. Weights are relative.
+fn pick_backend(backends: &[Backend]) -> Option<&Backend> {
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut n = fastrand::u64(0..total);
+    backends.iter().find(|b| {
+        let w = u64::from(b.weight);
+        if n < w {
+            true
+        } else {
+            n -= w;
+            false
+        }
+    })
+}
+
+fn chance(percent: f64) -> bool {
+    percent >= 100.0 || fastrand::f64() * 100.0 < percent
+}
+
+fn apply_header_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
+    for name in &ops.remove {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(n);
+        }
+    }
+    for (name, value) in &ops.set {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    for (name, value) in &ops.add {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+}
+
+/// Replaces the path (keeping the query) and/or the authority.
+fn rewrite(req: &mut Request<Body>, policies: &RoutePolicies) {
+    let Some(rw) = &policies.rewrite else { return };
+    if let Some(path) = &rw.path {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = pq.parse().ok();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    if let Some(authority) = &rw.authority {
+        if let Ok(v) = HeaderValue::from_str(authority) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        let mut parts = req.uri().clone().into_parts();
+        if parts.authority.is_some() {
+            parts.authority = authority.parse().ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+}
+
+fn redirect(decision: &Decision, req: &Request<Body>) -> Response<Body> {
+    let Some(r) = &decision.redirect else {
+        return direct_response(decision);
+    };
+    let authority = forward::request_authority(req).unwrap_or_default();
+    let (host, req_port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), Some(p.to_string())),
+        None => (authority.clone(), None),
+    };
+    let scheme = r.scheme.clone().unwrap_or_else(|| "http".to_string());
+    let host = r.authority.clone().unwrap_or(host);
+    let port = r
+        .port
+        .map(|p| p.to_string())
+        .or(req_port.filter(|_| r.authority.is_none()));
+    let path = r.path.clone().unwrap_or_else(|| req.uri().path().to_string());
+    let mut location = format!("{scheme}://{host}");
+    if let Some(p) = port {
+        location.push(':');
+        location.push_str(&p);
+    }
+    location.push_str(&path);
+    if let Some(q) = req.uri().query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut resp = Response::new(crate::http::empty());
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp
+}
+
+fn direct_response(decision: &Decision) -> Response<Body> {
+    let (status, body) = decision
+        .direct_response
+        .as_ref()
+        .map_or((500, None), |d| (d.status, d.body.clone()));
+    let mut resp = Response::new(full(body.unwrap_or_default()));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(subset: &str, weight: u32) -> Backend {
+        Backend {
+            service: "s".into(),
+            subset: Some(subset.into()),
+            port: None,
+            weight,
+        }
+    }
+
+    #[test]
+    fn weighted_pick_follows_weights_and_never_picks_zero() {
+        let backends = [b("v1", 80), b("v2", 20), b("v3", 0)];
+        let mut counts = [0usize; 3];
+        for _ in 0..10_000 {
+            let pick = pick_backend(&backends).expect("a backend");
+            let i = backends.iter().position(|x| x == pick).expect("one of them");
+            counts[i] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        // 80/20 within 2 points over 10,000 draws (over 5 sigma).
+        assert!((7_800..=8_200).contains(&counts[0]), "{counts:?}");
+        assert!(pick_backend(&[b("v1", 0)]).is_none());
+    }
+
+    #[test]
+    fn retry_conditions() {
+        let resp = |code: u16| -> Result<Response<Body>, ProxyError> {
+            let mut r = Response::new(crate::http::empty());
+            *r.status_mut() = StatusCode::from_u16(code).expect("status");
+            Ok(r)
+        };
+        assert!(retryable(&resp(503), DEFAULT_RETRY_ON));
+        assert!(!retryable(&resp(500), DEFAULT_RETRY_ON));
+        assert!(retryable(&resp(500), &["5xx"]));
+        assert!(retryable(&resp(504), &["gateway-error"]));
+        assert!(!retryable(&resp(500), &["gateway-error"]));
+        assert!(!retryable(&resp(200), &["5xx"]));
+        let refused = Err(ProxyError::new(
+            Flag::UpstreamConnectFailure,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "x",
+        ));
+        assert!(retryable(&refused, DEFAULT_RETRY_ON));
+        assert!(!retryable(&refused, &["retriable-4xx"]));
+    }
+}
