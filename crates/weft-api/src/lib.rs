@@ -3,6 +3,7 @@
 //! - [`proxy_config`]: the resources a proxy runs on (pushed by the control plane or read from a
 //!   file by `weft proxy --config`).
 
+pub mod explain;
 pub mod finding;
 pub mod model;
 pub mod proxy_config;
