@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Weft in the shared side-by-side proxy comparison (../shared/bench/peers/run.sh): the same nginx
+# backend, the same nginx and haproxy peers, the same load generators and interleaving, with Weft
+# added as the candidate. Two runs:
+#   weft      one proxy (bench/weft-peer.yaml, 127.0.0.1:18083 -> backend), --threads 1
+#   weft2hop  client sidecar (18084) -> HTTP/2 mesh hop -> server sidecar (18085) -> backend,
+#             two processes, each --threads 1; CPU and RSS are the sum of both
+# Knobs (passed through to the peers script): DUR=5 REPS=3 CONNS=32 RATE=4800 WARM=2 FIXED=auto
+#   RESULTS=/tmp/weft-bench (each invocation writes RESULTS/<timestamp>/{weft,weft2hop})
+#   ONLY=weft|weft2hop runs one of the two.  CARGO_TARGET_DIR (default $HOME/.cache/weft/target).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}
+export DUR=${DUR:-5} REPS=${REPS:-3} CONNS=${CONNS:-32} RATE=${RATE:-4800} WARM=${WARM:-2}
+export FIXED=${FIXED:-auto}
+ONLY=${ONLY:-}
+
+# The peers script, next to this clone or where WEFT_SHARED says.
+PEERS="$ROOT/../shared/bench/peers/run.sh"
+if [ ! -f "$PEERS" ]; then
+  PEERS="${WEFT_SHARED:?shared/bench/peers not found next to the clone: set WEFT_SHARED}/bench/peers/run.sh"
+fi
+[ -f "$PEERS" ] || { echo "missing $PEERS" >&2; exit 1; }
+
+# Load generators and peers from apt, only when missing.
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
+command -v pgrep >/dev/null || missing+=(procps)
+command -v ss >/dev/null || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing benchmark dependencies: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v oha >/dev/null || echo "note: oha not installed; the fixed-rate run uses h2load, which reports no latency percentiles"
+
+cargo build --release --locked -p weft-cli
+WEFT="$CARGO_TARGET_DIR/release/weft"
+[ -x "$WEFT" ] || { echo "no binary at $WEFT" >&2; exit 1; }
+
+# The peers script checks its own ports and the candidate's; the others Weft binds are checked here.
+for p in 18083 18084 18085 18090 18091 18092; do
+  if ss -Hltn "sport = :$p" | grep -q .; then echo "port $p already in use" >&2; exit 1; fi
+done
+
+BASE=${RESULTS:-/tmp/weft-bench}/$(date +%Y%m%d-%H%M%S)
+mkdir -p "$BASE"
+B="$ROOT/bench"
+
+run_one() {  # $1 name, $2 url, $3 command
+  echo "=== $1: $3"
+  CANDIDATE_NAME=$1 CANDIDATE_URL=$2 CANDIDATE_CMD=$3 OUT="$BASE/$1" "$PEERS"
+}
+
+if [ -z "$ONLY" ] || [ "$ONLY" = weft ]; then
+  # `exec`: the proxy replaces the shell, so the measured process is the proxy itself.
+  run_one weft http://127.0.0.1:18083/ \
+    "exec '$WEFT' proxy --threads 1 --config '$B/weft-peer.yaml'"
+fi
+if [ -z "$ONLY" ] || [ "$ONLY" = weft2hop ]; then
+  # The server sidecar is started in the background by the shell, which then becomes the client
+  # sidecar: the server is the client's child, so the peers script's "PID and its descendants"
+  # counts (and stops) both.
+  run_one weft2hop http://127.0.0.1:18084/ \
+    "'$WEFT' proxy --threads 1 --config '$B/weft-two-hop-server.yaml' & exec '$WEFT' proxy --threads 1 --config '$B/weft-two-hop.yaml'"
+fi
+
+echo
+echo "results in $BASE"
+for d in "$BASE"/*/; do [ -f "$d/summary.md" ] && echo "  $d/summary.md"; done
