@@ -10,3 +10,4 @@ pub mod proxy_config;
 pub mod resources;
 pub mod route;
 pub mod translate;
+pub mod validate;
