@@ -1,5 +1,12 @@
 //! Weft's control plane: store, registry, compile, push, identity.
 //!
-//! Nothing here yet: it is issue 3 (control plane) and issue 4 (identity). The crate exists so
-//! the workspace has the shape of shared/ARCHITECTURE.md and the CLI's dependencies point the
-//! way they will.
+//! - [`registry`]: services' virtual IPs (stable, persisted) and the running instances of
+//!   workloads.
+//! - [`compile`]: the model plus the registry -> the `ProxyConfig` of one proxy; each service
+//!   compiled once and shared by every proxy that sees it. Pure.
+//!
+//! Still to come (issue 3, control plane; issue 4, identity): the store, the push service and
+//! the CA. See shared/ARCHITECTURE.md for where each goes.
+
+pub mod compile;
+pub mod registry;
