@@ -1,6 +1,8 @@
 //! The `weft` subcommands, one module each.
 
+pub mod analyze;
 pub mod demo;
+pub mod explain;
 pub mod init_iptables;
 pub mod proxy;
 

@@ -23,6 +23,10 @@ enum Command {
     InitIptables(cmd::init_iptables::InitIptablesArgs),
     /// Run a small meshed demo on this machine: two backends, two sidecars, and the URLs to try.
     Demo(cmd::demo::DemoArgs),
+    /// Check Istio, Linkerd, SMI and Gateway API documents (like `istioctl analyze`).
+    Analyze(cmd::analyze::AnalyzeArgs),
+    /// Show which rule a request matches and where it goes.
+    Explain(cmd::explain::ExplainArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +38,8 @@ fn main() -> std::process::ExitCode {
             cmd::init_iptables::run(args).map(|()| std::process::ExitCode::SUCCESS)
         }
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Analyze(args) => cmd::analyze::run(args),
+        Command::Explain(args) => cmd::explain::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,155 @@
+//! `weft explain DIR [--from WORKLOAD[.NAMESPACE]] 'METHOD URL' [-H 'Name: value']...`: which
+//! rule a request matches and where it goes, from the same code the proxies run.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use weft_api::explain::{self, ExplainRequest, Explanation};
+use weft_api::validate;
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Files or directories of YAML documents.
+    pub dir: PathBuf,
+    /// The request, e.g. 'GET http://reviews:9080/reviews/1'.
+    pub request: String,
+    /// The calling workload, `name` or `name.namespace` (default: namespace `default`).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// A request header, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Output format: `text` or `json`.
+    #[arg(long, short, default_value = "text", value_parser = ["text", "json"])]
+    pub output: String,
+}
+
+pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let (method, host, port, path, query) = match explain::parse_request_line(&args.request) {
+        Ok(parts) => parts,
+        Err(e) => {
+            eprintln!("weft explain: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut headers = BTreeMap::new();
+    for h in &args.headers {
+        let Some((name, value)) = h.split_once(':') else {
+            eprintln!("weft explain: header {h:?} is not 'Name: value'");
+            return Ok(ExitCode::from(2));
+        };
+        headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+    }
+    let from = args.from.as_deref().map(|f| match f.split_once('.') {
+        Some((name, ns)) => (name.to_string(), ns.to_string()),
+        None => (f.to_string(), "default".to_string()),
+    });
+    if !args.dir.exists() {
+        eprintln!("weft explain: {} does not exist", args.dir.display());
+        return Ok(ExitCode::from(2));
+    }
+    let (translated, findings) = validate::analyze_paths(std::slice::from_ref(&args.dir));
+    let req = ExplainRequest {
+        method,
+        host,
+        port,
+        path,
+        query,
+        headers,
+        from,
+    };
+    let e = explain::explain(&translated.mesh, &req);
+    if args.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        print_text(&e);
+        let errors = findings
+            .iter()
+            .filter(|f| f.severity == weft_api::finding::Severity::Error)
+            .count();
+        if errors > 0 {
+            println!("\nnote: {errors} document error(s) were left out; see `weft analyze`");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_text(e: &Explanation) {
+    let Some(service) = &e.service else {
+        println!("not a mesh service: the request would leave the mesh unchanged (ALLOW_ANY) or be refused (REGISTRY_ONLY)");
+        return;
+    };
+    println!("service:   {service}");
+    for s in &e.skipped {
+        println!(
+            "skipped:   {} {}/{} rule {}: {}",
+            s.kind, s.namespace, s.name, s.rule, s.reason
+        );
+    }
+    match &e.matched {
+        Some(m) => {
+            let place = match (&m.file, m.line) {
+                (Some(f), Some(l)) => format!(" ({f}:{l})"),
+                _ => String::new(),
+            };
+            println!(
+                "matched:   {} {}/{} rule {}{place}",
+                m.kind, m.namespace, m.name, m.rule
+            );
+        }
+        None if e.decision == "route" => println!("matched:   no routing rules: the service itself"),
+        None => {}
+    }
+    println!("decision:  {}", e.decision);
+    for b in &e.backends {
+        let subset = b
+            .subset
+            .as_deref()
+            .map(|s| format!(" subset {s}"))
+            .unwrap_or_default();
+        let port = b.port.map(|p| format!(":{p}")).unwrap_or_default();
+        println!("backend:   {}{port}{subset} weight {}", b.service, b.weight);
+    }
+    for (backend, workloads) in &e.endpoints {
+        println!(
+            "endpoints: {backend}: {}",
+            if workloads.is_empty() {
+                "none".to_string()
+            } else {
+                workloads.join(", ")
+            }
+        );
+    }
+    let p = &e.policies;
+    if let Some(t) = p.timeout_ms {
+        println!("timeout:   {t} ms");
+    }
+    if let Some(r) = &p.retries {
+        println!(
+            "retries:   {} attempts on {}",
+            r.attempts,
+            if r.retry_on.is_empty() {
+                "Istio's defaults".into()
+            } else {
+                r.retry_on.join(",")
+            }
+        );
+    }
+    if let Some(f) = &p.fault {
+        println!("fault:     {f:?}");
+    }
+    for m in &p.mirrors {
+        println!("mirror:    {} {}%", m.service, m.percent);
+    }
+    if let Some(r) = &e.redirect {
+        println!("redirect:  {} {}", r.status, r.location);
+    }
+    if let Some(d) = &e.direct_response {
+        println!("response:  {} {}", d.status, d.body.as_deref().unwrap_or(""));
+    }
+    println!("mtls:      {}", e.mtls.mode);
+    for err in &e.errors {
+        println!("error:     {err}");
+    }
+}
