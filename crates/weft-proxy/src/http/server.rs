@@ -81,9 +81,14 @@ where
 }
 
 fn log_end(err: Option<hyper::Error>) {
-    if let Some(e) = err {
-        // Malformed requests end here after hyper answered them (400/431/414): log and move on.
-        tracing::info!(error = %e, "HTTP connection ended with an error");
+    let Some(e) = err else { return };
+    if e.is_parse() || e.is_parse_too_large() || e.is_timeout() {
+        // Malformed or too slow requests end here after hyper answered them (400/431/414, or
+        // the header-read timeout): worth a log line.
+        tracing::info!(error = %e, "HTTP connection closed: bad or slow request");
+    } else {
+        // Clients closing mid-connection is ordinary (load generators, browsers).
+        tracing::debug!(error = %e, "HTTP connection ended");
     }
 }
 

@@ -4,9 +4,12 @@
 //! services are mesh names or `unknown`, and each family caps its distinct label sets, folding
 //! the rest into one `overflow` set counted by `weft_metric_label_overflow_total`.
 
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+use rustc_hash::FxBuildHasher;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -91,15 +94,32 @@ pub struct Capped<L, M, C = fn() -> M> {
 
 /// Every metric the proxy reports.
 pub struct Metrics {
-    requests: Capped<RequestLabels, Counter>,
-    duration_ms: Capped<RequestLabels, Histogram>,
-    request_bytes: Capped<RequestLabels, Histogram>,
-    response_bytes: Capped<RequestLabels, Histogram>,
+    request_families: RequestFamilies,
+    /// Each label set's four request metrics, found with one hash per request rather than
+    /// one per family (the families' own maps hash all 19 labels under a lock each time).
+    request_series: RwLock<HashMap<RequestLabels, Arc<RequestSeries>, FxBuildHasher>>,
+    overflow: Counter,
     tcp_sent: Capped<TcpLabels, Counter>,
     tcp_received: Capped<TcpLabels, Counter>,
     tcp_opened: Capped<TcpLabels, Counter>,
     tcp_closed: Capped<TcpLabels, Counter>,
     rejected: Family<ListenerLabels, Counter>,
+}
+
+/// The request families, as registered.
+struct RequestFamilies {
+    requests: Family<RequestLabels, Counter>,
+    duration_ms: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    request_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    response_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
+}
+
+/// Handles on one label set's request metrics (clones share the families' storage).
+struct RequestSeries {
+    requests: Counter,
+    duration_ms: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
 }
 
 /// Distinct label sets kept per family before folding into `overflow`.
@@ -221,36 +241,35 @@ impl Metrics {
             "Connections closed on accept, by listener and reason",
             rejected.clone(),
         );
-        let hist = |f: fn() -> Histogram| Family::<RequestLabels, Histogram>::new_with_constructor(f);
+        let hist = |f: fn() -> Histogram| {
+            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(f)
+        };
+        let request_families = RequestFamilies {
+            requests: Family::default(),
+            duration_ms: hist(duration_histogram),
+            request_bytes: hist(size_histogram),
+            response_bytes: hist(size_histogram),
+        };
+        registry.register("istio_requests", "Requests", request_families.requests.clone());
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request duration",
+            request_families.duration_ms.clone(),
+        );
+        registry.register(
+            "istio_request_bytes",
+            "Request body sizes",
+            request_families.request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response body sizes",
+            request_families.response_bytes.clone(),
+        );
         Arc::new(Self {
-            requests: Capped::register(
-                registry,
-                "istio_requests",
-                "Requests",
-                Family::default(),
-                &overflow,
-            ),
-            duration_ms: Capped::register(
-                registry,
-                "istio_request_duration_milliseconds",
-                "Request duration",
-                hist(duration_histogram),
-                &overflow,
-            ),
-            request_bytes: Capped::register(
-                registry,
-                "istio_request_bytes",
-                "Request body sizes",
-                hist(size_histogram),
-                &overflow,
-            ),
-            response_bytes: Capped::register(
-                registry,
-                "istio_response_bytes",
-                "Response body sizes",
-                hist(size_histogram),
-                &overflow,
-            ),
+            request_families,
+            request_series: RwLock::default(),
+            overflow: overflow.clone(),
             tcp_sent: Capped::register(
                 registry,
                 "istio_tcp_sent_bytes",
@@ -285,16 +304,40 @@ impl Metrics {
 
     /// Records one finished request.
     pub fn request(&self, labels: &RequestLabels, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
-        let overflow = || RequestLabels::overflow(labels.reporter);
-        self.requests.with(labels, overflow, |c| {
-            c.inc();
-        });
-        self.duration_ms
-            .with(labels, overflow, |h| h.observe(duration_ms));
-        self.request_bytes
-            .with(labels, overflow, |h| h.observe(request_bytes as f64));
-        self.response_bytes
-            .with(labels, overflow, |h| h.observe(response_bytes as f64));
+        let series = self.request_series(labels);
+        series.requests.inc();
+        series.duration_ms.observe(duration_ms);
+        series.request_bytes.observe(request_bytes as f64);
+        series.response_bytes.observe(response_bytes as f64);
+    }
+
+    fn request_series(&self, labels: &RequestLabels) -> Arc<RequestSeries> {
+        if let Some(s) = self
+            .request_series
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(labels)
+        {
+            return s.clone();
+        }
+        let mut map = self.request_series.write().unwrap_or_else(|p| p.into_inner());
+        let labels = if map.len() >= LABEL_SET_CAP && !map.contains_key(labels) {
+            self.overflow.inc();
+            RequestLabels::overflow(labels.reporter)
+        } else {
+            labels.clone()
+        };
+        let f = &self.request_families;
+        map.entry(labels.clone())
+            .or_insert_with(|| {
+                Arc::new(RequestSeries {
+                    requests: f.requests.get_or_create(&labels).clone(),
+                    duration_ms: f.duration_ms.get_or_create(&labels).clone(),
+                    request_bytes: f.request_bytes.get_or_create(&labels).clone(),
+                    response_bytes: f.response_bytes.get_or_create(&labels).clone(),
+                })
+            })
+            .clone()
     }
 
     pub fn tcp_opened(&self, labels: &TcpLabels) {
@@ -377,5 +420,46 @@ impl TcpLabels {
             response_flags: "-",
             connection_security_policy: "unknown",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(service: &str) -> RequestLabels {
+        let mut l = RequestLabels::overflow("source");
+        l.destination_service = Label::new(service);
+        l.request_protocol = "http";
+        l.response_code = 200;
+        l
+    }
+
+    #[test]
+    fn label_sets_past_the_cap_fold_into_overflow() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        for i in 0..LABEL_SET_CAP + 5 {
+            m.request(&labels(&format!("svc-{i}")), 1.0, 0, 0);
+        }
+        // The same label set again is counted on its own series.
+        m.request(&labels("svc-0"), 1.0, 0, 0);
+        assert_eq!(m.overflow.get(), 5);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains("weft_metric_label_overflow_total 5"),
+            "overflow counter missing"
+        );
+        let svc0 = text
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{") && l.contains("destination_service=\"svc-0\""))
+            .expect("svc-0 series");
+        assert!(svc0.ends_with(" 2"), "{svc0}");
+        let overflow = text
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{") && l.contains("request_protocol=\"overflow\""))
+            .expect("overflow series");
+        assert!(overflow.ends_with(" 5"), "{overflow}");
     }
 }
