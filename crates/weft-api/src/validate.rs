@@ -181,7 +181,7 @@ fn check_shadowed(routes: &HostRoutes, out: &mut Vec<Finding>) {
     if routes.dialect != Dialect::Istio {
         return;
     }
-    let catch_all = routes.rules.iter().position(|r| matches_everything(r));
+    let catch_all = routes.rules.iter().position(matches_everything);
     if let Some(i) = catch_all {
         for later in &routes.rules[i + 1..] {
             out.push(
