@@ -149,9 +149,26 @@ impl Mesh {
 
 impl Mesh {
     /// The route table of `fqdn:port`, in the order rules are tried: the winning dialect's
-    /// documents oldest first, each document's rules in order.
+    /// documents oldest first, each document's rules in order; Gateway API rules instead by
+    /// the spec's precedence across all its routes (`gateway_api::sort_by_precedence`).
     pub fn route_table(&self, fqdn: &str, port: u16) -> crate::route::RouteTable {
         let (docs, _losers) = self.routes_for(fqdn, port);
+        if docs.first().is_some_and(|d| d.dialect == Dialect::GatewayApi) {
+            // The Gateway API orders rules across all routes of the host by the spec's
+            // precedence, not by document.
+            let mut ranked: Vec<crate::translate::gateway_api::Ranked> = docs
+                .iter()
+                .flat_map(|d| {
+                    d.rules
+                        .iter()
+                        .map(|r| (r.clone(), d.creation_timestamp.clone(), d.seen))
+                })
+                .collect();
+            crate::translate::gateway_api::sort_by_precedence(&mut ranked);
+            return crate::route::RouteTable {
+                rules: ranked.into_iter().map(|(r, _, _)| r).collect(),
+            };
+        }
         crate::route::RouteTable {
             rules: docs.iter().flat_map(|d| d.rules.iter().cloned()).collect(),
         }

@@ -3,6 +3,9 @@
 //! Unknown kinds and unknown fields are reported, never silently dropped; a kind Weft reads
 //! but does not act on yet is a finding that says so.
 
+pub mod gateway_api;
+pub mod smi;
+
 use crate::finding::{codes, Finding};
 use crate::model::Mesh;
 use crate::proxy_config::{split_host, ProxyConfig};
@@ -84,7 +87,19 @@ const NOT_YET: &[(&str, &str, &str)] = &[
 type Translator = fn(doc: &Document, seen: usize, out: &mut Translated);
 
 /// Who translates what: (API group, kind, translator). Core `v1` has the empty group.
-const TRANSLATORS: &[(&str, &str, Translator)] = &[];
+const TRANSLATORS: &[(&str, &str, Translator)] = &[
+    (
+        "gateway.networking.k8s.io",
+        "HTTPRoute",
+        gateway_api::translate_http_route,
+    ),
+    (
+        "gateway.networking.k8s.io",
+        "GRPCRoute",
+        gateway_api::translate_grpc_route,
+    ),
+    ("split.smi-spec.io", "TrafficSplit", smi::translate_traffic_split),
+];
 
 /// Translates every document, in order.
 pub fn translate(docs: &[Document]) -> Translated {

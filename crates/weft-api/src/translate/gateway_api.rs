@@ -1,0 +1,584 @@
+//! Gateway API `HTTPRoute` and `GRPCRoute` attached to a Service (GAMMA, the mesh profile)
+//! -> `HostRoutes { dialect: GatewayApi }`, and the spec's precedence across all rules of
+//! one host:port (`sort_by_precedence`, used by `Mesh::route_table`).
+//!
+//! Each (rule i, match j) pair becomes one `Rule { index: i, matches: [that match] }`, so the
+//! precedence, which the spec defines per match, can order them across documents.
+
+use std::cmp::{Ordering, Reverse};
+
+use marked_yaml::{Span, Spanned};
+
+use super::{origin, Translated};
+use crate::finding::{codes, Finding, Location};
+use crate::model::{Dialect, HostRoutes};
+use crate::proxy_config::ProxyConfig;
+use crate::resources::gateway_api::*;
+use crate::resources::Document;
+use crate::route::{
+    Action, Backend, DirectResponse, HeaderMatch, Mirror, PathMatch, QueryMatch, Redirect, RequestMatch,
+    Retries, Rewrite, RoutePolicies, Rule, StringMatch,
+};
+
+/// A rule with its document's tie-breaks: (rule, creationTimestamp, load order).
+pub type Ranked = (Rule, Option<String>, usize);
+
+/// Orders Gateway API rules for one host:port as the spec says (shared/ARCHITECTURE.md,
+/// "Gateway API ties"): a consumer route (attached from the caller's namespace) first; then
+/// exact path > longest path prefix (in characters) > regular expression path; then a method
+/// match > more header matches > more query-parameter matches; then the older route
+/// (creationTimestamp; a route with one before a route without), the first seen, namespace/
+/// name alphabetically, and the rule's index. The sort is stable, so the matches of one rule
+/// keep their order.
+pub fn sort_by_precedence(rules: &mut [Ranked]) {
+    rules.sort_by(|(a, ats, aseen), (b, bts, bseen)| {
+        specificity(a)
+            .cmp(&specificity(b))
+            .then_with(|| match (ats, bts) {
+                (Some(x), Some(y)) => x.cmp(y),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => Ordering::Equal,
+            })
+            .then(aseen.cmp(bseen))
+            .then_with(|| (&a.origin.namespace, &a.origin.name).cmp(&(&b.origin.namespace, &b.origin.name)))
+            .then(a.index.cmp(&b.index))
+    });
+}
+
+/// Smaller is more specific. A rule carries one match (see the module doc); a rule without
+/// any matches everything.
+fn specificity(rule: &Rule) -> (bool, u8, Reverse<usize>, bool, Reverse<usize>, Reverse<usize>) {
+    let Some(m) = rule.matches.first() else {
+        return (true, 1, Reverse(0), true, Reverse(0), Reverse(0));
+    };
+    let (class, len) = match &m.path {
+        Some(PathMatch::Exact { value, .. }) => (0, value.len()),
+        Some(PathMatch::SegmentPrefix { value } | PathMatch::Prefix { value, .. }) => (1, value.len()),
+        None => (1, 0),
+        Some(PathMatch::Regex { .. }) => (2, 0),
+    };
+    (
+        m.source_namespace.is_none(),
+        class,
+        Reverse(len),
+        m.method.is_none(),
+        Reverse(m.headers.len()),
+        Reverse(m.query.len()),
+    )
+}
+
+/// `HTTPRoute` (v1, v1beta1).
+pub fn translate_http_route(doc: &Document, seen: usize, out: &mut Translated) {
+    let spec: HttpRouteSpec = match doc.spec() {
+        Ok(s) => s,
+        Err(f) => return out.findings.push(f),
+    };
+    let mut rules = Vec::new();
+    for (index, r) in spec.rules.iter().enumerate() {
+        let (action, policies) = rule_parts(doc, &r.filters, &r.backend_refs, false, out);
+        let mut policies = policies;
+        timeouts_and_retries(doc, r.timeouts.as_ref(), r.retry.as_ref(), &mut policies, out);
+        if let Some(sp) = &r.session_persistence {
+            not_implemented(doc, sp.span(), "sessionPersistence is not applied yet", out);
+        }
+        let matches: Vec<RequestMatch> = if r.matches.is_empty() {
+            vec![http_match(&HttpRouteMatch::default())]
+        } else {
+            r.matches.iter().map(http_match).collect()
+        };
+        for m in matches {
+            rules.push(Rule {
+                origin: origin(doc),
+                index,
+                name: r.name.clone(),
+                matches: vec![m],
+                action: action.clone(),
+                policies: policies.clone(),
+            });
+        }
+    }
+    attach(doc, seen, &spec.parent_refs, rules, out);
+}
+
+/// `GRPCRoute` (v1): a method match is a match on the path `/service/method`.
+pub fn translate_grpc_route(doc: &Document, seen: usize, out: &mut Translated) {
+    let spec: GrpcRouteSpec = match doc.spec() {
+        Ok(s) => s,
+        Err(f) => return out.findings.push(f),
+    };
+    let mut rules = Vec::new();
+    let default_rules = [GrpcRouteRule::default()];
+    let spec_rules = if spec.rules.is_empty() {
+        &default_rules[..]
+    } else {
+        &spec.rules[..]
+    };
+    for (index, r) in spec_rules.iter().enumerate() {
+        let (action, policies) = rule_parts(doc, &r.filters, &r.backend_refs, true, out);
+        if let Some(sp) = &r.session_persistence {
+            not_implemented(doc, sp.span(), "sessionPersistence is not applied yet", out);
+        }
+        let matches: Vec<RequestMatch> = if r.matches.is_empty() {
+            vec![RequestMatch::default()]
+        } else {
+            r.matches.iter().map(grpc_match).collect()
+        };
+        for m in matches {
+            rules.push(Rule {
+                origin: origin(doc),
+                index,
+                name: r.name.clone(),
+                matches: vec![m],
+                action: action.clone(),
+                policies: policies.clone(),
+            });
+        }
+    }
+    attach(doc, seen, &spec.parent_refs, rules, out);
+}
+
+/// One `HostRoutes` per Service parent; a Gateway parent is reported, not acted on.
+fn attach(
+    doc: &Document,
+    seen: usize,
+    parents: &[Spanned<ParentRef>],
+    rules: Vec<Rule>,
+    out: &mut Translated,
+) {
+    if parents.is_empty() {
+        out.findings.push(
+            Finding::warning(
+                codes::MISSING_FIELD,
+                format!(
+                    "{} {}/{} has no parentRefs: it routes nothing",
+                    doc.kind, doc.namespace, doc.name
+                ),
+                &doc.location(),
+            )
+            .with_fix("attach it to a Service: parentRefs: [{group: \"\", kind: Service, name: ...}]"),
+        );
+    }
+    let mut attached: Vec<(String, Option<u16>)> = Vec::new();
+    for p in parents {
+        if !p.is_service() {
+            let why = if p.kind == "Gateway" {
+                format!(
+                    "parentRef Gateway {}: routes attached to a Gateway (ingress) arrive with the gateways issue",
+                    p.name
+                )
+            } else {
+                format!(
+                    "parentRef {} {} ({}): only a core Service attaches a route to the mesh",
+                    p.kind, p.name, p.group
+                )
+            };
+            not_implemented(doc, p.span(), &why, out);
+            continue;
+        }
+        let ns = p.namespace.clone().unwrap_or_else(|| doc.namespace.clone());
+        let host = ProxyConfig::fqdn(&p.name, &ns);
+        if attached.contains(&(host.clone(), p.port)) {
+            continue;
+        }
+        attached.push((host.clone(), p.port));
+        // A route in another namespace than its Service is a consumer route: it applies
+        // only to callers in the route's own namespace (GAMMA).
+        let consumer = ns != doc.namespace;
+        let rules = rules
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                if consumer {
+                    for m in &mut r.matches {
+                        m.source_namespace = Some(doc.namespace.clone());
+                    }
+                    if r.matches.is_empty() {
+                        r.matches.push(RequestMatch {
+                            source_namespace: Some(doc.namespace.clone()),
+                            ..RequestMatch::default()
+                        });
+                    }
+                }
+                r
+            })
+            .collect();
+        out.mesh.routes.push(HostRoutes {
+            dialect: Dialect::GatewayApi,
+            host,
+            port: p.port,
+            origin: origin(doc),
+            rules,
+            creation_timestamp: doc.creation_timestamp.clone(),
+            seen,
+        });
+    }
+}
+
+fn http_match(m: &HttpRouteMatch) -> RequestMatch {
+    RequestMatch {
+        path: m.path.as_ref().map(|p| match p.kind {
+            PathMatchType::Exact => PathMatch::Exact {
+                value: p.value.clone(),
+                ignore_case: false,
+            },
+            PathMatchType::PathPrefix => PathMatch::SegmentPrefix {
+                value: p.value.clone(),
+            },
+            PathMatchType::RegularExpression => PathMatch::Regex {
+                value: p.value.clone(),
+                ignore_case: false,
+            },
+        }),
+        method: m.method.as_ref().map(|v| StringMatch::Exact(v.clone())),
+        headers: headers(&m.headers),
+        query: first_per_name(&m.query_params, |q| q.name.clone())
+            .map(|q| QueryMatch {
+                name: q.name.clone(),
+                value: Some(value_match(q.kind, &q.value)),
+            })
+            .collect(),
+        ..RequestMatch::default()
+    }
+}
+
+fn grpc_match(m: &GrpcRouteMatch) -> RequestMatch {
+    let path = m.method.as_ref().and_then(|mm| {
+        let (service, method) = (mm.service.as_deref(), mm.method.as_deref());
+        match (mm.kind, service, method) {
+            (_, None, None) => None,
+            (ValueMatchType::Exact, Some(s), Some(m)) => Some(PathMatch::Exact {
+                value: format!("/{s}/{m}"),
+                ignore_case: false,
+            }),
+            (ValueMatchType::Exact, Some(s), None) => Some(PathMatch::SegmentPrefix {
+                value: format!("/{s}"),
+            }),
+            (ValueMatchType::Exact, None, Some(m)) => Some(PathMatch::Regex {
+                value: format!("/[^/]+/{}", regex::escape(m)),
+                ignore_case: false,
+            }),
+            (ValueMatchType::RegularExpression, s, m) => Some(PathMatch::Regex {
+                value: format!("/(?:{})/(?:{})", s.unwrap_or("[^/]+"), m.unwrap_or("[^/]+")),
+                ignore_case: false,
+            }),
+        }
+    });
+    RequestMatch {
+        path,
+        headers: headers(&m.headers),
+        ..RequestMatch::default()
+    }
+}
+
+/// Header names are case-insensitive; of two matches on one name the first counts (spec).
+fn headers(list: &[ValueMatch]) -> Vec<HeaderMatch> {
+    first_per_name(list, |h| h.name.to_ascii_lowercase())
+        .map(|h| HeaderMatch {
+            name: h.name.to_ascii_lowercase(),
+            value: Some(value_match(h.kind, &h.value)),
+            invert: false,
+        })
+        .collect()
+}
+
+fn first_per_name<'a>(
+    list: &'a [ValueMatch],
+    key: impl Fn(&ValueMatch) -> String + 'a,
+) -> impl Iterator<Item = &'a ValueMatch> + 'a {
+    list.iter()
+        .enumerate()
+        .filter(move |(i, v)| !list[..*i].iter().any(|w| key(w) == key(v)))
+        .map(|(_, v)| v)
+}
+
+fn value_match(kind: ValueMatchType, value: &str) -> StringMatch {
+    match kind {
+        ValueMatchType::Exact => StringMatch::Exact(value.to_string()),
+        ValueMatchType::RegularExpression => StringMatch::Regex(value.to_string()),
+    }
+}
+
+/// A rule's action and the policies its filters add.
+fn rule_parts(
+    doc: &Document,
+    filters: &[Spanned<HttpRouteFilter>],
+    backend_refs: &[Spanned<BackendRef>],
+    grpc: bool,
+    out: &mut Translated,
+) -> (Action, RoutePolicies) {
+    let mut policies = RoutePolicies::default();
+    let mut redirect = None;
+    for f in filters {
+        let missing = |field: &str, out: &mut Translated| {
+            out.findings.push(Finding::error(
+                codes::SCHEMA,
+                format!(
+                    "{} {}/{}: filter type {:?} needs the field {field}",
+                    doc.kind, doc.namespace, doc.name, f.kind
+                ),
+                &at(doc, f.span()),
+            ))
+        };
+        if grpc && matches!(f.kind, FilterType::RequestRedirect | FilterType::UrlRewrite) {
+            out.findings.push(Finding::error(
+                codes::SCHEMA,
+                format!(
+                    "{} {}/{}: filter type {:?} is not allowed in a GRPCRoute",
+                    doc.kind, doc.namespace, doc.name, f.kind
+                ),
+                &at(doc, f.span()),
+            ));
+            continue;
+        }
+        match f.kind {
+            FilterType::RequestHeaderModifier | FilterType::ResponseHeaderModifier => {
+                let (modifier, ops, field) = if f.kind == FilterType::RequestHeaderModifier {
+                    (
+                        &f.request_header_modifier,
+                        &mut policies.request_headers,
+                        "requestHeaderModifier",
+                    )
+                } else {
+                    (
+                        &f.response_header_modifier,
+                        &mut policies.response_headers,
+                        "responseHeaderModifier",
+                    )
+                };
+                let Some(m) = modifier else {
+                    missing(field, out);
+                    continue;
+                };
+                for h in &m.set {
+                    ops.set.insert(h.name.clone(), h.value.clone());
+                }
+                for h in &m.add {
+                    ops.add.insert(h.name.clone(), h.value.clone());
+                }
+                ops.remove.extend(m.remove.iter().cloned());
+            }
+            FilterType::RequestRedirect => {
+                let Some(r) = &f.request_redirect else {
+                    missing("requestRedirect", out);
+                    continue;
+                };
+                let path = match &r.path {
+                    None => None,
+                    Some(p) => path_modifier(doc, f.span(), p, "requestRedirect", out),
+                };
+                redirect = Some(Redirect {
+                    status: r.status_code,
+                    scheme: r.scheme.clone(),
+                    authority: r.hostname.clone(),
+                    port: r.port,
+                    path,
+                });
+            }
+            FilterType::UrlRewrite => {
+                let Some(r) = &f.url_rewrite else {
+                    missing("urlRewrite", out);
+                    continue;
+                };
+                let path = match &r.path {
+                    None => None,
+                    Some(p) => path_modifier(doc, f.span(), p, "urlRewrite", out),
+                };
+                if path.is_some() || r.hostname.is_some() {
+                    policies.rewrite = Some(Rewrite {
+                        path,
+                        authority: r.hostname.clone(),
+                    });
+                }
+            }
+            FilterType::RequestMirror => {
+                let Some(m) = &f.request_mirror else {
+                    missing("requestMirror", out);
+                    continue;
+                };
+                let b = &m.backend_ref;
+                if !(b.kind == "Service" && (b.group.is_empty() || b.group == "core")) {
+                    not_implemented(
+                        doc,
+                        f.span(),
+                        &format!(
+                            "mirror to {} {}: only a core Service is a mesh backend",
+                            b.kind, b.name
+                        ),
+                        out,
+                    );
+                    continue;
+                }
+                let percent = match (&m.percent, &m.fraction) {
+                    (Some(p), _) => f64::from(*p),
+                    (None, Some(fr)) if fr.denominator > 0 => {
+                        f64::from(fr.numerator) * 100.0 / f64::from(fr.denominator)
+                    }
+                    (None, Some(_)) => {
+                        out.findings.push(Finding::error(
+                            codes::SCHEMA,
+                            format!(
+                                "{} {}/{}: requestMirror fraction with denominator 0",
+                                doc.kind, doc.namespace, doc.name
+                            ),
+                            &at(doc, f.span()),
+                        ));
+                        continue;
+                    }
+                    (None, None) => 100.0,
+                };
+                policies.mirrors.push(Mirror {
+                    service: ProxyConfig::fqdn(&b.name, b.namespace.as_deref().unwrap_or(&doc.namespace)),
+                    subset: None,
+                    percent,
+                });
+            }
+            FilterType::ExtensionRef => {
+                not_implemented(doc, f.span(), "ExtensionRef filters are not applied", out);
+            }
+        }
+    }
+    if let Some(r) = redirect {
+        return (Action::Redirect(r), policies);
+    }
+    let mut backends = Vec::new();
+    for b in backend_refs {
+        if !b.is_service() {
+            not_implemented(
+                doc,
+                b.span(),
+                &format!(
+                    "backendRef {} {} ({}): only a core Service is a mesh backend; the reference is invalid",
+                    b.kind, b.name, b.group
+                ),
+                out,
+            );
+            continue;
+        }
+        if let Some(first) = b.filters.first() {
+            not_implemented(doc, first.span(), "per-backend filters are not applied yet", out);
+        }
+        backends.push(Backend {
+            service: ProxyConfig::fqdn(&b.name, b.namespace.as_deref().unwrap_or(&doc.namespace)),
+            subset: None,
+            port: b.port,
+            weight: b.weight,
+        });
+    }
+    if backends.is_empty() {
+        // No (valid) backendRefs: the spec answers 500.
+        return (
+            Action::DirectResponse(DirectResponse {
+                status: 500,
+                body: None,
+            }),
+            policies,
+        );
+    }
+    (Action::Forward(backends), policies)
+}
+
+fn path_modifier(
+    doc: &Document,
+    span: &Span,
+    p: &PathModifier,
+    filter: &str,
+    out: &mut Translated,
+) -> Option<String> {
+    match p.kind {
+        PathModifierType::ReplaceFullPath => {
+            if p.replace_full_path.is_none() {
+                out.findings.push(Finding::error(
+                    codes::SCHEMA,
+                    format!(
+                        "{} {}/{}: {filter} path type ReplaceFullPath needs replaceFullPath",
+                        doc.kind, doc.namespace, doc.name
+                    ),
+                    &at(doc, span),
+                ));
+            }
+            p.replace_full_path.clone()
+        }
+        PathModifierType::ReplacePrefixMatch => {
+            not_implemented(
+                doc,
+                span,
+                &format!("{filter} path type ReplacePrefixMatch is not applied yet: the path is kept"),
+                out,
+            );
+            None
+        }
+    }
+}
+
+fn timeouts_and_retries(
+    doc: &Document,
+    timeouts: Option<&Timeouts>,
+    retry: Option<&Spanned<Retry>>,
+    policies: &mut RoutePolicies,
+    out: &mut Translated,
+) {
+    let duration = |d: &Spanned<String>, field: &str, out: &mut Translated| match duration_ms(d) {
+        Some(ms) => Some(ms),
+        None => {
+            out.findings.push(Finding::error(
+                codes::SCHEMA,
+                format!(
+                    "{} {}/{}: {field} {:?} is not a Gateway API duration such as 10s, 500ms or 1h30m",
+                    doc.kind,
+                    doc.namespace,
+                    doc.name,
+                    d.as_str()
+                ),
+                &at(doc, d.span()),
+            ));
+            None
+        }
+    };
+    // A zero duration disables the timeout (spec).
+    let nonzero = |ms: Option<u64>| ms.filter(|&ms| ms > 0);
+    let request = timeouts
+        .and_then(|t| t.request.as_ref())
+        .and_then(|d| nonzero(duration(d, "timeouts.request", out)));
+    let backend = timeouts
+        .and_then(|t| t.backend_request.as_ref())
+        .and_then(|d| nonzero(duration(d, "timeouts.backendRequest", out)));
+    policies.timeout_ms = request;
+    if let Some(r) = retry {
+        if let Some(b) = &r.backoff {
+            if duration(b, "retry.backoff", out).is_some() {
+                not_implemented(doc, b.span(), "retry backoff is not applied yet", out);
+            }
+        }
+        policies.retries = Some(Retries {
+            attempts: r.attempts.unwrap_or(1),
+            per_try_timeout_ms: backend,
+            retry_on: r.codes.iter().map(u16::to_string).collect(),
+        });
+    } else if let Some(b) = backend {
+        // Without retries, one backend request is the whole request.
+        policies.timeout_ms = Some(request.map_or(b, |r| r.min(b)));
+    }
+}
+
+fn not_implemented(doc: &Document, span: &Span, why: &str, out: &mut Translated) {
+    out.findings.push(Finding::warning(
+        codes::NOT_IMPLEMENTED,
+        format!("{} {}/{}: {why}", doc.kind, doc.namespace, doc.name),
+        &at(doc, span),
+    ));
+}
+
+fn at(doc: &Document, span: &Span) -> Location {
+    match span.start() {
+        Some(m) => Location {
+            file: Some(doc.file.clone()),
+            line: Some(m.line()),
+            column: Some(m.column()),
+        },
+        None => doc.location(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
