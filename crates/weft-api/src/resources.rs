@@ -12,6 +12,9 @@ use serde::de::DeserializeOwned;
 
 use crate::finding::{codes, Finding, Location};
 
+pub mod core;
+pub mod istio;
+
 /// One document with where it came from.
 #[derive(Debug, Clone)]
 pub struct Document {

@@ -3,6 +3,9 @@
 //! Unknown kinds and unknown fields are reported, never silently dropped; a kind Weft reads
 //! but does not act on yet is a finding that says so.
 
+mod core;
+mod istio;
+
 use crate::finding::{codes, Finding};
 use crate::model::Mesh;
 use crate::proxy_config::{split_host, ProxyConfig};
@@ -84,7 +87,12 @@ const NOT_YET: &[(&str, &str, &str)] = &[
 type Translator = fn(doc: &Document, seen: usize, out: &mut Translated);
 
 /// Who translates what: (API group, kind, translator). Core `v1` has the empty group.
-const TRANSLATORS: &[(&str, &str, Translator)] = &[];
+const TRANSLATORS: &[(&str, &str, Translator)] = &[
+    ("", "Service", core::service),
+    ("networking.istio.io", "DestinationRule", istio::destination_rule),
+    ("networking.istio.io", "VirtualService", istio::virtual_service),
+    ("weft.dev", "Workload", core::workload),
+];
 
 /// Translates every document, in order.
 pub fn translate(docs: &[Document]) -> Translated {
