@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 
 use crate::finding::{codes, Finding, Location};
 
+pub mod core;
 pub mod gateway_api;
+pub mod istio;
 pub mod smi;
 
 /// One document with where it came from.

@@ -3,7 +3,9 @@
 //! Unknown kinds and unknown fields are reported, never silently dropped; a kind Weft reads
 //! but does not act on yet is a finding that says so.
 
+mod core;
 pub mod gateway_api;
+mod istio;
 pub mod smi;
 
 use crate::finding::{codes, Finding};
@@ -88,6 +90,10 @@ type Translator = fn(doc: &Document, seen: usize, out: &mut Translated);
 
 /// Who translates what: (API group, kind, translator). Core `v1` has the empty group.
 const TRANSLATORS: &[(&str, &str, Translator)] = &[
+    ("", "Service", core::service),
+    ("networking.istio.io", "DestinationRule", istio::destination_rule),
+    ("networking.istio.io", "VirtualService", istio::virtual_service),
+    ("weft.dev", "Workload", core::workload),
     (
         "gateway.networking.k8s.io",
         "HTTPRoute",
