@@ -169,13 +169,19 @@ fn endpoints_of(mesh: &Mesh, b: &Backend) -> Vec<String> {
     let Some(svc) = mesh.service(&b.service) else {
         return Vec::new();
     };
-    let subset_labels = b.subset.as_ref().and_then(|name| {
-        mesh.destination(&b.service)?
-            .subsets
-            .iter()
-            .find(|s| &s.name == name)
-            .map(|s| &s.labels)
-    });
+    let subset_labels = match &b.subset {
+        None => None,
+        Some(name) => {
+            let defined = mesh
+                .destination(&b.service)
+                .and_then(|d| d.subsets.iter().find(|s| &s.name == name));
+            match defined {
+                Some(s) => Some(&s.labels),
+                // An undefined subset has no endpoints: the proxy answers 503 (UH).
+                None => return Vec::new(),
+            }
+        }
+    };
     mesh.workloads
         .iter()
         .filter(|w| w.selected_by(&svc.selector))

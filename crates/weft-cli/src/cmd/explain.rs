@@ -69,7 +69,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             .filter(|f| f.severity == weft_api::finding::Severity::Error)
             .count();
         if errors > 0 {
-            println!("\nnote: {errors} document error(s) were left out; see `weft analyze`");
+            println!("\nnote: `weft analyze` reports {errors} error(s) in these documents");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,177 @@
+//! `weft analyze` and `weft explain` as users script them: exit codes and the JSON contracts of
+//! shared/ARCHITECTURE.md.
+
+mod common;
+
+use common::{run, tempdir, weft_bin};
+
+fn fixture() -> String {
+    format!("{}/tests/fixtures/bookinfo", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn json(out: &common::Output) -> serde_json::Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
+}
+
+#[test]
+fn analyze_reports_a_missing_subset_as_an_error_with_file_line_and_fix() {
+    let out = run(weft_bin(), &["analyze", &fixture(), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    let v = json(&out);
+    let findings = v["findings"].as_array().expect("findings");
+    let missing = findings
+        .iter()
+        .find(|f| f["code"] == "WEFT0102")
+        .expect("missing subset finding");
+    assert_eq!(missing["severity"], "error");
+    assert_eq!(missing["file"], "mesh.yaml");
+    assert_eq!(missing["line"], 22);
+    assert!(missing["fix"].as_str().is_some_and(|f| f.contains("subset v3")));
+    let weights = findings
+        .iter()
+        .find(|f| f["code"] == "WEFT0105")
+        .expect("weights finding");
+    assert_eq!(weights["severity"], "warning");
+    // The text form, as istioctl prints it.
+    let out = run(weft_bin(), &["analyze", &fixture()]);
+    assert!(
+        out.stdout.contains("mesh.yaml:22: error WEFT0102:"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn analyze_exit_codes_clean_bad_yaml_and_usage() {
+    let dir = tempdir::Dir::new("weft-analyze");
+    std::fs::write(
+        dir.path.join("ok.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n",
+    )
+    .expect("write");
+    let out = run(
+        weft_bin(),
+        &["analyze", dir.path.to_str().expect("utf-8"), "-o", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.stdout);
+    assert_eq!(json(&out)["findings"], serde_json::json!([]));
+
+    std::fs::write(
+        dir.path.join("bad.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: b\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path.join("typo.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec:\n  hosts: [a]\n  htpp: []\n",
+    )
+    .expect("write");
+    let out = run(
+        weft_bin(),
+        &["analyze", dir.path.to_str().expect("utf-8"), "-o", "json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    let codes: Vec<(&str, &str, i64)> = v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            (
+                f["file"].as_str().unwrap_or(""),
+                f["code"].as_str().unwrap_or(""),
+                f["line"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(
+        codes.iter().any(|(f, c, _)| *f == "bad.yaml" && *c == "WEFT0001"),
+        "{codes:?}"
+    );
+    assert!(codes.contains(&("typo.yaml", "WEFT0003", 6)), "{codes:?}");
+
+    let out = run(weft_bin(), &["analyze"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(weft_bin(), &["analyze", "/nonexistent/dir"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn explain_follows_the_contract() {
+    let out = run(
+        weft_bin(),
+        &[
+            "explain",
+            &fixture(),
+            "GET http://reviews:9080/reviews/1",
+            "-H",
+            "end-user: jason",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    let v = json(&out);
+    assert_eq!(v["service"], "reviews.default.svc.cluster.local");
+    assert_eq!(v["decision"], "route");
+    assert_eq!(v["matched"]["kind"], "VirtualService");
+    assert_eq!(v["matched"]["rule"], 0);
+    assert_eq!(v["matched"]["file"], "mesh.yaml");
+    assert_eq!(v["backends"][0]["subset"], "v2");
+    assert_eq!(v["backends"][0]["weight"], 100);
+    assert_eq!(v["backends"][0]["port"], 9080);
+    assert_eq!(v["mtls"]["mode"], "PERMISSIVE");
+    for key in [
+        "skipped",
+        "policies",
+        "redirect",
+        "direct_response",
+        "authorization",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+
+    let out = run(
+        weft_bin(),
+        &["explain", &fixture(), "GET http://reviews:9080/", "-o", "json"],
+    );
+    let v = json(&out);
+    assert_eq!(v["matched"]["rule"], 1);
+    assert_eq!(v["skipped"][0]["reason"], "header end-user: want exact jason");
+    assert_eq!(v["backends"].as_array().map(Vec::len), Some(2));
+
+    // Gateway API: exact path beats the prefix rule before it; /v2example does not match /v2.
+    let out = run(
+        weft_bin(),
+        &[
+            "explain",
+            &fixture(),
+            "GET http://ratings:9080/v2/exact",
+            "-o",
+            "json",
+        ],
+    );
+    let v = json(&out);
+    assert_eq!(v["decision"], "redirect");
+    assert_eq!(v["redirect"]["status"], 301);
+    assert_eq!(v["redirect"]["location"], "http://ratings:9080/moved");
+    let out = run(
+        weft_bin(),
+        &[
+            "explain",
+            &fixture(),
+            "GET http://ratings:9080/v2example",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(json(&out)["decision"], "not_found");
+
+    let out = run(
+        weft_bin(),
+        &["explain", &fixture(), "GET http://www.example.com/", "-o", "json"],
+    );
+    assert_eq!(json(&out)["service"], serde_json::Value::Null);
+    let out = run(weft_bin(), &["explain", &fixture(), "GET reviews"]);
+    assert_eq!(out.status.code(), Some(2));
+}
