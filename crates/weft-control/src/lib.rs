@@ -10,3 +10,4 @@
 
 pub mod compile;
 pub mod registry;
+pub mod store;
