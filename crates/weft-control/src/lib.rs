@@ -1,5 +1,6 @@
 //! Weft's control plane: store, registry, compile, push, identity.
 //!
-//! Nothing here yet: it is issue 3 (control plane) and issue 4 (identity). The crate exists so
-//! the workspace has the shape of shared/ARCHITECTURE.md and the CLI's dependencies point the
-//! way they will.
+//! - [`push`]: the discovery stream's server end (`weft.discovery.v1.Discovery`): pushes each
+//!   proxy its config and records its ACKs and NACKs for `weft status`.
+
+pub mod push;
