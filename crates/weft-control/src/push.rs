@@ -154,8 +154,7 @@ impl PushServer {
 
 #[tonic::async_trait]
 impl Discovery for PushServer {
-    type StreamStream =
-        Pin<Box<dyn tokio_stream::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+    type StreamStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
 
     async fn stream(
         &self,

@@ -48,12 +48,7 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Subscribes and applies pushes until `shutdown`, reconnecting forever. Sets `shared.ready`
 /// once the first config is applied.
-pub async fn run(
-    endpoint: String,
-    sub: Subscription,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
+pub async fn run(endpoint: String, sub: Subscription, shared: Arc<Shared>, shutdown: CancellationToken) {
     let bound = listeners(&shared.snapshot.load().config);
     let mut backoff = Backoff::new();
     loop {
@@ -142,8 +137,7 @@ fn handle(shared: &Shared, bound: &[SocketAddr], response: &DiscoveryResponse) -
 
 /// A pushed config, parsed and validated: every problem in one message.
 pub fn parse(json: &[u8]) -> Result<ProxyConfig, String> {
-    let config: ProxyConfig =
-        serde_json::from_slice(json).map_err(|e| format!("config_json: {e}"))?;
+    let config: ProxyConfig = serde_json::from_slice(json).map_err(|e| format!("config_json: {e}"))?;
     let problems = config.validate();
     if problems.is_empty() {
         return Ok(config);
@@ -226,10 +220,7 @@ mod tests {
                 c.as_millis() as u64
             })
             .collect();
-        assert_eq!(
-            ceilings,
-            [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]
-        );
+        assert_eq!(ceilings, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
         b.reset();
         assert_eq!(b.ceiling(), BACKOFF_BASE);
     }
@@ -243,7 +234,10 @@ mod tests {
         for _ in 0..10 {
             let ceiling = b.ceiling();
             let d = b.next_delay();
-            assert!(d >= ceiling / 2 && d <= ceiling, "{d:?} outside [{ceiling:?}/2, {ceiling:?}]");
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "{d:?} outside [{ceiling:?}/2, {ceiling:?}]"
+            );
             min_total += ceiling / 2;
             max_total += ceiling;
             delays.push(d);
