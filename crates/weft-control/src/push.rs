@@ -240,7 +240,7 @@ impl Inner {
         let mut changes = self.source.subscribe();
         changes.mark_unchanged();
         let mut last_json: Option<Vec<u8>> = None;
-        if !self.push(id, &mut last_json, &tx).await {
+        if !self.push(id, stream, &mut last_json, &tx).await {
             return;
         }
         loop {
@@ -252,7 +252,7 @@ impl Inner {
                         changes = tokio::sync::watch::channel(0).1;
                         continue;
                     }
-                    if !self.push(id, &mut last_json, &tx).await {
+                    if !self.push(id, stream, &mut last_json, &tx).await {
                         return;
                     }
                 }
@@ -276,6 +276,7 @@ impl Inner {
     async fn push(
         &self,
         id: &str,
+        stream: u64,
         last_json: &mut Option<Vec<u8>>,
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> bool {
@@ -303,7 +304,9 @@ impl Inner {
             self.nonce_prefix,
             self.nonces.fetch_add(1, Ordering::Relaxed)
         );
-        if let Some(p) = self.proxies().get_mut(id) {
+        // Recorded for the current stream only: a stream a reconnect replaced still pushes until
+        // it notices, but its sends do not count.
+        if let Some(p) = self.proxies().get_mut(id).filter(|p| p.stream == Some(stream)) {
             p.sent = Some(Sent {
                 version: version.clone(),
                 nonce: nonce.clone(),
