@@ -2,10 +2,13 @@
 //!
 //! - [`proxy_config`]: the resources a proxy runs on (pushed by the control plane or read from a
 //!   file by `weft proxy --config`).
+//! - [`proto`]: the discovery stream between the control plane and each proxy
+//!   (`proto/weft/discovery.proto`, package `weft.discovery.v1`).
 
 pub mod explain;
 pub mod finding;
 pub mod model;
+pub mod proto;
 pub mod proxy_config;
 pub mod resources;
 pub mod route;

@@ -1,13 +1,16 @@
 //! Weft's control plane: store, registry, compile, push, identity.
 //!
+//! - [`store`]: where documents live (files today; etcd and Kubernetes behind the same trait).
 //! - [`registry`]: services' virtual IPs (stable, persisted) and the running instances of
 //!   workloads.
 //! - [`compile`]: the model plus the registry -> the `ProxyConfig` of one proxy; each service
 //!   compiled once and shared by every proxy that sees it. Pure.
+//! - [`push`]: the discovery stream's server end (`weft.discovery.v1.Discovery`): pushes each
+//!   proxy its config and records its ACKs and NACKs for `weft status`.
 //!
-//! Still to come (issue 3, control plane; issue 4, identity): the store, the push service and
-//! the CA. See shared/ARCHITECTURE.md for where each goes.
+//! Still to come (issue 4, identity): the CA. See shared/ARCHITECTURE.md for where each goes.
 
 pub mod compile;
+pub mod push;
 pub mod registry;
 pub mod store;

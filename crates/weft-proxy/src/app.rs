@@ -26,6 +26,9 @@ use crate::{admin, inbound, outbound};
 pub struct Options {
     /// `SO_MARK` on every upstream socket, so iptables can exclude the proxy's own traffic.
     pub outbound_mark: Option<u32>,
+    /// Under a control plane (`--control`): `/ready` stays false until
+    /// [`discovery::run`](crate::discovery::run) applies the first pushed config.
+    pub await_control: bool,
 }
 
 /// The addresses a running proxy is bound to (ports resolved when the config said 0).
@@ -158,7 +161,9 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
             )
         },
     ));
-    shared.ready.store(true, Ordering::Release);
+    if !options.await_control {
+        shared.ready.store(true, Ordering::Release);
+    }
 
     let bound = Bound {
         admin: admin_addr,

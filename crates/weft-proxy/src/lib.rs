@@ -9,6 +9,7 @@ pub mod balance;
 pub mod capture;
 pub mod config;
 pub mod detect;
+pub mod discovery;
 pub mod forward;
 pub mod http;
 pub mod inbound;

@@ -37,6 +37,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             config,
             Options {
                 outbound_mark: args.outbound_mark,
+                ..Options::default()
             },
         )
         .await?;

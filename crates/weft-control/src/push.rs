@@ -1,0 +1,368 @@
+//! The discovery stream's server end: one task per connected proxy pushes its `ProxyConfig`
+//! whenever it changes and records what the proxy did with it (ACK or NACK).
+//!
+//! First slice (see `weft-api/proto/weft/discovery.proto`): each push is the proxy's whole
+//! `ProxyConfig` as JSON; its version is a hash of that JSON, so equal versions mean equal
+//! configs, across control-plane restarts too. A change notification recompiles every connected
+//! proxy's config and pushes only to those whose JSON differs from what they were last sent.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use weft_api::proto::discovery_request::Kind;
+use weft_api::proto::discovery_server::{Discovery, DiscoveryServer};
+use weft_api::proto::{Ack, DiscoveryRequest, DiscoveryResponse, Subscribe};
+use weft_api::proxy_config::ProxyConfig;
+
+/// Where the configs come from (the registry and compiler, or a test's table).
+pub trait ConfigSource: Send + Sync + 'static {
+    /// The config the proxy `instance_id` should run now.
+    fn config_for(&self, instance_id: &str) -> Result<ProxyConfig, String>;
+    /// Bumps on every change that may alter some proxy's config.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Whether `token` is the bootstrap token of `instance_id`.
+    fn authorize(&self, instance_id: &str, token: &str) -> bool;
+}
+
+/// What `weft status` shows of one proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyStatus {
+    pub instance_id: String,
+    pub workload: String,
+    pub namespace: String,
+    /// Version of the last config pushed.
+    pub sent_version: Option<String>,
+    /// Version of the last config the proxy applied.
+    pub acked_version: Option<String>,
+    /// The error of the last NACK, cleared by the next ACK.
+    pub nack: Option<String>,
+    /// Connected and running the last config pushed.
+    pub in_sync: bool,
+    pub connected: bool,
+    /// When the current (or last) stream opened.
+    pub connected_since: SystemTime,
+}
+
+/// The discovery service. Cheap to clone: clones share the source and the proxy table.
+#[derive(Clone)]
+pub struct PushServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    source: Arc<dyn ConfigSource>,
+    proxies: Mutex<HashMap<String, ProxyState>>,
+    /// Ends every stream on shutdown, so a graceful server stop does not wait on them.
+    shutdown: CancellationToken,
+    /// Per-process prefix and counter: nonces never repeat, across restarts either.
+    nonce_prefix: u32,
+    nonces: AtomicU64,
+    streams: AtomicU64,
+}
+
+struct ProxyState {
+    workload: String,
+    namespace: String,
+    sent: Option<Sent>,
+    acked_version: Option<String>,
+    nack: Option<String>,
+    connected_since: SystemTime,
+    /// The stream currently serving this proxy; None when disconnected.
+    stream: Option<u64>,
+}
+
+struct Sent {
+    version: String,
+    nonce: String,
+}
+
+// === impl PushServer ===
+
+impl PushServer {
+    pub fn new<S: ConfigSource>(source: Arc<S>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                proxies: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+                nonce_prefix: fastrand::u32(..),
+                nonces: AtomicU64::new(0),
+                streams: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Every proxy that has subscribed since this server started, sorted by instance id.
+    pub fn status(&self) -> Vec<ProxyStatus> {
+        let proxies = self.inner.proxies();
+        let mut out: Vec<ProxyStatus> = proxies
+            .iter()
+            .map(|(id, p)| {
+                let sent_version = p.sent.as_ref().map(|s| s.version.clone());
+                let connected = p.stream.is_some();
+                ProxyStatus {
+                    instance_id: id.clone(),
+                    workload: p.workload.clone(),
+                    namespace: p.namespace.clone(),
+                    in_sync: connected && sent_version.is_some() && sent_version == p.acked_version,
+                    sent_version,
+                    acked_version: p.acked_version.clone(),
+                    nack: p.nack.clone(),
+                    connected,
+                    connected_since: p.connected_since,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        out
+    }
+
+    /// Serves the discovery stream on `listener` until `shutdown` is cancelled; then ends every
+    /// open stream (proxies keep their last config and reconnect) and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), tonic::transport::Error> {
+        let streams = self.inner.shutdown.clone();
+        let stop = shutdown.clone();
+        let on_stop = tokio::spawn(async move {
+            stop.cancelled().await;
+            streams.cancel();
+        });
+        let served = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            // One service: served without tonic's router (and its axum dependency).
+            .serve_with_incoming_shutdown(
+                DiscoveryServer::new(self),
+                tonic::transport::server::TcpIncoming::from(listener),
+                shutdown.cancelled_owned(),
+            )
+            .await;
+        on_stop.abort();
+        served
+    }
+}
+
+#[tonic::async_trait]
+impl Discovery for PushServer {
+    type StreamStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut requests = request.into_inner();
+        let sub = match requests.message().await? {
+            Some(DiscoveryRequest {
+                kind: Some(Kind::Subscribe(sub)),
+            }) => sub,
+            _ => return Err(Status::invalid_argument("the first message must be Subscribe")),
+        };
+        if sub.instance_id.is_empty() {
+            return Err(Status::invalid_argument("Subscribe.instance_id is empty"));
+        }
+        if !self.inner.source.authorize(&sub.instance_id, &sub.token) {
+            tracing::warn!(instance = %sub.instance_id, "discovery: refused a wrong token");
+            return Err(Status::unauthenticated("wrong bootstrap token"));
+        }
+        let stream_id = self.inner.connect(&sub);
+        tracing::info!(instance = %sub.instance_id, workload = %sub.workload, namespace = %sub.namespace, "discovery: proxy subscribed");
+        let (tx, rx) = mpsc::channel(4);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let id = sub.instance_id.clone();
+            inner.session(&id, stream_id, requests, tx).await;
+            inner.disconnect(&id, stream_id);
+            tracing::info!(instance = %id, "discovery: proxy disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn proxies(&self) -> MutexGuard<'_, HashMap<String, ProxyState>> {
+        // A panic elsewhere leaves the table consistent (every write is one assignment).
+        self.proxies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn connect(&self, sub: &Subscribe) -> u64 {
+        let stream = self.streams.fetch_add(1, Ordering::Relaxed);
+        let mut proxies = self.proxies();
+        let p = proxies
+            .entry(sub.instance_id.clone())
+            .or_insert_with(|| ProxyState {
+                workload: String::new(),
+                namespace: String::new(),
+                sent: None,
+                acked_version: None,
+                nack: None,
+                connected_since: SystemTime::now(),
+                stream: None,
+            });
+        p.workload.clone_from(&sub.workload);
+        p.namespace.clone_from(&sub.namespace);
+        p.connected_since = SystemTime::now();
+        p.stream = Some(stream);
+        // A new stream starts from scratch: the first push goes out whatever was sent before.
+        p.sent = None;
+        stream
+    }
+
+    fn disconnect(&self, id: &str, stream: u64) {
+        if let Some(p) = self.proxies().get_mut(id) {
+            // A reconnect may have replaced this stream already.
+            if p.stream == Some(stream) {
+                p.stream = None;
+            }
+        }
+    }
+
+    /// Pushes on every change and records ACKs until the proxy goes, the client stops reading
+    /// or the server shuts down.
+    async fn session(
+        &self,
+        id: &str,
+        stream: u64,
+        mut requests: Streaming<DiscoveryRequest>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) {
+        let mut changes = self.source.subscribe();
+        changes.mark_unchanged();
+        let mut last_json: Option<Vec<u8>> = None;
+        if !self.push(id, stream, &mut last_json, &tx).await {
+            return;
+        }
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // The source is gone: nothing more will change; keep the stream for ACKs.
+                        changes = tokio::sync::watch::channel(0).1;
+                        continue;
+                    }
+                    if !self.push(id, stream, &mut last_json, &tx).await {
+                        return;
+                    }
+                }
+                msg = requests.message() => match msg {
+                    Ok(Some(DiscoveryRequest { kind: Some(Kind::Ack(ack)) })) => self.record(id, stream, ack),
+                    Ok(Some(_)) => {
+                        tracing::debug!(instance = %id, "discovery: ignoring a message that is not an Ack");
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!(instance = %id, error = %e, "discovery: stream error");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Compiles and sends `id`'s config if it differs from what this stream sent last. False when
+    /// the proxy is gone.
+    async fn push(
+        &self,
+        id: &str,
+        stream: u64,
+        last_json: &mut Option<Vec<u8>>,
+        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> bool {
+        let config = match self.source.config_for(id) {
+            Ok(c) => c,
+            Err(e) => {
+                // Keep the proxy on what it has; the next change may fix it.
+                tracing::warn!(instance = %id, error = %e, "discovery: no config for proxy");
+                return true;
+            }
+        };
+        let json = match serde_json::to_vec(&config) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(instance = %id, error = %e, "discovery: config does not serialize");
+                return true;
+            }
+        };
+        if last_json.as_deref() == Some(json.as_slice()) {
+            return true;
+        }
+        let version = version_of(&json);
+        let nonce = format!(
+            "{:08x}-{}",
+            self.nonce_prefix,
+            self.nonces.fetch_add(1, Ordering::Relaxed)
+        );
+        // Recorded for the current stream only: a stream a reconnect replaced still pushes until
+        // it notices, but its sends do not count.
+        if let Some(p) = self.proxies().get_mut(id).filter(|p| p.stream == Some(stream)) {
+            p.sent = Some(Sent {
+                version: version.clone(),
+                nonce: nonce.clone(),
+            });
+        }
+        tracing::debug!(instance = %id, %version, %nonce, "discovery: pushing config");
+        let response = DiscoveryResponse {
+            version,
+            nonce,
+            config_json: json.clone(),
+        };
+        *last_json = Some(json);
+        tx.send(Ok(response)).await.is_ok()
+    }
+
+    fn record(&self, id: &str, stream: u64, ack: Ack) {
+        let mut proxies = self.proxies();
+        let Some(p) = proxies.get_mut(id) else { return };
+        if p.stream != Some(stream) {
+            return;
+        }
+        // Only the answer to the latest push counts; an older one is stale.
+        if p.sent.as_ref().is_none_or(|s| s.nonce != ack.nonce) {
+            tracing::debug!(instance = %id, nonce = %ack.nonce, "discovery: stale ack");
+            return;
+        }
+        if ack.ok {
+            tracing::debug!(instance = %id, version = %ack.version, "discovery: ACK");
+            p.acked_version = Some(ack.version);
+            p.nack = None;
+        } else {
+            tracing::warn!(instance = %id, version = %ack.version, error = %ack.error, "discovery: NACK");
+            p.nack = Some(ack.error);
+        }
+    }
+}
+
+/// A stable content hash (FNV-1a, 64 bits) as 16 hex digits: the same JSON gives the same
+/// version in every process and release.
+pub fn version_of(json: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_stable_content_hashes() {
+        assert_eq!(version_of(b""), "cbf29ce484222325");
+        assert_eq!(version_of(b"a"), "af63dc4c8601ec8c");
+        assert_ne!(version_of(b"{\"a\":1}"), version_of(b"{\"a\":2}"));
+    }
+}
