@@ -28,8 +28,12 @@ pub trait ConfigSource: Send + Sync + 'static {
     fn config_for(&self, instance_id: &str) -> Result<ProxyConfig, String>;
     /// Bumps on every change that may alter some proxy's config.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
-    /// Whether `token` is the bootstrap token of `instance_id`.
-    fn authorize(&self, instance_id: &str, token: &str) -> bool;
+    /// Whether the subscription's token is a bootstrap token for the workload it names.
+    fn authorize(&self, sub: &Subscribe) -> bool;
+    /// An authorized proxy connected: the instance it describes can become an endpoint.
+    fn connected(&self, _sub: &Subscribe) {}
+    /// A proxy's stream ended (its endpoint may be removed after a grace period).
+    fn disconnected(&self, _instance_id: &str) {}
 }
 
 /// What `weft status` shows of one proxy.
@@ -170,11 +174,12 @@ impl Discovery for PushServer {
         if sub.instance_id.is_empty() {
             return Err(Status::invalid_argument("Subscribe.instance_id is empty"));
         }
-        if !self.inner.source.authorize(&sub.instance_id, &sub.token) {
+        if !self.inner.source.authorize(&sub) {
             tracing::warn!(instance = %sub.instance_id, "discovery: refused a wrong token");
             return Err(Status::unauthenticated("wrong bootstrap token"));
         }
         let stream_id = self.inner.connect(&sub);
+        self.inner.source.connected(&sub);
         tracing::info!(instance = %sub.instance_id, workload = %sub.workload, namespace = %sub.namespace, "discovery: proxy subscribed");
         let (tx, rx) = mpsc::channel(4);
         let inner = self.inner.clone();
@@ -182,6 +187,7 @@ impl Discovery for PushServer {
             let id = sub.instance_id.clone();
             inner.session(&id, stream_id, requests, tx).await;
             inner.disconnect(&id, stream_id);
+            inner.source.disconnected(&id);
             tracing::info!(instance = %id, "discovery: proxy disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

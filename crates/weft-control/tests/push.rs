@@ -56,8 +56,8 @@ impl ConfigSource for TableSource {
         self.changes.subscribe()
     }
 
-    fn authorize(&self, instance_id: &str, token: &str) -> bool {
-        self.tokens.get(instance_id).is_some_and(|t| t == token)
+    fn authorize(&self, sub: &Subscribe) -> bool {
+        self.tokens.get(&sub.instance_id).is_some_and(|t| *t == sub.token)
     }
 }
 
@@ -154,6 +154,7 @@ async fn proxy(control: SocketAddr) -> Proxy {
             token: TOKEN.into(),
             workload: "reviews-v1".into(),
             namespace: "default".into(),
+            ..Subscription::default()
         },
         running.shared.clone(),
         stop.clone(),

@@ -33,6 +33,42 @@ pub struct Subscription {
     pub token: String,
     pub workload: String,
     pub namespace: String,
+    /// How this instance is reached (see the proto's `Subscribe`).
+    pub labels: std::collections::HashMap<String, String>,
+    pub service_account: String,
+    pub ip: String,
+    pub mesh_port: u16,
+    pub app_ports: std::collections::HashMap<u32, u32>,
+}
+
+impl Subscription {
+    /// Describes the instance a bootstrap config runs: workload identity from `workload`, the
+    /// app ports from its inbound listeners, the mesh port it bound.
+    pub fn for_instance(
+        instance_id: &str,
+        token: &str,
+        config: &ProxyConfig,
+        ip: std::net::IpAddr,
+        mesh_port: u16,
+    ) -> Self {
+        let w = &config.workload;
+        Self {
+            instance_id: instance_id.to_string(),
+            token: token.to_string(),
+            workload: w.name.clone(),
+            namespace: w.namespace.clone(),
+            labels: w.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            service_account: w.service_account.clone(),
+            ip: ip.to_string(),
+            mesh_port,
+            app_ports: config
+                .inbound
+                .listeners
+                .iter()
+                .map(|l| (u32::from(l.port), u32::from(l.app.map_or(l.port, |a| a.port()))))
+                .collect(),
+        }
+    }
 }
 
 /// Exponential backoff between reconnects: 100 ms doubling to 5 s, each delay drawn uniformly
@@ -94,6 +130,11 @@ async fn session(
         token: sub.token.clone(),
         workload: sub.workload.clone(),
         namespace: sub.namespace.clone(),
+        labels: sub.labels.clone(),
+        service_account: sub.service_account.clone(),
+        ip: sub.ip.clone(),
+        mesh_port: u32::from(sub.mesh_port),
+        app_ports: sub.app_ports.clone(),
     };
     tx.send(request(Kind::Subscribe(subscribe))).await?;
     let mut responses = client
@@ -118,7 +159,7 @@ fn handle(shared: &Shared, bound: &[SocketAddr], response: &DiscoveryResponse) -
         error: error.unwrap_or_default(),
     };
     let config = match parse(&response.config_json) {
-        Ok(c) => c,
+        Ok(pushed) => overlay(&shared.snapshot.load().config, pushed),
         Err(error) => {
             tracing::warn!(version = %response.version, %error, "discovery: refused a pushed config (NACK); serving the previous one");
             return ack(Some(error));
@@ -133,6 +174,26 @@ fn handle(shared: &Shared, bound: &[SocketAddr], response: &DiscoveryResponse) -
     }
     shared.ready.store(true, Ordering::Release);
     ack(None)
+}
+
+/// What the control plane decides (the workload, its app ports, services, endpoints, routes)
+/// over what only this proxy knows (admin, limits, the addresses it binds): those come from the
+/// bootstrap config and stay (shared/ARCHITECTURE.md: they never come from a push).
+pub fn overlay(local: &ProxyConfig, mut pushed: ProxyConfig) -> ProxyConfig {
+    pushed.admin = local.admin.clone();
+    pushed.limits = local.limits.clone();
+    pushed.inbound.mesh = local.inbound.mesh;
+    pushed.inbound.capture = local.inbound.capture;
+    pushed.outbound = local.outbound.clone();
+    for l in &mut pushed.inbound.listeners {
+        l.listen = local
+            .inbound
+            .listeners
+            .iter()
+            .find(|x| x.port == l.port)
+            .and_then(|x| x.listen);
+    }
+    pushed
 }
 
 /// A pushed config, parsed and validated: every problem in one message.
