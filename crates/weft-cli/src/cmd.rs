@@ -1,10 +1,13 @@
 //! The `weft` subcommands, one module each.
 
 pub mod analyze;
+pub mod control;
 pub mod demo;
 pub mod explain;
 pub mod init_iptables;
 pub mod proxy;
+pub mod status;
+pub mod token;
 
 /// A tokio runtime with `threads` workers (one thread: a current-thread runtime, which is
 /// what per-core figures compare against).

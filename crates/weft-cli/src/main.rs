@@ -27,6 +27,13 @@ enum Command {
     Analyze(cmd::analyze::AnalyzeArgs),
     /// Show which rule a request matches and where it goes.
     Explain(cmd::explain::ExplainArgs),
+    /// Run the control plane: watch mesh documents, push each proxy its config.
+    Control(cmd::control::ControlArgs),
+    /// Bootstrap tokens for proxies.
+    #[command(subcommand)]
+    Token(cmd::token::TokenCommand),
+    /// Show every proxy connected to the control plane and whether it is in sync.
+    Status(cmd::status::StatusArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +47,9 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Analyze(args) => cmd::analyze::run(args),
         Command::Explain(args) => cmd::explain::run(args),
+        Command::Control(args) => cmd::control::run(args),
+        Command::Token(cmd) => cmd::token::run(cmd),
+        Command::Status(args) => cmd::status::run(args),
     };
     match result {
         Ok(code) => code,

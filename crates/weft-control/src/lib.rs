@@ -10,7 +10,10 @@
 //!
 //! Still to come (issue 4, identity): the CA. See shared/ARCHITECTURE.md for where each goes.
 
+pub mod admin;
+pub mod app;
 pub mod compile;
 pub mod push;
 pub mod registry;
 pub mod store;
+pub mod tokens;

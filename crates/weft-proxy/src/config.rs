@@ -104,23 +104,30 @@ impl Snapshot {
                 }
             }
         }
-        let inbound = config
-            .inbound
-            .listeners
-            .iter()
-            .map(|l| {
-                let app = l
-                    .app
-                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], l.port)));
-                (
-                    l.port,
-                    InboundTarget {
-                        app,
-                        protocol: l.protocol,
-                    },
-                )
-            })
-            .collect();
+        let mut inbound: HashMap<u16, InboundTarget> = HashMap::new();
+        for l in &config.inbound.listeners {
+            let app = l
+                .app
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], l.port)));
+            inbound.insert(
+                l.port,
+                InboundTarget {
+                    app,
+                    protocol: l.protocol,
+                },
+            );
+        }
+        // Peers name the app port as their endpoint knows it: the declared port, or (in the
+        // no-root mode, where replicas share 127.0.0.1 on different ports) the port the app
+        // actually listens on. Both lead to the same app; a declared port wins a clash.
+        for l in &config.inbound.listeners {
+            if let Some(app) = l.app {
+                inbound.entry(app.port()).or_insert(InboundTarget {
+                    app,
+                    protocol: l.protocol,
+                });
+            }
+        }
         let w = &config.workload;
         let local = Peer {
             workload: Label::new(&w.name),

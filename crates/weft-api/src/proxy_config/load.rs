@@ -175,7 +175,6 @@ limits: {maxConnections: 0}
                 "services[0].name",
                 "services[0].ports",
                 "endpoints[0].service",
-                "outbound.ports[0]",
                 "limits.maxConnections"
             ]
         );

@@ -64,10 +64,12 @@ impl ProxyConfig {
                 Some(_) => {}
             }
         }
+        // A per-service port may name a service the control plane has not pushed yet (it is
+        // resolved per connection); one naming a port the service does not have is a mistake.
         for (i, p) in self.outbound.ports.iter().enumerate() {
             if self
                 .find_service(&p.service)
-                .is_none_or(|s| !s.ports.iter().any(|sp| sp.port == p.port))
+                .is_some_and(|s| !s.ports.iter().any(|sp| sp.port == p.port))
             {
                 problems.push(Problem::field(
                     format!("outbound.ports[{i}]"),

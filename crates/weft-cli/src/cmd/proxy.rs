@@ -19,6 +19,21 @@ pub struct ProxyArgs {
     /// CAP_NET_ADMIN).
     #[arg(long)]
     pub outbound_mark: Option<u32>,
+    /// The control plane's discovery address (e.g. http://127.0.0.1:15010). With it, the
+    /// config file is the bootstrap (admin, limits, the addresses to bind, the workload's
+    /// identity and app ports) and the control plane pushes services, endpoints and routes;
+    /// the proxy is ready once its first push is applied.
+    #[arg(long, env = "WEFT_CONTROL")]
+    pub control: Option<String>,
+    /// Bootstrap token minted by the control plane (`weft token create`).
+    #[arg(long, env = "WEFT_TOKEN", requires = "control")]
+    pub token: Option<String>,
+    /// This instance's unique name. Default: `<workload>.<namespace>`.
+    #[arg(long, requires = "control")]
+    pub instance_id: Option<String>,
+    /// The IP the workload's apps listen on, as other proxies reach them.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub ip: std::net::IpAddr,
 }
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
@@ -34,17 +49,40 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime(args.threads)?;
     runtime.block_on(async move {
         let running = app::start(
-            config,
+            config.clone(),
             Options {
                 outbound_mark: args.outbound_mark,
-                ..Options::default()
+                await_control: args.control.is_some(),
             },
         )
         .await?;
+        let stop_discovery = tokio_util::sync::CancellationToken::new();
+        if let Some(endpoint) = &args.control {
+            let w = &config.workload;
+            let id = args
+                .instance_id
+                .clone()
+                .unwrap_or_else(|| format!("{}.{}", w.name, w.namespace));
+            let token = args.token.clone().unwrap_or_default();
+            let sub = weft_proxy::discovery::Subscription::for_instance(
+                &id,
+                &token,
+                &config,
+                args.ip,
+                running.bound.mesh.port(),
+            );
+            tokio::spawn(weft_proxy::discovery::run(
+                endpoint.clone(),
+                sub,
+                running.shared.clone(),
+                stop_discovery.clone(),
+            ));
+        }
         // One machine-readable line, for scripts and tests that bind port 0.
         println!("weft proxy listening {}", serde_json::to_string(&running.bound)?);
         super::shutdown_signal().await.context("waiting for a signal")?;
         tracing::info!("signal received; draining");
+        stop_discovery.cancel();
         running.drain().await;
         Ok(ExitCode::SUCCESS)
     })

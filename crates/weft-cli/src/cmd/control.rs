@@ -1,0 +1,51 @@
+//! `weft control --config-dir DIR`: the control plane on its own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use weft_control::app::{self, ControlOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// Directory (or file) of mesh documents, watched for changes (repeatable).
+    #[arg(long = "config-dir", required = true)]
+    pub config_dirs: Vec<PathBuf>,
+    /// Discovery (gRPC) address proxies connect to.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    pub listen: SocketAddr,
+    /// Admin address serving /status (read by `weft status`).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    pub admin: SocketAddr,
+    /// State directory: virtual IPs and bootstrap tokens (never inside a config directory).
+    #[arg(long, default_value = ".weft/control")]
+    pub state_dir: PathBuf,
+    /// How often the config directory is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub poll_ms: u64,
+    /// How long an endpoint stays after its proxy disconnects, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub endpoint_grace_ms: u64,
+}
+
+pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
+    let options = ControlOptions {
+        config_paths: args.config_dirs,
+        listen: args.listen,
+        admin: args.admin,
+        state_dir: args.state_dir,
+        poll: Duration::from_millis(args.poll_ms),
+        endpoint_grace: Duration::from_millis(args.endpoint_grace_ms),
+    };
+    super::runtime(None)?.block_on(async move {
+        let running = app::start(options).await?;
+        println!(
+            "weft control listening {}",
+            serde_json::json!({ "discovery": running.listen.to_string(), "admin": running.admin.to_string() })
+        );
+        super::shutdown_signal().await?;
+        running.stop();
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,312 @@
+//! `weft control` end to end, as real processes: documents in a directory, three sidecars that
+//! subscribe with bootstrap tokens, live edits reaching traffic, a broken document rejected
+//! while the rest keeps serving, `weft status`, and a control-plane restart that drops nothing.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{curl, run, tempdir, weft_bin, Proxy};
+use weft_test_support::HttpEcho;
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: reviews-v1}
+spec: {labels: {app: reviews, version: v1}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: reviews-v2}
+spec: {labels: {app: reviews, version: v2}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: productpage-v1}
+spec: {labels: {app: productpage, version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
+
+fn route_to(subset: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews, subset: {subset}}}\n"
+    )
+}
+
+/// A running `weft control`, killed on drop.
+struct Control {
+    child: Child,
+    discovery: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Control {
+    fn start(config: &Path, state: &Path, discovery: &str, admin: &str) -> Control {
+        let mut child = Command::new(weft_bin())
+            .args(["control", "--config-dir"])
+            .arg(config)
+            .arg("--state-dir")
+            .arg(state)
+            .args([
+                "--listen",
+                discovery,
+                "--admin",
+                admin,
+                "--poll-ms",
+                "100",
+                "--endpoint-grace-ms",
+                "2000",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn weft control");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(json) = line.strip_prefix("weft control listening ") {
+                    let _ = tx.send(json.to_string());
+                }
+            }
+        });
+        let json = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("weft control started");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        let addr = |k: &str| v[k].as_str().and_then(|s| s.parse().ok()).expect("address");
+        Control {
+            child,
+            discovery: addr("discovery"),
+            admin: addr("admin"),
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = run(
+            weft_bin(),
+            &["status", "--control-admin", &self.admin.to_string(), "-o", "json"],
+        );
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("status ({e}): {} {}", out.stdout, out.stderr))
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sidecar(control: &Control, token: &str, name: &str, labels: &str, inbound: &str, outbound: &str) -> Proxy {
+    let yaml = format!(
+        "workload: {{name: {name}, labels: {labels}}}\nadmin: {{address: \"127.0.0.1:0\"}}\ninbound:\n  mesh: \"127.0.0.1:0\"\n  listeners: [{inbound}]\noutbound:\n  listen: null\n  ports: [{outbound}]\n"
+    );
+    Proxy::start_with(
+        &yaml,
+        &[
+            "--control",
+            &format!("http://{}", control.discovery),
+            "--token",
+            token,
+        ],
+    )
+}
+
+fn wait_ready(p: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let out = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{}/ready", p.bound.admin),
+        ]);
+        if out.stdout == "200" {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("proxy never became ready:\n{}", p.logs());
+}
+
+fn served_by(url: &str) -> String {
+    let out = curl(&["-sS", "-i", url]);
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("x-echo-server: "))
+        .map_or(String::new(), |s| s.trim().to_string())
+}
+
+/// Polls until every request of a small batch is served by `want`, returning how long it took.
+fn until_all(url: &str, want: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if (0..4).all(|_| served_by(url) == want) {
+            return started.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("traffic did not move to {want} within {within:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_config_from_documents_to_traffic() {
+    let config = tempdir::Dir::new("weft-cp-config");
+    let state = tempdir::Dir::new("weft-cp-state");
+    std::fs::write(config.path.join("mesh.yaml"), MESH).expect("write");
+    std::fs::write(config.path.join("reviews-vs.yaml"), route_to("v1")).expect("write");
+    let token = run(
+        weft_bin(),
+        &[
+            "token",
+            "create",
+            "--state-dir",
+            state.path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(token.status.success(), "{}", token.stderr);
+    let token = token.stdout.trim().to_string();
+
+    let control = Control::start(&config.path, &state.path, "127.0.0.1:0", "127.0.0.1:0");
+    let v1 = HttpEcho::start("reviews-v1").await.expect("v1");
+    let v2 = HttpEcho::start("reviews-v2").await.expect("v2");
+    let inbound = |app: SocketAddr| format!("{{port: 9080, app: \"{app}\"}}");
+    let s1 = sidecar(
+        &control,
+        &token,
+        "reviews-v1",
+        "{app: reviews, version: v1}",
+        &inbound(v1.addr()),
+        "",
+    );
+    let s2 = sidecar(
+        &control,
+        &token,
+        "reviews-v2",
+        "{app: reviews, version: v2}",
+        &inbound(v2.addr()),
+        "",
+    );
+    let client = sidecar(
+        &control,
+        &token,
+        "productpage-v1",
+        "{app: productpage, version: v1}",
+        "",
+        "{listen: \"127.0.0.1:0\", service: reviews, port: 9080}",
+    );
+    for p in [&s1, &s2, &client] {
+        wait_ready(p);
+    }
+    let url = format!("http://{}/reviews/1", client.bound.outbound_ports[0]);
+    until_all(&url, "reviews-v1", Duration::from_secs(5));
+
+    // A wrong token is refused: that proxy never becomes ready.
+    let intruder = sidecar(&control, "not-a-token", "evil", "{app: evil}", "", "");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{}/ready", intruder.bound.admin),
+    ]);
+    assert_eq!(out.stdout, "503");
+    drop(intruder);
+
+    // Editing a file moves live traffic, well within a second.
+    std::fs::write(config.path.join("reviews-vs.yaml"), route_to("v2")).expect("write");
+    let took = until_all(&url, "reviews-v2", Duration::from_secs(3));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    // A broken document is rejected with its finding; the rest keeps serving.
+    std::fs::write(config.path.join("broken.yaml"), "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n  hosts: [reviews]\n  htttp: []\n").expect("write");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(served_by(&url), "reviews-v2");
+    let status = control.status();
+    let findings = status["findings"].as_array().expect("findings");
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["file"] == "broken.yaml" && f["severity"] == "error"),
+        "{status}"
+    );
+    let text = run(
+        weft_bin(),
+        &["status", "--control-admin", &control.admin.to_string()],
+    );
+    assert!(text.stdout.contains("broken.yaml:6"), "{}", text.stdout);
+    let proxies = status["proxies"].as_array().expect("proxies");
+    let synced: Vec<_> = proxies
+        .iter()
+        .filter(|p| p["connected"] == true && p["inSync"] == true)
+        .collect();
+    assert_eq!(synced.len(), 3, "{status}");
+
+    // Deleting a file removes its effect: no VirtualService, both versions serve.
+    std::fs::remove_file(config.path.join("reviews-vs.yaml")).expect("rm");
+    let started = Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 && started.elapsed() < Duration::from_secs(3) {
+        seen.insert(served_by(&url));
+    }
+    assert!(
+        seen.contains("reviews-v1") && seen.contains("reviews-v2"),
+        "{seen:?}"
+    );
+
+    // The control plane goes away: proxies keep serving their last config.
+    let (discovery, admin) = (control.discovery, control.admin);
+    drop(control);
+    for _ in 0..10 {
+        assert!(
+            served_by(&url).starts_with("reviews-v"),
+            "a request failed without the control plane"
+        );
+    }
+    // It comes back on the same address and the proxies converge again, in sync.
+    std::fs::write(config.path.join("reviews-vs.yaml"), route_to("v1")).expect("write");
+    let control = Control::start(
+        &config.path,
+        &state.path,
+        &discovery.to_string(),
+        &admin.to_string(),
+    );
+    until_all(&url, "reviews-v1", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = control.status();
+        let synced = status["proxies"]
+            .as_array()
+            .map_or(0, |p| p.iter().filter(|p| p["inSync"] == true).count());
+        if synced == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "proxies did not resync: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

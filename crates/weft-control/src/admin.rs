@@ -1,0 +1,83 @@
+//! The control plane's admin endpoint: `/status` (what `weft status` prints: every proxy's
+//! sync state and the findings of the documents) and `/ready`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::ControlSource;
+use crate::push::PushServer;
+
+/// Serves until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    source: Arc<ControlSource>,
+    push: PushServer,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (source, push) = (source.clone(), push.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let resp = respond(&source, &push, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn respond(source: &ControlSource, push: &PushServer, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body) = match req.uri().path() {
+        "/ready" => (StatusCode::OK, "ready\n".to_string()),
+        "/status" => (StatusCode::OK, status_json(source, push).to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "control-plane admin: /status /ready\n".to_string(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// The `/status` document.
+pub fn status_json(source: &ControlSource, push: &PushServer) -> serde_json::Value {
+    let proxies: Vec<serde_json::Value> = push
+        .status()
+        .into_iter()
+        .map(|p| {
+            serde_json::json!({
+                "instance": p.instance_id,
+                "workload": p.workload,
+                "namespace": p.namespace,
+                "sentVersion": p.sent_version,
+                "ackedVersion": p.acked_version,
+                "nack": p.nack,
+                "inSync": p.in_sync,
+                "connected": p.connected,
+            })
+        })
+        .collect();
+    serde_json::json!({ "proxies": proxies, "findings": source.findings() })
+}

@@ -1,0 +1,323 @@
+//! The control plane, wired top to bottom: store -> translate -> registry -> compile -> push,
+//! with an admin endpoint for `weft status`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use weft_api::finding::{Finding, Severity};
+use weft_api::model::Mesh;
+use weft_api::proto::Subscribe;
+use weft_api::proxy_config::ProxyConfig;
+use weft_api::{translate, validate};
+
+use crate::compile::{compile_services, compile_with, ProxyRef, SharedServices};
+use crate::push::{ConfigSource, PushServer};
+use crate::registry::{Instance, Registry};
+use crate::store::files::FileStore;
+use crate::store::Store;
+use crate::tokens::TokenStore;
+
+/// How `weft control` runs.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    /// Directories (or files) of mesh documents.
+    pub config_paths: Vec<PathBuf>,
+    /// The discovery gRPC address. Default `127.0.0.1:15010`.
+    pub listen: SocketAddr,
+    /// The admin HTTP address (`/status`, `/ready`). Default `127.0.0.1:15014`.
+    pub admin: SocketAddr,
+    /// Where VIPs and tokens are kept (mode 0700); never inside the watched config directory.
+    pub state_dir: PathBuf,
+    /// How often the store is checked for changes.
+    pub poll: Duration,
+    /// How long an endpoint stays after its proxy disconnects.
+    pub endpoint_grace: Duration,
+}
+
+/// A running control plane.
+pub struct Running {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub source: Arc<ControlSource>,
+    pub push: PushServer,
+    shutdown: CancellationToken,
+}
+
+/// The live state the configs are compiled from. Cheap to clone: clones share it.
+#[derive(Clone)]
+pub struct ControlSource {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Box<dyn Store>,
+    state: Mutex<State>,
+    changes: watch::Sender<u64>,
+    tokens: TokenStore,
+    grace: Duration,
+    /// Per instance, how many times it connected: a disconnect removes the endpoint only if no
+    /// newer connection came within the grace period.
+    sessions: Mutex<HashMap<String, u64>>,
+}
+
+struct State {
+    mesh: Mesh,
+    findings: Vec<Finding>,
+    registry: Registry,
+    shared: SharedServices,
+    fingerprint: u64,
+}
+
+/// Starts the control plane: loads the documents, binds discovery and admin, watches the store.
+pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&options.state_dir)
+        .with_context(|| format!("creating the state directory {}", options.state_dir.display()))?;
+    for p in &options.config_paths {
+        if options.state_dir.starts_with(p) {
+            anyhow::bail!(
+                "the state directory must not be inside the watched config directory {}",
+                p.display()
+            );
+        }
+    }
+    let registry = Registry::load(Some(&options.state_dir.join("registry.json")))?;
+    let source = Arc::new(ControlSource {
+        inner: Arc::new(Inner {
+            store: Box::new(FileStore::new(options.config_paths.clone())),
+            state: Mutex::new(State {
+                mesh: Mesh::default(),
+                findings: Vec::new(),
+                registry,
+                shared: SharedServices {
+                    services: Vec::new(),
+                    errors: Vec::new(),
+                },
+                fingerprint: 0,
+            }),
+            changes: watch::channel(0).0,
+            tokens: TokenStore::new(&options.state_dir),
+            grace: options.endpoint_grace,
+            sessions: Mutex::default(),
+        }),
+    });
+    source.reload();
+
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("binding discovery on {}", options.listen))?;
+    let listen = listener.local_addr()?;
+    let push = PushServer::new(source.clone());
+    tokio::spawn({
+        let (push, shutdown) = (push.clone(), shutdown.clone());
+        async move {
+            if let Err(e) = push.serve(listener, shutdown).await {
+                tracing::error!(error = %e, "discovery server stopped");
+            }
+        }
+    });
+    let admin_listener = TcpListener::bind(options.admin)
+        .await
+        .with_context(|| format!("binding the control-plane admin on {}", options.admin))?;
+    let admin = admin_listener.local_addr()?;
+    tokio::spawn(crate::admin::serve(
+        admin_listener,
+        source.clone(),
+        push.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(watch_store(source.clone(), options.poll, shutdown.clone()));
+    Ok(Running {
+        listen,
+        admin,
+        source,
+        push,
+        shutdown,
+    })
+}
+
+async fn watch_store(source: Arc<ControlSource>, poll: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(poll) => {}
+        }
+        let current = source.inner.store.fingerprint();
+        if current != source.inner.lock().fingerprint {
+            source.reload();
+        }
+    }
+}
+
+// === impl Running ===
+
+impl Running {
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+// === impl ControlSource ===
+
+impl ControlSource {
+    /// Reads every document again (see [`Inner::reload`]).
+    pub fn reload(&self) {
+        self.inner.reload();
+    }
+
+    /// The findings of the documents as last loaded.
+    pub fn findings(&self) -> Vec<Finding> {
+        self.inner.lock().findings.clone()
+    }
+
+    /// The bootstrap tokens.
+    pub fn tokens(&self) -> &TokenStore {
+        &self.inner.tokens
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads every document again; a document with an error is left out (and reported), the
+    /// rest keeps serving.
+    fn reload(&self) {
+        let fingerprint = self.store.fingerprint();
+        let loaded = self.store.load();
+        let translated = translate::translate(&loaded.documents);
+        let findings = validate::analyze(&loaded, &translated);
+        for f in findings.iter().filter(|f| f.severity == Severity::Error) {
+            tracing::warn!("config: {f}");
+        }
+        let mut state = self.lock();
+        state.mesh = translated.mesh;
+        state.findings = findings;
+        state.fingerprint = fingerprint;
+        self.recompile(&mut state);
+        tracing::info!(
+            services = state.mesh.services.len(),
+            routes = state.mesh.routes.len(),
+            errors = state
+                .findings
+                .iter()
+                .filter(|f| f.severity == Severity::Error)
+                .count(),
+            "config loaded"
+        );
+    }
+
+    fn recompile(&self, state: &mut State) {
+        let State { mesh, registry, .. } = &mut *state;
+        let shared = compile_services(mesh, registry);
+        for e in &shared.errors {
+            tracing::warn!("compile: {e}");
+        }
+        state.shared = shared;
+        if let Err(e) = state.registry.save() {
+            tracing::warn!(error = %e, "cannot save the registry");
+        }
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    fn instance_of(sub: &Subscribe) -> Option<Instance> {
+        let ip = sub.ip.parse().ok()?;
+        Some(Instance {
+            id: sub.instance_id.clone(),
+            workload: sub.workload.clone(),
+            namespace: sub.namespace.clone(),
+            labels: sub.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            service_account: sub.service_account.clone(),
+            ip,
+            app_ports: sub
+                .app_ports
+                .iter()
+                .filter_map(|(k, v)| Some((u16::try_from(*k).ok()?, u16::try_from(*v).ok()?)))
+                .collect(),
+            mesh_port: u16::try_from(sub.mesh_port).ok().filter(|p| *p != 0),
+        })
+    }
+}
+
+impl ConfigSource for ControlSource {
+    fn config_for(&self, instance_id: &str) -> Result<ProxyConfig, String> {
+        let state = self.inner.lock();
+        let compiled = compile_with(
+            &state.mesh,
+            &state.registry,
+            &state.shared,
+            &ProxyRef {
+                instance_id: instance_id.into(),
+            },
+        );
+        for e in &compiled.errors {
+            tracing::debug!(instance = instance_id, "compile: {e}");
+        }
+        Ok(compiled.config)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    fn authorize(&self, sub: &Subscribe) -> bool {
+        let sa = if sub.service_account.is_empty() {
+            "default"
+        } else {
+            &sub.service_account
+        };
+        self.inner.tokens.check(&sub.token, &sub.namespace, sa)
+    }
+
+    fn connected(&self, sub: &Subscribe) {
+        let Some(instance) = Inner::instance_of(sub) else {
+            tracing::warn!(instance = %sub.instance_id, ip = %sub.ip, "subscription without a usable IP: not an endpoint");
+            return;
+        };
+        {
+            let mut sessions = self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            *sessions.entry(sub.instance_id.clone()).or_default() += 1;
+        }
+        let mut state = self.inner.lock();
+        if state.registry.upsert(instance) {
+            self.inner.recompile(&mut state);
+        }
+    }
+
+    fn disconnected(&self, instance_id: &str) {
+        let generation = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(instance_id)
+            .copied();
+        let id = instance_id.to_string();
+        let grace = self.inner.grace;
+        let this = self.inner.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let now = this
+                .sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .copied();
+            if now == generation {
+                let mut state = this.lock();
+                if state.registry.remove(&id).is_some() {
+                    tracing::info!(instance = %id, "endpoint removed after its proxy left");
+                    this.recompile(&mut state);
+                }
+            }
+        });
+    }
+}
