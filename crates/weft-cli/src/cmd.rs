@@ -8,6 +8,7 @@ pub mod init_iptables;
 pub mod proxy;
 pub mod status;
 pub mod token;
+pub mod up;
 
 /// A tokio runtime with `threads` workers (one thread: a current-thread runtime, which is
 /// what per-core figures compare against).

@@ -21,6 +21,12 @@ enum Command {
     Proxy(cmd::proxy::ProxyArgs),
     /// Install the iptables rules that capture a pod's traffic into its sidecar.
     InitIptables(cmd::init_iptables::InitIptablesArgs),
+    /// Run the whole mesh on this machine: control plane, every workload with its sidecar.
+    Up(cmd::up::UpArgs),
+    /// Stop a running `weft up`.
+    Down(cmd::up::DownArgs),
+    /// Show a workload's logs from a running `weft up`.
+    Logs(cmd::up::LogsArgs),
     /// Run a small meshed demo on this machine: two backends, two sidecars, and the URLs to try.
     Demo(cmd::demo::DemoArgs),
     /// Check Istio, Linkerd, SMI and Gateway API documents (like `istioctl analyze`).
@@ -38,12 +44,17 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref());
+    // `weft up` talks to a person: its own progress lines, and only warnings from the planes.
+    let quiet = matches!(cli.command, Command::Up(_)).then_some("warn");
+    init_logging(cli.log.as_deref(), quiet);
     let result = match cli.command {
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::InitIptables(args) => {
             cmd::init_iptables::run(args).map(|()| std::process::ExitCode::SUCCESS)
         }
+        Command::Up(args) => cmd::up::up(args),
+        Command::Down(args) => cmd::up::down(args),
+        Command::Logs(args) => cmd::up::logs(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Analyze(args) => cmd::analyze::run(args),
         Command::Explain(args) => cmd::explain::run(args),
@@ -60,11 +71,11 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(flag: Option<&str>) {
+fn init_logging(flag: Option<&str>, default: Option<&str>) {
     let filter = flag
         .map(str::to_string)
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".to_string());
+        .unwrap_or_else(|| default.unwrap_or("info").to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

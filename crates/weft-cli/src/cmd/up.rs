@@ -1,0 +1,106 @@
+//! `weft up [DIR]`, `weft down`, `weft logs WORKLOAD`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use weft_up::{RunDir, UpOptions};
+
+/// The run directory every verb agrees on by default.
+const RUN_DIR: &str = ".weft/run";
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// The mesh documents (Workloads, Services, routing). Default: the bundled examples/bookinfo.
+    pub dir: Option<PathBuf>,
+    /// Where logs and the record of this run go.
+    #[arg(long, default_value = RUN_DIR)]
+    pub run_dir: PathBuf,
+    /// Seconds to wait for every workload and sidecar to be ready.
+    #[arg(long, default_value_t = 60)]
+    pub ready_timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DownArgs {
+    #[arg(long, default_value = RUN_DIR)]
+    pub run_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// A workload (`reviews-v1`) or instance (`reviews-v1-0`).
+    pub workload: String,
+    #[arg(long, default_value = RUN_DIR)]
+    pub run_dir: PathBuf,
+    /// Only the sidecar's log (default: the app's and the sidecar's).
+    #[arg(long)]
+    pub sidecar: bool,
+}
+
+pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let dir = match args.dir {
+        Some(d) => d,
+        None => default_example()?,
+    };
+    let options = UpOptions {
+        dir,
+        run_dir: args.run_dir,
+        ready_timeout: Duration::from_secs(args.ready_timeout),
+        exe: std::env::current_exe().context("finding the weft executable")?,
+    };
+    super::runtime(None)?.block_on(async move {
+        let shutdown = async {
+            let _ = super::shutdown_signal().await;
+        };
+        weft_up::up(options, shutdown, |_| {}).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// examples/bookinfo next to the current directory or next to the executable's repository.
+fn default_example() -> anyhow::Result<PathBuf> {
+    let mut candidates = vec![PathBuf::from("examples/bookinfo")];
+    if let Ok(exe) = std::env::current_exe() {
+        candidates.extend(exe.ancestors().skip(1).map(|a| a.join("examples/bookinfo")));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.join("mesh.yaml").exists())
+        .context(
+            "no DIR given and no examples/bookinfo found: run `weft up DIR` with a directory of Workloads",
+        )
+}
+
+pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
+    let run = RunDir::new(&args.run_dir);
+    if run.down(Duration::from_secs(20))? {
+        println!("stopped the mesh running from {}", args.run_dir.display());
+    } else {
+        println!("nothing is running from {}", args.run_dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let run = RunDir::new(&args.run_dir);
+    let files: Vec<_> = run
+        .logs_of(&args.workload)?
+        .into_iter()
+        .filter(|p| !args.sidecar || p.to_string_lossy().contains(".sidecar."))
+        .collect();
+    if files.is_empty() {
+        eprintln!(
+            "weft logs: no logs for {} in {}",
+            args.workload,
+            args.run_dir.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    for f in files {
+        println!("==> {} <==", f.display());
+        print!("{}", std::fs::read_to_string(&f).unwrap_or_default());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,237 @@
+//! `weft up` as a real child process: starts every workload with its sidecar, serves through
+//! them, follows edits, `weft logs`, `weft down` (and a second `weft up` starting again), and
+//! leaves no process behind.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{curl, run, tempdir, weft_bin};
+
+/// Two replicas of a real HTTP server (python's), each answering with its own directory
+/// listing, behind a Service.
+fn mesh(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("mesh.yaml"),
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {selector: {app: web}, ports: [{name: http, port: 8000}]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: web-v1}
+spec:
+  labels: {app: web, version: v1}
+  ports: [{name: http, port: 8000}]
+  command: [python3, -m, http.server, "$(PORT)", --bind, 127.0.0.1]
+  replicas: 2
+"#,
+    )
+    .expect("write");
+}
+
+struct Up {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    output: Vec<String>,
+}
+
+impl Up {
+    fn start(dir: &std::path::Path, run_dir: &std::path::Path) -> Up {
+        let mut child = Command::new(weft_bin())
+            .arg("up")
+            .arg(dir)
+            .arg("--run-dir")
+            .arg(run_dir)
+            .args(["--ready-timeout", "30"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn weft up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Up {
+            child,
+            lines,
+            output: Vec::new(),
+        }
+    }
+
+    /// Reads output until a line contains `what`.
+    fn wait_for(&mut self, what: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.output.push(line.clone());
+                    if line.contains(what) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "weft up never printed {what:?}; output so far:\n{}",
+            self.output.join("\n")
+        );
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn processes_of(run_dir: &std::path::Path) -> Vec<String> {
+    let out = run("pgrep", &["-af", &run_dir.display().to_string()]);
+    out.stdout
+        .lines()
+        .filter(|l| !l.contains("pgrep"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn up_serves_through_sidecars_then_down_leaves_nothing() {
+    let dir = tempdir::Dir::new("weft-up-mesh");
+    let run_dir = tempdir::Dir::new("weft-up-run");
+    mesh(&dir.path);
+    let mut up = Up::start(&dir.path, &run_dir.path);
+    // Progress is shown while starting, then the table.
+    up.wait_for("waiting for", Duration::from_secs(30));
+    let open = up.wait_for("Open the application:", Duration::from_secs(40));
+    let url = open.rsplit(' ').next().expect("url").to_string();
+    let table: Vec<String> = up
+        .output
+        .iter()
+        .filter(|l| l.starts_with("web-v1-"))
+        .cloned()
+        .collect();
+    assert_eq!(table.len(), 2, "{:?}", up.output);
+    assert!(
+        table[0].contains("spiffe://cluster.local/ns/default/sa/default"),
+        "{table:?}"
+    );
+
+    // Through the sidecar's front door to the app.
+    let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+    assert_eq!(out.stdout, "200", "{}", out.stderr);
+    // Through a sidecar's per-service port, balanced over both replicas by the mesh.
+    let boot: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(run_dir.path.join("sidecars/web-v1-0.json")).expect("bootstrap config"),
+    )
+    .expect("json");
+    let web_port = boot["outbound"]["ports"][0]["listen"]
+        .as_str()
+        .expect("listen")
+        .to_string();
+    for _ in 0..6 {
+        let out = curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{web_port}/"),
+        ]);
+        assert_eq!(out.stdout, "200");
+    }
+    let logs = run(
+        weft_bin(),
+        &[
+            "logs",
+            "web-v1",
+            "--run-dir",
+            run_dir.path.to_str().expect("utf-8"),
+        ],
+    );
+    let served = logs.stdout.matches("\"GET / HTTP/1.1\" 200").count();
+    assert!(
+        served >= 7,
+        "both replicas' logs show the requests: {}",
+        logs.stdout
+    );
+    assert!(logs.stdout.contains("web-v1-1.log"), "{}", logs.stdout);
+
+    // A second `weft up` on the same run directory refuses while the first runs.
+    let second = run(
+        weft_bin(),
+        &[
+            "up",
+            dir.path.to_str().expect("utf-8"),
+            "--run-dir",
+            run_dir.path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!second.status.success());
+    assert!(second.stderr.contains("already running"), "{}", second.stderr);
+
+    // `weft down` stops it: the process exits and nothing it started is left.
+    let down = run(
+        weft_bin(),
+        &["down", "--run-dir", run_dir.path.to_str().expect("utf-8")],
+    );
+    assert!(down.stdout.contains("stopped"), "{}", down.stdout);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while up.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "weft up did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    up.wait_for("stopped", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(processes_of(&run_dir.path), Vec::<String>::new());
+    assert!(!run_dir.path.join("up.json").exists());
+
+    // And it starts again without complaint, then stops on SIGTERM (as Ctrl-C would).
+    let mut again = Up::start(&dir.path, &run_dir.path);
+    again.wait_for("Open the application:", Duration::from_secs(40));
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(again.child.id().to_string())
+        .status();
+    again.wait_for("stopped", Duration::from_secs(15));
+    let _ = again.child.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(processes_of(&run_dir.path), Vec::<String>::new());
+}
+
+#[test]
+fn a_workload_that_fails_to_start_is_named_with_its_log() {
+    let dir = tempdir::Dir::new("weft-up-bad");
+    let run_dir = tempdir::Dir::new("weft-up-bad-run");
+    std::fs::write(
+        dir.path.join("mesh.yaml"),
+        "apiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: broken}\nspec:\n  labels: {app: broken}\n  ports: [{port: 8000}]\n  command: [sh, -c, \"echo cannot bind port $(PORT) >&2; exit 3\"]\n",
+    )
+    .expect("write");
+    let out = run(
+        weft_bin(),
+        &[
+            "up",
+            dir.path.to_str().expect("utf-8"),
+            "--run-dir",
+            run_dir.path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("broken-0 exited"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot bind port"),
+        "the log's last lines are shown: {}",
+        out.stderr
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(processes_of(&run_dir.path), Vec::<String>::new());
+}

@@ -1,0 +1,410 @@
+//! `weft up`, top to bottom: read the documents, plan, start the control plane, start every
+//! workload with its sidecar, wait until all are ready (saying what it waits for), print what
+//! runs and where, then supervise until told to stop, and stop everything cleanly.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nix::sys::signal::Signal;
+use weft_api::finding::Severity;
+use weft_control::app::{self as control, ControlOptions};
+
+use crate::plan::{InstancePlan, Plan};
+use crate::rundir::{self, InstanceRecord, RunDir, RunRecord};
+
+/// How `weft up` runs.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The mesh documents (watched: edits apply live).
+    pub dir: PathBuf,
+    /// Where logs, configs and the record of this run go (never inside `dir`).
+    pub run_dir: PathBuf,
+    /// How long to wait for every workload and sidecar to be ready.
+    pub ready_timeout: Duration,
+    /// The `weft` executable (for sidecars, and a leading `weft` in commands).
+    pub exe: PathBuf,
+}
+
+/// One started instance.
+struct Started {
+    plan: InstancePlan,
+    app: Child,
+    sidecar: Child,
+    /// Exit already reported.
+    reported: bool,
+}
+
+/// What is up, for the caller (e.g. to start a load generator).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub workload: String,
+    pub url: String,
+}
+
+/// Runs the mesh until `shutdown` resolves. `on_ready` gets the entry URLs once everything is up.
+pub async fn up(
+    options: UpOptions,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&[Entry]),
+) -> anyhow::Result<()> {
+    let run = RunDir::new(&options.run_dir);
+    let dir = options
+        .dir
+        .canonicalize()
+        .with_context(|| format!("reading {}", options.dir.display()))?;
+    std::fs::create_dir_all(&run.root)?;
+    let run_root = run.root.canonicalize()?;
+    anyhow::ensure!(
+        !run_root.starts_with(&dir),
+        "the run directory must not be inside {}",
+        dir.display()
+    );
+    run.prepare()?;
+
+    say(&format!("reading {}", dir.display()));
+    let (translated, findings) = weft_api::validate::analyze_paths(std::slice::from_ref(&dir));
+    for f in findings.iter().filter(|f| f.severity == Severity::Error) {
+        say(&format!("  config error (left out): {f}"));
+    }
+    let plan = Plan::new(&translated.mesh, &options.exe, free_port)?;
+
+    say("starting the control plane");
+    let cp = control::start(ControlOptions {
+        config_paths: vec![dir.clone()],
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        state_dir: run.control_state(),
+        poll: Duration::from_millis(200),
+        endpoint_grace: Duration::from_secs(10),
+    })
+    .await?;
+
+    let mut tokens = BTreeMap::new();
+    let mut started: Vec<Started> = Vec::new();
+    let result = async {
+        for inst in &plan.instances {
+            let key = (inst.namespace.clone(), inst.service_account.clone());
+            if !tokens.contains_key(&key) {
+                tokens.insert(key.clone(), cp.source.tokens().create(&key.0, &key.1)?);
+            }
+            let token = &tokens[&key];
+            started.push(start_instance(&run, inst, &options.exe, cp.listen, token)?);
+        }
+        run.write(&RunRecord {
+            pid: std::process::id(),
+            dir: dir.display().to_string(),
+            control_admin: cp.admin.to_string(),
+            instances: started
+                .iter()
+                .map(|s| InstanceRecord {
+                    id: s.plan.id.clone(),
+                    workload: s.plan.workload.clone(),
+                    app_pid: s.app.id(),
+                    sidecar_pid: s.sidecar.id(),
+                })
+                .collect(),
+        })?;
+        wait_ready(&run, &mut started, options.ready_timeout).await
+    }
+    .await;
+
+    match result {
+        Ok(()) => {
+            let entries = print_ready(&started, cp.admin, &run);
+            on_ready(&entries);
+            supervise(&run, &mut started, shutdown).await;
+        }
+        Err(e) => {
+            stop_all(&mut started).await;
+            cp.stop();
+            std::fs::remove_file(run.record()).ok();
+            return Err(e);
+        }
+    }
+    say("stopping: draining sidecars and stopping every workload");
+    stop_all(&mut started).await;
+    cp.stop();
+    std::fs::remove_file(run.record()).ok();
+    say("stopped");
+    Ok(())
+}
+
+fn start_instance(
+    run: &RunDir,
+    inst: &InstancePlan,
+    exe: &std::path::Path,
+    control: SocketAddr,
+    token: &str,
+) -> anyhow::Result<Started> {
+    let config = run.sidecar_config(&inst.id);
+    std::fs::write(&config, serde_json::to_vec_pretty(&inst.bootstrap())?)?;
+    let log = |p: PathBuf| -> anyhow::Result<Stdio> {
+        Ok(Stdio::from(
+            std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?,
+        ))
+    };
+    let sidecar = Command::new(exe)
+        .arg("proxy")
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--control",
+            &format!("http://{control}"),
+            "--token",
+            token,
+            "--instance-id",
+            &inst.id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(log(run.sidecar_log(&inst.id))?)
+        .stderr(log(run.sidecar_log(&inst.id).with_extension("err.log"))?)
+        .spawn()
+        .with_context(|| format!("starting the sidecar of {}", inst.id))?;
+    let (program, args) = inst.command.split_first().context("empty command")?;
+    let app_log = run.app_log(&inst.id);
+    let app = Command::new(program)
+        .args(args)
+        .envs(&inst.env)
+        .stdin(Stdio::null())
+        .stdout(log(app_log.clone())?)
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new().append(true).open(&app_log)?,
+        ))
+        .spawn()
+        .with_context(|| format!("starting {} ({})", inst.id, inst.command.join(" ")))?;
+    Ok(Started {
+        plan: inst.clone(),
+        app,
+        sidecar,
+        reported: false,
+    })
+}
+
+/// Waits until every sidecar reports ready (config pushed) and every app accepts connections,
+/// printing what it still waits for.
+async fn wait_ready(run: &RunDir, started: &mut [Started], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_report = String::new();
+    loop {
+        let mut waiting = Vec::new();
+        for s in started.iter_mut() {
+            if let Ok(Some(status)) = s.app.try_wait() {
+                anyhow::bail!(failure(
+                    run,
+                    &s.plan.id,
+                    &format!("{} exited ({status}) while starting", s.plan.id),
+                    &run.app_log(&s.plan.id)
+                ));
+            }
+            if let Ok(Some(status)) = s.sidecar.try_wait() {
+                let log = run.sidecar_log(&s.plan.id).with_extension("err.log");
+                anyhow::bail!(failure(
+                    run,
+                    &s.plan.id,
+                    &format!("the sidecar of {} exited ({status})", s.plan.id),
+                    &log
+                ));
+            }
+            if !http_ok(s.plan.sidecar.admin, "/ready") {
+                waiting.push(format!("{} sidecar", s.plan.id));
+            }
+            for port in s.plan.app_ports.values() {
+                if TcpStream::connect_timeout(
+                    &SocketAddr::from(([127, 0, 0, 1], *port)),
+                    Duration::from_millis(200),
+                )
+                .is_err()
+                {
+                    waiting.push(format!("{} app on :{port}", s.plan.id));
+                }
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let report = format!(
+            "waiting for {} of {} instances: {}",
+            waiting.len(),
+            started.len() * 2,
+            waiting.join(", ")
+        );
+        if report != last_report {
+            say(&report);
+            last_report = report;
+        }
+        if Instant::now() > deadline {
+            let first = waiting.first().map(String::as_str).unwrap_or("");
+            let id = first.split(' ').next().unwrap_or("");
+            let log = if first.contains("sidecar") {
+                run.sidecar_log(id).with_extension("err.log")
+            } else {
+                run.app_log(id)
+            };
+            anyhow::bail!(failure(
+                run,
+                id,
+                &format!("{first} not ready after {timeout:?}"),
+                &log
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn failure(run: &RunDir, id: &str, what: &str, log: &std::path::Path) -> String {
+    let _ = run;
+    format!(
+        "{what}; last lines of {}:\n{}\n(`weft logs {id}` shows it all)",
+        log.display(),
+        rundir::tail(log, 15)
+    )
+}
+
+fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> Vec<Entry> {
+    println!(
+        "\nWeft is up: {} workload instance(s), each with its own sidecar\n",
+        started.len()
+    );
+    println!(
+        "{:<22} {:<52} {:<12} {:<26} METRICS",
+        "INSTANCE", "IDENTITY", "APP PORT", "OPEN (through its sidecar)"
+    );
+    let mut entries = Vec::new();
+    for s in started {
+        let p = &s.plan;
+        let app = p
+            .app_ports
+            .values()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let front = p
+            .sidecar
+            .front
+            .values()
+            .next()
+            .map(|port| format!("http://127.0.0.1:{port}/"));
+        println!(
+            "{:<22} {:<52} {:<12} {:<26} http://127.0.0.1:{}/metrics",
+            p.id,
+            p.identity(),
+            app,
+            front.clone().unwrap_or_else(|| "-".into()),
+            p.sidecar.admin
+        );
+        if let Some(url) = front {
+            entries.push(Entry {
+                workload: p.workload.clone(),
+                url,
+            });
+        }
+    }
+    let main = entries
+        .iter()
+        .find(|e| e.workload.starts_with("productpage"))
+        .or(entries.first());
+    if let Some(e) = main {
+        let path = if e.workload.starts_with("productpage") {
+            "productpage"
+        } else {
+            ""
+        };
+        println!("\nOpen the application: {}{path}", e.url);
+    }
+    println!(
+        "Control plane: `weft status --control-admin {control_admin}`; logs: `weft logs WORKLOAD` (in {})",
+        run.root.display()
+    );
+    println!(
+        "Edit the YAML in the directory to change traffic live. Ctrl-C (or `weft down`) stops everything.\n"
+    );
+    entries
+}
+
+async fn supervise(run: &RunDir, started: &mut [Started], shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        for s in started.iter_mut().filter(|s| !s.reported) {
+            if let Ok(Some(status)) = s.app.try_wait() {
+                say(&format!(
+                    "{} exited ({status}); last lines:\n{}",
+                    s.plan.id,
+                    rundir::tail(&run.app_log(&s.plan.id), 10)
+                ));
+                s.reported = true;
+            } else if let Ok(Some(status)) = s.sidecar.try_wait() {
+                say(&format!("the sidecar of {} exited ({status})", s.plan.id));
+                s.reported = true;
+            }
+        }
+    }
+}
+
+/// SIGTERM to every sidecar and app (sidecars drain first), then SIGKILL what is left.
+async fn stop_all(started: &mut [Started]) {
+    for s in started.iter() {
+        rundir::signal(s.sidecar.id(), Signal::SIGTERM);
+        rundir::signal(s.app.id(), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(7);
+    loop {
+        let mut left = 0;
+        for s in started.iter_mut() {
+            for child in [&mut s.app, &mut s.sidecar] {
+                if matches!(child.try_wait(), Ok(None)) {
+                    left += 1;
+                }
+            }
+        }
+        if left == 0 {
+            return;
+        }
+        if Instant::now() > deadline {
+            for s in started.iter_mut() {
+                let _ = s.app.kill();
+                let _ = s.sidecar.kill();
+                let _ = s.app.wait();
+                let _ = s.sidecar.wait();
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A tiny blocking GET for readiness probes on loopback.
+fn http_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if write!(s, "GET {path} HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200"))
+}
+
+fn say(line: &str) {
+    println!("weft up: {line}");
+}
