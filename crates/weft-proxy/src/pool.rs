@@ -131,14 +131,18 @@ impl Pools {
         {
             let mut pools = self.lock_h1();
             if let Some(idle) = pools.get_mut(&addr) {
-                while let Some((since, sender)) = idle.pop() {
-                    if sender.is_ready() && now.duration_since(since) < self.idle_timeout {
-                        return Ok(H1Conn {
-                            addr,
-                            sender,
-                            pools: self.clone(),
-                        });
-                    }
+                // Connections still reading an earlier response stay (they become ready once it
+                // ends); closed and long-idle ones go.
+                idle.retain(|(since, sender)| {
+                    !sender.is_closed() && now.duration_since(*since) < self.idle_timeout
+                });
+                if let Some(i) = idle.iter().rposition(|(_, sender)| sender.is_ready()) {
+                    let (_, sender) = idle.swap_remove(i);
+                    return Ok(H1Conn {
+                        addr,
+                        sender,
+                        pools: self.clone(),
+                    });
                 }
             }
         }
@@ -196,12 +200,10 @@ impl H1Conn {
         // A fresh connection becomes ready once its task runs; an idle one already is.
         sender.ready().await?;
         let resp = sender.send_request(req).await?;
+        // Back in the pool at once (no task per request): it is handed out again only once
+        // `is_ready`, i.e. after this response has been read to the end.
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    pools.put_h1(addr, sender);
-                }
-            });
+            pools.put_h1(addr, sender);
         }
         Ok(resp)
     }
