@@ -4,6 +4,7 @@
 pub mod error;
 pub mod headers;
 pub mod server;
+pub mod smuggling;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::error::ProxyError;
+use super::smuggling::{FramingGuard, CONFLICT_HEADER};
 use super::Body;
 use crate::io::{Activity, TrackedIo};
 use weft_api::proxy_config::Limits;
@@ -33,7 +34,7 @@ where
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let activity = Activity::new();
-    let io = TokioIo::new(TrackedIo::new(io, activity.clone()));
+    let io = TrackedIo::new(io, activity.clone());
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     let svc = hyper::service::service_fn(move |req| {
         let handler = handler.clone();
@@ -47,6 +48,7 @@ where
                 .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
                 .max_buf_size(limits.max_header_bytes.max(HYPER_MIN_BUF))
                 .keep_alive(true);
+            let io = TokioIo::new(FramingGuard::new(io, limits.max_header_bytes.max(HYPER_MIN_BUF)));
             let conn = builder.serve_connection(io, svc).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
@@ -66,7 +68,7 @@ where
                 .max_header_list_size(limits.max_header_bytes as u32)
                 .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
                 .max_local_error_reset_streams(Some(1024));
-            let conn = builder.serve_connection(io, svc);
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
             tokio::select! {
                 res = conn.as_mut() => log_end(res.err()),
@@ -92,14 +94,15 @@ fn log_end(err: Option<hyper::Error>) {
     }
 }
 
-/// Checks hyper does not do for us: an over-long request target, and (defence in depth) both
-/// `Content-Length` and `Transfer-Encoding`. hyper's HTTP/1 parser already resolves that pair
-/// itself (RFC 9112 section 6.3: Transfer-Encoding wins, Content-Length is removed, the
-/// connection closes after the response), and h2 refuses `Transfer-Encoding`, so a request from
-/// the wire never reaches this with both; `proxy_limits` tests the resulting behaviour.
+/// Checks hyper does not do for us: an over-long request target, and request smuggling. hyper
+/// resolves `Content-Length` + `Transfer-Encoding` by RFC 9112 (Transfer-Encoding wins), which
+/// would hide the conflict; `smuggling::FramingGuard` marks such a head before hyper sees it,
+/// and here it is refused with 400 (the caller closes the connection).
 pub fn check_request<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyError> {
     let h = req.headers();
-    if h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH) {
+    if h.contains_key(CONFLICT_HEADER)
+        || (h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH))
+    {
         return Err(ProxyError::bad_request(
             StatusCode::BAD_REQUEST,
             "both Content-Length and Transfer-Encoding (request smuggling)",
