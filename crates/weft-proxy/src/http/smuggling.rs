@@ -256,7 +256,7 @@ fn rename_transfer_encoding(held: &mut BytesMut) {
             .position(|w| w == b"\r\n")
             .map_or(held.len(), |p| start + p + 2);
         let line = &mut held[start..end];
-        if line.len() >= CONFLICT_HEADER.len() + 1
+        if line.len() > CONFLICT_HEADER.len()
             && line[..CONFLICT_HEADER.len()].eq_ignore_ascii_case(b"transfer-encoding")
             && line[CONFLICT_HEADER.len()] == b':'
         {
@@ -384,7 +384,7 @@ GET /last HTTP/1.1\r\nHost: a\r\n\r\n";
         let input = text.as_bytes();
         g.input.extend_from_slice(input);
         g.process();
-        assert_eq!(&g.output[..], &input[..]);
+        assert_eq!(&g.output[..], input);
         assert_eq!(g.state, State::Head);
     }
 }
