@@ -81,9 +81,9 @@ fn render_details(out: &mut String, details: &Result<(Value, HeaderMap), CallErr
             out.push_str("</dl>\n");
         }
         Err(e) => {
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                "<p class=\"error\">Error fetching product details: {}</p>\n",
+                "<p class=\"error\">Error fetching product details: {}</p>",
                 esc(&e.to_string())
             );
         }
@@ -134,9 +134,9 @@ fn render_reviews(out: &mut String, reviews: &Result<(Value, HeaderMap), CallErr
             }
         }
         Err(e) => {
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                "<p class=\"error\">Reviews unavailable: {}</p>\n",
+                "<p class=\"error\">Reviews unavailable: {}</p>",
                 esc(&e.to_string())
             );
         }
