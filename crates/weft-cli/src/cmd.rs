@@ -3,8 +3,10 @@
 pub mod analyze;
 pub mod control;
 pub mod demo;
+pub mod demo_app;
 pub mod explain;
 pub mod init_iptables;
+pub mod load;
 pub mod proxy;
 pub mod status;
 pub mod token;

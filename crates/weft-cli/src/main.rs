@@ -40,6 +40,10 @@ enum Command {
     Token(cmd::token::TokenCommand),
     /// Show every proxy connected to the control plane and whether it is in sync.
     Status(cmd::status::StatusArgs),
+    /// Send GET requests at a fixed rate and count the answers per status.
+    Load(cmd::load::LoadArgs),
+    #[command(hide = true)]
+    DemoApp(cmd::demo_app::DemoAppArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +65,8 @@ fn main() -> std::process::ExitCode {
         Command::Control(args) => cmd::control::run(args),
         Command::Token(cmd) => cmd::token::run(cmd),
         Command::Status(args) => cmd::status::run(args),
+        Command::Load(args) => cmd::load::run(args),
+        Command::DemoApp(args) => cmd::demo_app::run(args),
     };
     match result {
         Ok(code) => code,
