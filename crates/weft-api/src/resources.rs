@@ -66,11 +66,17 @@ struct Metadata {
 
 /// Reads every `*.yaml`, `*.yml` and `*.json` under each path (a file or a directory).
 pub fn load_paths(paths: &[PathBuf]) -> Loaded {
+    load_paths_excluding(paths, &[])
+}
+
+/// As [`load_paths`], skipping the directories in `exclude` (e.g. routing variants shipped next
+/// to an example, which apply only once copied in).
+pub fn load_paths_excluding(paths: &[PathBuf], exclude: &[PathBuf]) -> Loaded {
     let mut loaded = Loaded::default();
     for root in paths {
         let mut files = Vec::new();
         if root.is_dir() {
-            collect(root, &mut files, &mut loaded.findings);
+            collect(root, exclude, &mut files, &mut loaded.findings);
             files.sort();
         } else {
             files.push(root.clone());
@@ -102,7 +108,7 @@ fn display_name(root: &Path, path: &Path) -> String {
     }
 }
 
-fn collect(dir: &Path, files: &mut Vec<PathBuf>, findings: &mut Vec<Finding>) {
+fn collect(dir: &Path, exclude: &[PathBuf], files: &mut Vec<PathBuf>, findings: &mut Vec<Finding>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -121,7 +127,9 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>, findings: &mut Vec<Finding>) {
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
-            collect(&path, files, findings);
+            if !exclude.contains(&path) {
+                collect(&path, exclude, files, findings);
+            }
         } else if matches!(
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml" | "json")

@@ -94,6 +94,31 @@ impl Drop for Up {
     }
 }
 
+/// Every process a running `weft up` recorded (apps and sidecars).
+fn recorded_pids(run_dir: &std::path::Path) -> Vec<u32> {
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("up.json")).expect("up.json")).expect("json");
+    let mut pids = vec![rec["pid"].as_u64().expect("pid") as u32];
+    for i in rec["instances"].as_array().expect("instances") {
+        pids.push(i["appPid"].as_u64().expect("app pid") as u32);
+        pids.push(i["sidecarPid"].as_u64().expect("sidecar pid") as u32);
+    }
+    pids
+}
+
+/// Those still running (a zombie waiting for its parent counts as gone).
+fn still_running(pids: &[u32]) -> Vec<u32> {
+    pids.iter()
+        .copied()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 fn processes_of(run_dir: &std::path::Path) -> Vec<String> {
     let out = run("pgrep", &["-af", &run_dir.display().to_string()]);
     out.stdout
@@ -233,5 +258,97 @@ fn a_workload_that_fails_to_start_is_named_with_its_log() {
         out.stderr
     );
     std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(processes_of(&run_dir.path), Vec::<String>::new());
+}
+
+/// Copies the bundled example (base documents only) so a test can edit it.
+fn bookinfo_copy() -> tempdir::Dir {
+    let dir = tempdir::Dir::new("weft-up-bookinfo");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bookinfo");
+    for f in ["mesh.yaml", "destination-rules.yaml"] {
+        std::fs::copy(src.join(f), dir.path.join(f)).expect("copy example");
+    }
+    dir
+}
+
+fn routing(variant: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/bookinfo/routing")
+        .join(variant)
+}
+
+/// Which reviews versions the product page showed over `n` loads.
+fn versions_seen(url: &str, n: usize) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let page = curl(&["-sS", url]).stdout;
+        for v in ["reviews-v1", "reviews-v2", "reviews-v3"] {
+            if page.contains(v) {
+                seen.insert(v.to_string());
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn bookinfo_through_the_mesh_with_live_routing() {
+    let dir = bookinfo_copy();
+    let run_dir = tempdir::Dir::new("weft-up-bookinfo-run");
+    let mut up = Up::start(&dir.path, &run_dir.path);
+    let open = up.wait_for("Open the application:", Duration::from_secs(60));
+    let url = open.rsplit(' ').next().expect("url").to_string();
+    assert!(url.ends_with("/productpage"), "{open}");
+    let pids = recorded_pids(&run_dir.path);
+    assert_eq!(pids.len(), 13, "weft up, six apps and six sidecars");
+    let page = curl(&["-sS", &url]).stdout;
+    assert!(
+        page.contains("reviews-v"),
+        "the page shows which reviews answered: {page}"
+    );
+
+    // No routing: all three versions serve.
+    let seen = versions_seen(&url, 30);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    // Copy a routing variant in: only v1, within about a second.
+    let vs = dir.path.join("virtual-services.yaml");
+    std::fs::copy(routing("all-v1").join("virtual-services.yaml"), &vs).expect("copy");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(versions_seen(&url, 10), ["reviews-v1".to_string()].into());
+
+    // jason gets v2, everyone else v1.
+    std::fs::copy(routing("jason-v2").join("virtual-services.yaml"), &vs).expect("copy");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        versions_seen(&format!("{url}?u=jason"), 5),
+        ["reviews-v2".to_string()].into()
+    );
+    assert_eq!(versions_seen(&url, 5), ["reviews-v1".to_string()].into());
+
+    // The mesh saw it: productpage's sidecar reported requests to reviews.
+    let admin = std::fs::read(run_dir.path.join("sidecars/productpage-v1-0.json")).expect("bootstrap");
+    let admin: serde_json::Value = serde_json::from_slice(&admin).expect("json");
+    let admin = admin["admin"]["address"].as_str().expect("admin").to_string();
+    let metrics = curl(&["-sS", &format!("http://{admin}/metrics")]).stdout;
+    let reviews = common::metric_sum(
+        &metrics,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("destination_service", "reviews.default.svc.cluster.local"),
+            ("response_code", "200"),
+        ],
+    );
+    assert!(reviews >= 50.0, "{metrics}");
+
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(up.child.id().to_string())
+        .status();
+    up.wait_for("stopped", Duration::from_secs(20));
+    let _ = up.child.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(still_running(&pids), Vec::<u32>::new(), "processes left behind");
     assert_eq!(processes_of(&run_dir.path), Vec::<String>::new());
 }

@@ -29,6 +29,8 @@ use crate::tokens::TokenStore;
 pub struct ControlOptions {
     /// Directories (or files) of mesh documents.
     pub config_paths: Vec<PathBuf>,
+    /// Directories under them that are not read.
+    pub exclude: Vec<PathBuf>,
     /// The discovery gRPC address. Default `127.0.0.1:15010`.
     pub listen: SocketAddr,
     /// The admin HTTP address (`/status`, `/ready`). Default `127.0.0.1:15014`.
@@ -90,7 +92,7 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
     let registry = Registry::load(Some(&options.state_dir.join("registry.json")))?;
     let source = Arc::new(ControlSource {
         inner: Arc::new(Inner {
-            store: Box::new(FileStore::new(options.config_paths.clone())),
+            store: Box::new(FileStore::new(options.config_paths.clone()).excluding(options.exclude.clone())),
             state: Mutex::new(State {
                 mesh: Mesh::default(),
                 findings: Vec::new(),

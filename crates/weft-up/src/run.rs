@@ -67,7 +67,18 @@ pub async fn up(
     run.prepare()?;
 
     say(&format!("reading {}", dir.display()));
-    let (translated, findings) = weft_api::validate::analyze_paths(std::slice::from_ref(&dir));
+    // Routing variants shipped beside an example apply only once copied into the directory.
+    let exclude = vec![dir.join("routing")];
+    if exclude[0].is_dir() {
+        say(&format!(
+            "  {} holds routing variants: copy one into {} to apply it",
+            exclude[0].display(),
+            dir.display()
+        ));
+    }
+    let loaded = weft_api::resources::load_paths_excluding(std::slice::from_ref(&dir), &exclude);
+    let translated = weft_api::translate::translate(&loaded.documents);
+    let findings = weft_api::validate::analyze(&loaded, &translated);
     for f in findings.iter().filter(|f| f.severity == Severity::Error) {
         say(&format!("  config error (left out): {f}"));
     }
@@ -76,6 +87,7 @@ pub async fn up(
     say("starting the control plane");
     let cp = control::start(ControlOptions {
         config_paths: vec![dir.clone()],
+        exclude,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin: SocketAddr::from(([127, 0, 0, 1], 0)),
         state_dir: run.control_state(),
@@ -270,8 +282,10 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
         "\nWeft is up: {} workload instance(s), each with its own sidecar\n",
         started.len()
     );
+    let id_width = started.iter().map(|s| s.plan.identity().len()).max().unwrap_or(8) + 2;
+    let inst_width = started.iter().map(|s| s.plan.id.len()).max().unwrap_or(8).max(8) + 2;
     println!(
-        "{:<22} {:<52} {:<12} {:<26} METRICS",
+        "{:<inst_width$} {:<id_width$} {:<10} {:<28} METRICS",
         "INSTANCE", "IDENTITY", "APP PORT", "OPEN (through its sidecar)"
     );
     let mut entries = Vec::new();
@@ -290,7 +304,7 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
             .next()
             .map(|port| format!("http://127.0.0.1:{port}/"));
         println!(
-            "{:<22} {:<52} {:<12} {:<26} http://127.0.0.1:{}/metrics",
+            "{:<inst_width$} {:<id_width$} {:<10} {:<28} http://127.0.0.1:{}/metrics",
             p.id,
             p.identity(),
             app,
@@ -381,7 +395,21 @@ async fn stop_all(started: &mut [Started]) {
     }
 }
 
+/// A port free now, below Linux's ephemeral range (32768 and up) so that no outgoing
+/// connection takes it before the process it is meant for binds it; probing starts at a random
+/// place so two `weft up`s starting together do not pick the same ports.
 fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let _ = NEXT.compare_exchange(0, fastrand::u16(1..SPAN), Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..SPAN {
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

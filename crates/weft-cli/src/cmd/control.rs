@@ -32,6 +32,7 @@ pub struct ControlArgs {
 pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
     let options = ControlOptions {
         config_paths: args.config_dirs,
+        exclude: Vec::new(),
         listen: args.listen,
         admin: args.admin,
         state_dir: args.state_dir,

@@ -15,24 +15,34 @@ use super::Store;
 #[derive(Debug, Clone)]
 pub struct FileStore {
     paths: Vec<PathBuf>,
+    exclude: Vec<PathBuf>,
 }
 
 impl FileStore {
     pub fn new(paths: Vec<PathBuf>) -> Self {
-        Self { paths }
+        Self {
+            paths,
+            exclude: Vec::new(),
+        }
+    }
+
+    /// Skips these directories (e.g. routing variants shipped next to an example).
+    pub fn excluding(mut self, exclude: Vec<PathBuf>) -> Self {
+        self.exclude = exclude;
+        self
     }
 }
 
 impl Store for FileStore {
     fn load(&self) -> Loaded {
-        resources::load_paths(&self.paths)
+        resources::load_paths_excluding(&self.paths, &self.exclude)
     }
 
     fn fingerprint(&self) -> u64 {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         for root in &self.paths {
             let mut files = Vec::new();
-            walk(root, &mut files);
+            walk(root, &self.exclude, &mut files);
             files.sort();
             for (path, len, modified) in files {
                 (path, len, modified).hash(&mut hasher);
@@ -42,14 +52,17 @@ impl Store for FileStore {
     }
 }
 
-fn walk(path: &Path, out: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>) {
+fn walk(path: &Path, exclude: &[PathBuf], out: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>) {
     let Ok(meta) = std::fs::metadata(path) else { return };
     if meta.is_dir() {
+        if exclude.iter().any(|e| e == path) {
+            return;
+        }
         let Ok(entries) = std::fs::read_dir(path) else {
             return;
         };
         for e in entries.flatten() {
-            walk(&e.path(), out);
+            walk(&e.path(), exclude, out);
         }
     } else if matches!(
         path.extension().and_then(|e| e.to_str()),
