@@ -76,7 +76,9 @@ pub fn load_paths_excluding(paths: &[PathBuf], exclude: &[PathBuf]) -> Loaded {
     for root in paths {
         let mut files = Vec::new();
         if root.is_dir() {
-            collect(root, exclude, &mut files, &mut loaded.findings);
+            let mut exclude = exclude.to_vec();
+            exclude.extend(variants_dir(root));
+            collect(root, &exclude, &mut files, &mut loaded.findings);
             files.sort();
         } else {
             files.push(root.clone());
@@ -98,6 +100,18 @@ pub fn load_paths_excluding(paths: &[PathBuf], exclude: &[PathBuf]) -> Loaded {
         }
     }
     loaded
+}
+
+/// Name of a folder of routing variants kept beside a mesh's documents.
+pub const VARIANTS_DIR: &str = "routing";
+
+/// `root/routing` when it is a folder of variants (only sub-folders, one per variant): those
+/// are alternatives to copy into `root`, not documents that apply together, so a directory is
+/// read without them. A `routing/` folder holding documents itself is read as usual.
+pub fn variants_dir(root: &Path) -> Option<PathBuf> {
+    let dir = root.join(VARIANTS_DIR);
+    let entries: Vec<_> = std::fs::read_dir(&dir).ok()?.flatten().collect();
+    (!entries.is_empty() && entries.iter().all(|e| e.path().is_dir())).then_some(dir)
 }
 
 fn display_name(root: &Path, path: &Path) -> String {

@@ -67,18 +67,10 @@ pub async fn up(
     run.prepare()?;
 
     say(&format!("reading {}", dir.display()));
-    // Routing variants shipped beside an example apply only once copied into the directory.
-    let exclude = vec![dir.join("routing")];
-    if exclude[0].is_dir() {
-        say(&format!(
-            "  {} holds routing variants: copy one into {} to apply it",
-            exclude[0].display(),
-            dir.display()
-        ));
+    if let Some(variants) = weft_api::resources::variants_dir(&dir) {
+        say(&format!("  {} holds routing variants: copy one into {} to apply it", variants.display(), dir.display()));
     }
-    let loaded = weft_api::resources::load_paths_excluding(std::slice::from_ref(&dir), &exclude);
-    let translated = weft_api::translate::translate(&loaded.documents);
-    let findings = weft_api::validate::analyze(&loaded, &translated);
+    let (translated, findings) = weft_api::validate::analyze_paths(std::slice::from_ref(&dir));
     for f in findings.iter().filter(|f| f.severity == Severity::Error) {
         say(&format!("  config error (left out): {f}"));
     }
@@ -87,7 +79,7 @@ pub async fn up(
     say("starting the control plane");
     let cp = control::start(ControlOptions {
         config_paths: vec![dir.clone()],
-        exclude,
+        exclude: Vec::new(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin: SocketAddr::from(([127, 0, 0, 1], 0)),
         state_dir: run.control_state(),

@@ -42,7 +42,9 @@ impl Store for FileStore {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         for root in &self.paths {
             let mut files = Vec::new();
-            walk(root, &self.exclude, &mut files);
+            let mut exclude = self.exclude.clone();
+            exclude.extend(resources::variants_dir(root));
+            walk(root, &exclude, &mut files);
             files.sort();
             for (path, len, modified) in files {
                 (path, len, modified).hash(&mut hasher);
