@@ -20,13 +20,25 @@ use super::{provider, spiffe_id, TlsState, ALPN_H2, ALPN_MESH};
 #[derive(Clone)]
 pub struct MeshAcceptor {
     acceptor: TlsAcceptor,
+    state: Arc<TlsState>,
 }
 
 impl MeshAcceptor {
     pub fn new(state: Arc<TlsState>) -> Self {
         Self {
-            acceptor: TlsAcceptor::from(server_config(state)),
+            acceptor: TlsAcceptor::from(server_config(state.clone())),
+            state,
         }
+    }
+
+    /// Whether credentials exist now (a ClientHello can be answered).
+    pub fn ready(&self) -> bool {
+        self.state.ready()
+    }
+
+    /// This workload's SPIFFE ID, once it has one.
+    pub fn local_identity(&self) -> Option<String> {
+        self.state.spiffe_id()
     }
 
     /// Completes the handshake; returns the stream and the peer's SPIFFE ID.
