@@ -284,17 +284,17 @@ pub async fn open_stream_to_service<'b>(
     let mut last = None;
     for _ in 0..MAX_CONNECT_ATTEMPTS {
         let Some(slot) = balancer.pick(&tried) else { break };
-        let opened: Result<(Box<dyn StreamBox>, Option<Arc<str>>), ProxyError> =
-            match Hop::for_endpoint(slot) {
-                Hop::Mesh { peer, identity, .. } => {
-                    let target = slot.endpoint.address;
-                    tunnel(shared, peer, identity.as_deref(), target, meta).await
-                }
-                Hop::Direct { addr } => match shared.pools.connect_tcp(addr).await {
-                    Ok(s) => Ok((Box::new(s), None)),
-                    Err(e) => Err(connect_error(e)),
-                },
-            };
+        let opened: Result<(Box<dyn StreamBox>, Option<Arc<str>>), ProxyError> = match Hop::for_endpoint(slot)
+        {
+            Hop::Mesh { peer, identity, .. } => {
+                let target = slot.endpoint.address;
+                tunnel(shared, peer, identity.as_deref(), target, meta).await
+            }
+            Hop::Direct { addr } => match shared.pools.connect_tcp(addr).await {
+                Ok(s) => Ok((Box::new(s), None)),
+                Err(e) => Err(connect_error(e)),
+            },
+        };
         match opened {
             Ok((stream, peer_id)) => return Ok((slot, stream, peer_id)),
             Err(e) if e.flag == Flag::UpstreamConnectFailure => {
@@ -322,7 +322,11 @@ pub async fn tunnel(
     target: SocketAddr,
     meta: &RequestMeta,
 ) -> Result<(Box<dyn StreamBox>, Option<Arc<str>>), ProxyError> {
-    let conn = shared.pools.h2_mesh(peer, identity).await.map_err(connect_error)?;
+    let conn = shared
+        .pools
+        .h2_mesh(peer, identity)
+        .await
+        .map_err(connect_error)?;
     let mut sender = conn.sender;
     let mut req = Request::builder()
         .method(Method::CONNECT)

@@ -62,7 +62,9 @@ pub async fn handle_mesh(shared: Arc<Shared>, mut stream: TcpStream, drain: Canc
     let tls = shared.mesh_tls.clone().filter(|t| t.ready());
     let peer = if detected == Detected::Tls {
         let Some(acceptor) = tls else {
-            shared.metrics.connection_rejected("mesh", "tls_without_credentials");
+            shared
+                .metrics
+                .connection_rejected("mesh", "tls_without_credentials");
             tracing::info!(?remote, "TLS on the mesh port but no credentials yet; closing");
             return;
         };
@@ -84,7 +86,10 @@ pub async fn handle_mesh(shared: Arc<Shared>, mut stream: TcpStream, drain: Canc
     } else {
         if mode == MtlsMode::Strict {
             shared.metrics.connection_rejected("mesh", "plaintext_strict");
-            tracing::warn!(?remote, "plaintext connection on the mesh port refused (mTLS STRICT)");
+            tracing::warn!(
+                ?remote,
+                "plaintext connection on the mesh port refused (mTLS STRICT)"
+            );
             return;
         }
         MeshPeer::Plaintext {

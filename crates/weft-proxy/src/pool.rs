@@ -144,11 +144,7 @@ impl Pools {
     /// A multiplexed HTTP/2 connection to a peer proxy's mesh port: mTLS when this proxy has
     /// credentials, the server's SPIFFE ID checked against `identity` (None: any identity the
     /// trust bundle vouches for); plaintext before credentials exist.
-    pub async fn h2_mesh(
-        &self,
-        addr: SocketAddr,
-        identity: Option<&str>,
-    ) -> Result<MeshH2, ConnectError> {
+    pub async fn h2_mesh(&self, addr: SocketAddr, identity: Option<&str>) -> Result<MeshH2, ConnectError> {
         let tls = self.tls.as_ref().filter(|t| t.ready());
         let key = H2Key {
             addr,
@@ -158,11 +154,7 @@ impl Pools {
         self.h2_keyed(key, tls).await
     }
 
-    async fn h2_keyed(
-        &self,
-        key: H2Key,
-        tls: Option<&MeshConnector>,
-    ) -> Result<MeshH2, ConnectError> {
+    async fn h2_keyed(&self, key: H2Key, tls: Option<&MeshConnector>) -> Result<MeshH2, ConnectError> {
         if let Some(conn) = self.lock_h2().get(&key) {
             if !conn.sender.is_closed() {
                 return Ok(conn.clone());

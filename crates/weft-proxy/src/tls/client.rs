@@ -131,9 +131,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             provider().signature_verification_algorithms.all,
         )?;
         let Some(id) = spiffe_id(end_entity) else {
-            return Err(Error::General(
-                "server certificate carries no SPIFFE ID".into(),
-            ));
+            return Err(Error::General("server certificate carries no SPIFFE ID".into()));
         };
         match &self.expected {
             Some(want) if *want != id => Err(Error::General(format!(
@@ -172,8 +170,6 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        provider().signature_verification_algorithms.supported_schemes()
     }
 }

@@ -65,9 +65,7 @@ pub fn server_config(state: Arc<TlsState>) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
-        .with_client_cert_verifier(Arc::new(BundleClientVerifier {
-            state: state.clone(),
-        }))
+        .with_client_cert_verifier(Arc::new(BundleClientVerifier { state: state.clone() }))
         .with_cert_resolver(Arc::new(CellCertResolver { state }));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_MESH.to_vec()];
     Arc::new(config)
@@ -126,9 +124,7 @@ impl ClientCertVerifier for BundleClientVerifier {
             .client_verifier
             .verify_client_cert(end_entity, intermediates, now)?;
         if spiffe_id(end_entity).is_none() {
-            return Err(Error::General(
-                "client certificate carries no SPIFFE ID".into(),
-            ));
+            return Err(Error::General("client certificate carries no SPIFFE ID".into()));
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -162,8 +158,6 @@ impl ClientCertVerifier for BundleClientVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        provider().signature_verification_algorithms.supported_schemes()
     }
 }
