@@ -284,8 +284,7 @@ pub async fn open_stream_to_service<'b>(
     let mut last = None;
     for _ in 0..MAX_CONNECT_ATTEMPTS {
         let Some(slot) = balancer.pick(&tried) else { break };
-        let opened: Result<(Box<dyn StreamBox>, Option<Arc<str>>), ProxyError> = match Hop::for_endpoint(slot)
-        {
+        let opened: Result<Opened, ProxyError> = match Hop::for_endpoint(slot) {
             Hop::Mesh { peer, identity, .. } => {
                 let target = slot.endpoint.address;
                 tunnel(shared, peer, identity.as_deref(), target, meta).await
@@ -309,6 +308,9 @@ pub async fn open_stream_to_service<'b>(
     Err(last.unwrap_or_else(|| ProxyError::no_endpoints(&svc.fqdn)))
 }
 
+/// An opened byte stream, with the peer proxy's SPIFFE ID when it rides mTLS.
+pub type Opened = (Box<dyn StreamBox>, Option<Arc<str>>);
+
 /// A boxed byte stream (TCP or tunnel), so both kinds travel the same path.
 pub trait StreamBox: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> StreamBox for T {}
@@ -321,7 +323,7 @@ pub async fn tunnel(
     identity: Option<&str>,
     target: SocketAddr,
     meta: &RequestMeta,
-) -> Result<(Box<dyn StreamBox>, Option<Arc<str>>), ProxyError> {
+) -> Result<Opened, ProxyError> {
     let conn = shared
         .pools
         .h2_mesh(peer, identity)

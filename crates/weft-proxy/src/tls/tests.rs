@@ -125,7 +125,10 @@ fn temp_dir() -> PathBuf {
 
 /// `openssl s_client` against `addr`, optionally with a client certificate; its combined output
 /// once the server had half a second to answer.
-fn s_client(addr: SocketAddr, dir: &std::path::Path, cert: Option<(PathBuf, PathBuf)>) -> String {
+/// A certificate file and its key file.
+type CertFiles = (PathBuf, PathBuf);
+
+fn s_client(addr: SocketAddr, dir: &std::path::Path, cert: Option<CertFiles>) -> String {
     let mut cmd = Command::new("openssl");
     cmd.args([
         "s_client",
@@ -250,7 +253,7 @@ async fn openssl_needs_a_current_certificate_from_the_mesh_ca() {
     // ca.pem is the mesh CA's (written first by `ca`, then `other` overwrote it): rewrite it.
     ca.write_leaf(&dir, "unused", PRODUCTPAGE, false);
 
-    let cases: [(&str, Option<(PathBuf, PathBuf)>, bool); 4] = [
+    let cases: [(&str, Option<CertFiles>, bool); 4] = [
         ("no client certificate", None, false),
         ("mesh certificate", Some((good_cert, good_key)), true),
         ("certificate from another CA", Some((bad_cert, bad_key)), false),
