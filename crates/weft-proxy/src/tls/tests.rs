@@ -381,3 +381,64 @@ fn spiffe_namespace_is_read_from_the_id() {
     );
     assert_eq!(super::spiffe_id(&ca.root()), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_header_is_not_believed_from_a_certificate_of_another_namespace() {
+    let ca = TestCa::new("test root");
+    let backend = HttpEcho::start("reviews-v1").await.expect("backend");
+    let server = start(server_config(backend.addr(), "STRICT"), Some(ca.cell(REVIEWS))).await;
+    // The client's workload says namespace `default`; its certificate says `shop`.
+    let shop = "spiffe://cluster.local/ns/shop/sa/productpage";
+    let client = start(
+        client_config(backend.addr(), server.bound.mesh, None),
+        Some(ca.cell(shop)),
+    )
+    .await;
+    let (status, body) = get(client.bound.outbound_ports[0], "/").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let m = metrics(&server).await;
+    let dest = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "mutual_tls"),
+        ("source_principal", shop),
+        ("source_workload", "unknown"),
+        ("source_workload_namespace", "unknown"),
+    ];
+    assert_eq!(metric_sum(&m, "istio_requests_total", &dest), 1.0, "{m}");
+    // Without an expected identity on the endpoint, any identity the bundle vouches for is
+    // accepted; the client still reports the one it saw.
+    let m = metrics(&client).await;
+    let src = [("reporter", "source"), ("destination_principal", REVIEWS)];
+    assert_eq!(metric_sum(&m, "istio_requests_total", &src), 1.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_root_is_trusted_once_it_is_in_the_bundle_without_a_restart() {
+    let old = TestCa::new("old root");
+    let new = TestCa::new("new root");
+    let backend = HttpEcho::start("reviews-v1").await.expect("backend");
+    let server_cell = old.cell(REVIEWS);
+    let server = start(server_config(backend.addr(), "STRICT"), Some(server_cell.clone())).await;
+    let client_cell = new.cell(PRODUCTPAGE);
+    let handshake = |cell: CredentialsCell| async move {
+        let tcp = TcpStream::connect(server.bound.mesh).await.expect("connect");
+        let state = TlsState::new(cell);
+        super::connect(&state, Some(REVIEWS), server.bound.mesh, tcp)
+            .await
+            .map(|_| ())
+    };
+    // Neither side trusts the other's root yet.
+    assert!(handshake(client_cell.clone()).await.is_err());
+    // Both bundles carry both roots: the server's leaf from the old root, the client's from
+    // the new one, and both verify.
+    let both = vec![old.root(), new.root()];
+    let mut creds = old.credentials(REVIEWS);
+    creds.trust_bundle = both.clone();
+    server_cell.store(Some(Arc::new(creds)));
+    let mut creds = new.credentials(PRODUCTPAGE);
+    creds.trust_bundle = both;
+    client_cell.store(Some(Arc::new(creds)));
+    handshake(client_cell)
+        .await
+        .expect("handshake after the bundle rotation");
+}
