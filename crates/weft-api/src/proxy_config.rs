@@ -132,6 +132,27 @@ pub struct Inbound {
     /// One per app port.
     #[serde(default)]
     pub listeners: Vec<InboundListener>,
+    /// Whether the mesh port accepts plaintext from peers (PeerAuthentication). Default
+    /// `PERMISSIVE`.
+    #[serde(default)]
+    pub mtls: MtlsMode,
+}
+
+/// Istio's `PeerAuthentication` `mtls.mode`, as it applies to the mesh port.
+///
+/// A TLS ClientHello on the mesh port is always terminated as mTLS when the proxy has
+/// credentials. What differs is plaintext HTTP/2 from a peer: accepted under `PERMISSIVE` and
+/// `DISABLE`, refused (closed, counted, logged) under `STRICT` — with or without credentials.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Only mTLS from peers.
+    Strict,
+    /// mTLS and plaintext both accepted.
+    #[default]
+    Permissive,
+    /// Plaintext expected; mTLS still terminated if a peer offers it.
+    Disable,
 }
 
 /// One port of the workload's app.
@@ -274,6 +295,11 @@ pub struct Endpoint {
     /// Workload name for `destination_workload`. Default `unknown`.
     #[serde(default)]
     pub workload: Option<String>,
+    /// The SPIFFE ID the endpoint's proxy must present on mTLS
+    /// (`spiffe://cluster.local/ns/NS/sa/SA`). None: any identity the trust bundle vouches for
+    /// is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// How a port's traffic is handled.
@@ -431,6 +457,7 @@ impl Default for Inbound {
             mesh: default_mesh(),
             capture: None,
             listeners: Vec::new(),
+            mtls: MtlsMode::default(),
         }
     }
 }

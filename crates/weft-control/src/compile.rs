@@ -190,6 +190,7 @@ fn endpoints_of<'a>(instances: impl Iterator<Item = &'a Instance>, target_port: 
                 weight: 1,
                 labels: i.labels.clone(),
                 workload: Some(i.workload.clone()),
+                identity: None,
             })
         })
         .collect();

@@ -19,6 +19,7 @@ use crate::config::{Shared, Snapshot};
 use crate::listen::{accept_loop, Listening};
 use crate::pool::Pools;
 use crate::telemetry::metrics::Metrics;
+use crate::tls::{CredentialsCell, MeshAcceptor, MeshConnector, TlsState};
 use crate::{admin, inbound, outbound};
 
 /// Process-level settings that are not part of the pushed config.
@@ -29,6 +30,10 @@ pub struct Options {
     /// Under a control plane (`--control`): `/ready` stays false until
     /// [`discovery::run`](crate::discovery::run) applies the first pushed config.
     pub await_control: bool,
+    /// The workload's mTLS credentials (filled and rotated by the identity module). None: the
+    /// mesh hop stays plaintext, as before identities existed; an empty cell likewise until
+    /// the first certificate lands.
+    pub credentials: Option<CredentialsCell>,
 }
 
 /// The addresses a running proxy is bound to (ports resolved when the config said 0).
@@ -58,11 +63,13 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
     let metrics = Metrics::new(&mut registry);
     let registry = Arc::new(registry);
     let limits = config.limits.clone();
-    let pools = Pools::new(
+    let tls = options.credentials.clone().map(TlsState::new);
+    let pools = Pools::with_tls(
         Duration::from_millis(limits.connect_timeout_ms),
         Duration::from_millis(limits.idle_timeout_ms),
         limits.pool_max_idle_per_endpoint,
         options.outbound_mark,
+        tls.clone().map(MeshConnector::new),
     );
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(Snapshot::new(ProxyConfig::default())),
@@ -70,6 +77,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
         pools,
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
+        mesh_tls: tls.map(MeshAcceptor::new),
     });
     shared.apply(config.clone());
 

@@ -60,6 +60,8 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
+    /// mTLS on the mesh port; None: this proxy runs without credentials (plaintext only).
+    pub mesh_tls: Option<crate::tls::MeshAcceptor>,
 }
 
 // === impl Snapshot ===

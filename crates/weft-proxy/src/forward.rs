@@ -20,6 +20,7 @@ use crate::http::headers::{self as mesh_headers, strip_hop_by_hop};
 use crate::http::Body;
 use crate::pool::ConnectError;
 use crate::telemetry::metered::RequestMeta;
+use crate::telemetry::metrics::Label;
 
 /// How long an endpoint that refused a connection is skipped by the balancer.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(5);
@@ -29,7 +30,12 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 /// How a request travels to its next hop.
 pub enum Hop {
     /// To a peer proxy's mesh port, as an HTTP/2 stream naming the app port.
-    Mesh { peer: SocketAddr, target_port: u16 },
+    Mesh {
+        peer: SocketAddr,
+        target_port: u16,
+        /// The SPIFFE ID the peer must present on mTLS (None: any the bundle vouches for).
+        identity: Option<String>,
+    },
     /// Straight to an app (or a destination outside the mesh), in the request's own version.
     Direct { addr: SocketAddr },
 }
@@ -43,6 +49,7 @@ impl Hop {
             Some(p) => Hop::Mesh {
                 peer: SocketAddr::new(ep.address.ip(), p),
                 target_port: ep.address.port(),
+                identity: ep.identity.clone(),
             },
             None => Hop::Direct { addr: ep.address },
         }
@@ -50,17 +57,39 @@ impl Hop {
 
     /// Establishes the connection this hop needs, before any request byte is sent.
     async fn ready(&self, shared: &Shared, h2: bool) -> Result<Ready, ConnectError> {
-        Ok(match *self {
-            Hop::Mesh { peer, .. } => Ready::H2(shared.pools.h2(peer).await?),
-            Hop::Direct { addr } if h2 => Ready::H2(shared.pools.h2(addr).await?),
-            Hop::Direct { addr } => Ready::H1(shared.pools.h1(addr).await?),
+        Ok(match self {
+            Hop::Mesh { peer, identity, .. } => {
+                let conn = shared.pools.h2_mesh(*peer, identity.as_deref()).await?;
+                Ready::H2(conn.sender, conn.peer_identity)
+            }
+            Hop::Direct { addr } if h2 => Ready::H2(shared.pools.h2(*addr).await?, None),
+            Hop::Direct { addr } => Ready::H1(shared.pools.h1(*addr).await?),
         })
     }
 }
 
 enum Ready {
     H1(crate::pool::H1Conn),
-    H2(hyper::client::conn::http2::SendRequest<Body>),
+    /// With the peer's SPIFFE ID when the connection is mTLS.
+    H2(hyper::client::conn::http2::SendRequest<Body>, Option<Arc<str>>),
+}
+
+impl Ready {
+    fn peer_identity(&self) -> Option<&Arc<str>> {
+        match self {
+            Ready::H2(_, id) => id.as_ref(),
+            Ready::H1(_) => None,
+        }
+    }
+}
+
+/// Marks `meta` as having left over mTLS to the peer `id` (the source reporter's
+/// `destination_principal` and `connection_security_policy`).
+pub fn note_mtls(meta: &mut RequestMeta, id: Option<&Arc<str>>) {
+    if let Some(id) = id {
+        meta.destination.principal = Label(id.clone());
+        meta.connection_security_policy = crate::tls::MUTUAL_TLS;
+    }
 }
 
 /// Picks an endpoint and connects to it, moving on to another endpoint when one refuses or
@@ -117,8 +146,9 @@ pub async fn to_service(
             None => ProxyError::no_endpoints(&svc.fqdn),
         })?;
     if mesh_headers::is_upgrade(req.headers()) {
-        let (slot, stream) = open_stream_to_service(shared, &balancer, svc, meta).await?;
+        let (slot, stream, peer_id) = open_stream_to_service(shared, &balancer, svc, meta).await?;
         meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
+        note_mtls(meta, peer_id.as_ref());
         return upgrade(stream, req).await;
     }
     // A port declared HTTP/1 gets HTTP/1.1 whatever the client spoke (gRPC excepted), as the
@@ -129,6 +159,7 @@ pub async fn to_service(
     let h2 = req.version() == Version::HTTP_2;
     let (slot, hop, ready) = pick_and_connect(shared, &balancer, &svc.fqdn, h2).await?;
     meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
+    note_mtls(meta, ready.peer_identity());
     let authority = request_authority(&req).unwrap_or_else(|| format!("{}:{port}", svc.fqdn));
     let in_flight = slot.state.start();
     let req = shape(req.map(|b| meta.count_request(b)), &authority, &hop, meta);
@@ -159,7 +190,7 @@ pub async fn to_addr(
 async fn send(ready: Ready, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     let result = match ready {
         Ready::H1(conn) => conn.send(req).await,
-        Ready::H2(mut sender) => sender.send_request(req).await,
+        Ready::H2(mut sender, _) => sender.send_request(req).await,
     };
     match result {
         Ok(resp) => Ok(shape_response(resp)),
@@ -241,26 +272,30 @@ fn shape_response(resp: Response<Incoming>) -> Response<Body> {
 // === TCP: tunnels and upgrades ===
 
 /// Opens a byte stream to one of `svc`'s endpoints: an HTTP/2 CONNECT tunnel through the
-/// endpoint's proxy, or a TCP connection to an endpoint without one.
+/// endpoint's proxy, or a TCP connection to an endpoint without one. With the peer proxy's
+/// SPIFFE ID when the tunnel rides mTLS.
 pub async fn open_stream_to_service<'b>(
     shared: &Shared,
     balancer: &'b Balancer,
     svc: &ServiceInfo,
     meta: &RequestMeta,
-) -> Result<(&'b Slot, Box<dyn StreamBox>), ProxyError> {
+) -> Result<(&'b Slot, Box<dyn StreamBox>, Option<Arc<str>>), ProxyError> {
     let mut tried = Vec::new();
     let mut last = None;
     for _ in 0..MAX_CONNECT_ATTEMPTS {
         let Some(slot) = balancer.pick(&tried) else { break };
-        let opened: Result<Box<dyn StreamBox>, ProxyError> = match Hop::for_endpoint(slot) {
-            Hop::Mesh { peer, .. } => tunnel(shared, peer, slot.endpoint.address, meta).await,
+        let opened: Result<Opened, ProxyError> = match Hop::for_endpoint(slot) {
+            Hop::Mesh { peer, identity, .. } => {
+                let target = slot.endpoint.address;
+                tunnel(shared, peer, identity.as_deref(), target, meta).await
+            }
             Hop::Direct { addr } => match shared.pools.connect_tcp(addr).await {
-                Ok(s) => Ok(Box::new(s)),
+                Ok(s) => Ok((Box::new(s), None)),
                 Err(e) => Err(connect_error(e)),
             },
         };
         match opened {
-            Ok(stream) => return Ok((slot, stream)),
+            Ok((stream, peer_id)) => return Ok((slot, stream, peer_id)),
             Err(e) if e.flag == Flag::UpstreamConnectFailure => {
                 tracing::info!(service = %svc.fqdn, endpoint = %slot.state.addr, error = %e, "endpoint failed, trying another");
                 slot.state.mark_unreachable(UNREACHABLE_BACKOFF);
@@ -273,18 +308,28 @@ pub async fn open_stream_to_service<'b>(
     Err(last.unwrap_or_else(|| ProxyError::no_endpoints(&svc.fqdn)))
 }
 
+/// An opened byte stream, with the peer proxy's SPIFFE ID when it rides mTLS.
+pub type Opened = (Box<dyn StreamBox>, Option<Arc<str>>);
+
 /// A boxed byte stream (TCP or tunnel), so both kinds travel the same path.
 pub trait StreamBox: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> StreamBox for T {}
 
-/// An HTTP/2 CONNECT stream through the peer proxy at `peer` to the app at `target`.
+/// An HTTP/2 CONNECT stream through the peer proxy at `peer` (which must present `identity`
+/// on mTLS) to the app at `target`; with the peer's SPIFFE ID when the tunnel rides mTLS.
 pub async fn tunnel(
     shared: &Shared,
     peer: SocketAddr,
+    identity: Option<&str>,
     target: SocketAddr,
     meta: &RequestMeta,
-) -> Result<Box<dyn StreamBox>, ProxyError> {
-    let mut sender = shared.pools.h2(peer).await.map_err(connect_error)?;
+) -> Result<Opened, ProxyError> {
+    let conn = shared
+        .pools
+        .h2_mesh(peer, identity)
+        .await
+        .map_err(connect_error)?;
+    let mut sender = conn.sender;
     let mut req = Request::builder()
         .method(Method::CONNECT)
         .version(Version::HTTP_2)
@@ -323,7 +368,7 @@ pub async fn tunnel(
             format!("tunnel via {peer}: {e}"),
         )
     })?;
-    Ok(Box::new(TokioIo::new(upgraded)))
+    Ok((Box::new(TokioIo::new(upgraded)), conn.peer_identity))
 }
 
 /// Relays an HTTP/1 `Upgrade` (WebSocket) over `stream`: the request goes out as HTTP/1.1 and,

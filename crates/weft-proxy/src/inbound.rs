@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use weft_api::proxy_config::Protocol;
+use weft_api::proxy_config::{MtlsMode, Protocol};
 
 use crate::config::{InboundTarget, Shared};
 use crate::detect::{detect, Detected};
@@ -24,7 +24,7 @@ use crate::http::server::{check_request, close_after, serve, Version};
 use crate::http::Body;
 use crate::io::PrefixedIo;
 use crate::telemetry::metered::RequestMeta;
-use crate::telemetry::metrics::Peer;
+use crate::telemetry::metrics::{Label, Peer};
 
 /// How a connection reached the inbound side.
 #[derive(Debug, Clone, Copy)]
@@ -35,30 +35,126 @@ pub enum Entry {
     Capture,
 }
 
-/// Handles one connection on the mesh port: always HTTP/2 from a peer proxy.
-pub async fn handle_mesh(shared: Arc<Shared>, stream: TcpStream, drain: CancellationToken) {
-    let limits = shared.snapshot.load().config.limits.clone();
-    let handler = move |req: Request<Incoming>| {
-        let shared = shared.clone();
-        async move { mesh_request(&shared, req).await }
-    };
-    serve(stream, Version::Http2, &limits, drain, handler).await;
+/// What the mesh port knows of the peer on one connection.
+#[derive(Debug, Clone)]
+enum MeshPeer {
+    /// mTLS: the peer's SPIFFE ID and this workload's.
+    Mtls { peer: Label, local: Label },
+    /// Plaintext. `trusted`: this proxy has no credentials yet, so nothing can be verified and
+    /// the source header is believed as before identities existed.
+    Plaintext { trusted: bool },
 }
 
-async fn mesh_request(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> {
+/// Handles one connection on the mesh port: HTTP/2 from a peer proxy, over mTLS (a ClientHello
+/// is terminated whenever this proxy has credentials) or plaintext (refused under STRICT).
+pub async fn handle_mesh(shared: Arc<Shared>, mut stream: TcpStream, drain: CancellationToken) {
+    let snap = shared.snapshot.load_full();
+    let limits = snap.config.limits.clone();
+    let mode = snap.config.inbound.mtls;
+    drop(snap);
+    let detect_timeout = Duration::from_millis(limits.detect_timeout_ms);
+    let (detected, prefix) = match detect(&mut stream, detect_timeout).await {
+        Ok(found) => found,
+        Err(_) => return,
+    };
+    let remote = stream.peer_addr().ok();
+    let io = PrefixedIo::new(prefix, stream);
+    let tls = shared.mesh_tls.clone().filter(|t| t.ready());
+    let peer = if detected == Detected::Tls {
+        let Some(acceptor) = tls else {
+            shared
+                .metrics
+                .connection_rejected("mesh", "tls_without_credentials");
+            tracing::info!(?remote, "TLS on the mesh port but no credentials yet; closing");
+            return;
+        };
+        match acceptor.accept(io).await {
+            Ok((tls_io, id)) => {
+                let local = acceptor.local_identity().unwrap_or_else(|| "unknown".into());
+                let peer = MeshPeer::Mtls {
+                    peer: Label::new(&id),
+                    local: Label::new(&local),
+                };
+                serve(tls_io, Version::Http2, &limits, drain, mesh_handler(shared, peer)).await;
+            }
+            Err(e) => {
+                shared.metrics.connection_rejected("mesh", "tls_handshake");
+                tracing::info!(?remote, error = %e, "mTLS handshake on the mesh port failed");
+            }
+        }
+        return;
+    } else {
+        if mode == MtlsMode::Strict {
+            shared.metrics.connection_rejected("mesh", "plaintext_strict");
+            tracing::warn!(
+                ?remote,
+                "plaintext connection on the mesh port refused (mTLS STRICT)"
+            );
+            return;
+        }
+        MeshPeer::Plaintext {
+            trusted: tls.is_none(),
+        }
+    };
+    serve(io, Version::Http2, &limits, drain, mesh_handler(shared, peer)).await;
+}
+
+fn mesh_handler(
+    shared: Arc<Shared>,
+    peer: MeshPeer,
+) -> impl Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>
+       + Send
+       + Sync
+       + Clone
+       + 'static {
+    move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        let peer = peer.clone();
+        Box::pin(async move { mesh_request(&shared, &peer, req).await })
+    }
+}
+
+/// The request's source: the mesh header is believed only on mTLS whose certificate names the
+/// header's namespace (or on plaintext before this proxy has credentials); otherwise the source
+/// is unknown but for the certificate's principal.
+fn mesh_source(peer: &MeshPeer, header: Option<&str>) -> Peer {
+    match peer {
+        MeshPeer::Mtls { peer: id, .. } => {
+            let claimed = header.map(Peer::from_source_header);
+            let cert_ns = crate::tls::spiffe_namespace(&id.0);
+            let mut source = match claimed {
+                Some(p) if cert_ns.is_some_and(|ns| *p.namespace.0 == *ns) => p,
+                _ => Peer::unknown(),
+            };
+            source.principal = id.clone();
+            source
+        }
+        MeshPeer::Plaintext { trusted: true } => header.map_or_else(Peer::unknown, Peer::from_source_header),
+        MeshPeer::Plaintext { trusted: false } => Peer::unknown(),
+    }
+}
+
+async fn mesh_request(shared: &Shared, peer: &MeshPeer, mut req: Request<Incoming>) -> Response<Body> {
     let snap = shared.snapshot.load_full();
     let headers = req.headers();
-    let source = headers
-        .get(mesh_headers::SOURCE)
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(Peer::unknown, Peer::from_source_header);
+    let source = mesh_source(
+        peer,
+        headers.get(mesh_headers::SOURCE).and_then(|v| v.to_str().ok()),
+    );
+    let mut destination = snap.local.clone();
+    if let MeshPeer::Mtls { local, .. } = peer {
+        destination.principal = local.clone();
+    }
     let mut meta = RequestMeta::new(
         shared.metrics.clone(),
         "destination",
         source,
-        snap.local.clone(),
+        destination,
         is_grpc(headers),
     );
+    if matches!(peer, MeshPeer::Mtls { .. }) {
+        meta.connection_security_policy = crate::tls::MUTUAL_TLS;
+    }
     if let Some(svc) = headers.get(mesh_headers::SERVICE).and_then(|v| v.to_str().ok()) {
         meta.set_service_from_header(svc);
     }

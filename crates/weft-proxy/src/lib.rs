@@ -20,3 +20,4 @@ pub mod pool;
 pub mod routing;
 pub mod tcp;
 pub mod telemetry;
+pub mod tls;

@@ -209,8 +209,9 @@ async fn connect(
                 return meta.fail(&ProxyError::no_endpoints(&svc.fqdn));
             };
             match forward::open_stream_to_service(shared, &balancer, svc, &meta).await {
-                Ok((slot, s)) => {
+                Ok((slot, s, peer_id)) => {
                     meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
+                    forward::note_mtls(&mut meta, peer_id.as_ref());
                     s
                 }
                 Err(e) => return meta.fail(&e),
@@ -252,8 +253,9 @@ async fn relay(shared: &Shared, snap: &Snapshot, dest: Dest, io: PrefixedIo<TcpS
                 return;
             };
             match forward::open_stream_to_service(shared, &balancer, &svc, &meta).await {
-                Ok((slot, upstream)) => {
+                Ok((slot, upstream, peer_id)) => {
                     meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
+                    forward::note_mtls(&mut meta, peer_id.as_ref());
                     let in_flight = slot.state.start();
                     crate::tcp::relay(io, upstream, idle, &meta, "-").await;
                     in_flight.finish_now();

@@ -19,6 +19,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use crate::http::Body;
+use crate::tls::MeshConnector;
 
 /// Why an upstream connection could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,26 @@ pub enum ConnectError {
     Timeout { addr: SocketAddr, after: Duration },
     #[error("handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: hyper::Error },
+    #[error("mTLS handshake with {addr} failed: {source}")]
+    Tls { addr: SocketAddr, source: io::Error },
+}
+
+/// A pooled HTTP/2 connection to a peer proxy's mesh port.
+#[derive(Clone)]
+pub struct MeshH2 {
+    pub sender: http2::SendRequest<Body>,
+    /// The peer's SPIFFE ID when the connection is mTLS; None when plaintext.
+    pub peer_identity: Option<Arc<str>>,
+}
+
+/// HTTP/2 connections are pooled per address, expected peer identity and whether they are mTLS:
+/// a connection verified for one identity is never reused for an endpoint that must present
+/// another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct H2Key {
+    addr: SocketAddr,
+    identity: Option<String>,
+    tls: bool,
 }
 
 /// Idle HTTP/1 connections per endpoint, each with the time it went idle.
@@ -41,7 +62,9 @@ pub struct Pools {
     max_idle: usize,
     mark: Option<u32>,
     h1: Mutex<IdleH1>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    h2: Mutex<HashMap<H2Key, MeshH2>>,
+    /// Credentials for mesh hops; None (or an empty cell) keeps them plaintext.
+    tls: Option<MeshConnector>,
 }
 
 /// An HTTP/1 connection taken from the pool; it returns itself once its response is done.
@@ -60,6 +83,17 @@ impl Pools {
         max_idle: usize,
         mark: Option<u32>,
     ) -> Arc<Self> {
+        Self::with_tls(connect_timeout, idle_timeout, max_idle, mark, None)
+    }
+
+    /// As [`Pools::new`], dialing mTLS to peers' mesh ports whenever `tls` holds credentials.
+    pub fn with_tls(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+        mark: Option<u32>,
+        tls: Option<MeshConnector>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             connect_timeout,
             idle_timeout,
@@ -67,6 +101,7 @@ impl Pools {
             mark,
             h1: Mutex::default(),
             h2: Mutex::default(),
+            tls,
         })
     }
 
@@ -95,34 +130,62 @@ impl Pools {
         Ok(stream)
     }
 
-    /// A multiplexed HTTP/2 connection to `addr`, opened if there is none.
+    /// A multiplexed plaintext HTTP/2 connection to `addr` (an app that speaks HTTP/2), opened
+    /// if there is none.
     pub async fn h2(&self, addr: SocketAddr) -> Result<http2::SendRequest<Body>, ConnectError> {
-        if let Some(sender) = self.lock_h2().get(&addr) {
-            if !sender.is_closed() {
-                return Ok(sender.clone());
+        let key = H2Key {
+            addr,
+            identity: None,
+            tls: false,
+        };
+        Ok(self.h2_keyed(key, None).await?.sender)
+    }
+
+    /// A multiplexed HTTP/2 connection to a peer proxy's mesh port: mTLS when this proxy has
+    /// credentials, the server's SPIFFE ID checked against `identity` (None: any identity the
+    /// trust bundle vouches for); plaintext before credentials exist.
+    pub async fn h2_mesh(&self, addr: SocketAddr, identity: Option<&str>) -> Result<MeshH2, ConnectError> {
+        let tls = self.tls.as_ref().filter(|t| t.ready());
+        let key = H2Key {
+            addr,
+            identity: identity.map(str::to_string),
+            tls: tls.is_some(),
+        };
+        self.h2_keyed(key, tls).await
+    }
+
+    async fn h2_keyed(&self, key: H2Key, tls: Option<&MeshConnector>) -> Result<MeshH2, ConnectError> {
+        if let Some(conn) = self.lock_h2().get(&key) {
+            if !conn.sender.is_closed() {
+                return Ok(conn.clone());
             }
         }
         // Two requests racing here may both connect; the later one is kept in the pool and the
         // earlier serves its own request and closes when dropped.
+        let addr = key.addr;
         let stream = self.connect_tcp(addr).await?;
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let (sender, conn) = builder
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+        let conn = match tls {
+            Some(tls) => {
+                let handshake = crate::tls::connect(tls.state(), key.identity.as_deref(), addr, stream);
+                let (stream, peer) = tokio::time::timeout(self.connect_timeout, handshake)
+                    .await
+                    .map_err(|_| ConnectError::Timeout {
+                        addr,
+                        after: self.connect_timeout,
+                    })?
+                    .map_err(|source| ConnectError::Tls { addr, source })?;
+                MeshH2 {
+                    sender: handshake_h2(addr, stream).await?,
+                    peer_identity: Some(Arc::from(peer)),
+                }
             }
-        });
-        self.lock_h2().insert(addr, sender.clone());
-        Ok(sender)
+            None => MeshH2 {
+                sender: handshake_h2(addr, stream).await?,
+                peer_identity: None,
+            },
+        };
+        self.lock_h2().insert(key, conn.clone());
+        Ok(conn)
     }
 
     /// An idle HTTP/1 connection to `addr`, or a new one.
@@ -174,16 +237,40 @@ impl Pools {
     /// Drops pooled state for endpoints no longer in the config.
     pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
         self.lock_h1().retain(|a, _| keep(a));
-        self.lock_h2().retain(|a, _| keep(a));
+        self.lock_h2().retain(|k, _| keep(&k.addr));
     }
 
     fn lock_h1(&self) -> std::sync::MutexGuard<'_, IdleH1> {
         self.h1.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_h2(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, http2::SendRequest<Body>>> {
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, HashMap<H2Key, MeshH2>> {
         self.h2.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The client side of HTTP/2 over `io`, its connection task spawned.
+async fn handshake_h2<IO>(addr: SocketAddr, io: IO) -> Result<http2::SendRequest<Body>, ConnectError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let (sender, conn) = builder
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 // === impl H1Conn ===

@@ -44,6 +44,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 ]
                 .into(),
                 workload: Some(name),
+                identity: None,
             });
             backends.push(app);
             sidecars.push(sidecar);

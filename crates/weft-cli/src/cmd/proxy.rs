@@ -53,6 +53,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             Options {
                 outbound_mark: args.outbound_mark,
                 await_control: args.control.is_some(),
+                ..Options::default()
             },
         )
         .await?;

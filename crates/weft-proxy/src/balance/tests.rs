@@ -33,6 +33,7 @@ fn endpoint(n: usize, weight: u32) -> Endpoint {
         weight,
         labels: BTreeMap::new(),
         workload: None,
+        identity: None,
     }
 }
 

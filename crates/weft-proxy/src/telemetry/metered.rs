@@ -25,6 +25,8 @@ pub struct RequestMeta {
     pub service_name: Label,
     pub service_namespace: Label,
     pub grpc: bool,
+    /// `mutual_tls` once the hop this side reports on is known to be mTLS; else `none`.
+    pub connection_security_policy: &'static str,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
 }
@@ -63,6 +65,7 @@ impl RequestMeta {
             service_name: u.clone(),
             service_namespace: u,
             grpc,
+            connection_security_policy: "none",
             start: Instant::now(),
             request_bytes: Arc::default(),
         }
@@ -118,7 +121,7 @@ impl RequestMeta {
             response_code: code,
             grpc_response_status: grpc_status,
             response_flags: flags,
-            connection_security_policy: "none",
+            connection_security_policy: self.connection_security_policy,
         }
     }
 

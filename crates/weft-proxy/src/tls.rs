@@ -1,0 +1,186 @@
+//! mTLS between proxies: the mesh port terminates it, the HTTP/2 pool dials it.
+//!
+//! Everything reads the workload's [`Credentials`] from a [`CredentialsCell`] *per handshake*:
+//! the certificate a side presents and the trust bundle it verifies the other side with. A
+//! rotation (new leaf, new roots) is one `store` into the cell; open connections keep going on
+//! what they negotiated, the next handshake uses the new material. No restart, no rebuild.
+//!
+//! Identity is the SPIFFE ID in the leaf certificate's URI SAN
+//! (`spiffe://cluster.local/ns/NS/sa/SA`). Hostnames play no part: the client checks the
+//! server's SPIFFE ID against the one the endpoint must present
+//! ([`Endpoint::identity`](weft_api::proxy_config::Endpoint::identity)), the server takes the
+//! client's as the connection's `source_principal`.
+//!
+//! Mesh certificates must carry both the `serverAuth` and `clientAuth` extended key usages:
+//! each proxy is a server on its mesh port and a client towards its peers.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub mod client;
+pub mod server;
+#[cfg(test)]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+
+pub use client::{connect, MeshConnector};
+pub use server::MeshAcceptor;
+
+/// ALPN protocols spoken on the mesh port: HTTP/2 (what peers send), and the mesh's own id as a
+/// distinct marker a future app-port listener can recognise (shared/ARCHITECTURE.md, "PERMISSIVE
+/// and STRICT").
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_MESH: &[u8] = b"weft-mesh/1";
+
+/// The `connection_security_policy` label of a request or connection that arrived (or left)
+/// over mTLS.
+pub const MUTUAL_TLS: &str = "mutual_tls";
+
+/// A workload's certificate, key and trust bundle (filled in by the identity module).
+pub struct Credentials {
+    /// Leaf first, then intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// The roots peers' certificates must chain to.
+    pub trust_bundle: Vec<CertificateDer<'static>>,
+    /// The SPIFFE ID in the leaf's URI SAN.
+    pub spiffe_id: String,
+    pub not_after: SystemTime,
+}
+
+/// The live credentials: None until the first certificate is issued (the mesh then speaks
+/// plaintext, as before identities existed).
+pub type CredentialsCell = Arc<ArcSwapOption<Credentials>>;
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("chain", &self.chain.len())
+            .field("trust_bundle", &self.trust_bundle.len())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The crypto provider for every TLS config in the process (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// What a handshake needs, derived once per [`Credentials`] value and reused until the cell
+/// holds another one.
+pub(crate) struct Material {
+    pub creds: Arc<Credentials>,
+    pub certified: Arc<CertifiedKey>,
+    pub roots: Arc<RootCertStore>,
+    pub client_verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// The cell plus a cache of the material derived from what it holds.
+pub struct TlsState {
+    cell: CredentialsCell,
+    cache: Mutex<Option<Arc<Material>>>,
+}
+
+impl TlsState {
+    pub fn new(cell: CredentialsCell) -> Arc<Self> {
+        Arc::new(Self {
+            cell,
+            cache: Mutex::new(None),
+        })
+    }
+
+    /// Whether credentials exist now (mTLS) or not yet (plaintext).
+    pub fn ready(&self) -> bool {
+        self.cell.load().is_some()
+    }
+
+    /// This workload's SPIFFE ID, once it has one.
+    pub fn spiffe_id(&self) -> Option<String> {
+        self.cell.load().as_ref().map(|c| c.spiffe_id.clone())
+    }
+
+    /// The material for the credentials in the cell now; None before any exist or when they
+    /// are unusable (logged).
+    pub(crate) fn material(&self) -> Option<Arc<Material>> {
+        let creds = self.cell.load_full()?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = cache.as_ref() {
+            if Arc::ptr_eq(&m.creds, &creds) {
+                return Some(m.clone());
+            }
+        }
+        match Material::build(creds) {
+            Ok(m) => {
+                let m = Arc::new(m);
+                *cache = Some(m.clone());
+                Some(m)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "credentials unusable for TLS");
+                None
+            }
+        }
+    }
+}
+
+impl Material {
+    fn build(creds: Arc<Credentials>) -> Result<Self, rustls::Error> {
+        let provider = provider();
+        let certified = Arc::new(CertifiedKey::from_der(
+            creds.chain.clone(),
+            creds.key.clone_key(),
+            &provider,
+        )?);
+        let mut roots = RootCertStore::empty();
+        for root in &creds.trust_bundle {
+            roots.add(root.clone())?;
+        }
+        let roots = Arc::new(roots);
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider)
+            .build()
+            .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;
+        Ok(Self {
+            creds,
+            certified,
+            roots,
+            client_verifier,
+        })
+    }
+}
+
+/// The SPIFFE ID in a certificate's URI SAN, if it has exactly one.
+pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    let mut ids = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(u) if u.starts_with("spiffe://") => Some(u.to_string()),
+        _ => None,
+    });
+    let id = ids.next()?;
+    ids.next().is_none().then_some(id)
+}
+
+/// The namespace a SPIFFE ID of the form `spiffe://TD/ns/NS/sa/SA` names.
+pub fn spiffe_namespace(id: &str) -> Option<&str> {
+    let path = id.strip_prefix("spiffe://")?;
+    let mut parts = path.split('/').skip(1);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("ns"), Some(ns), Some("sa")) if !ns.is_empty() => Some(ns),
+        _ => None,
+    }
+}

@@ -1,0 +1,163 @@
+//! The mesh port's side: TLS 1.3, ALPN `h2`, client certificates required and verified against
+//! the trust bundle in the cell at the time of each handshake.
+
+use std::io;
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, Error, ServerConfig, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::{provider, spiffe_id, TlsState, ALPN_H2, ALPN_MESH};
+
+/// Terminates mTLS from peers on the mesh port.
+#[derive(Clone)]
+pub struct MeshAcceptor {
+    acceptor: TlsAcceptor,
+    state: Arc<TlsState>,
+}
+
+impl MeshAcceptor {
+    pub fn new(state: Arc<TlsState>) -> Self {
+        Self {
+            acceptor: TlsAcceptor::from(server_config(state.clone())),
+            state,
+        }
+    }
+
+    /// Whether credentials exist now (a ClientHello can be answered).
+    pub fn ready(&self) -> bool {
+        self.state.ready()
+    }
+
+    /// This workload's SPIFFE ID, once it has one.
+    pub fn local_identity(&self) -> Option<String> {
+        self.state.spiffe_id()
+    }
+
+    /// Completes the handshake; returns the stream and the peer's SPIFFE ID.
+    pub async fn accept<IO>(&self, io: IO) -> io::Result<(TlsStream<IO>, String)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let tls = self.acceptor.accept(io).await?;
+        // The verifier refused any leaf without exactly one SPIFFE ID, so this is there.
+        let id = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(spiffe_id)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer has no SPIFFE ID"))?;
+        Ok((tls, id))
+    }
+}
+
+/// The mesh port's TLS config: TLS 1.3 only, ALPN `h2` (and `weft-mesh/1`), mandatory client
+/// certificates; certificate and bundle come from the cell per handshake.
+pub fn server_config(state: Arc<TlsState>) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .with_client_cert_verifier(Arc::new(BundleClientVerifier { state: state.clone() }))
+        .with_cert_resolver(Arc::new(CellCertResolver { state }));
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_MESH.to_vec()];
+    Arc::new(config)
+}
+
+/// Presents the certificate in the cell now.
+#[derive(Debug)]
+struct CellCertResolver {
+    state: Arc<TlsState>,
+}
+
+impl ResolvesServerCert for CellCertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.state.material().map(|m| m.certified.clone())
+    }
+}
+
+/// Verifies client certificates against the trust bundle in the cell now, and requires the leaf
+/// to carry a SPIFFE ID.
+#[derive(Debug)]
+struct BundleClientVerifier {
+    state: Arc<TlsState>,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState").finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for BundleClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: a proxy has one certificate to offer.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        let material = self
+            .state
+            .material()
+            .ok_or_else(|| Error::General("no trust bundle yet".into()))?;
+        material
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if spiffe_id(end_entity).is_none() {
+            return Err(Error::General("client certificate carries no SPIFFE ID".into()));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider().signature_verification_algorithms.supported_schemes()
+    }
+}
