@@ -197,6 +197,7 @@ impl InstancePlan {
             inbound: weft_api::proxy_config::Inbound {
                 mesh: local(self.sidecar.mesh),
                 capture: None,
+                mtls: Default::default(),
                 listeners: self
                     .app_ports
                     .iter()
