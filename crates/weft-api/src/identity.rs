@@ -166,8 +166,12 @@ mod tests {
 
     #[test]
     fn linkerd_names_are_the_same_identity() {
-        let l = SpiffeId::parse("reviews.shop.serviceaccount.identity.linkerd.cluster.local").expect("parses");
-        assert_eq!(l, SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/reviews").expect("parses"));
+        let l =
+            SpiffeId::parse("reviews.shop.serviceaccount.identity.linkerd.cluster.local").expect("parses");
+        assert_eq!(
+            l,
+            SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/reviews").expect("parses")
+        );
         assert_eq!(
             l.to_linkerd_name(),
             "reviews.shop.serviceaccount.identity.linkerd.cluster.local"
@@ -211,7 +215,10 @@ mod tests {
         ));
         assert!(matches!(
             SpiffeId::parse("spiffe://cluster.local/ns//sa/reviews"),
-            Err(SpiffeIdError::Segment { what: "namespace", .. })
+            Err(SpiffeIdError::Segment {
+                what: "namespace",
+                ..
+            })
         ));
         assert!(matches!(
             SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/re%20views"),

@@ -16,6 +16,7 @@ use weft_api::proxy_config::ProxyConfig;
 
 use crate::balance::Balancers;
 use crate::config::{Shared, Snapshot};
+use crate::identity::{self, CredentialsCell, IdentityMetrics};
 use crate::listen::{accept_loop, Listening};
 use crate::pool::Pools;
 use crate::telemetry::metrics::Metrics;
@@ -29,6 +30,10 @@ pub struct Options {
     /// Under a control plane (`--control`): `/ready` stays false until
     /// [`discovery::run`](crate::discovery::run) applies the first pushed config.
     pub await_control: bool,
+    /// Under a control plane issuing certificates: `/ready` also waits for an identity, and
+    /// [`Running::identity`] holds the cell and metrics to pass to
+    /// [`identity::run`](crate::identity::run).
+    pub await_identity: bool,
 }
 
 /// The addresses a running proxy is bound to (ports resolved when the config said 0).
@@ -47,6 +52,9 @@ pub struct Bound {
 pub struct Running {
     pub bound: Bound,
     pub shared: Arc<Shared>,
+    /// With [`Options::await_identity`]: where the certificate goes (the same cell as
+    /// `shared.identity`) and its metrics, registered on the admin `/metrics`.
+    pub identity: Option<(CredentialsCell, IdentityMetrics)>,
     drain: CancellationToken,
     tracker: TaskTracker,
     deadline: Duration,
@@ -56,6 +64,9 @@ pub struct Running {
 pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Running> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
+    let identity = options
+        .await_identity
+        .then(|| (identity::new_cell(), IdentityMetrics::new(&mut registry)));
     let registry = Arc::new(registry);
     let limits = config.limits.clone();
     let pools = Pools::new(
@@ -70,6 +81,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
         pools,
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
+        identity: identity.as_ref().map(|(cell, _)| cell.clone()),
     });
     shared.apply(config.clone());
 
@@ -176,6 +188,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
     Ok(Running {
         bound,
         shared,
+        identity,
         drain,
         tracker,
         deadline: Duration::from_millis(limits.drain_deadline_ms),

@@ -60,6 +60,9 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
+    /// The workload's certificate, when the proxy awaits one
+    /// ([`Options::await_identity`](crate::app::Options::await_identity)): not ready while empty.
+    pub identity: Option<crate::identity::CredentialsCell>,
 }
 
 // === impl Snapshot ===
@@ -224,7 +227,8 @@ impl Shared {
         self.pools.retain(|a| keep.contains(a));
     }
 
+    /// The config is in place (`ready`) and, if one is awaited, so is an identity.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.identity.as_ref().is_none_or(|c| c.load().is_some())
     }
 }
