@@ -1,10 +1,12 @@
-//! Compiles `proto/weft/discovery.proto` with protox (pure Rust: no `protoc` on the machine) and
-//! generates the prost messages and tonic stubs into `OUT_DIR`.
+//! Compiles `proto/weft/{discovery,identity}.proto` with protox (pure Rust: no `protoc` on the
+//! machine) and generates the prost messages and tonic stubs into `OUT_DIR`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/weft/discovery.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let fds = protox::compile([proto], ["proto"])?;
+    let protos = ["proto/weft/discovery.proto", "proto/weft/identity.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
         // Transport-free stubs: the crates that dial or serve pick tonic's transport features.
         .build_transport(false)

@@ -3,10 +3,13 @@
 //! - [`proxy_config`]: the resources a proxy runs on (pushed by the control plane or read from a
 //!   file by `weft proxy --config`).
 //! - [`proto`]: the discovery stream between the control plane and each proxy
-//!   (`proto/weft/discovery.proto`, package `weft.discovery.v1`).
+//!   (`proto/weft/discovery.proto`, package `weft.discovery.v1`), and certificate issuance
+//!   (`proto/weft/identity.proto`, package `weft.identity.v1`, in `proto::identity`).
+//! - [`identity`]: workload identities (SPIFFE IDs), parsed and printed.
 
 pub mod explain;
 pub mod finding;
+pub mod identity;
 pub mod model;
 pub mod proto;
 pub mod proxy_config;

@@ -1,5 +1,6 @@
 //! The control plane, wired top to bottom: store -> translate -> registry -> compile -> push,
-//! with an admin endpoint for `weft status`.
+//! with an admin endpoint for `weft status`, and the CA (`weft.identity.v1.Identity`) on the
+//! discovery port.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use weft_api::proxy_config::ProxyConfig;
 use weft_api::{translate, validate};
 
 use crate::compile::{compile_services, compile_with, ProxyRef, SharedServices};
+use crate::identity::{CertificateAuthority, IdentityService};
 use crate::push::{ConfigSource, PushServer};
 use crate::registry::{Instance, Registry};
 use crate::store::files::FileStore;
@@ -41,6 +43,33 @@ pub struct ControlOptions {
     pub poll: Duration,
     /// How long an endpoint stays after its proxy disconnects.
     pub endpoint_grace: Duration,
+    /// A CA certificate (then its issuers) and key to issue workload certificates with. Both or
+    /// neither; without them the root in `state_dir` is used (made on first start).
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+    /// The SPIFFE trust domain. Default `cluster.local`.
+    pub trust_domain: String,
+    /// How long an issued workload certificate lives. Default 24 h.
+    pub cert_ttl: Duration,
+}
+
+impl ControlOptions {
+    /// The defaults `weft control` uses, for `config_paths` and `state_dir`.
+    pub fn new(config_paths: Vec<PathBuf>, state_dir: PathBuf) -> Self {
+        Self {
+            config_paths,
+            exclude: Vec::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 15010)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 15014)),
+            state_dir,
+            poll: Duration::from_millis(200),
+            endpoint_grace: Duration::from_secs(10),
+            ca_cert: None,
+            ca_key: None,
+            trust_domain: weft_api::identity::DEFAULT_TRUST_DOMAIN.to_string(),
+            cert_ttl: crate::identity::DEFAULT_CERT_TTL,
+        }
+    }
 }
 
 /// A running control plane.
@@ -49,6 +78,8 @@ pub struct Running {
     pub admin: SocketAddr,
     pub source: Arc<ControlSource>,
     pub push: PushServer,
+    /// The CA behind `weft.identity.v1.Identity` (served on the discovery port).
+    pub ca: Arc<CertificateAuthority>,
     shutdown: CancellationToken,
 }
 
@@ -89,6 +120,14 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
             );
         }
     }
+    let ca = match (&options.ca_cert, &options.ca_key) {
+        (Some(cert), Some(key)) => CertificateAuthority::from_files(cert, key),
+        (None, None) => CertificateAuthority::load_or_create(&options.state_dir),
+        _ => anyhow::bail!("--ca-cert and --ca-key go together"),
+    }
+    .and_then(|ca| ca.with_trust_domain(&options.trust_domain))
+    .context("loading the certificate authority")?;
+    let ca = Arc::new(ca);
     let registry = Registry::load(Some(&options.state_dir.join("registry.json")))?;
     let source = Arc::new(ControlSource {
         inner: Arc::new(Inner {
@@ -117,10 +156,11 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
         .with_context(|| format!("binding discovery on {}", options.listen))?;
     let listen = listener.local_addr()?;
     let push = PushServer::new(source.clone());
+    let identity = IdentityService::new(ca.clone(), TokenStore::new(&options.state_dir), options.cert_ttl);
     tokio::spawn({
         let (push, shutdown) = (push.clone(), shutdown.clone());
         async move {
-            if let Err(e) = push.serve(listener, shutdown).await {
+            if let Err(e) = push.serve_with(Some(identity), listener, shutdown).await {
                 tracing::error!(error = %e, "discovery server stopped");
             }
         }
@@ -141,6 +181,7 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
         admin,
         source,
         push,
+        ca,
         shutdown,
     })
 }

@@ -8,11 +8,13 @@
 //! - [`push`]: the discovery stream's server end (`weft.discovery.v1.Discovery`): pushes each
 //!   proxy its config and records its ACKs and NACKs for `weft status`.
 //!
-//! Still to come (issue 4, identity): the CA. See shared/ARCHITECTURE.md for where each goes.
+//! - [`identity`]: the CA and `weft.identity.v1.Identity` (workload certificates), served on the
+//!   discovery port.
 
 pub mod admin;
 pub mod app;
 pub mod compile;
+pub mod identity;
 pub mod push;
 pub mod registry;
 pub mod store;

@@ -16,11 +16,15 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 use weft_api::proto::discovery_request::Kind;
 use weft_api::proto::discovery_server::{Discovery, DiscoveryServer};
+use weft_api::proto::identity::identity_server::IdentityServer;
 use weft_api::proto::{Ack, DiscoveryRequest, DiscoveryResponse, Subscribe};
 use weft_api::proxy_config::ProxyConfig;
+
+use crate::identity::IdentityService;
 
 /// Where the configs come from (the registry and compiler, or a test's table).
 pub trait ConfigSource: Send + Sync + 'static {
@@ -136,6 +140,16 @@ impl PushServer {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), tonic::transport::Error> {
+        self.serve_with(None, listener, shutdown).await
+    }
+
+    /// [`serve`](Self::serve), plus `weft.identity.v1.Identity` on the same port when given.
+    pub async fn serve_with(
+        self,
+        identity: Option<crate::identity::IdentityService>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), tonic::transport::Error> {
         let streams = self.inner.shutdown.clone();
         let stop = shutdown.clone();
         let on_stop = tokio::spawn(async move {
@@ -144,15 +158,53 @@ impl PushServer {
         });
         let served = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-            // One service: served without tonic's router (and its axum dependency).
+            // Two services told apart by path: served without tonic's router (and its axum
+            // dependency).
             .serve_with_incoming_shutdown(
-                DiscoveryServer::new(self),
+                Routes {
+                    discovery: DiscoveryServer::new(self),
+                    identity: identity.map(IdentityService::into_server),
+                },
                 tonic::transport::server::TcpIncoming::from(listener),
                 shutdown.cancelled_owned(),
             )
             .await;
         on_stop.abort();
         served
+    }
+}
+
+/// Dispatches `/weft.identity.v1.Identity/*` to the identity service, the rest to discovery.
+#[derive(Clone)]
+struct Routes {
+    discovery: DiscoveryServer<PushServer>,
+    identity: Option<IdentityServer<IdentityService>>,
+}
+
+type GrpcRequest = http::Request<tonic::body::Body>;
+type GrpcResponse = http::Response<tonic::body::Body>;
+
+impl tower_service::Service<GrpcRequest> for Routes {
+    type Response = GrpcResponse;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<GrpcResponse, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        // Both generated servers are always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: GrpcRequest) -> Self::Future {
+        let identity_path = req
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(<IdentityServer<IdentityService> as NamedService>::NAME))
+            .is_some_and(|rest| rest.starts_with('/'));
+        match (&mut self.identity, identity_path) {
+            (Some(identity), true) => Box::pin(identity.call(req)),
+            _ => Box::pin(self.discovery.call(req)),
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use weft_api::proxy_config::ProxyConfig;
 
 use crate::balance::Balancers;
 use crate::config::{Shared, Snapshot};
+use crate::identity::{self, IdentityMetrics};
 use crate::listen::{accept_loop, Listening};
 use crate::pool::Pools;
 use crate::telemetry::metrics::Metrics;
@@ -30,10 +31,14 @@ pub struct Options {
     /// Under a control plane (`--control`): `/ready` stays false until
     /// [`discovery::run`](crate::discovery::run) applies the first pushed config.
     pub await_control: bool,
-    /// The workload's mTLS credentials (filled and rotated by the identity module). None: the
-    /// mesh hop stays plaintext, as before identities existed; an empty cell likewise until
-    /// the first certificate lands.
+    /// The workload's mTLS credentials, filled from outside (tests, a file). None: the mesh
+    /// hop stays plaintext, as before identities existed; an empty cell likewise until the
+    /// first certificate lands. With `await_identity` the identity module's cell is used.
     pub credentials: Option<CredentialsCell>,
+    /// Under a control plane issuing certificates: `/ready` also waits for an identity, and
+    /// [`Running::identity`] holds the cell and metrics to pass to
+    /// [`identity::run`](crate::identity::run); mTLS on the mesh hop uses that cell.
+    pub await_identity: bool,
 }
 
 /// The addresses a running proxy is bound to (ports resolved when the config said 0).
@@ -52,6 +57,9 @@ pub struct Bound {
 pub struct Running {
     pub bound: Bound,
     pub shared: Arc<Shared>,
+    /// With [`Options::await_identity`]: where the certificate goes (the same cell as
+    /// `shared.identity`) and its metrics, registered on the admin `/metrics`.
+    pub identity: Option<(CredentialsCell, IdentityMetrics)>,
     drain: CancellationToken,
     tracker: TaskTracker,
     deadline: Duration,
@@ -61,9 +69,16 @@ pub struct Running {
 pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Running> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
+    let identity = options
+        .await_identity
+        .then(|| (identity::new_cell(), IdentityMetrics::new(&mut registry)));
     let registry = Arc::new(registry);
     let limits = config.limits.clone();
-    let tls = options.credentials.clone().map(TlsState::new);
+    let cell = identity
+        .as_ref()
+        .map(|(cell, _)| cell.clone())
+        .or_else(|| options.credentials.clone());
+    let tls = cell.map(TlsState::new);
     let pools = Pools::with_tls(
         Duration::from_millis(limits.connect_timeout_ms),
         Duration::from_millis(limits.idle_timeout_ms),
@@ -78,6 +93,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
         mesh_tls: tls.map(MeshAcceptor::new),
+        identity: identity.as_ref().map(|(cell, _)| cell.clone()),
     });
     shared.apply(config.clone());
 
@@ -184,6 +200,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
     Ok(Running {
         bound,
         shared,
+        identity,
         drain,
         tracker,
         deadline: Duration::from_millis(limits.drain_deadline_ms),

@@ -62,6 +62,9 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// mTLS on the mesh port; None: this proxy runs without credentials (plaintext only).
     pub mesh_tls: Option<crate::tls::MeshAcceptor>,
+    /// The workload's certificate, when the proxy awaits one
+    /// ([`Options::await_identity`](crate::app::Options::await_identity)): not ready while empty.
+    pub identity: Option<crate::identity::CredentialsCell>,
 }
 
 // === impl Snapshot ===
@@ -226,7 +229,8 @@ impl Shared {
         self.pools.retain(|a| keep.contains(a));
     }
 
+    /// The config is in place (`ready`) and, if one is awaited, so is an identity.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.identity.as_ref().is_none_or(|c| c.load().is_some())
     }
 }

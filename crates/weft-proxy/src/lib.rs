@@ -12,6 +12,7 @@ pub mod detect;
 pub mod discovery;
 pub mod forward;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod io;
 pub mod listen;

@@ -61,6 +61,18 @@ pub struct Credentials {
 /// plaintext, as before identities existed).
 pub type CredentialsCell = Arc<ArcSwapOption<Credentials>>;
 
+impl Clone for Credentials {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            trust_bundle: self.trust_bundle.clone(),
+            spiffe_id: self.spiffe_id.clone(),
+            not_after: self.not_after,
+        }
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")

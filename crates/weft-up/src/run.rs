@@ -68,7 +68,11 @@ pub async fn up(
 
     say(&format!("reading {}", dir.display()));
     if let Some(variants) = weft_api::resources::variants_dir(&dir) {
-        say(&format!("  {} holds routing variants: copy one into {} to apply it", variants.display(), dir.display()));
+        say(&format!(
+            "  {} holds routing variants: copy one into {} to apply it",
+            variants.display(),
+            dir.display()
+        ));
     }
     let (translated, findings) = weft_api::validate::analyze_paths(std::slice::from_ref(&dir));
     for f in findings.iter().filter(|f| f.severity == Severity::Error) {
@@ -78,13 +82,9 @@ pub async fn up(
 
     say("starting the control plane");
     let cp = control::start(ControlOptions {
-        config_paths: vec![dir.clone()],
-        exclude: Vec::new(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-        state_dir: run.control_state(),
-        poll: Duration::from_millis(200),
-        endpoint_grace: Duration::from_secs(10),
+        ..ControlOptions::new(vec![dir.clone()], run.control_state())
     })
     .await?;
 

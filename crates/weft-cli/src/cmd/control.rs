@@ -27,6 +27,19 @@ pub struct ControlArgs {
     /// How long an endpoint stays after its proxy disconnects, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub endpoint_grace_ms: u64,
+    /// CA certificate (PEM; a root or an intermediate followed by its issuers) to issue workload
+    /// certificates with. Default: a root made in the state directory on first start.
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The CA certificate's private key (PKCS#8 PEM).
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// SPIFFE trust domain of issued identities (spiffe://<trust-domain>/ns/<ns>/sa/<sa>).
+    #[arg(long, default_value = weft_api::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Lifetime of issued workload certificates, in seconds (proxies renew at about 2/3).
+    #[arg(long, default_value_t = 86_400)]
+    pub cert_ttl_secs: u64,
 }
 
 pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
@@ -38,6 +51,10 @@ pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
         state_dir: args.state_dir,
         poll: Duration::from_millis(args.poll_ms),
         endpoint_grace: Duration::from_millis(args.endpoint_grace_ms),
+        ca_cert: args.ca_cert,
+        ca_key: args.ca_key,
+        trust_domain: args.trust_domain,
+        cert_ttl: Duration::from_secs(args.cert_ttl_secs),
     };
     super::runtime(None)?.block_on(async move {
         let running = app::start(options).await?;

@@ -22,7 +22,8 @@ pub struct ProxyArgs {
     /// The control plane's discovery address (e.g. http://127.0.0.1:15010). With it, the
     /// config file is the bootstrap (admin, limits, the addresses to bind, the workload's
     /// identity and app ports) and the control plane pushes services, endpoints and routes;
-    /// the proxy is ready once its first push is applied.
+    /// the proxy is ready once its first push is applied and it holds a certificate from the
+    /// control plane's CA.
     #[arg(long, env = "WEFT_CONTROL")]
     pub control: Option<String>,
     /// Bootstrap token minted by the control plane (`weft token create`).
@@ -53,6 +54,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             Options {
                 outbound_mark: args.outbound_mark,
                 await_control: args.control.is_some(),
+                await_identity: args.control.is_some(),
                 ..Options::default()
             },
         )
@@ -72,6 +74,20 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 args.ip,
                 running.bound.mesh.port(),
             );
+            if let Some((cell, metrics)) = running.identity.clone() {
+                let request = weft_proxy::identity::IdentityRequest {
+                    token: token.clone(),
+                    namespace: w.namespace.clone(),
+                    service_account: w.service_account.clone(),
+                };
+                tokio::spawn(weft_proxy::identity::run(
+                    endpoint.clone(),
+                    request,
+                    cell,
+                    metrics,
+                    stop_discovery.clone(),
+                ));
+            }
             tokio::spawn(weft_proxy::discovery::run(
                 endpoint.clone(),
                 sub,

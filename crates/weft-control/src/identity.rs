@@ -1,0 +1,692 @@
+//! The mesh's certificate authority and the `weft.identity.v1.Identity` service
+//! (shared/ARCHITECTURE.md, "Identity" and "Trust from the first packet").
+//!
+//! - [`CertificateAuthority::load_or_create`]: a self-signed root (ECDSA P-256, 10 years) kept in
+//!   the state directory (`ca-key.pem` mode 0600, `ca-cert.pem`), made on first start, the same
+//!   root after every restart. [`CertificateAuthority::from_files`]: a root or intermediate the
+//!   user provides; the certificates its file holds after the first are its issuers.
+//! - [`CertificateAuthority::sign`]: one workload certificate. Only the CSR's public key is used:
+//!   whatever names it asks for, the certificate carries exactly the identity the bootstrap token
+//!   grants, `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`, as its only (critical) SAN.
+//! - The trust bundle is a list of roots so a rotation can overlap an old and a new root
+//!   ([`CertificateAuthority::add_trusted_root`]); rotation itself is still to come.
+//! - [`IdentityService`]: `Identity.Sign` over gRPC, served on the discovery port; a wrong token
+//!   is refused with `UNAUTHENTICATED`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    PKCS_ECDSA_P256_SHA256,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tonic::{Request, Response, Status};
+use weft_api::identity::{SpiffeId, SpiffeIdError, DEFAULT_TRUST_DOMAIN};
+use weft_api::proto::identity::identity_server::{Identity, IdentityServer};
+use weft_api::proto::identity::{SignRequest, SignResponse};
+
+use crate::tokens::{Grant, TokenStore};
+
+/// How long a workload certificate lives unless configured otherwise.
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long a root made by [`CertificateAuthority::load_or_create`] lives.
+pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+/// Clock skew tolerated between the control plane and proxies: certificates start this early.
+pub const BACKDATE: Duration = Duration::from_secs(60);
+
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+pub const CA_CERT_FILE: &str = "ca-cert.pem";
+
+/// Why the CA could not load, or could not sign.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Pem { path: String, reason: String },
+    #[error("{path}: not a usable CA key: {source}")]
+    Key { path: String, source: rcgen::Error },
+    #[error("{path}: not a usable CA certificate: {reason}")]
+    CaCert { path: String, reason: String },
+    #[error("{0} exists but {1} does not: refusing to make a new root over a half-present CA")]
+    Incomplete(String, String),
+    #[error("invalid certificate signing request: {0}")]
+    Csr(rcgen::Error),
+    #[error("the CSR's key is not ECDSA P-256")]
+    CsrAlgorithm,
+    #[error("invalid identity: {0}")]
+    Identity(#[from] SpiffeIdError),
+    #[error("trust bundle: {0}")]
+    Bundle(String),
+    #[error("cannot generate or sign: {0}")]
+    Crypto(rcgen::Error),
+}
+
+/// A certificate issued to one workload.
+#[derive(Debug, Clone)]
+pub struct SignedCert {
+    pub spiffe_id: SpiffeId,
+    /// The workload's certificate, then the CA's chain. PEM.
+    pub cert_chain_pem: String,
+    /// The roots a peer's chain may end at. PEM.
+    pub trust_bundle_pem: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// Issues workload certificates.
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA's own certificate, then its issuers (as given): appended to every issued leaf.
+    chain: Vec<CertificateDer<'static>>,
+    /// What peers trust: one root, or several while one replaces another.
+    roots: RwLock<Vec<CertificateDer<'static>>>,
+    trust_domain: String,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("trust_domain", &self.trust_domain)
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl CertificateAuthority ===
+
+impl CertificateAuthority {
+    /// The root in `state_dir`, made there (key mode 0600) if there is none yet.
+    pub fn load_or_create(state_dir: &Path) -> Result<Self, IdentityError> {
+        let key_path = state_dir.join(CA_KEY_FILE);
+        let cert_path = state_dir.join(CA_CERT_FILE);
+        match (key_path.exists(), cert_path.exists()) {
+            (true, true) => {
+                warn_if_readable_by_others(&key_path);
+                Self::from_files(&cert_path, &key_path)
+            }
+            (false, true) => Err(IdentityError::Incomplete(
+                cert_path.display().to_string(),
+                key_path.display().to_string(),
+            )),
+            (key_exists, false) => {
+                // A key without its certificate (a crash between the two writes): keep the key.
+                let key = if key_exists {
+                    warn_if_readable_by_others(&key_path);
+                    read_key(&key_path)?
+                } else {
+                    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(IdentityError::Crypto)?
+                };
+                let params = root_params()?;
+                let cert = params.self_signed(&key).map_err(IdentityError::Crypto)?;
+                let io = |path: &Path| {
+                    let path = path.display().to_string();
+                    move |source| IdentityError::Io { path, source }
+                };
+                std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+                if !key_exists {
+                    write_atomically(&key_path, key.serialize_pem().as_bytes(), 0o600)
+                        .map_err(io(&key_path))?;
+                }
+                write_atomically(&cert_path, cert.pem().as_bytes(), 0o644).map_err(io(&cert_path))?;
+                tracing::info!(cert = %cert_path.display(), "identity: made a new root CA");
+                let der = cert.der().clone();
+                Ok(Self {
+                    issuer: Issuer::new(params, key),
+                    chain: vec![der.clone()],
+                    roots: RwLock::new(vec![der]),
+                    trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+                })
+            }
+        }
+    }
+
+    /// A CA from a certificate file (its certificate first, then its issuers, PEM) and its key
+    /// (PKCS#8 PEM). The trust bundle is the file's last certificate: the root when the file
+    /// holds the whole chain.
+    pub fn from_files(cert_pem_path: &Path, key_pem_path: &Path) -> Result<Self, IdentityError> {
+        let key = read_key(key_pem_path)?;
+        let cert_path = cert_pem_path.display().to_string();
+        let pem = std::fs::read(cert_pem_path).map_err(|source| IdentityError::Io {
+            path: cert_path.clone(),
+            source,
+        })?;
+        let chain = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| IdentityError::Pem {
+                path: cert_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let Some(first) = chain.first() else {
+            return Err(IdentityError::Pem {
+                path: cert_path,
+                reason: "no CERTIFICATE in the file".into(),
+            });
+        };
+        let ca_error = |reason: String| IdentityError::CaCert {
+            path: cert_path.clone(),
+            reason,
+        };
+        let (_, parsed) = x509_parser::parse_x509_certificate(first).map_err(|e| ca_error(e.to_string()))?;
+        if !parsed.is_ca() {
+            return Err(ca_error("its basic constraints do not make it a CA".into()));
+        }
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(ca_error(format!(
+                "its public key does not match the key in {}",
+                key_pem_path.display()
+            )));
+        }
+        let issuer = Issuer::from_ca_cert_der(first, key).map_err(|e| ca_error(e.to_string()))?;
+        let root = chain.last().cloned().into_iter().collect();
+        Ok(Self {
+            issuer,
+            chain,
+            roots: RwLock::new(root),
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+        })
+    }
+
+    /// Issues identities in `trust_domain` (default `cluster.local`).
+    pub fn with_trust_domain(mut self, trust_domain: &str) -> Result<Self, IdentityError> {
+        SpiffeId::new(trust_domain, "default", "default")?;
+        self.trust_domain = trust_domain.to_string();
+        Ok(self)
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Also trusts the roots in `pem` (for a rotation: the old and the new root overlap).
+    pub fn add_trusted_root(&self, pem: &str) -> Result<(), IdentityError> {
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| IdentityError::Bundle(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(IdentityError::Bundle("no CERTIFICATE in the PEM".into()));
+        }
+        for c in &certs {
+            x509_parser::parse_x509_certificate(c).map_err(|e| IdentityError::Bundle(e.to_string()))?;
+        }
+        let mut roots = self.roots.write().unwrap_or_else(|p| p.into_inner());
+        for c in certs {
+            if !roots.contains(&c) {
+                roots.push(c);
+            }
+        }
+        Ok(())
+    }
+
+    /// The roots peers trust, DER.
+    pub fn trust_bundle(&self) -> Vec<CertificateDer<'static>> {
+        self.roots.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The roots peers trust, PEM.
+    pub fn trust_bundle_pem(&self) -> String {
+        self.trust_bundle().iter().map(|c| to_pem(c)).collect()
+    }
+
+    /// Signs the key in `csr_pem` for exactly the identity `grant` names, valid from a minute ago
+    /// for `ttl`. The CSR's subject, SANs and extensions are ignored.
+    pub fn sign(&self, csr_pem: &str, grant: &Grant, ttl: Duration) -> Result<SignedCert, IdentityError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(IdentityError::Csr)?;
+        if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(IdentityError::CsrAlgorithm);
+        }
+        let id = SpiffeId::new(&self.trust_domain, &grant.namespace, &grant.service_account)?;
+        let now = SystemTime::now();
+        let not_before = now - BACKDATE;
+        let not_after = now + ttl;
+        let mut params = CertificateParams::default();
+        // An empty subject: the SPIFFE ID (a critical SAN then) is the whole identity.
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(
+            id.to_string().try_into().map_err(IdentityError::Crypto)?,
+        )];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(IdentityError::Crypto)?;
+        let mut cert_chain_pem = cert.pem();
+        for c in &self.chain {
+            cert_chain_pem.push_str(&to_pem(c));
+        }
+        Ok(SignedCert {
+            spiffe_id: id,
+            cert_chain_pem,
+            trust_bundle_pem: self.trust_bundle_pem(),
+            // Whole seconds, as the certificate says.
+            not_before: truncate_to_seconds(not_before),
+            not_after: truncate_to_seconds(not_after),
+        })
+    }
+}
+
+fn root_params() -> Result<CertificateParams, IdentityError> {
+    let now = SystemTime::now();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "weft");
+    dn.push(DnType::CommonName, "weft root CA");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = (now - BACKDATE).into();
+    params.not_after = (now + ROOT_TTL).into();
+    params.serial_number = Some(random_serial());
+    Ok(params)
+}
+
+fn read_key(path: &Path) -> Result<KeyPair, IdentityError> {
+    let p = path.display().to_string();
+    let pem = std::fs::read_to_string(path).map_err(|source| IdentityError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    KeyPair::from_pem(&pem).map_err(|source| IdentityError::Key { path: p, source })
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "identity: the CA key is readable by others (want mode 0600)");
+        }
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp: PathBuf = path.with_extension("pem.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// 128 random bits, positive.
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    fastrand::fill(&mut bytes);
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn to_pem(der: &CertificateDer<'_>) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref().to_vec()))
+}
+
+fn truncate_to_seconds(t: SystemTime) -> SystemTime {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// `weft.identity.v1.Identity`: checks the bootstrap token, then signs.
+#[derive(Clone)]
+pub struct IdentityService {
+    ca: Arc<CertificateAuthority>,
+    tokens: TokenStore,
+    ttl: Duration,
+}
+
+impl IdentityService {
+    pub fn new(ca: Arc<CertificateAuthority>, tokens: TokenStore, ttl: Duration) -> Self {
+        Self { ca, tokens, ttl }
+    }
+
+    /// The tonic service, to serve.
+    pub fn into_server(self) -> IdentityServer<Self> {
+        IdentityServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
+        let req = request.into_inner();
+        let sa = if req.service_account.is_empty() {
+            "default"
+        } else {
+            &req.service_account
+        };
+        if !self.tokens.check(&req.token, &req.namespace, sa) {
+            tracing::warn!(namespace = %req.namespace, service_account = %sa, "identity: refused a wrong token");
+            return Err(Status::unauthenticated("wrong bootstrap token"));
+        }
+        let grant = Grant {
+            namespace: req.namespace.clone(),
+            service_account: sa.to_string(),
+        };
+        let signed = self
+            .ca
+            .sign(&req.csr_pem, &grant, self.ttl)
+            .map_err(|e| match e {
+                IdentityError::Csr(_) | IdentityError::CsrAlgorithm | IdentityError::Identity(_) => {
+                    Status::invalid_argument(e.to_string())
+                }
+                e => {
+                    tracing::error!(error = %e, "identity: cannot sign");
+                    Status::internal("cannot sign")
+                }
+            })?;
+        tracing::info!(id = %signed.spiffe_id, "identity: issued a certificate");
+        let not_after_unix = signed
+            .not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        Ok(Response::new(SignResponse {
+            cert_chain_pem: signed.cert_chain_pem,
+            trust_bundle_pem: signed.trust_bundle_pem,
+            not_after_unix,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::pki_types::UnixTime;
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::X509Certificate;
+
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("weft-identity-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn grant(ns: &str, sa: &str) -> Grant {
+        Grant {
+            namespace: ns.into(),
+            service_account: sa.into(),
+        }
+    }
+
+    /// A CSR asking for names the token does not grant.
+    fn greedy_csr() -> String {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = CertificateParams::new(vec!["evil.example".to_string()]).expect("params");
+        params.subject_alt_names.push(SanType::URI(
+            "spiffe://cluster.local/ns/kube-system/sa/admin"
+                .to_string()
+                .try_into()
+                .expect("ia5"),
+        ));
+        params.distinguished_name.push(DnType::CommonName, "admin");
+        params.serialize_request(&key).expect("csr").pem().expect("pem")
+    }
+
+    fn chain(pem: &str) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("pem")
+    }
+
+    fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
+        let san = cert
+            .subject_alternative_name()
+            .expect("san parses")
+            .expect("has a SAN");
+        assert!(san.critical, "an empty subject makes the SAN critical");
+        san.value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::URI(u) => (*u).to_string(),
+                other => panic!("unexpected SAN {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Verifies the chain the way a peer proxy will: WebPKI path building to the bundle.
+    fn verify(
+        chain: &[CertificateDer<'static>],
+        bundle: &[CertificateDer<'static>],
+    ) -> Result<(), rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        for r in bundle {
+            roots.add(r.clone()).expect("root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .expect("verifier");
+        verifier
+            .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+            .map(|_| ())
+    }
+
+    #[test]
+    fn the_root_is_made_once_and_the_same_after_a_reload() {
+        let dir = temp_dir("reload");
+        let first = CertificateAuthority::load_or_create(&dir).expect("create");
+        let again = CertificateAuthority::load_or_create(&dir).expect("load");
+        assert_eq!(first.trust_bundle(), again.trust_bundle());
+        assert_eq!(first.trust_bundle_pem(), again.trust_bundle_pem());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |f: &str| std::fs::metadata(dir.join(f)).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(CA_KEY_FILE), 0o600);
+        assert_eq!(mode(CA_CERT_FILE), 0o644);
+        // The root: a CA, ECDSA P-256, ~10 years.
+        let bundle = first.trust_bundle();
+        let (_, root) = x509_parser::parse_x509_certificate(&bundle[0]).expect("root parses");
+        assert!(root.is_ca());
+        assert_eq!(
+            root.public_key()
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok()),
+            Some(x509_parser::oid_registry::OID_EC_P256)
+        );
+        let years =
+            (root.validity().not_after.timestamp() - root.validity().not_before.timestamp()) / (365 * 86_400);
+        assert_eq!(years, 10);
+        // A certificate signed before the reload verifies against the reloaded bundle.
+        let signed = first
+            .sign(&greedy_csr(), &grant("shop", "reviews"), DEFAULT_CERT_TTL)
+            .expect("sign");
+        verify(&chain(&signed.cert_chain_pem), &again.trust_bundle()).expect("verifies after reload");
+        // Only the certificate without its key: refused rather than replaced.
+        std::fs::remove_file(dir.join(CA_KEY_FILE)).expect("rm");
+        assert!(matches!(
+            CertificateAuthority::load_or_create(&dir),
+            Err(IdentityError::Incomplete(..))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sign_issues_exactly_the_granted_identity_whatever_the_csr_asks() {
+        let dir = temp_dir("sign");
+        let ca = CertificateAuthority::load_or_create(&dir).expect("ca");
+        let signed = ca
+            .sign(&greedy_csr(), &grant("shop", "reviews"), DEFAULT_CERT_TTL)
+            .expect("sign");
+        assert_eq!(
+            signed.spiffe_id.to_string(),
+            "spiffe://cluster.local/ns/shop/sa/reviews"
+        );
+        let certs = chain(&signed.cert_chain_pem);
+        assert_eq!(certs.len(), 2, "leaf + root");
+        let (_, leaf) = x509_parser::parse_x509_certificate(&certs[0]).expect("leaf parses");
+        assert_eq!(uri_sans(&leaf), ["spiffe://cluster.local/ns/shop/sa/reviews"]);
+        assert_eq!(
+            leaf.subject().iter_attributes().count(),
+            0,
+            "the CSR's subject is ignored"
+        );
+        assert!(!leaf.is_ca());
+        let ku = leaf.key_usage().expect("ku").expect("has key usage").value;
+        assert!(ku.digital_signature() && ku.key_encipherment() && !ku.key_cert_sign());
+        let eku = leaf.extended_key_usage().expect("eku").expect("has eku").value;
+        assert!(eku.server_auth && eku.client_auth);
+        // Valid from a minute ago for ~24 h.
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let v = leaf.validity();
+        assert!((v.not_before.timestamp() - (now - 60)).abs() <= 5);
+        assert!((v.not_after.timestamp() - (now + 86_400)).abs() <= 5);
+        assert_eq!(
+            signed
+                .not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .expect("epoch")
+                .as_secs() as i64,
+            v.not_after.timestamp()
+        );
+        // Issued by the root, and the chain verifies against the bundle.
+        let bundle = chain(&signed.trust_bundle_pem);
+        assert_eq!(bundle, ca.trust_bundle());
+        let (_, root) = x509_parser::parse_x509_certificate(&bundle[0]).expect("root parses");
+        assert_eq!(leaf.issuer(), root.subject());
+        leaf.verify_signature(Some(root.public_key()))
+            .expect("signed by the root");
+        verify(&certs, &bundle).expect("chain verifies");
+        // Not against another root.
+        let other = CertificateAuthority::load_or_create(&temp_dir("sign-other")).expect("other ca");
+        assert!(verify(&certs, &other.trust_bundle()).is_err());
+        // The bundle can hold both roots (rotation overlap): then it verifies either way.
+        other.add_trusted_root(&ca.trust_bundle_pem()).expect("add root");
+        assert_eq!(other.trust_bundle().len(), 2);
+        other
+            .add_trusted_root(&ca.trust_bundle_pem())
+            .expect("idempotent");
+        assert_eq!(other.trust_bundle().len(), 2);
+        verify(&certs, &other.trust_bundle()).expect("verifies with the overlapping bundle");
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(temp_dir("sign-other"));
+    }
+
+    #[test]
+    fn trust_domain_and_ttl_are_configurable_and_bad_input_is_refused() {
+        let dir = temp_dir("td");
+        let ca = CertificateAuthority::load_or_create(&dir)
+            .expect("ca")
+            .with_trust_domain("example.org")
+            .expect("td");
+        let signed = ca
+            .sign(&greedy_csr(), &grant("default", "web"), Duration::from_secs(3600))
+            .expect("sign");
+        let certs = chain(&signed.cert_chain_pem);
+        let (_, leaf) = x509_parser::parse_x509_certificate(&certs[0]).expect("leaf");
+        assert_eq!(uri_sans(&leaf), ["spiffe://example.org/ns/default/sa/web"]);
+        let v = leaf.validity();
+        assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 3600 + 60);
+        assert!(matches!(
+            ca.sign("not a csr", &grant("default", "web"), DEFAULT_CERT_TTL),
+            Err(IdentityError::Csr(_))
+        ));
+        assert!(matches!(
+            ca.sign(&greedy_csr(), &grant("a/b", "web"), DEFAULT_CERT_TTL),
+            Err(IdentityError::Identity(_))
+        ));
+        assert!(CertificateAuthority::load_or_create(&dir)
+            .expect("ca")
+            .with_trust_domain("Not Valid")
+            .is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_user_provided_intermediate_signs_and_its_chain_reaches_the_root() {
+        let dir = temp_dir("files");
+        std::fs::create_dir_all(&dir).expect("dir");
+        // The user's PKI: a root, an intermediate signed by it.
+        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut root_params = root_params().expect("params");
+        root_params.distinguished_name = DistinguishedName::new();
+        root_params
+            .distinguished_name
+            .push(DnType::CommonName, "corp root");
+        let root = root_params.self_signed(&root_key).expect("root");
+        let root_issuer = Issuer::new(root_params, root_key);
+        let int_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut int_params = root_params_for("corp mesh intermediate");
+        int_params.use_authority_key_identifier_extension = true;
+        let int = int_params
+            .signed_by(&int_key, &root_issuer)
+            .expect("intermediate");
+        std::fs::write(dir.join("int.pem"), format!("{}{}", int.pem(), root.pem())).expect("write");
+        std::fs::write(dir.join("int-key.pem"), int_key.serialize_pem()).expect("write");
+
+        let ca =
+            CertificateAuthority::from_files(&dir.join("int.pem"), &dir.join("int-key.pem")).expect("loads");
+        assert_eq!(
+            ca.trust_bundle(),
+            vec![root.der().clone()],
+            "the bundle is the file's root"
+        );
+        let signed = ca
+            .sign(&greedy_csr(), &grant("shop", "ratings"), DEFAULT_CERT_TTL)
+            .expect("sign");
+        let certs = chain(&signed.cert_chain_pem);
+        assert_eq!(certs.len(), 3, "leaf, intermediate, root");
+        assert_eq!(certs[1], *int.der());
+        let (_, leaf) = x509_parser::parse_x509_certificate(&certs[0]).expect("leaf");
+        let (_, int_parsed) = x509_parser::parse_x509_certificate(int.der()).expect("int");
+        assert_eq!(leaf.issuer(), int_parsed.subject());
+        assert_eq!(uri_sans(&leaf), ["spiffe://cluster.local/ns/shop/sa/ratings"]);
+        verify(&certs, &[root.der().clone()]).expect("verifies to the user's root");
+
+        // A key that is not the certificate's, or a certificate that is not a CA: refused.
+        std::fs::write(dir.join("root-only.pem"), root.pem()).expect("write");
+        assert!(matches!(
+            CertificateAuthority::from_files(&dir.join("root-only.pem"), &dir.join("int-key.pem")),
+            Err(IdentityError::CaCert { .. })
+        ));
+        std::fs::write(dir.join("leaf.pem"), &signed.cert_chain_pem).expect("write");
+        assert!(matches!(
+            CertificateAuthority::from_files(&dir.join("leaf.pem"), &dir.join("int-key.pem")),
+            Err(IdentityError::CaCert { .. })
+        ));
+        assert!(matches!(
+            CertificateAuthority::from_files(&dir.join("missing.pem"), &dir.join("int-key.pem")),
+            Err(IdentityError::Io { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn root_params_for(cn: &str) -> CertificateParams {
+        let mut p = root_params().expect("params");
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p
+    }
+}
