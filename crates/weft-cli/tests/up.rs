@@ -341,6 +341,41 @@ fn bookinfo_through_the_mesh_with_live_routing() {
         ],
     );
     assert!(reviews >= 50.0, "{metrics}");
+    // Between sidecars it is mutual TLS, with the SPIFFE identities the control plane issued.
+    let mtls = common::metric_sum(
+        &metrics,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("destination_service", "reviews.default.svc.cluster.local"),
+            ("connection_security_policy", "mutual_tls"),
+            (
+                "destination_principal",
+                "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
+            ),
+        ],
+    );
+    assert_eq!(mtls, reviews, "every request to reviews rode mTLS: {metrics}");
+    let boot: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(run_dir.path.join("sidecars/reviews-v2-0.json")).expect("bootstrap"),
+    )
+    .expect("json");
+    let reviews_admin = boot["admin"]["address"].as_str().expect("admin").to_string();
+    let server = curl(&["-sS", &format!("http://{reviews_admin}/metrics")]).stdout;
+    let inbound = common::metric_sum(
+        &server,
+        "istio_requests_total",
+        &[
+            ("reporter", "destination"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+            ),
+            ("source_workload", "productpage-v1"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
+    assert!(inbound >= 1.0, "{server}");
 
     let _ = Command::new("kill")
         .arg("-TERM")

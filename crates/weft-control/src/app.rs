@@ -128,7 +128,8 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
     .and_then(|ca| ca.with_trust_domain(&options.trust_domain))
     .context("loading the certificate authority")?;
     let ca = Arc::new(ca);
-    let registry = Registry::load(Some(&options.state_dir.join("registry.json")))?;
+    let mut registry = Registry::load(Some(&options.state_dir.join("registry.json")))?;
+    registry.set_trust_domain(&options.trust_domain);
     let source = Arc::new(ControlSource {
         inner: Arc::new(Inner {
             store: Box::new(FileStore::new(options.config_paths.clone()).excluding(options.exclude.clone())),

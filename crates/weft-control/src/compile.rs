@@ -159,6 +159,7 @@ fn compile_service(
             port: p.port,
             subset: subset.cloned(),
             endpoints: endpoints_of(
+                registry,
                 members
                     .iter()
                     .copied()
@@ -180,7 +181,11 @@ fn compile_service(
 }
 
 /// One endpoint per instance that has `target_port`, sorted by address.
-fn endpoints_of<'a>(instances: impl Iterator<Item = &'a Instance>, target_port: u16) -> Vec<Endpoint> {
+fn endpoints_of<'a>(
+    registry: &Registry,
+    instances: impl Iterator<Item = &'a Instance>,
+    target_port: u16,
+) -> Vec<Endpoint> {
     let mut out: Vec<Endpoint> = instances
         .filter_map(|i| {
             let actual = *i.app_ports.get(&target_port)?;
@@ -190,7 +195,8 @@ fn endpoints_of<'a>(instances: impl Iterator<Item = &'a Instance>, target_port: 
                 weight: 1,
                 labels: i.labels.clone(),
                 workload: Some(i.workload.clone()),
-                identity: None,
+                // Only a sidecar presents an identity; a bare endpoint has none to check.
+                identity: i.mesh_port.map(|_| registry.identity_of(i)),
             })
         })
         .collect();

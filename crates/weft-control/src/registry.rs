@@ -154,9 +154,26 @@ pub struct Registry {
     /// The VIP map changed since the last load or save.
     dirty: bool,
     instances: BTreeMap<String, Instance>,
+    /// The trust domain of the identities endpoints must present.
+    trust_domain: String,
 }
 
 impl Registry {
+    /// Sets the trust domain of endpoint identities (default `cluster.local`).
+    pub fn set_trust_domain(&mut self, trust_domain: &str) {
+        self.trust_domain = trust_domain.to_string();
+    }
+
+    /// The SPIFFE ID an instance presents.
+    pub fn identity_of(&self, instance: &Instance) -> String {
+        let sa = if instance.service_account.is_empty() {
+            "default"
+        } else {
+            &instance.service_account
+        };
+        format!("spiffe://{}/ns/{}/sa/{sa}", self.trust_domain, instance.namespace)
+    }
+
     /// A registry whose VIPs are kept in `state_file` (read now if it exists; None keeps them
     /// in memory only), with the default range.
     pub fn load(state_file: Option<&Path>) -> Result<Self, RegistryError> {
@@ -206,6 +223,7 @@ impl Registry {
             taken,
             dirty,
             instances: BTreeMap::new(),
+            trust_domain: weft_api::identity::DEFAULT_TRUST_DOMAIN.to_string(),
         })
     }
 
