@@ -38,10 +38,13 @@ struct Up {
     child: Child,
     lines: mpsc::Receiver<String>,
     output: Vec<String>,
+    stderr: std::path::PathBuf,
 }
 
 impl Up {
     fn start(dir: &std::path::Path, run_dir: &std::path::Path) -> Up {
+        // Beside the run directory: kept for a failure message, removed with the temp dirs.
+        let stderr = run_dir.with_extension("stderr.log");
         let mut child = Command::new(weft_bin())
             .arg("up")
             .arg(dir)
@@ -49,7 +52,7 @@ impl Up {
             .arg(run_dir)
             .args(["--ready-timeout", "30"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::from(std::fs::File::create(&stderr).expect("stderr file")))
             .spawn()
             .expect("spawn weft up");
         let stdout = child.stdout.take().expect("stdout");
@@ -80,8 +83,10 @@ impl Up {
                 Err(_) => break,
             }
         }
+        let status = self.child.try_wait().ok().flatten();
+        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
         panic!(
-            "weft up never printed {what:?}; output so far:\n{}",
+            "weft up never printed {what:?} (exit status: {status:?}); output so far:\n{}\nstderr:\n{stderr}",
             self.output.join("\n")
         );
     }

@@ -105,7 +105,17 @@ struct State {
     findings: Vec<Finding>,
     registry: Registry,
     shared: SharedServices,
+    /// `shared` as JSON, rendered once per change for every proxy's push.
+    shared_json: Arc<SharedJson>,
     fingerprint: u64,
+}
+
+/// The services and endpoints every proxy gets, serialized once.
+#[derive(Default)]
+struct SharedJson {
+    services: String,
+    endpoints: String,
+    version: String,
 }
 
 /// Starts the control plane: loads the documents, binds discovery and admin, watches the store.
@@ -141,6 +151,7 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
                     services: Vec::new(),
                     errors: Vec::new(),
                 },
+                shared_json: Arc::default(),
                 fingerprint: 0,
             }),
             changes: watch::channel(0).0,
@@ -265,6 +276,7 @@ impl Inner {
         for e in &shared.errors {
             tracing::warn!("compile: {e}");
         }
+        state.shared_json = Arc::new(render_shared(&shared));
         state.shared = shared;
         if let Err(e) = state.registry.save() {
             tracing::warn!(error = %e, "cannot save the registry");
@@ -291,7 +303,57 @@ impl Inner {
     }
 }
 
+fn render_shared(shared: &SharedServices) -> SharedJson {
+    let services: Vec<_> = shared.services.iter().map(|s| &s.service).collect();
+    let endpoints: Vec<_> = shared.services.iter().flat_map(|s| s.endpoints.iter()).collect();
+    let services = serde_json::to_string(&services).unwrap_or_else(|_| "[]".into());
+    let endpoints = serde_json::to_string(&endpoints).unwrap_or_else(|_| "[]".into());
+    let version = crate::push::version_of(format!("{services}{endpoints}").as_bytes());
+    SharedJson {
+        services,
+        endpoints,
+        version,
+    }
+}
+
+/// How a serialized `ProxyConfig` with no services and no endpoints ends (fields serialize in
+/// declaration order, these two last): the place the shared part is spliced in.
+const EMPTY_TAIL: &str = "\"services\":[],\"endpoints\":[]}";
+
 impl ConfigSource for ControlSource {
+    /// Renders the proxy's own part (small) and splices in the shared services and endpoints
+    /// serialized once per change: pushing to N proxies costs N small renders, not N full
+    /// compilations and serializations.
+    fn rendered_for(&self, instance_id: &str) -> Result<crate::push::Rendered, String> {
+        let (local, shared) = {
+            let state = self.inner.lock();
+            let proxy = ProxyRef {
+                instance_id: instance_id.into(),
+            };
+            (
+                crate::compile::compile_local(&state.mesh, &state.registry, &proxy).config,
+                state.shared_json.clone(),
+            )
+        };
+        let mut json =
+            serde_json::to_string(&local).map_err(|e| format!("config does not serialize: {e}"))?;
+        if !json.ends_with(EMPTY_TAIL) {
+            return Err("unexpected config shape while rendering".into());
+        }
+        let version = crate::push::version_of(format!("{json}{}", shared.version).as_bytes());
+        json.truncate(json.len() - EMPTY_TAIL.len());
+        json.reserve(shared.services.len() + shared.endpoints.len() + 32);
+        json.push_str("\"services\":");
+        json.push_str(&shared.services);
+        json.push_str(",\"endpoints\":");
+        json.push_str(&shared.endpoints);
+        json.push('}');
+        Ok(crate::push::Rendered {
+            version,
+            json: json.into_bytes(),
+        })
+    }
+
     fn config_for(&self, instance_id: &str) -> Result<ProxyConfig, String> {
         let state = self.inner.lock();
         let compiled = compile_with(
@@ -363,5 +425,56 @@ impl ConfigSource for ControlSource {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spliced rendering is byte-for-byte what serializing the full config gives.
+    #[test]
+    fn rendering_once_per_change_equals_serializing_each_config() {
+        let docs = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: reviews-v1}\nspec: {labels: {app: reviews, version: v1}, ports: [{port: 9080}]}\n";
+        let dir = std::env::temp_dir().join(format!("weft-render-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("config")).expect("mkdir");
+        std::fs::write(dir.join("config/m.yaml"), docs).expect("write");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let mut options = ControlOptions::new(vec![dir.join("config")], dir.join("state"));
+            options.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            options.admin = SocketAddr::from(([127, 0, 0, 1], 0));
+            let running = start(options).await.expect("start");
+            let sub = Subscribe {
+                instance_id: "reviews-v1-0".into(),
+                workload: "reviews-v1".into(),
+                namespace: "default".into(),
+                labels: [
+                    ("app".to_string(), "reviews".to_string()),
+                    ("version".to_string(), "v1".to_string()),
+                ]
+                .into(),
+                ip: "127.0.0.1".into(),
+                mesh_port: 15008,
+                app_ports: [(9080, 19080)].into(),
+                ..Subscribe::default()
+            };
+            running.source.connected(&sub);
+            let rendered = running.source.rendered_for("reviews-v1-0").expect("render");
+            let full = serde_json::to_vec(&running.source.config_for("reviews-v1-0").expect("config"))
+                .expect("json");
+            assert_eq!(
+                String::from_utf8_lossy(&rendered.json),
+                String::from_utf8_lossy(&full)
+            );
+            let parsed: ProxyConfig = serde_json::from_slice(&rendered.json).expect("parses");
+            assert_eq!(parsed.endpoints[0].endpoints[0].address.port(), 19080);
+            running.stop();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -211,15 +211,24 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
 
 /// The config of one proxy from services compiled once by [`compile_services`].
 pub fn compile_with(mesh: &Mesh, registry: &Registry, shared: &SharedServices, proxy: &ProxyRef) -> Compiled {
+    let mut compiled = compile_local(mesh, registry, proxy);
     let mut errors: Vec<String> = shared.errors.clone();
     errors.extend(shared.services.iter().flat_map(|s| s.errors.iter().cloned()));
-    let mut config = ProxyConfig::default();
-
+    errors.append(&mut compiled.errors);
+    compiled.errors = errors;
     // Every service for now; later, only those the proxy's identity may see.
     for s in &shared.services {
-        config.services.push(s.service.clone());
-        config.endpoints.extend(s.endpoints.iter().cloned());
+        compiled.config.services.push(s.service.clone());
+        compiled.config.endpoints.extend(s.endpoints.iter().cloned());
     }
+    compiled
+}
+
+/// The part of a proxy's config that is its own (workload, inbound listeners), without the
+/// services and endpoints every proxy shares: a push layer can serialize those once.
+pub fn compile_local(mesh: &Mesh, registry: &Registry, proxy: &ProxyRef) -> Compiled {
+    let mut errors: Vec<String> = Vec::new();
+    let mut config = ProxyConfig::default();
 
     let Some(instance) = registry.instance(&proxy.instance_id) else {
         errors.push(format!(

@@ -32,12 +32,30 @@ pub trait ConfigSource: Send + Sync + 'static {
     fn config_for(&self, instance_id: &str) -> Result<ProxyConfig, String>;
     /// Bumps on every change that may alter some proxy's config.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// The config as it goes on the wire, with its version. The default serializes
+    /// [`config_for`](Self::config_for); a source serving many proxies can render the shared
+    /// part once per change.
+    fn rendered_for(&self, instance_id: &str) -> Result<Rendered, String> {
+        let config = self.config_for(instance_id)?;
+        let json = serde_json::to_vec(&config).map_err(|e| format!("config does not serialize: {e}"))?;
+        Ok(Rendered {
+            version: version_of(&json),
+            json,
+        })
+    }
     /// Whether the subscription's token is a bootstrap token for the workload it names.
     fn authorize(&self, sub: &Subscribe) -> bool;
     /// An authorized proxy connected: the instance it describes can become an endpoint.
     fn connected(&self, _sub: &Subscribe) {}
     /// A proxy's stream ended (its endpoint may be removed after a grace period).
     fn disconnected(&self, _instance_id: &str) {}
+}
+
+/// A config as sent: JSON and its content version (equal versions, equal configs).
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub version: String,
+    pub json: Vec<u8>,
 }
 
 /// What `weft status` shows of one proxy.
@@ -297,8 +315,9 @@ impl Inner {
     ) {
         let mut changes = self.source.subscribe();
         changes.mark_unchanged();
-        let mut last_json: Option<Vec<u8>> = None;
-        if !self.push(id, stream, &mut last_json, &tx).await {
+        // Only the version of what was sent is kept per proxy, not the config itself.
+        let mut last_version: Option<String> = None;
+        if !self.push(id, stream, &mut last_version, &tx).await {
             return;
         }
         loop {
@@ -310,7 +329,7 @@ impl Inner {
                         changes = tokio::sync::watch::channel(0).1;
                         continue;
                     }
-                    if !self.push(id, stream, &mut last_json, &tx).await {
+                    if !self.push(id, stream, &mut last_version, &tx).await {
                         return;
                     }
                 }
@@ -335,28 +354,20 @@ impl Inner {
         &self,
         id: &str,
         stream: u64,
-        last_json: &mut Option<Vec<u8>>,
+        last_version: &mut Option<String>,
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> bool {
-        let config = match self.source.config_for(id) {
-            Ok(c) => c,
+        let Rendered { version, json } = match self.source.rendered_for(id) {
+            Ok(r) => r,
             Err(e) => {
                 // Keep the proxy on what it has; the next change may fix it.
                 tracing::warn!(instance = %id, error = %e, "discovery: no config for proxy");
                 return true;
             }
         };
-        let json = match serde_json::to_vec(&config) {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::error!(instance = %id, error = %e, "discovery: config does not serialize");
-                return true;
-            }
-        };
-        if last_json.as_deref() == Some(json.as_slice()) {
+        if last_version.as_deref() == Some(version.as_str()) {
             return true;
         }
-        let version = version_of(&json);
         let nonce = format!(
             "{:08x}-{}",
             self.nonce_prefix,
@@ -371,12 +382,12 @@ impl Inner {
             });
         }
         tracing::debug!(instance = %id, %version, %nonce, "discovery: pushing config");
+        *last_version = Some(version.clone());
         let response = DiscoveryResponse {
             version,
             nonce,
-            config_json: json.clone(),
+            config_json: json,
         };
-        *last_json = Some(json);
         tx.send(Ok(response)).await.is_ok()
     }
 
