@@ -66,6 +66,7 @@ impl Up {
             child,
             lines,
             output: Vec::new(),
+            stderr,
         }
     }
 
