@@ -43,8 +43,8 @@ struct Up {
 
 impl Up {
     fn start(dir: &std::path::Path, run_dir: &std::path::Path) -> Up {
-        // Beside the run directory: kept for a failure message, removed with the temp dirs.
-        let stderr = run_dir.with_extension("stderr.log");
+        // Kept for a failure message; removed with the run directory.
+        let stderr = run_dir.join("up.stderr.log");
         let mut child = Command::new(weft_bin())
             .arg("up")
             .arg(dir)
