@@ -20,6 +20,10 @@ pub struct UpArgs {
     /// Seconds to wait for every workload and sidecar to be ready.
     #[arg(long, default_value_t = 60)]
     pub ready_timeout: u64,
+    /// Send this many requests per second to the application's entry point while it runs, so
+    /// the metrics have something to show (the report prints when it stops).
+    #[arg(long, value_name = "RPS")]
+    pub load: Option<u32>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,12 +55,47 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         exe: std::env::current_exe().context("finding the weft executable")?,
     };
     super::runtime(None)?.block_on(async move {
+        let stop_load = tokio_util::sync::CancellationToken::new();
+        let mut load_task = None;
         let shutdown = async {
             let _ = super::shutdown_signal().await;
+            // Stop the traffic before the workloads, so the report counts no shutdown errors.
+            stop_load.cancel();
         };
-        weft_up::up(options, shutdown, |_| {}).await?;
+        let on_ready = |entries: &[weft_up::Entry]| {
+            let (Some(rps), Some(entry)) = (args.load, entry_point(entries)) else {
+                return;
+            };
+            let url = entry.to_string();
+            println!("weft up: sending {rps} requests/s to {url}");
+            let stop = stop_load.clone();
+            load_task = Some(tokio::spawn(async move {
+                weft_demo::load(&url, rps, None, 64, http::HeaderMap::new(), stop).await
+            }));
+        };
+        weft_up::up(options, shutdown, on_ready).await?;
+        stop_load.cancel();
+        if let Some(task) = load_task {
+            if let Ok(Ok(report)) = task.await {
+                println!("load: {report}");
+            }
+        }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The URL a person would open: productpage's when there is one.
+fn entry_point(entries: &[weft_up::Entry]) -> Option<String> {
+    let e = entries
+        .iter()
+        .find(|e| e.workload.starts_with("productpage"))
+        .or(entries.first())?;
+    let path = if e.workload.starts_with("productpage") {
+        "productpage"
+    } else {
+        ""
+    };
+    Some(format!("{}{path}", e.url))
 }
 
 /// examples/bookinfo next to the current directory or next to the executable's repository.
