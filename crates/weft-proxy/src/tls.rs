@@ -196,3 +196,43 @@ pub fn spiffe_namespace(id: &str) -> Option<&str> {
         _ => None,
     }
 }
+
+/// Handshake signature checks shared by both verifiers: the provider's algorithms, nothing of
+/// our own.
+mod signatures {
+    use rustls::client::danger::HandshakeSignatureValid;
+    use rustls::pki_types::CertificateDer;
+    use rustls::{DigitallySignedStruct, Error, SignatureScheme};
+
+    pub(super) fn verify_tls12(
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &super::provider().signature_verification_algorithms,
+        )
+    }
+
+    pub(super) fn verify_tls13(
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &super::provider().signature_verification_algorithms,
+        )
+    }
+
+    pub(super) fn schemes() -> Vec<SignatureScheme> {
+        super::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
