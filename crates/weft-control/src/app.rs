@@ -135,6 +135,8 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
     .and_then(|ca| ca.with_trust_domain(&options.trust_domain))
     .and_then(|ca| ca.with_state_dir(&options.state_dir))
     .context("loading the certificate authority")?;
+    // Roots an interrupted rotation left in the bundle stay one certificate lifetime more.
+    ca.retire_other_roots_after(options.cert_ttl);
     let ca = Arc::new(ca);
     let mut registry = Registry::load(Some(&options.state_dir.join("registry.json")))?;
     registry.set_trust_domain(&options.trust_domain);

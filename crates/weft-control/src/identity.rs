@@ -118,7 +118,7 @@ impl Signing {
 struct Rotation {
     next: Option<(Signing, KeyPair, String)>,
     activate_at: SystemTime,
-    old_root: CertificateDer<'static>,
+    old_roots: Vec<CertificateDer<'static>>,
     retire_at: SystemTime,
 }
 
@@ -313,7 +313,7 @@ impl CertificateAuthority {
             *rotation = Some(Rotation {
                 next: Some((next, key, pem.clone())),
                 activate_at: now + propagate,
-                old_root,
+                old_roots: vec![old_root],
                 retire_at: now + propagate + overlap,
             });
         }
@@ -347,18 +347,45 @@ impl CertificateAuthority {
             }
         }
         if r.retire_at <= now && r.next.is_none() {
-            let old = r.old_root.clone();
+            let old = std::mem::take(&mut r.old_roots);
             *rotation = None;
             drop(rotation);
             self.roots
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .retain(|c| *c != old);
+                .retain(|c| !old.contains(c));
             if let Err(e) = self.persist_bundle() {
                 tracing::error!(error = %e, "identity: cannot write the trust bundle");
             }
             tracing::info!("identity: root rotation done; the old root is no longer trusted");
         }
+    }
+
+    /// Roots trusted beyond the one that signs (the old root of a rotation interrupted by a
+    /// restart, found in [`TRUST_BUNDLE_FILE`]) leave the bundle `after` this (the certificate
+    /// lifetime: by then nothing they signed is still valid). Not while a rotation runs.
+    pub fn retire_other_roots_after(&self, after: Duration) {
+        let signing_root = self.signing().chain.last().cloned();
+        let others: Vec<_> = self
+            .trust_bundle()
+            .into_iter()
+            .filter(|c| Some(c) != signing_root.as_ref())
+            .collect();
+        let mut rotation = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        if others.is_empty() || rotation.is_some() {
+            return;
+        }
+        tracing::info!(
+            roots = others.len(),
+            ?after,
+            "identity: trusting the roots of an earlier rotation a while longer"
+        );
+        *rotation = Some(Rotation {
+            next: None,
+            activate_at: SystemTime::now(),
+            old_roots: others,
+            retire_at: SystemTime::now() + after,
+        });
     }
 
     /// The last certificate issued to each identity since start, by SPIFFE ID.
@@ -924,6 +951,79 @@ mod tests {
             CertificateAuthority::from_files(&dir.join("missing.pem"), &dir.join("int-key.pem")),
             Err(IdentityError::Io { .. })
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rotation_trusts_the_new_root_first_signs_with_it_later_and_drops_the_old_root_last() {
+        let dir = temp_dir("rotate");
+        let ca = CertificateAuthority::load_or_create(&dir)
+            .and_then(|ca| ca.with_state_dir(&dir))
+            .expect("ca");
+        let old = ca.trust_bundle();
+        let bundle_file = || chain(&std::fs::read_to_string(dir.join(TRUST_BUNDLE_FILE)).expect("bundle"));
+        assert_eq!(bundle_file(), old);
+        let new = chain(
+            &ca.rotate_root(Duration::from_millis(400), Duration::from_millis(400))
+                .expect("rotate"),
+        );
+        assert!(
+            ca.rotate_root(Duration::ZERO, Duration::ZERO).is_err(),
+            "one rotation at a time"
+        );
+        // Phase 1: both trusted, the old root still signs.
+        assert_eq!(ca.trust_bundle(), [old.clone(), new.clone()].concat());
+        assert_eq!(bundle_file(), ca.trust_bundle());
+        let signed = ca
+            .sign(&greedy_csr(), &grant("a", "b"), DEFAULT_CERT_TTL)
+            .expect("sign");
+        assert_eq!(chain(&signed.cert_chain_pem).last(), old.last());
+        assert_eq!(chain(&signed.trust_bundle_pem).len(), 2);
+        verify(&chain(&signed.cert_chain_pem), &old).expect("old root");
+        // Phase 2: the new root signs; both trusted; the new root is the one on disk.
+        std::thread::sleep(Duration::from_millis(450));
+        let signed = ca
+            .sign(&greedy_csr(), &grant("a", "b"), DEFAULT_CERT_TTL)
+            .expect("sign");
+        assert_eq!(chain(&signed.cert_chain_pem).last(), new.last());
+        assert_eq!(chain(&signed.trust_bundle_pem).len(), 2);
+        verify(&chain(&signed.cert_chain_pem), &new).expect("new root");
+        assert_eq!(ca.signing().generation, 1);
+        let reloaded = CertificateAuthority::load_or_create(&dir).expect("reload");
+        assert_eq!(reloaded.signing().chain(), new.as_slice());
+        // Phase 3: the old root is gone from the bundle and the file.
+        std::thread::sleep(Duration::from_millis(450));
+        assert_eq!(ca.trust_bundle(), new);
+        assert_eq!(bundle_file(), new);
+        // A second rotation may start now.
+        ca.rotate_root(Duration::ZERO, Duration::ZERO)
+            .expect("rotate again");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_old_root_of_a_rotation_survives_a_restart_for_a_while() {
+        let dir = temp_dir("restart");
+        let ca = CertificateAuthority::load_or_create(&dir)
+            .and_then(|ca| ca.with_state_dir(&dir))
+            .expect("ca");
+        let old = ca.trust_bundle();
+        ca.rotate_root(Duration::ZERO, Duration::from_secs(3600))
+            .expect("rotate");
+        assert_eq!(ca.trust_bundle().len(), 2);
+        drop(ca);
+        // Restarted mid-overlap: the new root signs, the old one is still trusted...
+        let again = CertificateAuthority::load_or_create(&dir)
+            .and_then(|ca| ca.with_state_dir(&dir))
+            .expect("reload");
+        assert_eq!(again.trust_bundle().len(), 2);
+        assert!(again.trust_bundle().contains(&old[0]));
+        assert_ne!(again.signing().chain().last(), old.last());
+        // ...until one certificate lifetime later.
+        again.retire_other_roots_after(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(again.trust_bundle().len(), 1);
+        assert!(!again.trust_bundle().contains(&old[0]));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -398,3 +398,35 @@ async fn a_root_rotation_under_load_fails_no_request() {
     let _ = (PRODUCTPAGE, &server, &client);
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anchored_proxy_follows_a_root_rotation_through_the_anchor_file() {
+    let ttl = Duration::from_secs(2);
+    let cp = control("rotate-anchored", ttl, true).await;
+    let anchor = TrustAnchor::new(cp.state_dir.join(TRUST_BUNDLE_FILE));
+    let stop = CancellationToken::new();
+    let (proxy, cell, metrics) = anchored_proxy(&cp, anchor.clone(), &stop).await;
+    wait_for("ready", Duration::from_secs(10), || {
+        proxy.shared.is_ready().then_some(())
+    })
+    .await;
+    let new_root = pem_certs(&cp.running.ca.rotate_root(ttl, ttl).expect("rotate")).remove(0);
+    assert_eq!(anchor.load().expect("anchor").len(), 2);
+    // Past the overlap: the anchor file holds only the new root, the control plane presents a
+    // server certificate from it, and the proxy still renews (over TLS verified by the file).
+    wait_for("the old root retired", Duration::from_secs(10), || {
+        (cp.running.ca.trust_bundle() == vec![new_root.clone()]).then_some(())
+    })
+    .await;
+    let before = metrics.refreshes().0;
+    wait_for("a renewal after the rotation", Duration::from_secs(10), || {
+        (metrics.refreshes().0 > before).then_some(())
+    })
+    .await;
+    assert_eq!(anchor.load().expect("anchor"), vec![new_root.clone()]);
+    let creds = cell.load_full().expect("credentials");
+    assert_eq!(creds.chain.last(), Some(&new_root));
+    assert_eq!(creds.trust_bundle, vec![new_root]);
+    assert!(proxy.shared.is_ready());
+    stop.cancel();
+}
