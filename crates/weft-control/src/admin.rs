@@ -93,12 +93,20 @@ pub fn status_json(source: &ControlSource, push: &PushServer) -> serde_json::Val
         .collect();
     let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (ca, _) = source.ca();
+    let connected: std::collections::HashMap<String, bool> = push
+        .status()
+        .into_iter()
+        .map(|p| (p.instance_id, p.connected))
+        .collect();
     let identities: Vec<serde_json::Value> = ca
         .issued()
         .into_iter()
         .map(|r| {
             serde_json::json!({
                 "spiffeId": r.spiffe_id,
+                "instance": r.instance,
+                // Whether that instance's proxy is connected for discovery now (null: unknown).
+                "connected": connected.get(&r.instance),
                 "notBefore": unix(r.not_before),
                 "notAfter": unix(r.not_after),
                 "issued": r.count,

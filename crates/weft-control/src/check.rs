@@ -128,6 +128,33 @@ pub fn evaluate_ca(info: &CertInfo, t: &Thresholds) -> Item {
 
 /// The verdict on a workload certificate.
 pub fn evaluate_workload(spiffe_id: &str, not_before: i64, not_after: i64, t: &Thresholds) -> Item {
+    evaluate_instance(spiffe_id, "", Some(true), not_before, not_after, t)
+}
+
+/// [`evaluate_workload`] for the certificate of one proxy instance; an expired certificate of a
+/// proxy that is gone (`connected` false) is a warning, not an error.
+pub fn evaluate_instance(
+    spiffe_id: &str,
+    instance: &str,
+    connected: Option<bool>,
+    not_before: i64,
+    not_after: i64,
+    t: &Thresholds,
+) -> Item {
+    let mut item = evaluate_workload_only(spiffe_id, not_before, not_after, t);
+    if !instance.is_empty() {
+        item.name = format!("{spiffe_id} ({instance})");
+    }
+    if connected == Some(false) {
+        item.message.push_str(" [proxy disconnected]");
+        if item.level == Level::Error {
+            item.level = Level::Warning;
+        }
+    }
+    item
+}
+
+fn evaluate_workload_only(spiffe_id: &str, not_before: i64, not_after: i64, t: &Thresholds) -> Item {
     let now = t.now();
     let life = (not_after - not_before).max(1);
     let used = (now - not_before) as f64 / life as f64;
@@ -203,8 +230,10 @@ pub fn check_status(status: &serde_json::Value, t: &Thresholds) -> Vec<Item> {
         .into_iter()
         .flatten()
         .filter_map(|i| {
-            Some(evaluate_workload(
+            Some(evaluate_instance(
                 i["spiffeId"].as_str()?,
+                i["instance"].as_str().unwrap_or(""),
+                i["connected"].as_bool(),
                 i["notBefore"].as_i64()?,
                 i["notAfter"].as_i64()?,
                 t,
@@ -280,9 +309,14 @@ mod tests {
             { "spiffeId": "spiffe://cluster.local/ns/a/sa/fresh", "notBefore": now - 10, "notAfter": now + 90 },
             { "spiffeId": "spiffe://cluster.local/ns/a/sa/stale", "notBefore": now - 85, "notAfter": now + 15 },
             { "spiffeId": "spiffe://cluster.local/ns/a/sa/dead", "notBefore": now - 200, "notAfter": now - 100 },
+            { "spiffeId": "spiffe://cluster.local/ns/a/sa/gone", "instance": "gone-0", "connected": false,
+              "notBefore": now - 200, "notAfter": now - 100 },
         ]});
-        let levels: Vec<Level> = check_status(&status, &t).iter().map(|i| i.level).collect();
-        assert_eq!(levels, [Level::Ok, Level::Warning, Level::Error]);
+        let items = check_status(&status, &t);
+        let levels: Vec<Level> = items.iter().map(|i| i.level).collect();
+        assert_eq!(levels, [Level::Ok, Level::Warning, Level::Error, Level::Warning]);
+        assert_eq!(items[3].name, "spiffe://cluster.local/ns/a/sa/gone (gone-0)");
+        assert!(items[3].message.contains("disconnected"), "{items:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -94,7 +94,7 @@ pub struct CertificateAuthority {
     /// Where the root, its key and the trust bundle are kept (rotation writes them there).
     state_dir: Option<PathBuf>,
     /// Every certificate issued since start, by identity (the last one): for `weft check`.
-    issued: Mutex<BTreeMap<String, IssuedRecord>>,
+    issued: Mutex<BTreeMap<(String, String), IssuedRecord>>,
 }
 
 /// The issuer in use and its chain.
@@ -126,6 +126,8 @@ struct Rotation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedRecord {
     pub spiffe_id: String,
+    /// The proxy instance that asked; empty when it did not say.
+    pub instance: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     pub count: u64,
@@ -388,7 +390,25 @@ impl CertificateAuthority {
         });
     }
 
-    /// The last certificate issued to each identity since start, by SPIFFE ID.
+    /// Records that `instance` (empty if unknown) got `signed`: [`issued`](Self::issued).
+    pub fn record_issued(&self, instance: &str, signed: &SignedCert) {
+        let id = signed.spiffe_id.to_string();
+        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        let record = issued
+            .entry((id.clone(), instance.to_string()))
+            .or_insert_with(|| IssuedRecord {
+                spiffe_id: id,
+                instance: instance.to_string(),
+                not_before: signed.not_before,
+                not_after: signed.not_after,
+                count: 0,
+            });
+        record.not_before = signed.not_before;
+        record.not_after = signed.not_after;
+        record.count += 1;
+    }
+
+    /// The last certificate issued to each proxy instance (and identity) since start.
     pub fn issued(&self) -> Vec<IssuedRecord> {
         self.issued
             .lock()
@@ -479,18 +499,6 @@ impl CertificateAuthority {
         let mut cert_chain_pem = cert.pem();
         for c in &signing.chain {
             cert_chain_pem.push_str(&to_pem(c));
-        }
-        {
-            let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
-            let record = issued.entry(id.to_string()).or_insert_with(|| IssuedRecord {
-                spiffe_id: id.to_string(),
-                not_before,
-                not_after,
-                count: 0,
-            });
-            record.not_before = truncate_to_seconds(not_before);
-            record.not_after = truncate_to_seconds(not_after);
-            record.count += 1;
         }
         Ok(SignedCert {
             spiffe_id: id,
@@ -671,7 +679,8 @@ impl Identity for IdentityService {
                     Status::internal("cannot sign")
                 }
             })?;
-        tracing::info!(id = %signed.spiffe_id, "identity: issued a certificate");
+        self.ca.record_issued(&req.instance_id, &signed);
+        tracing::info!(id = %signed.spiffe_id, instance = %req.instance_id, "identity: issued a certificate");
         let not_after_unix = signed
             .not_after
             .duration_since(SystemTime::UNIX_EPOCH)

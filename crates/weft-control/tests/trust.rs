@@ -125,6 +125,7 @@ async fn anchored_proxy(
             token,
             namespace: "default".into(),
             service_account: String::new(),
+            instance_id: "reviews-v1.default".into(),
         },
         cell.clone(),
         metrics.clone(),
@@ -171,6 +172,8 @@ async fn a_proxy_with_the_right_anchor_converges_over_tls() {
     let ids = v["identities"].as_array().expect("identities");
     assert_eq!(ids.len(), 1, "{v}");
     assert_eq!(ids[0]["spiffeId"], creds.spiffe_id);
+    assert_eq!(ids[0]["instance"], "reviews-v1.default");
+    assert_eq!(ids[0]["connected"], true);
     assert_eq!(
         ids[0]["notAfter"].as_u64(),
         creds
@@ -274,6 +277,7 @@ async fn meshed(
             token,
             namespace: "default".into(),
             service_account: sa.into(),
+            ..Default::default()
         },
         cell.clone(),
         metrics.clone(),

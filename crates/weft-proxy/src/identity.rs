@@ -44,12 +44,14 @@ pub fn new_cell() -> CredentialsCell {
 }
 
 /// Who this proxy asks to be: from flags or environment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct IdentityRequest {
     pub token: String,
     pub namespace: String,
     /// Empty means `default`.
     pub service_account: String,
+    /// This proxy's instance id (reported, for `weft check`); may be empty.
+    pub instance_id: String,
 }
 
 impl IdentityRequest {
@@ -251,6 +253,7 @@ async fn obtain<S: Signer>(signer: &S, request: &IdentityRequest) -> anyhow::Res
             namespace: request.namespace.clone(),
             service_account: request.service_account().to_string(),
             csr_pem: csr,
+            instance_id: request.instance_id.clone(),
         })
         .await?;
     let chain =
@@ -399,6 +402,7 @@ mod tests {
             token: "t".into(),
             namespace: "shop".into(),
             service_account: String::new(),
+            instance_id: String::new(),
         }
     }
 

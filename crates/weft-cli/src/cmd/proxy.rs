@@ -93,6 +93,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                     token: token.clone(),
                     namespace: w.namespace.clone(),
                     service_account: w.service_account.clone(),
+                    instance_id: id.clone(),
                 };
                 tokio::spawn(weft_proxy::identity::run_anchored(
                     endpoint.clone(),
