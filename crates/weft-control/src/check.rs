@@ -198,12 +198,19 @@ fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 /// The CA in `state_dir`: its certificate, its issuers, and the roots of the trust bundle (each
 /// once).
 pub fn check_state_dir(state_dir: &Path, t: &Thresholds) -> anyhow::Result<Vec<Item>> {
-    let mut certs: Vec<(CertificateDer<'static>, &str)> = read_certs(&state_dir.join(CA_CERT_FILE))?
+    let ca_cert = state_dir.join(CA_CERT_FILE);
+    let bundle = state_dir.join(TRUST_BUNDLE_FILE);
+    // A CA given with --ca-cert leaves only the trust bundle in the state directory.
+    let own = if ca_cert.exists() || !bundle.exists() {
+        read_certs(&ca_cert)?
+    } else {
+        Vec::new()
+    };
+    let mut certs: Vec<(CertificateDer<'static>, &str)> = own
         .into_iter()
         .enumerate()
         .map(|(i, c)| (c, if i == 0 { " (signs)" } else { "" }))
         .collect();
-    let bundle = state_dir.join(TRUST_BUNDLE_FILE);
     if bundle.exists() {
         for c in read_certs(&bundle)? {
             if !certs.iter().any(|(have, _)| *have == c) {

@@ -93,6 +93,9 @@ pub struct CertificateAuthority {
     trust_domain: String,
     /// Where the root, its key and the trust bundle are kept (rotation writes them there).
     state_dir: Option<PathBuf>,
+    /// Whether this CA is the control plane's own root (made by `load_or_create`): only that
+    /// one rotates; a user's PKI (`--ca-cert`) is rotated by the user.
+    rotatable: bool,
     /// Every certificate issued since start, by identity (the last one): for `weft check`.
     issued: Mutex<BTreeMap<(String, String), IssuedRecord>>,
 }
@@ -152,7 +155,10 @@ impl CertificateAuthority {
         match (key_path.exists(), cert_path.exists()) {
             (true, true) => {
                 warn_if_readable_by_others(&key_path);
-                Self::from_files(&cert_path, &key_path)
+                Self::from_files(&cert_path, &key_path).map(|mut ca| {
+                    ca.rotatable = true;
+                    ca
+                })
             }
             (false, true) => Err(IdentityError::Incomplete(
                 cert_path.display().to_string(),
@@ -180,7 +186,9 @@ impl CertificateAuthority {
                 write_atomically(&cert_path, cert.pem().as_bytes(), 0o644).map_err(io(&cert_path))?;
                 tracing::info!(cert = %cert_path.display(), "identity: made a new root CA");
                 let der = cert.der().clone();
-                Ok(Self::new(Issuer::new(params, key), vec![der.clone()], vec![der]))
+                let mut ca = Self::new(Issuer::new(params, key), vec![der.clone()], vec![der]);
+                ca.rotatable = true;
+                Ok(ca)
             }
         }
     }
@@ -241,6 +249,7 @@ impl CertificateAuthority {
             roots: RwLock::new(roots),
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
             state_dir: None,
+            rotatable: false,
             issued: Mutex::new(BTreeMap::new()),
         }
     }
@@ -285,6 +294,11 @@ impl CertificateAuthority {
     /// lifetime), and the old root leaves the bundle `overlap` later (when the last certificate
     /// it signed expired: the lifetime again). Returns the new root, PEM.
     pub fn rotate_root(&self, propagate: Duration, overlap: Duration) -> Result<String, IdentityError> {
+        if !self.rotatable {
+            return Err(IdentityError::Bundle(
+                "this CA was given (--ca-cert/--ca-key): rotate it in its own PKI, then restart with the new files".into(),
+            ));
+        }
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(IdentityError::Crypto)?;
         let params = root_params()?;
         let cert = params.self_signed(&key).map_err(IdentityError::Crypto)?;
@@ -932,6 +946,10 @@ mod tests {
             ca.trust_bundle(),
             vec![root.der().clone()],
             "the bundle is the file's root"
+        );
+        assert!(
+            ca.rotate_root(Duration::ZERO, Duration::ZERO).is_err(),
+            "a user's CA is rotated by its user"
         );
         let signed = ca
             .sign(&greedy_csr(), &grant("shop", "ratings"), DEFAULT_CERT_TTL)
