@@ -1,6 +1,7 @@
 //! The `weft` subcommands, one module each.
 
 pub mod analyze;
+pub mod check;
 pub mod control;
 pub mod demo;
 pub mod demo_app;

@@ -40,6 +40,8 @@ enum Command {
     Token(cmd::token::TokenCommand),
     /// Show every proxy connected to the control plane and whether it is in sync.
     Status(cmd::status::StatusArgs),
+    /// Check how soon the mesh's certificates expire (CA and workloads); exit 1 if one has.
+    Check(cmd::check::CheckArgs),
     /// Send GET requests at a fixed rate and count the answers per status.
     Load(cmd::load::LoadArgs),
     #[command(hide = true)]
@@ -65,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Control(args) => cmd::control::run(args),
         Command::Token(cmd) => cmd::token::run(cmd),
         Command::Status(args) => cmd::status::run(args),
+        Command::Check(args) => cmd::check::run(args),
         Command::Load(args) => cmd::load::run(args),
         Command::DemoApp(args) => cmd::demo_app::run(args),
     };

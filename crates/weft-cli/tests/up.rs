@@ -196,6 +196,32 @@ fn up_serves_through_sidecars_then_down_leaves_nothing() {
     );
     assert!(logs.stdout.contains("web-v1-1.log"), "{}", logs.stdout);
 
+    // `weft check` finds the run's control plane: its root, and each sidecar's certificate.
+    let check = run(
+        weft_bin(),
+        &[
+            "check",
+            "--run-dir",
+            run_dir.path.to_str().expect("utf-8"),
+            "-o",
+            "json",
+        ],
+    );
+    assert!(check.status.success(), "{}\n{}", check.stdout, check.stderr);
+    let v: serde_json::Value = serde_json::from_str(&check.stdout).expect("json");
+    assert_eq!(v["result"], "ok", "{v}");
+    let names: Vec<&str> = v["certificates"]
+        .as_array()
+        .expect("certificates")
+        .iter()
+        .filter(|c| c["kind"] == "workload")
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.contains("web-v1-0")) && names.iter().any(|n| n.contains("web-v1-1")),
+        "{v}"
+    );
+
     // A second `weft up` on the same run directory refuses while the first runs.
     let second = run(
         weft_bin(),

@@ -51,9 +51,21 @@ fn respond(source: &ControlSource, push: &PushServer, req: &Request<Incoming>) -
     let (status, body) = match req.uri().path() {
         "/ready" => (StatusCode::OK, "ready\n".to_string()),
         "/status" => (StatusCode::OK, status_json(source, push).to_string()),
+        "/rotate-root" if req.method() == http::Method::POST => {
+            // The new root signs once every proxy had time to renew (one certificate lifetime)
+            // and the old one stays trusted one lifetime more.
+            let (ca, ttl) = source.ca();
+            match ca.rotate_root(ttl, ttl) {
+                Ok(_) => (
+                    StatusCode::OK,
+                    serde_json::json!({ "rotation": "started", "activateInSeconds": ttl.as_secs(), "retireOldRootInSeconds": 2 * ttl.as_secs() }).to_string(),
+                ),
+                Err(e) => (StatusCode::CONFLICT, format!("{e}\n")),
+            }
+        }
         _ => (
             StatusCode::NOT_FOUND,
-            "control-plane admin: /status /ready\n".to_string(),
+            "control-plane admin: /status /ready POST /rotate-root\n".to_string(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -79,5 +91,38 @@ pub fn status_json(source: &ControlSource, push: &PushServer) -> serde_json::Val
             })
         })
         .collect();
-    serde_json::json!({ "proxies": proxies, "findings": source.findings() })
+    let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (ca, _) = source.ca();
+    let connected: std::collections::HashMap<String, bool> = push
+        .status()
+        .into_iter()
+        .map(|p| (p.instance_id, p.connected))
+        .collect();
+    let identities: Vec<serde_json::Value> = ca
+        .issued()
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "spiffeId": r.spiffe_id,
+                "instance": r.instance,
+                // Whether that instance's proxy is connected for discovery now (null: unknown).
+                "connected": connected.get(&r.instance),
+                "notBefore": unix(r.not_before),
+                "notAfter": unix(r.not_after),
+                "issued": r.count,
+            })
+        })
+        .collect();
+    let roots: Vec<serde_json::Value> = ca
+        .trust_bundle()
+        .iter()
+        .filter_map(|c| crate::check::describe(c).ok())
+        .map(|c| serde_json::json!({ "subject": c.subject, "notBefore": c.not_before, "notAfter": c.not_after }))
+        .collect();
+    serde_json::json!({
+        "proxies": proxies,
+        "findings": source.findings(),
+        "identities": identities,
+        "trustBundle": roots,
+    })
 }

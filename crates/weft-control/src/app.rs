@@ -51,6 +51,9 @@ pub struct ControlOptions {
     pub trust_domain: String,
     /// How long an issued workload certificate lives. Default 24 h.
     pub cert_ttl: Duration,
+    /// Serve discovery and identity over TLS with a server certificate from the CA (proxies
+    /// verify it against their `--trust-anchor`). Default off.
+    pub tls: bool,
 }
 
 impl ControlOptions {
@@ -68,6 +71,7 @@ impl ControlOptions {
             ca_key: None,
             trust_domain: weft_api::identity::DEFAULT_TRUST_DOMAIN.to_string(),
             cert_ttl: crate::identity::DEFAULT_CERT_TTL,
+            tls: false,
         }
     }
 }
@@ -98,6 +102,9 @@ struct Inner {
     /// Per instance, how many times it connected: a disconnect removes the endpoint only if no
     /// newer connection came within the grace period.
     sessions: Mutex<HashMap<String, u64>>,
+    /// The CA and the workload certificate lifetime (`/status` identities, `/rotate-root`).
+    ca: Arc<CertificateAuthority>,
+    cert_ttl: Duration,
 }
 
 struct State {
@@ -136,7 +143,10 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
         _ => anyhow::bail!("--ca-cert and --ca-key go together"),
     }
     .and_then(|ca| ca.with_trust_domain(&options.trust_domain))
+    .and_then(|ca| ca.with_state_dir(&options.state_dir))
     .context("loading the certificate authority")?;
+    // Roots an interrupted rotation left in the bundle stay one certificate lifetime more.
+    ca.retire_other_roots_after(options.cert_ttl);
     let ca = Arc::new(ca);
     let mut registry = Registry::load(Some(&options.state_dir.join("registry.json")))?;
     registry.set_trust_domain(&options.trust_domain);
@@ -158,6 +168,8 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
             tokens: TokenStore::new(&options.state_dir),
             grace: options.endpoint_grace,
             sessions: Mutex::default(),
+            ca: ca.clone(),
+            cert_ttl: options.cert_ttl,
         }),
     });
     source.reload();
@@ -169,10 +181,18 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
     let listen = listener.local_addr()?;
     let push = PushServer::new(source.clone());
     let identity = IdentityService::new(ca.clone(), TokenStore::new(&options.state_dir), options.cert_ttl);
+    let tls = match options.tls {
+        true => Some(crate::tls::server_config(ca.clone(), vec![listen.ip()])?),
+        false => None,
+    };
     tokio::spawn({
         let (push, shutdown) = (push.clone(), shutdown.clone());
         async move {
-            if let Err(e) = push.serve_with(Some(identity), listener, shutdown).await {
+            let served = match tls {
+                Some(tls) => push.serve_tls(Some(identity), listener, tls, shutdown).await,
+                None => push.serve_with(Some(identity), listener, shutdown).await,
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "discovery server stopped");
             }
         }
@@ -187,6 +207,7 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
         push.clone(),
         shutdown.clone(),
     ));
+
     tokio::spawn(watch_store(source.clone(), options.poll, shutdown.clone()));
     Ok(Running {
         listen,
@@ -235,6 +256,11 @@ impl ControlSource {
     /// The bootstrap tokens.
     pub fn tokens(&self) -> &TokenStore {
         &self.inner.tokens
+    }
+
+    /// The CA, and how long the workload certificates it issues live.
+    pub fn ca(&self) -> (&Arc<CertificateAuthority>, Duration) {
+        (&self.inner.ca, self.inner.cert_ttl)
     }
 }
 

@@ -13,8 +13,9 @@
 //! - [`IdentityService`]: `Identity.Sign` over gRPC, served on the discovery port; a wrong token
 //!   is refused with `UNAUTHENTICATED`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -40,6 +41,9 @@ pub const BACKDATE: Duration = Duration::from_secs(60);
 
 pub const CA_KEY_FILE: &str = "ca-key.pem";
 pub const CA_CERT_FILE: &str = "ca-cert.pem";
+/// Every root proxies must trust now (PEM; two during a rotation): the out-of-band trust anchor
+/// `weft up` hands its sidecars (`--trust-anchor`).
+pub const TRUST_BUNDLE_FILE: &str = "trust-bundle.pem";
 
 /// Why the CA could not load, or could not sign.
 #[derive(Debug, thiserror::Error)]
@@ -80,19 +84,63 @@ pub struct SignedCert {
 
 /// Issues workload certificates.
 pub struct CertificateAuthority {
-    issuer: Issuer<'static, KeyPair>,
-    /// The CA's own certificate, then its issuers (as given): appended to every issued leaf.
-    chain: Vec<CertificateDer<'static>>,
+    /// What signs now (replaced when a rotation's new root takes over).
+    signing: RwLock<Arc<Signing>>,
+    /// A root rotation in progress (see [`CertificateAuthority::rotate_root`]).
+    rotation: Mutex<Option<Rotation>>,
     /// What peers trust: one root, or several while one replaces another.
     roots: RwLock<Vec<CertificateDer<'static>>>,
     trust_domain: String,
+    /// Where the root, its key and the trust bundle are kept (rotation writes them there).
+    state_dir: Option<PathBuf>,
+    /// Whether this CA is the control plane's own root (made by `load_or_create`): only that
+    /// one rotates; a user's PKI (`--ca-cert`) is rotated by the user.
+    rotatable: bool,
+    /// Every certificate issued since start, by identity (the last one): for `weft check`.
+    issued: Mutex<BTreeMap<(String, String), IssuedRecord>>,
+}
+
+/// The issuer in use and its chain.
+pub struct Signing {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA's own certificate, then its issuers (as given): appended to every issued leaf.
+    chain: Vec<CertificateDer<'static>>,
+    /// Bumps on every rotation: the control plane's own server certificate is re-issued then.
+    pub generation: u64,
+}
+
+impl Signing {
+    /// The CA certificate that signs (then its issuers), DER.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+}
+
+/// A rotation: the new root is trusted at once, signs from `activate_at`; the old root stays
+/// trusted until `retire_at`.
+struct Rotation {
+    next: Option<(Signing, KeyPair, String)>,
+    activate_at: SystemTime,
+    old_roots: Vec<CertificateDer<'static>>,
+    retire_at: SystemTime,
+}
+
+/// The last certificate issued to one identity (`/status` `identities`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedRecord {
+    pub spiffe_id: String,
+    /// The proxy instance that asked; empty when it did not say.
+    pub instance: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub count: u64,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertificateAuthority")
             .field("trust_domain", &self.trust_domain)
-            .field("chain", &self.chain.len())
+            .field("roots", &self.trust_bundle().len())
             .finish_non_exhaustive()
     }
 }
@@ -107,7 +155,10 @@ impl CertificateAuthority {
         match (key_path.exists(), cert_path.exists()) {
             (true, true) => {
                 warn_if_readable_by_others(&key_path);
-                Self::from_files(&cert_path, &key_path)
+                Self::from_files(&cert_path, &key_path).map(|mut ca| {
+                    ca.rotatable = true;
+                    ca
+                })
             }
             (false, true) => Err(IdentityError::Incomplete(
                 cert_path.display().to_string(),
@@ -135,12 +186,9 @@ impl CertificateAuthority {
                 write_atomically(&cert_path, cert.pem().as_bytes(), 0o644).map_err(io(&cert_path))?;
                 tracing::info!(cert = %cert_path.display(), "identity: made a new root CA");
                 let der = cert.der().clone();
-                Ok(Self {
-                    issuer: Issuer::new(params, key),
-                    chain: vec![der.clone()],
-                    roots: RwLock::new(vec![der]),
-                    trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
-                })
+                let mut ca = Self::new(Issuer::new(params, key), vec![der.clone()], vec![der]);
+                ca.rotatable = true;
+                Ok(ca)
             }
         }
     }
@@ -183,12 +231,205 @@ impl CertificateAuthority {
         }
         let issuer = Issuer::from_ca_cert_der(first, key).map_err(|e| ca_error(e.to_string()))?;
         let root = chain.last().cloned().into_iter().collect();
-        Ok(Self {
-            issuer,
-            chain,
-            roots: RwLock::new(root),
+        Ok(Self::new(issuer, chain, root))
+    }
+
+    fn new(
+        issuer: Issuer<'static, KeyPair>,
+        chain: Vec<CertificateDer<'static>>,
+        roots: Vec<CertificateDer<'static>>,
+    ) -> Self {
+        Self {
+            signing: RwLock::new(Arc::new(Signing {
+                issuer,
+                chain,
+                generation: 0,
+            })),
+            rotation: Mutex::new(None),
+            roots: RwLock::new(roots),
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
-        })
+            state_dir: None,
+            rotatable: false,
+            issued: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Keeps the trust bundle in `state_dir` ([`TRUST_BUNDLE_FILE`], written now and on every
+    /// change; roots it lists beyond this CA's, left by a rotation before a restart, stay
+    /// trusted) and writes a rotated root there.
+    pub fn with_state_dir(mut self, state_dir: &Path) -> Result<Self, IdentityError> {
+        let path = state_dir.join(TRUST_BUNDLE_FILE);
+        if let Ok(pem) = std::fs::read_to_string(&path) {
+            if let Err(e) = self.add_trusted_root(&pem) {
+                tracing::warn!(path = %path.display(), error = %e, "identity: ignoring an unreadable trust bundle");
+            }
+        }
+        self.state_dir = Some(state_dir.to_path_buf());
+        self.persist_bundle()?;
+        Ok(self)
+    }
+
+    fn persist_bundle(&self) -> Result<(), IdentityError> {
+        let Some(dir) = &self.state_dir else {
+            return Ok(());
+        };
+        let path = dir.join(TRUST_BUNDLE_FILE);
+        std::fs::create_dir_all(dir)
+            .and_then(|()| write_atomically(&path, self.trust_bundle_pem().as_bytes(), 0o644))
+            .map_err(|source| IdentityError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+    }
+
+    /// The issuer in use now (applying a rotation whose time has come).
+    pub fn signing(&self) -> Arc<Signing> {
+        self.tick();
+        self.signing.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Starts a root rotation: a new root (ECDSA P-256, 10 years) is trusted at once (the trust
+    /// bundle and [`TRUST_BUNDLE_FILE`] hold both roots), signs every certificate from
+    /// `propagate` on (by then every proxy renewed and trusts it: use the workload certificate
+    /// lifetime), and the old root leaves the bundle `overlap` later (when the last certificate
+    /// it signed expired: the lifetime again). Returns the new root, PEM.
+    pub fn rotate_root(&self, propagate: Duration, overlap: Duration) -> Result<String, IdentityError> {
+        if !self.rotatable {
+            return Err(IdentityError::Bundle(
+                "this CA was given (--ca-cert/--ca-key): rotate it in its own PKI, then restart with the new files".into(),
+            ));
+        }
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(IdentityError::Crypto)?;
+        let params = root_params()?;
+        let cert = params.self_signed(&key).map_err(IdentityError::Crypto)?;
+        let pem = cert.pem();
+        let key_pem = key.serialize_pem();
+        let current = self.signing.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let old_root = current
+            .chain
+            .last()
+            .cloned()
+            .ok_or_else(|| IdentityError::Bundle("the CA has no certificate".into()))?;
+        let next = Signing {
+            issuer: Issuer::new(
+                params,
+                KeyPair::from_pem(&key_pem).map_err(IdentityError::Crypto)?,
+            ),
+            chain: vec![cert.der().clone()],
+            generation: current.generation + 1,
+        };
+        let now = SystemTime::now();
+        {
+            let mut rotation = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+            if rotation.as_ref().is_some_and(|r| r.next.is_some()) {
+                return Err(IdentityError::Bundle(
+                    "a rotation is already in progress (its new root does not sign yet)".into(),
+                ));
+            }
+            *rotation = Some(Rotation {
+                next: Some((next, key, pem.clone())),
+                activate_at: now + propagate,
+                old_roots: vec![old_root],
+                retire_at: now + propagate + overlap,
+            });
+        }
+        self.add_trusted_root(&pem)?;
+        tracing::info!(
+            ?propagate,
+            ?overlap,
+            "identity: root rotation started; the new root is trusted now"
+        );
+        self.tick();
+        Ok(pem)
+    }
+
+    /// Applies the steps of a rotation whose time has come.
+    fn tick(&self) {
+        let now = SystemTime::now();
+        let mut rotation = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(r) = rotation.as_mut() else { return };
+        if r.activate_at <= now {
+            if let Some((next, key, pem)) = r.next.take() {
+                *self.signing.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+                if let Some(dir) = &self.state_dir {
+                    let written =
+                        write_atomically(&dir.join(CA_KEY_FILE), key.serialize_pem().as_bytes(), 0o600)
+                            .and_then(|()| write_atomically(&dir.join(CA_CERT_FILE), pem.as_bytes(), 0o644));
+                    if let Err(e) = written {
+                        tracing::error!(error = %e, "identity: cannot write the new root");
+                    }
+                }
+                tracing::info!("identity: the new root signs from now on");
+            }
+        }
+        if r.retire_at <= now && r.next.is_none() {
+            let old = std::mem::take(&mut r.old_roots);
+            *rotation = None;
+            drop(rotation);
+            self.roots
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|c| !old.contains(c));
+            if let Err(e) = self.persist_bundle() {
+                tracing::error!(error = %e, "identity: cannot write the trust bundle");
+            }
+            tracing::info!("identity: root rotation done; the old root is no longer trusted");
+        }
+    }
+
+    /// Roots trusted beyond the one that signs (the old root of a rotation interrupted by a
+    /// restart, found in [`TRUST_BUNDLE_FILE`]) leave the bundle `after` this (the certificate
+    /// lifetime: by then nothing they signed is still valid). Not while a rotation runs.
+    pub fn retire_other_roots_after(&self, after: Duration) {
+        let signing_root = self.signing().chain.last().cloned();
+        let others: Vec<_> = self
+            .trust_bundle()
+            .into_iter()
+            .filter(|c| Some(c) != signing_root.as_ref())
+            .collect();
+        let mut rotation = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        if others.is_empty() || rotation.is_some() {
+            return;
+        }
+        tracing::info!(
+            roots = others.len(),
+            ?after,
+            "identity: trusting the roots of an earlier rotation a while longer"
+        );
+        *rotation = Some(Rotation {
+            next: None,
+            activate_at: SystemTime::now(),
+            old_roots: others,
+            retire_at: SystemTime::now() + after,
+        });
+    }
+
+    /// Records that `instance` (empty if unknown) got `signed`: [`issued`](Self::issued).
+    pub fn record_issued(&self, instance: &str, signed: &SignedCert) {
+        let id = signed.spiffe_id.to_string();
+        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        let record = issued
+            .entry((id.clone(), instance.to_string()))
+            .or_insert_with(|| IssuedRecord {
+                spiffe_id: id,
+                instance: instance.to_string(),
+                not_before: signed.not_before,
+                not_after: signed.not_after,
+                count: 0,
+            });
+        record.not_before = signed.not_before;
+        record.not_after = signed.not_after;
+        record.count += 1;
+    }
+
+    /// The last certificate issued to each proxy instance (and identity) since start.
+    pub fn issued(&self) -> Vec<IssuedRecord> {
+        self.issued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Issues identities in `trust_domain` (default `cluster.local`).
@@ -213,17 +454,20 @@ impl CertificateAuthority {
         for c in &certs {
             x509_parser::parse_x509_certificate(c).map_err(|e| IdentityError::Bundle(e.to_string()))?;
         }
-        let mut roots = self.roots.write().unwrap_or_else(|p| p.into_inner());
-        for c in certs {
-            if !roots.contains(&c) {
-                roots.push(c);
+        {
+            let mut roots = self.roots.write().unwrap_or_else(|p| p.into_inner());
+            for c in certs {
+                if !roots.contains(&c) {
+                    roots.push(c);
+                }
             }
         }
-        Ok(())
+        self.persist_bundle()
     }
 
     /// The roots peers trust, DER.
     pub fn trust_bundle(&self) -> Vec<CertificateDer<'static>> {
+        self.tick();
         self.roots.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -262,11 +506,12 @@ impl CertificateAuthority {
         params.not_after = not_after.into();
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
+        let signing = self.signing();
         let cert = params
-            .signed_by(&csr.public_key, &self.issuer)
+            .signed_by(&csr.public_key, &signing.issuer)
             .map_err(IdentityError::Crypto)?;
         let mut cert_chain_pem = cert.pem();
-        for c in &self.chain {
+        for c in &signing.chain {
             cert_chain_pem.push_str(&to_pem(c));
         }
         Ok(SignedCert {
@@ -279,6 +524,54 @@ impl CertificateAuthority {
         })
     }
 }
+
+impl CertificateAuthority {
+    /// The control plane's own server certificate for its discovery port (`--tls`): SPIFFE ID
+    /// `spiffe://<td>/ns/weft-system/sa/weft-control`, DNS `localhost` and IP `127.0.0.1` (plus
+    /// `extra_ips`), valid for `ttl`, for `key`. Returns the chain (leaf, then the CA's) and the
+    /// issuer generation it came from.
+    pub fn server_cert(
+        &self,
+        key: &KeyPair,
+        extra_ips: &[std::net::IpAddr],
+        ttl: Duration,
+    ) -> Result<(Vec<CertificateDer<'static>>, u64, SystemTime), IdentityError> {
+        let id = SpiffeId::new(&self.trust_domain, CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT)?;
+        let now = SystemTime::now();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "weft-control");
+        let ia5 = |s: String| s.try_into().map_err(IdentityError::Crypto);
+        params.subject_alt_names = vec![
+            SanType::URI(ia5(id.to_string())?),
+            SanType::DnsName(ia5("localhost".to_string())?),
+            SanType::IpAddress([127, 0, 0, 1].into()),
+        ];
+        for ip in extra_ips {
+            if !ip.is_unspecified() && *ip != std::net::IpAddr::from([127, 0, 0, 1]) {
+                params.subject_alt_names.push(SanType::IpAddress(*ip));
+            }
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = (now + ttl).into();
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let signing = self.signing();
+        let cert = params
+            .signed_by(key, &signing.issuer)
+            .map_err(IdentityError::Crypto)?;
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(signing.chain.iter().cloned());
+        Ok((chain, signing.generation, now + ttl))
+    }
+}
+
+/// The control plane's own identity (its discovery port's server certificate).
+pub const CONTROL_NAMESPACE: &str = "weft-system";
+pub const CONTROL_SERVICE_ACCOUNT: &str = "weft-control";
 
 fn root_params() -> Result<CertificateParams, IdentityError> {
     let now = SystemTime::now();
@@ -400,7 +693,8 @@ impl Identity for IdentityService {
                     Status::internal("cannot sign")
                 }
             })?;
-        tracing::info!(id = %signed.spiffe_id, "identity: issued a certificate");
+        self.ca.record_issued(&req.instance_id, &signed);
+        tracing::info!(id = %signed.spiffe_id, instance = %req.instance_id, "identity: issued a certificate");
         let not_after_unix = signed
             .not_after
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -653,6 +947,10 @@ mod tests {
             vec![root.der().clone()],
             "the bundle is the file's root"
         );
+        assert!(
+            ca.rotate_root(Duration::ZERO, Duration::ZERO).is_err(),
+            "a user's CA is rotated by its user"
+        );
         let signed = ca
             .sign(&greedy_csr(), &grant("shop", "ratings"), DEFAULT_CERT_TTL)
             .expect("sign");
@@ -680,6 +978,79 @@ mod tests {
             CertificateAuthority::from_files(&dir.join("missing.pem"), &dir.join("int-key.pem")),
             Err(IdentityError::Io { .. })
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rotation_trusts_the_new_root_first_signs_with_it_later_and_drops_the_old_root_last() {
+        let dir = temp_dir("rotate");
+        let ca = CertificateAuthority::load_or_create(&dir)
+            .and_then(|ca| ca.with_state_dir(&dir))
+            .expect("ca");
+        let old = ca.trust_bundle();
+        let bundle_file = || chain(&std::fs::read_to_string(dir.join(TRUST_BUNDLE_FILE)).expect("bundle"));
+        assert_eq!(bundle_file(), old);
+        let new = chain(
+            &ca.rotate_root(Duration::from_millis(400), Duration::from_millis(400))
+                .expect("rotate"),
+        );
+        assert!(
+            ca.rotate_root(Duration::ZERO, Duration::ZERO).is_err(),
+            "one rotation at a time"
+        );
+        // Phase 1: both trusted, the old root still signs.
+        assert_eq!(ca.trust_bundle(), [old.clone(), new.clone()].concat());
+        assert_eq!(bundle_file(), ca.trust_bundle());
+        let signed = ca
+            .sign(&greedy_csr(), &grant("a", "b"), DEFAULT_CERT_TTL)
+            .expect("sign");
+        assert_eq!(chain(&signed.cert_chain_pem).last(), old.last());
+        assert_eq!(chain(&signed.trust_bundle_pem).len(), 2);
+        verify(&chain(&signed.cert_chain_pem), &old).expect("old root");
+        // Phase 2: the new root signs; both trusted; the new root is the one on disk.
+        std::thread::sleep(Duration::from_millis(450));
+        let signed = ca
+            .sign(&greedy_csr(), &grant("a", "b"), DEFAULT_CERT_TTL)
+            .expect("sign");
+        assert_eq!(chain(&signed.cert_chain_pem).last(), new.last());
+        assert_eq!(chain(&signed.trust_bundle_pem).len(), 2);
+        verify(&chain(&signed.cert_chain_pem), &new).expect("new root");
+        assert_eq!(ca.signing().generation, 1);
+        let reloaded = CertificateAuthority::load_or_create(&dir).expect("reload");
+        assert_eq!(reloaded.signing().chain(), new.as_slice());
+        // Phase 3: the old root is gone from the bundle and the file.
+        std::thread::sleep(Duration::from_millis(450));
+        assert_eq!(ca.trust_bundle(), new);
+        assert_eq!(bundle_file(), new);
+        // A second rotation may start now.
+        ca.rotate_root(Duration::ZERO, Duration::ZERO)
+            .expect("rotate again");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_old_root_of_a_rotation_survives_a_restart_for_a_while() {
+        let dir = temp_dir("restart");
+        let ca = CertificateAuthority::load_or_create(&dir)
+            .and_then(|ca| ca.with_state_dir(&dir))
+            .expect("ca");
+        let old = ca.trust_bundle();
+        ca.rotate_root(Duration::ZERO, Duration::from_secs(3600))
+            .expect("rotate");
+        assert_eq!(ca.trust_bundle().len(), 2);
+        drop(ca);
+        // Restarted mid-overlap: the new root signs, the old one is still trusted...
+        let again = CertificateAuthority::load_or_create(&dir)
+            .and_then(|ca| ca.with_state_dir(&dir))
+            .expect("reload");
+        assert_eq!(again.trust_bundle().len(), 2);
+        assert!(again.trust_bundle().contains(&old[0]));
+        assert_ne!(again.signing().chain().last(), old.last());
+        // ...until one certificate lifetime later.
+        again.retire_other_roots_after(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(again.trust_bundle().len(), 1);
+        assert!(!again.trust_bundle().contains(&old[0]));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -13,9 +13,11 @@
 
 pub mod admin;
 pub mod app;
+pub mod check;
 pub mod compile;
 pub mod identity;
 pub mod push;
 pub mod registry;
 pub mod store;
+pub mod tls;
 pub mod tokens;

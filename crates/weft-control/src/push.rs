@@ -192,6 +192,38 @@ impl PushServer {
     }
 }
 
+impl PushServer {
+    /// [`serve_with`](Self::serve_with) over TLS (`weft control --tls`): `tls` presents the
+    /// control plane's server certificate (see [`crate::tls`]).
+    pub async fn serve_tls(
+        self,
+        identity: Option<crate::identity::IdentityService>,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: CancellationToken,
+    ) -> Result<(), tonic::transport::Error> {
+        let streams = self.inner.shutdown.clone();
+        let stop = shutdown.clone();
+        let on_stop = tokio::spawn(async move {
+            stop.cancelled().await;
+            streams.cancel();
+        });
+        let served = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            .serve_with_incoming_shutdown(
+                Routes {
+                    discovery: DiscoveryServer::new(self),
+                    identity: identity.map(IdentityService::into_server),
+                },
+                crate::tls::incoming(listener, tls, shutdown.clone()),
+                shutdown.cancelled_owned(),
+            )
+            .await;
+        on_stop.abort();
+        served
+    }
+}
+
 /// Dispatches `/weft.identity.v1.Identity/*` to the identity service, the rest to discovery.
 #[derive(Clone)]
 struct Routes {

@@ -120,6 +120,7 @@ async fn sign_over_grpc_refuses_a_wrong_token_and_issues_only_the_granted_identi
         namespace: ns.into(),
         service_account: sa.into(),
         csr_pem: greedy.clone(),
+        instance_id: String::new(),
     };
 
     for (t, ns, sa) in [
@@ -239,6 +240,7 @@ async fn a_proxy_gets_its_certificate_and_is_ready_only_once_it_has_one() {
             token: token.clone(),
             namespace: "default".into(),
             service_account: String::new(),
+            ..Default::default()
         },
         cell.clone(),
         metrics.clone(),
@@ -284,6 +286,7 @@ async fn a_wrong_token_gets_no_certificate_and_is_counted() {
             token: "wrong".into(),
             namespace: "default".into(),
             service_account: "default".into(),
+            ..Default::default()
         },
         cell.clone(),
         metrics.clone(),
@@ -316,6 +319,7 @@ async fn a_short_lived_certificate_is_replaced_before_it_expires() {
             token,
             namespace: "shop".into(),
             service_account: "reviews".into(),
+            ..Default::default()
         },
         cell.clone(),
         metrics.clone(),

@@ -85,10 +85,21 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Subscribes and applies pushes until `shutdown`, reconnecting forever. Sets `shared.ready`
 /// once the first config is applied.
 pub async fn run(endpoint: String, sub: Subscription, shared: Arc<Shared>, shutdown: CancellationToken) {
+    run_anchored(endpoint, None, sub, shared, shutdown).await;
+}
+
+/// [`run`] over TLS to the control plane, verified against `anchor`, when one is given.
+pub async fn run_anchored(
+    endpoint: String,
+    anchor: Option<crate::control_tls::TrustAnchor>,
+    sub: Subscription,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let bound = listeners(&shared.snapshot.load().config);
     let mut backoff = Backoff::new();
     loop {
-        let session = session(&endpoint, &sub, &shared, &bound, &mut backoff);
+        let session = session(&endpoint, anchor.as_ref(), &sub, &shared, &bound, &mut backoff);
         let outcome = tokio::select! {
             () = shutdown.cancelled() => return,
             outcome = session => outcome,
@@ -112,17 +123,18 @@ pub async fn run(endpoint: String, sub: Subscription, shared: Arc<Shared>, shutd
 /// One stream, from connect to close.
 async fn session(
     endpoint: &str,
+    anchor: Option<&crate::control_tls::TrustAnchor>,
     sub: &Subscription,
     shared: &Shared,
     bound: &[SocketAddr],
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())?
-        .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
+    let channel = crate::control_tls::connect(endpoint, anchor, |e: Endpoint| {
+        e.connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+    })
+    .await?;
     let mut client = DiscoveryClient::new(channel);
     let (tx, rx) = mpsc::channel(4);
     let subscribe = Subscribe {

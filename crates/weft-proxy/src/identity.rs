@@ -32,6 +32,7 @@ use weft_api::identity::SpiffeId;
 use weft_api::proto::identity::identity_client::IdentityClient;
 use weft_api::proto::identity::{SignRequest, SignResponse};
 
+pub use crate::control_tls::TrustAnchor;
 use crate::discovery::Backoff;
 
 // One definition of the credentials, shared with the TLS code that presents them.
@@ -43,12 +44,14 @@ pub fn new_cell() -> CredentialsCell {
 }
 
 /// Who this proxy asks to be: from flags or environment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct IdentityRequest {
     pub token: String,
     pub namespace: String,
     /// Empty means `default`.
     pub service_account: String,
+    /// This proxy's instance id (reported, for `weft check`); may be empty.
+    pub instance_id: String,
 }
 
 impl IdentityRequest {
@@ -64,6 +67,11 @@ impl IdentityRequest {
 /// Where certificates come from: the control plane over gRPC ([`GrpcSigner`]), or a test's CA.
 pub trait Signer: Send + Sync + 'static {
     fn sign(&self, request: SignRequest) -> impl Future<Output = anyhow::Result<SignResponse>> + Send;
+    /// The roots every issued chain must end at; they are the trust bundle (a root the response
+    /// adds is kept only if the anchor holds it). None: the response's bundle is taken as is.
+    fn anchor(&self) -> Option<&TrustAnchor> {
+        None
+    }
 }
 
 /// `weft.identity.v1.Identity.Sign` at `endpoint` (e.g. `http://127.0.0.1:15010`), one
@@ -71,15 +79,21 @@ pub trait Signer: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct GrpcSigner {
     pub endpoint: String,
+    /// With an anchor: TLS to the control plane, and issued chains checked against it.
+    pub anchor: Option<TrustAnchor>,
 }
 
 impl Signer for GrpcSigner {
+    fn anchor(&self) -> Option<&TrustAnchor> {
+        self.anchor.as_ref()
+    }
+
     async fn sign(&self, request: SignRequest) -> anyhow::Result<SignResponse> {
         let call = async {
-            let channel = Endpoint::from_shared(self.endpoint.clone())?
-                .connect_timeout(Duration::from_secs(2))
-                .connect()
-                .await?;
+            let channel = crate::control_tls::connect(&self.endpoint, self.anchor.as_ref(), |e: Endpoint| {
+                e.connect_timeout(Duration::from_secs(2))
+            })
+            .await?;
             anyhow::Ok(IdentityClient::new(channel).sign(request).await?.into_inner())
         };
         tokio::time::timeout(Duration::from_secs(10), call)
@@ -148,7 +162,30 @@ pub async fn run(
     metrics: IdentityMetrics,
     shutdown: CancellationToken,
 ) {
-    run_with(GrpcSigner { endpoint }, request, cell, metrics, shutdown).await;
+    run_with(
+        GrpcSigner {
+            endpoint,
+            anchor: None,
+        },
+        request,
+        cell,
+        metrics,
+        shutdown,
+    )
+    .await;
+}
+
+/// [`run`] over TLS verified against `anchor` (when given), which also is the trust bundle and
+/// what every issued chain must end at.
+pub async fn run_anchored(
+    endpoint: String,
+    anchor: Option<TrustAnchor>,
+    request: IdentityRequest,
+    cell: CredentialsCell,
+    metrics: IdentityMetrics,
+    shutdown: CancellationToken,
+) {
+    run_with(GrpcSigner { endpoint, anchor }, request, cell, metrics, shutdown).await;
 }
 
 /// [`run`] with any [`Signer`].
@@ -216,6 +253,7 @@ async fn obtain<S: Signer>(signer: &S, request: &IdentityRequest) -> anyhow::Res
             namespace: request.namespace.clone(),
             service_account: request.service_account().to_string(),
             csr_pem: csr,
+            instance_id: request.instance_id.clone(),
         })
         .await?;
     let chain =
@@ -256,6 +294,10 @@ async fn obtain<S: Signer>(signer: &S, request: &IdentityRequest) -> anyhow::Res
     );
     let not_after = SystemTime::UNIX_EPOCH
         + Duration::from_secs(u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0));
+    let trust_bundle = match signer.anchor() {
+        None => trust_bundle,
+        Some(anchor) => anchored_bundle(anchor, &chain, trust_bundle)?,
+    };
     Ok(Credentials {
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         chain,
@@ -263,6 +305,36 @@ async fn obtain<S: Signer>(signer: &S, request: &IdentityRequest) -> anyhow::Res
         spiffe_id: id.to_string(),
         not_after,
     })
+}
+
+/// With a trust anchor: the chain must verify to it, and the trust bundle is the anchor's roots
+/// (a root in the response the anchor does not hold is dropped, and logged).
+fn anchored_bundle(
+    anchor: &TrustAnchor,
+    chain: &[CertificateDer<'static>],
+    offered: Vec<CertificateDer<'static>>,
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let roots = anchor.load()?;
+    let mut store = rustls::RootCertStore::empty();
+    for r in &roots {
+        store.add(r.clone())?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), crate::tls::provider())
+            .build()?;
+    verifier
+        .verify_client_cert(&chain[0], &chain[1..], rustls_pki_types::UnixTime::now())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the issued certificate does not chain to the trust anchor {}: {e}",
+                anchor.path().display()
+            )
+        })?;
+    let dropped = offered.iter().filter(|c| !roots.contains(c)).count();
+    if dropped > 0 {
+        tracing::warn!(anchor = %anchor.path().display(), dropped, "identity: ignoring roots the control plane sent that the trust anchor does not hold");
+    }
+    Ok(roots)
 }
 
 fn unix_secs(t: SystemTime) -> i64 {
@@ -330,6 +402,7 @@ mod tests {
             token: "t".into(),
             namespace: "shop".into(),
             service_account: String::new(),
+            instance_id: String::new(),
         }
     }
 

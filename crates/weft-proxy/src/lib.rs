@@ -8,6 +8,7 @@ pub mod app;
 pub mod balance;
 pub mod capture;
 pub mod config;
+pub mod control_tls;
 pub mod detect;
 pub mod discovery;
 pub mod forward;

@@ -84,6 +84,8 @@ pub async fn up(
     let cp = control::start(ControlOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        // Discovery and identity over TLS; each sidecar gets the anchor as a file.
+        tls: true,
         ..ControlOptions::new(vec![dir.clone()], run.control_state())
     })
     .await?;
@@ -164,6 +166,13 @@ fn start_instance(
             "--instance-id",
             &inst.id,
         ])
+        // The trust anchor out of band: the control plane's roots, as a file (re-read by the
+        // sidecar, so a root rotation reaches it).
+        .arg("--trust-anchor")
+        .arg(
+            run.control_state()
+                .join(weft_control::identity::TRUST_BUNDLE_FILE),
+        )
         .stdin(Stdio::null())
         .stdout(log(run.sidecar_log(&inst.id))?)
         .stderr(log(run.sidecar_log(&inst.id).with_extension("err.log"))?)

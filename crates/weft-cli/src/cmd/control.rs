@@ -8,7 +8,10 @@ use std::time::Duration;
 use weft_control::app::{self, ControlOptions};
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ControlArgs {
+    #[command(subcommand)]
+    pub command: Option<ControlCommand>,
     /// Directory (or file) of mesh documents, watched for changes (repeatable).
     #[arg(long = "config-dir", required = true)]
     pub config_dirs: Vec<PathBuf>,
@@ -40,9 +43,31 @@ pub struct ControlArgs {
     /// Lifetime of issued workload certificates, in seconds (proxies renew at about 2/3).
     #[arg(long, default_value_t = 86_400)]
     pub cert_ttl_secs: u64,
+    /// Serve discovery and identity over TLS, with a server certificate from the CA
+    /// (spiffe://<td>/ns/weft-system/sa/weft-control, localhost, 127.0.0.1). Proxies then need
+    /// `--trust-anchor <state-dir>/trust-bundle.pem`.
+    #[arg(long)]
+    pub tls: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ControlCommand {
+    /// Rotate the root CA of a running control plane (POST /rotate-root): the new root is
+    /// trusted at once, signs after one certificate lifetime, and the old root stays trusted
+    /// one lifetime more.
+    RotateRoot {
+        /// The control plane's admin address.
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        control_admin: SocketAddr,
+    },
 }
 
 pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
+    if let Some(ControlCommand::RotateRoot { control_admin }) = args.command {
+        let body = super::status::http_request(control_admin, "POST", "/rotate-root")?;
+        println!("{}", body.trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
     let options = ControlOptions {
         config_paths: args.config_dirs,
         exclude: Vec::new(),
@@ -55,6 +80,7 @@ pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
         ca_key: args.ca_key,
         trust_domain: args.trust_domain,
         cert_ttl: Duration::from_secs(args.cert_ttl_secs),
+        tls: args.tls,
     };
     super::runtime(None)?.block_on(async move {
         let running = app::start(options).await?;

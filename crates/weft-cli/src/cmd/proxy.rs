@@ -29,6 +29,12 @@ pub struct ProxyArgs {
     /// Bootstrap token minted by the control plane (`weft token create`).
     #[arg(long, env = "WEFT_TOKEN", requires = "control")]
     pub token: Option<String>,
+    /// The roots (PEM) to trust the control plane with, given out of band: with it, discovery
+    /// and identity go over TLS verified against them (`weft control --tls`), and every
+    /// certificate issued must chain to them. Read again on each connection (a root rotation
+    /// that rewrites the file is picked up).
+    #[arg(long, env = "WEFT_TRUST_ANCHOR", requires = "control")]
+    pub trust_anchor: Option<PathBuf>,
     /// This instance's unique name. Default: `<workload>.<namespace>`.
     #[arg(long, requires = "control")]
     pub instance_id: Option<String>,
@@ -67,6 +73,14 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 .clone()
                 .unwrap_or_else(|| format!("{}.{}", w.name, w.namespace));
             let token = args.token.clone().unwrap_or_default();
+            let anchor = args
+                .trust_anchor
+                .as_ref()
+                .map(weft_proxy::control_tls::TrustAnchor::new);
+            if let Some(a) = &anchor {
+                // Refuse a missing or empty anchor at start rather than retry forever.
+                a.load()?;
+            }
             let sub = weft_proxy::discovery::Subscription::for_instance(
                 &id,
                 &token,
@@ -79,17 +93,20 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                     token: token.clone(),
                     namespace: w.namespace.clone(),
                     service_account: w.service_account.clone(),
+                    instance_id: id.clone(),
                 };
-                tokio::spawn(weft_proxy::identity::run(
+                tokio::spawn(weft_proxy::identity::run_anchored(
                     endpoint.clone(),
+                    anchor.clone(),
                     request,
                     cell,
                     metrics,
                     stop_discovery.clone(),
                 ));
             }
-            tokio::spawn(weft_proxy::discovery::run(
+            tokio::spawn(weft_proxy::discovery::run_anchored(
                 endpoint.clone(),
+                anchor,
                 sub,
                 running.shared.clone(),
                 stop_discovery.clone(),
