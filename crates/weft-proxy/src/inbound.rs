@@ -6,13 +6,18 @@
 //! iptables to the capture port): detected, mesh headers stripped, passed to the app.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, Version as HttpVersion};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use weft_api::authz::{authorize, AuthzDecision, AuthzRequest};
@@ -166,7 +171,7 @@ fn mesh_source(peer: &MeshPeer, header: Option<&str>) -> Peer {
 }
 
 async fn mesh_request(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: &MeshPeer,
     remote: Option<SocketAddr>,
     mut req: Request<Incoming>,
@@ -236,7 +241,7 @@ async fn mesh_request(
 
 /// A CONNECT stream from a peer: TCP (or an upgraded HTTP/1 connection) for an app port.
 async fn mesh_connect(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     mut req: Request<Incoming>,
     meta: RequestMeta,
     who: &Caller,
@@ -264,9 +269,13 @@ async fn mesh_connect(
     };
     let idle = Duration::from_millis(snap.config.limits.idle_timeout_ms);
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let revoked = until_revoked(shared.clone(), who.clone(), port);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => crate::tcp::relay(TokioIo::new(upgraded), app, idle, &meta, "-").await,
+            Ok(upgraded) => {
+                let client = Revocable::new(TokioIo::new(upgraded), revoked);
+                crate::tcp::relay(client, app, idle, &meta, "-").await
+            }
             Err(e) => tracing::debug!(error = %e, "CONNECT stream ended before upgrade"),
         }
     });
@@ -333,6 +342,7 @@ pub async fn handle_app_port(
             match shared.pools.connect_tcp(target.app).await {
                 Ok(app) => {
                     let idle = Duration::from_millis(limits.idle_timeout_ms);
+                    let io = Revocable::new(io, until_revoked(shared.clone(), who, port));
                     crate::tcp::relay(io, app, idle, &meta, "-").await;
                 }
                 Err(e) => {
@@ -488,6 +498,91 @@ fn refused_stream(meta: &RequestMeta, flags: &'static str, status: StatusCode) -
         resp.headers_mut().insert(crate::http::error::FLAGS_HEADER, v);
     }
     resp
+}
+
+/// How often an open TCP connection looks for a new config to check itself against.
+const RECHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Completes when a config pushed after the connection opened no longer allows it
+/// (shared/ARCHITECTURE.md, "State that outlives a push": open connections are checked again).
+fn until_revoked(shared: Arc<Shared>, who: Caller, port: u16) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let mut seen = shared.snapshot.load_full();
+        loop {
+            tokio::time::sleep(RECHECK_EVERY).await;
+            let now = shared.snapshot.load_full();
+            if Arc::ptr_eq(&now, &seen) {
+                continue;
+            }
+            seen = now;
+            if port_refuses_plaintext(&seen, &who, port) {
+                tracing::info!(port, principal = ?who.principal, "open plaintext connection closed: the port is now mTLS STRICT");
+                return;
+            }
+            if let Err(d) = check(&seen, &who, port, None) {
+                tracing::info!(port, principal = ?who.principal, flags = "RBAC", policy = %d.describe(), "open TCP connection closed: no longer authorized");
+                return;
+            }
+        }
+    })
+}
+
+/// A client stream that fails (and so ends its relay) once `revoked` completes.
+struct Revocable<T> {
+    inner: T,
+    revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
+    done: bool,
+}
+
+impl<T> Revocable<T> {
+    fn new(inner: T, revoked: Pin<Box<dyn Future<Output = ()> + Send>>) -> Self {
+        Self {
+            inner,
+            revoked,
+            done: false,
+        }
+    }
+
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.done && self.revoked.as_mut().poll(cx).is_ready() {
+            self.done = true;
+        }
+        if self.done {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "authorization revoked",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Revocable<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Revocable<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 async fn to_app(

@@ -181,6 +181,20 @@ pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Trans
                     ));
                 }
             }
+            for (field, blocks) in [("ipBlocks", &s.ip_blocks), ("notIpBlocks", &s.not_ip_blocks)] {
+                for (k, b) in blocks.iter().enumerate() {
+                    if !valid_block(b) {
+                        out.findings.push(Finding::error(
+                            codes::SCHEMA,
+                            format!(
+                                "AuthorizationPolicy {}/{}: {b:?} is not an IP address or CIDR; it matches nothing",
+                                doc.namespace, doc.name
+                            ),
+                            &locate(doc, &["spec", "rules", &i, "from", &j, "source", field, &k.to_string()]),
+                        ));
+                    }
+                }
+            }
             let unsupported = s.request_principals.is_some() || s.remote_ip_blocks.is_some();
             rule.from.push(AuthzSource {
                 // A source needing what Weft cannot see never matches.
@@ -217,10 +231,23 @@ pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Trans
                     &format!("condition key {}; the condition never holds", c.key),
                 ));
             }
+            // `source.principal` values are principals: normalized like `principals`.
+            let principal = c.key.trim() == "source.principal";
+            let values = |v: &[String]| -> Vec<String> {
+                v.iter()
+                    .map(|x| {
+                        if principal {
+                            normalize_principal(x)
+                        } else {
+                            x.clone()
+                        }
+                    })
+                    .collect()
+            };
             rule.when.push(AuthzCondition {
                 key: c.key.trim().to_string(),
-                values: c.values.clone(),
-                not_values: c.not_values.clone(),
+                values: values(&c.values),
+                not_values: values(&c.not_values),
             });
         }
         rules.push(rule);
@@ -235,6 +262,20 @@ pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Trans
         },
         origin: origin(doc),
     });
+}
+
+fn valid_block(b: &str) -> bool {
+    let (addr, len) = match b.trim().split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (b.trim(), None),
+    };
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(ip) => len.is_none_or(|l| {
+            l.parse::<u8>()
+                .is_ok_and(|l| l <= if ip.is_ipv4() { 32 } else { 128 })
+        }),
+        Err(_) => false,
+    }
 }
 
 /// A principal as a SPIFFE URI when it names an identity; a pattern (`*`,

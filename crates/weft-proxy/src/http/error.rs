@@ -178,6 +178,19 @@ mod tests {
     }
 
     #[test]
+    fn authorization_denials_are_403_rbac_or_grpc_permission_denied() {
+        let e = ProxyError::unauthorized("RBAC: access denied");
+        let r = e.to_response(false);
+        assert_eq!(
+            (r.status(), &r.headers()[FLAGS_HEADER]),
+            (StatusCode::FORBIDDEN, &HeaderValue::from_static("RBAC"))
+        );
+        let r = e.to_response(true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "7");
+    }
+
+    #[test]
     fn control_characters_never_reach_a_header() {
         let e = ProxyError::no_route("bad\r\nhost");
         assert_eq!(e.to_response(false).headers()[ERROR_HEADER], "bad  host");

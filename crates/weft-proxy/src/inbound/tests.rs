@@ -266,3 +266,37 @@ async fn strict_on_one_port_refuses_plaintext_there_only() {
     assert_eq!(get(server.bound.inbound_ports[1], "/").await.0, StatusCode::OK);
     assert_eq!(strict_app.requests(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tcp_connection_is_closed_when_a_push_denies_it() {
+    let ca = TestCa::new("test root");
+    let http_app = HttpEcho::start("reviews-v1").await.expect("http app");
+    let tcp_app = TcpEcho::start().await.expect("tcp app");
+    let mut allowing = server_config(http_app.addr(), tcp_app.addr());
+    let denying = allowing.clone();
+    allowing.inbound.authorization.clear();
+    let server = start(allowing, Some(ca.cell(REVIEWS))).await;
+    let productpage = start(
+        client_config("productpage", http_app.addr(), tcp_app.addr(), server.bound.mesh),
+        Some(ca.cell(PRODUCTPAGE)),
+    )
+    .await;
+
+    let mut s = TcpStream::connect(productpage.bound.outbound_ports[1])
+        .await
+        .expect("connect");
+    s.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&buf, b"ping");
+
+    // The push that denies the port closes the open connection.
+    server.shared.apply(denying);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "connection still open after the deny");
+    assert!(rest.is_empty());
+}

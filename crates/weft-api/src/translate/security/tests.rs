@@ -162,3 +162,20 @@ fn authorization_policies_normalize_principals_and_select_workloads() {
         vec!["mesh-deny", "other-ns"]
     );
 }
+
+#[test]
+fn bad_ip_blocks_are_schema_errors_and_condition_principals_are_normalized() {
+    let t = run("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules:\n  - from:\n    - source:\n        ipBlocks: [10.0.0.0/8, 10.0.0.0/33, nope]\n    when:\n    - key: source.principal\n      values: [cluster.local/ns/default/sa/a]\n");
+    let found: Vec<_> = t.findings.iter().map(|f| (f.code, f.line)).collect();
+    assert_eq!(
+        found,
+        vec![(codes::SCHEMA, Some(8)), (codes::SCHEMA, Some(8))],
+        "{:?}",
+        t.findings
+    );
+    let rule = &t.mesh.authorization_policies[0].policy.rules[0];
+    assert_eq!(
+        rule.when[0].values,
+        vec!["spiffe://cluster.local/ns/default/sa/a"]
+    );
+}
