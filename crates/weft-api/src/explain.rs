@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::authz;
+use crate::identity::{SpiffeId, DEFAULT_TRUST_DOMAIN};
 use crate::model::Mesh;
+use crate::proxy_config::{AuthzAction, MtlsMode};
 use crate::route::{self, Backend, CompiledTable, DecisionKind, RequestHead, RoutePolicies, Source};
 use crate::translate::mesh_host;
 
@@ -84,8 +87,8 @@ pub fn explain(mesh: &Mesh, req: &ExplainRequest) -> Explanation {
         policies: RoutePolicies::default(),
         redirect: None,
         direct_response: None,
-        // Authorization and mTLS modes arrive with the identity issue; until then every port
-        // is PERMISSIVE (Istio's default) and nothing is denied.
+        // Filled below from the destination workloads' AuthorizationPolicies and
+        // PeerAuthentications; no policy: nothing denied, PERMISSIVE (Istio's default).
         authorization: None,
         mtls: Mtls { mode: "PERMISSIVE" },
         errors: Vec::new(),
@@ -160,7 +163,103 @@ pub fn explain(mesh: &Mesh, req: &ExplainRequest) -> Explanation {
         }
     });
     out.direct_response = decision.direct_response;
+    authorize_for(mesh, req, caller, &mut out);
     out
+}
+
+/// `authorization` and `mtls` for the destination workloads of the decision, as the caller's
+/// identity (its service account's SPIFFE ID) would meet them. With several workloads behind
+/// the backends, the first that denies is reported, else the first.
+fn authorize_for(
+    mesh: &Mesh,
+    req: &ExplainRequest,
+    caller: Option<&crate::model::Workload>,
+    out: &mut Explanation,
+) {
+    let mut destinations: Vec<(&crate::model::Workload, u16)> = Vec::new();
+    for b in &out.backends {
+        let Some(svc) = mesh.service(&b.service) else {
+            continue;
+        };
+        let port = b.port.unwrap_or(req.port);
+        let target = svc.port(port).map_or(port, |p| p.target_port);
+        for key in out.endpoints.values().flatten() {
+            let found = mesh
+                .workloads
+                .iter()
+                .find(|w| format!("{}.{}", w.name, w.namespace) == *key && w.selected_by(&svc.selector));
+            if let Some(w) = found {
+                if !destinations
+                    .iter()
+                    .any(|(d, p)| std::ptr::eq(*d, w) && *p == target)
+                {
+                    destinations.push((w, target));
+                }
+            }
+        }
+    }
+    let Some((first, first_port)) = destinations.first().copied() else {
+        return;
+    };
+    let (mode, ports) = authz::mtls_for(mesh, &first.namespace, &first.labels);
+    out.mtls.mode = mode_name(ports.get(&first_port).copied().unwrap_or(mode));
+
+    let principal = caller.and_then(|w| {
+        SpiffeId::new(DEFAULT_TRUST_DOMAIN, &w.namespace, &w.service_account)
+            .ok()
+            .map(|id| id.to_string())
+    });
+    let mut chosen: Option<authz::AuthzDecision> = None;
+    for (w, port) in &destinations {
+        let policies = authz::policies_for(mesh, &w.namespace, &w.labels);
+        if policies.is_empty() {
+            continue;
+        }
+        let d = authz::authorize(
+            &policies,
+            &authz::AuthzRequest {
+                source_principal: principal.as_deref(),
+                source_namespace: caller.map(|w| w.namespace.as_str()),
+                source_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                method: Some(&req.method),
+                path: Some(&req.path),
+                host: Some(&req.host),
+                port: *port,
+                headers: &req.headers,
+            },
+        );
+        let deny = !d.allowed;
+        if chosen.is_none() || deny {
+            chosen = Some(d);
+        }
+        if deny {
+            break;
+        }
+    }
+    let Some(d) = chosen else { return };
+    if !d.allowed && out.decision == "route" {
+        out.decision = "deny";
+    }
+    let (namespace, name) = d.policy.clone().unzip();
+    out.authorization = Some(serde_json::json!({
+        "allowed": d.allowed,
+        "action": match d.action {
+            Some(AuthzAction::Deny) => "DENY",
+            _ => "ALLOW",
+        },
+        "kind": "AuthorizationPolicy",
+        "namespace": namespace,
+        "name": name,
+        "rule": d.rule,
+    }));
+}
+
+fn mode_name(mode: MtlsMode) -> &'static str {
+    match mode {
+        MtlsMode::Strict => "STRICT",
+        MtlsMode::Permissive => "PERMISSIVE",
+        MtlsMode::Disable => "DISABLE",
+    }
 }
 
 /// The workloads behind a backend: selected by its service and, for a subset, by the
@@ -275,5 +374,89 @@ mod tests {
         ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }
+    }
+
+    const SECURED: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080, targetPort: 9081}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: reviews-v1}
+spec: {labels: {app: reviews}, serviceAccount: reviews, ports: [{port: 9081}]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: productpage-v1}
+spec: {labels: {app: productpage}, serviceAccount: bookinfo-productpage}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: ratings-v1}
+spec: {labels: {app: ratings}, serviceAccount: ratings}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  portLevelMtls: {"9081": {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-viewer}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/bookinfo-productpage]}}]
+    to: [{operation: {methods: [GET]}}]
+"#;
+
+    fn secured(from: &str, method: &str) -> Explanation {
+        let mut loaded = crate::resources::Loaded::default();
+        crate::resources::parse_file("m.yaml", SECURED, &mut loaded);
+        let t = crate::translate::translate(&loaded.documents);
+        assert!(t.findings.is_empty(), "{:?}", t.findings);
+        let req = ExplainRequest {
+            method: method.into(),
+            host: "reviews".into(),
+            port: 9080,
+            path: "/reviews/1".into(),
+            query: None,
+            headers: BTreeMap::new(),
+            from: Some((from.into(), "default".into())),
+        };
+        explain(&t.mesh, &req)
+    }
+
+    #[test]
+    fn authorization_and_mtls_of_the_destination_workload() {
+        let e = secured("productpage-v1", "GET");
+        assert_eq!(e.decision, "route");
+        assert_eq!(
+            serde_json::to_value(&e.authorization).expect("json"),
+            serde_json::json!({"allowed": true, "action": "ALLOW", "kind": "AuthorizationPolicy",
+                "namespace": "default", "name": "reviews-viewer", "rule": 0})
+        );
+        // The port-level mode of the target port beats the mesh-wide STRICT.
+        assert_eq!(e.mtls.mode, "PERMISSIVE");
+
+        let e = secured("ratings-v1", "GET");
+        assert_eq!(e.decision, "deny");
+        assert_eq!(
+            serde_json::to_value(&e.authorization).expect("json"),
+            serde_json::json!({"allowed": false, "action": "ALLOW", "kind": "AuthorizationPolicy",
+                "namespace": null, "name": null, "rule": null})
+        );
+        assert_eq!(secured("productpage-v1", "DELETE").decision, "deny");
     }
 }

@@ -7,6 +7,7 @@
 //!   (`proto/weft/identity.proto`, package `weft.identity.v1`, in `proto::identity`).
 //! - [`identity`]: workload identities (SPIFFE IDs), parsed and printed.
 
+pub mod authz;
 pub mod explain;
 pub mod finding;
 pub mod identity;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::proxy_config::{LoadBalancer, Protocol, ProxyConfig};
+use crate::proxy_config::{AuthzPolicy, LoadBalancer, MtlsMode, Protocol, ProxyConfig};
 use crate::route::{Origin, Rule};
 
 /// Everything the documents say about the mesh.
@@ -19,6 +19,34 @@ pub struct Mesh {
     pub routes: Vec<HostRoutes>,
     /// Subsets and traffic policy per host (Istio DestinationRule).
     pub destinations: Vec<DestinationPolicy>,
+    /// mTLS modes (Istio PeerAuthentication), in document order.
+    pub peer_authentications: Vec<PeerAuthentication>,
+    /// Authorization (Istio AuthorizationPolicy), in document order.
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+}
+
+/// Istio `PeerAuthentication`: the mTLS mode of the workloads it selects. `None` modes are
+/// `UNSET` (inherit from the less specific level).
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerAuthentication {
+    pub name: String,
+    pub namespace: String,
+    /// `selector.matchLabels`; None: the whole namespace (the whole mesh in a root namespace).
+    pub selector: Option<BTreeMap<String, String>>,
+    pub mode: Option<MtlsMode>,
+    /// `portLevelMtls`: workload (target) port -> mode.
+    pub port_level: BTreeMap<u16, Option<MtlsMode>>,
+    pub origin: Origin,
+}
+
+/// Istio `AuthorizationPolicy` with `ALLOW` or `DENY` (AUDIT and CUSTOM are reported and left
+/// out): the compiled form a proxy runs, plus whom it applies to.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthorizationPolicy {
+    /// `selector.matchLabels`; None: the whole namespace (the whole mesh in a root namespace).
+    pub selector: Option<BTreeMap<String, String>>,
+    pub policy: AuthzPolicy,
+    pub origin: Origin,
 }
 
 /// A service: a stable name in front of the workloads its selector picks.

@@ -11,8 +11,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+mod authz;
 mod load;
 mod validate;
+
+pub use authz::{AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource};
 
 pub use load::{ConfigError, Problem};
 pub use validate::split_host;
@@ -136,6 +139,10 @@ pub struct Inbound {
     /// `PERMISSIVE`.
     #[serde(default)]
     pub mtls: MtlsMode,
+    /// The authorization policies that apply to this workload (Istio `AuthorizationPolicy`),
+    /// checked on every inbound request and connection. Empty: everything is allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization: Vec<AuthzPolicy>,
 }
 
 /// Istio's `PeerAuthentication` `mtls.mode`, as it applies to the mesh port.
@@ -171,6 +178,9 @@ pub struct InboundListener {
     /// here). Default: none.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// This port's mTLS mode (PeerAuthentication `portLevelMtls`); overrides `Inbound.mtls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MtlsMode>,
 }
 
 /// Traffic the workload sends.
@@ -350,6 +360,23 @@ impl MeshService {
     }
 }
 
+impl Inbound {
+    /// The mTLS mode of an app port: its listener's own mode, else the workload's. `port` may
+    /// be the declared port or the port the app really listens on.
+    pub fn mtls_for(&self, port: u16) -> MtlsMode {
+        self.listeners
+            .iter()
+            .find(|l| l.port == port)
+            .or_else(|| {
+                self.listeners
+                    .iter()
+                    .find(|l| l.app.is_some_and(|a| a.port() == port))
+            })
+            .and_then(|l| l.mtls)
+            .unwrap_or(self.mtls)
+    }
+}
+
 impl Protocol {
     /// Ports whose protocol speaks first from the server: never wait for the client's bytes.
     pub const SERVER_FIRST_PORTS: [u16; 7] = [25, 587, 3306, 5432, 6379, 11211, 27017];
@@ -458,6 +485,7 @@ impl Default for Inbound {
             capture: None,
             listeners: Vec::new(),
             mtls: MtlsMode::default(),
+            authorization: Vec::new(),
         }
     }
 }

@@ -6,6 +6,7 @@
 mod core;
 pub mod gateway_api;
 mod istio;
+pub mod security;
 pub mod smi;
 
 use crate::finding::{codes, Finding};
@@ -32,16 +33,6 @@ const NOT_YET: &[(&str, &str, &str)] = &[
         "networking.istio.io",
         "ServiceEntry",
         "external services arrive with the egress issue",
-    ),
-    (
-        "security.istio.io",
-        "PeerAuthentication",
-        "mTLS modes arrive with the identity issue",
-    ),
-    (
-        "security.istio.io",
-        "AuthorizationPolicy",
-        "authorization arrives with the identity issue",
     ),
     (
         "security.istio.io",
@@ -105,6 +96,16 @@ const TRANSLATORS: &[(&str, &str, Translator)] = &[
         gateway_api::translate_grpc_route,
     ),
     ("split.smi-spec.io", "TrafficSplit", smi::translate_traffic_split),
+    (
+        "security.istio.io",
+        "PeerAuthentication",
+        security::peer_authentication,
+    ),
+    (
+        "security.istio.io",
+        "AuthorizationPolicy",
+        security::authorization_policy,
+    ),
 ];
 
 /// Translates every document, in order.
@@ -165,7 +166,7 @@ mod tests {
         let mut loaded = Loaded::default();
         parse_file(
             "m.yaml",
-            "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default}\nspec: {}\n",
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: default}\nspec: {}\n",
             &mut loaded,
         );
         let t = translate(&loaded.documents);

@@ -9,6 +9,7 @@ use serde_json::Value;
 const VARIANTS: &[&str] = &[
     "80-20",
     "all-v1",
+    "authz",
     "fault-abort",
     "fault-delay",
     "gateway-api-80-20",
@@ -296,4 +297,20 @@ fn demo_app_and_load_commands() {
     let (code, _, stderr) = run(weft().args(["demo-app", "reviews", "--version", "v9", "--port", "1"]));
     assert_ne!(code, 0);
     assert!(stderr.contains("v1, v2 or v3"), "{stderr}");
+}
+
+#[test]
+fn authz_lets_each_service_hear_only_its_callers() {
+    let dir = running_dir(Some("authz"));
+    let url = "http://reviews:9080/reviews/0";
+    let ok = explain(&dir.0, "productpage-v1", url, None);
+    assert_eq!(ok["decision"], "route", "{ok}");
+    assert_eq!(ok["authorization"]["allowed"], true, "{ok}");
+    assert_eq!(ok["authorization"]["name"], "reviews-viewer", "{ok}");
+    assert_eq!(ok["mtls"]["mode"], "PERMISSIVE", "{ok}");
+    let denied = explain(&dir.0, "ratings-v1", url, None);
+    assert_eq!(denied["decision"], "deny", "{denied}");
+    assert_eq!(denied["authorization"]["allowed"], false, "{denied}");
+    let ratings = explain(&dir.0, "reviews-v2", "http://ratings:9080/ratings/0", None);
+    assert_eq!(ratings["authorization"]["name"], "ratings-viewer", "{ratings}");
 }

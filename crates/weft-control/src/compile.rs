@@ -264,6 +264,14 @@ pub fn compile_local(mesh: &Mesh, registry: &Registry, proxy: &ProxyRef) -> Comp
         }
     }
     config.inbound.listeners = inbound_listeners(mesh, workload, instance);
+    // PeerAuthentication and AuthorizationPolicy for this workload.
+    let (ns, labels) = (config.workload.namespace.clone(), config.workload.labels.clone());
+    let (mtls, port_mtls) = weft_api::authz::mtls_for(mesh, &ns, &labels);
+    config.inbound.mtls = mtls;
+    for l in &mut config.inbound.listeners {
+        l.mtls = port_mtls.get(&l.port).copied();
+    }
+    config.inbound.authorization = weft_api::authz::policies_for(mesh, &ns, &labels);
     Compiled { config, errors }
 }
 
@@ -312,6 +320,7 @@ fn inbound_listeners(mesh: &Mesh, workload: Option<&Workload>, instance: &Instan
             )),
             protocol,
             listen: None,
+            mtls: None,
         })
         .collect()
 }

@@ -5,17 +5,25 @@
 //! between proxies"). From outside the mesh it arrives on an app port (or redirected there by
 //! iptables to the capture port): detected, mesh headers stripped, passed to the app.
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, Version as HttpVersion};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use weft_api::authz::{authorize, AuthzDecision, AuthzRequest};
 use weft_api::proxy_config::{MtlsMode, Protocol};
 
-use crate::config::{InboundTarget, Shared};
+use crate::config::{InboundTarget, Shared, Snapshot};
 use crate::detect::{detect, Detected};
 use crate::forward;
 use crate::http::error::{Flag, ProxyError};
@@ -50,7 +58,20 @@ enum MeshPeer {
 pub async fn handle_mesh(shared: Arc<Shared>, mut stream: TcpStream, drain: CancellationToken) {
     let snap = shared.snapshot.load_full();
     let limits = snap.config.limits.clone();
-    let mode = snap.config.inbound.mtls;
+    // Plaintext is refused at the connection when every port is STRICT; when a port's own mode
+    // (portLevelMtls) relaxes a STRICT workload, plaintext is accepted here and refused per
+    // request for the STRICT ports (`port_refuses_plaintext`).
+    let inbound = &snap.config.inbound;
+    let mode = if inbound.mtls == MtlsMode::Strict
+        && inbound
+            .listeners
+            .iter()
+            .all(|l| l.mtls.is_none_or(|m| m == MtlsMode::Strict))
+    {
+        MtlsMode::Strict
+    } else {
+        MtlsMode::Permissive
+    };
     drop(snap);
     let detect_timeout = Duration::from_millis(limits.detect_timeout_ms);
     let (detected, prefix) = match detect(&mut stream, detect_timeout).await {
@@ -75,7 +96,14 @@ pub async fn handle_mesh(shared: Arc<Shared>, mut stream: TcpStream, drain: Canc
                     peer: Label::new(&id),
                     local: Label::new(&local),
                 };
-                serve(tls_io, Version::Http2, &limits, drain, mesh_handler(shared, peer)).await;
+                serve(
+                    tls_io,
+                    Version::Http2,
+                    &limits,
+                    drain,
+                    mesh_handler(shared, peer, remote),
+                )
+                .await;
             }
             Err(e) => {
                 shared.metrics.connection_rejected("mesh", "tls_handshake");
@@ -96,12 +124,20 @@ pub async fn handle_mesh(shared: Arc<Shared>, mut stream: TcpStream, drain: Canc
             trusted: tls.is_none(),
         }
     };
-    serve(io, Version::Http2, &limits, drain, mesh_handler(shared, peer)).await;
+    serve(
+        io,
+        Version::Http2,
+        &limits,
+        drain,
+        mesh_handler(shared, peer, remote),
+    )
+    .await;
 }
 
 fn mesh_handler(
     shared: Arc<Shared>,
     peer: MeshPeer,
+    remote: Option<SocketAddr>,
 ) -> impl Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>
        + Send
        + Sync
@@ -110,7 +146,7 @@ fn mesh_handler(
     move |req: Request<Incoming>| {
         let shared = shared.clone();
         let peer = peer.clone();
-        Box::pin(async move { mesh_request(&shared, &peer, req).await })
+        Box::pin(async move { mesh_request(&shared, &peer, remote, req).await })
     }
 }
 
@@ -134,7 +170,12 @@ fn mesh_source(peer: &MeshPeer, header: Option<&str>) -> Peer {
     }
 }
 
-async fn mesh_request(shared: &Shared, peer: &MeshPeer, mut req: Request<Incoming>) -> Response<Body> {
+async fn mesh_request(
+    shared: &Arc<Shared>,
+    peer: &MeshPeer,
+    remote: Option<SocketAddr>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let snap = shared.snapshot.load_full();
     let headers = req.headers();
     let source = mesh_source(
@@ -158,8 +199,9 @@ async fn mesh_request(shared: &Shared, peer: &MeshPeer, mut req: Request<Incomin
     if let Some(svc) = headers.get(mesh_headers::SERVICE).and_then(|v| v.to_str().ok()) {
         meta.set_service_from_header(svc);
     }
+    let who = Caller::of(peer, remote);
     if req.method() == Method::CONNECT {
-        return mesh_connect(shared, req, meta).await;
+        return mesh_connect(shared, req, meta, &who).await;
     }
     let port = headers
         .get(mesh_headers::TARGET_PORT)
@@ -176,6 +218,17 @@ async fn mesh_request(shared: &Shared, peer: &MeshPeer, mut req: Request<Incomin
             "no inbound listener for port {port}"
         )));
     };
+    if port_refuses_plaintext(&snap, &who, port) {
+        shared.metrics.connection_rejected("mesh", "plaintext_strict");
+        return meta.fail(&ProxyError::bad_request(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("plaintext request for port {port} refused (mTLS STRICT on this port)"),
+        ));
+    }
+    if let Err(d) = check(&snap, &who, port, Some(&req)) {
+        return meta.fail(&denied(&d));
+    }
+    let headers = req.headers();
     let orig_h1 = headers.contains_key(mesh_headers::ORIG_PROTO);
     // The app gets the protocol the client spoke; an HTTP/2 request for an app declared as
     // HTTP/1 (and not gRPC) is handed over as HTTP/1.1.
@@ -187,22 +240,42 @@ async fn mesh_request(shared: &Shared, peer: &MeshPeer, mut req: Request<Incomin
 }
 
 /// A CONNECT stream from a peer: TCP (or an upgraded HTTP/1 connection) for an app port.
-async fn mesh_connect(shared: &Shared, mut req: Request<Incoming>, meta: RequestMeta) -> Response<Body> {
+async fn mesh_connect(
+    shared: &Arc<Shared>,
+    mut req: Request<Incoming>,
+    meta: RequestMeta,
+    who: &Caller,
+) -> Response<Body> {
     let snap = shared.snapshot.load_full();
     let port = req.uri().authority().and_then(|a| a.port_u16());
-    let Some(target) = port.and_then(|p| snap.inbound(p)) else {
+    let Some((port, target)) = port.and_then(|p| Some((p, snap.inbound(p)?))) else {
         let e = ProxyError::no_route(format!("no inbound listener for CONNECT {}", req.uri()));
         return meta.fail(&e);
     };
+    // Refused streams are answered with a status (the peer closes its client's connection)
+    // and counted as TCP connections with their flag.
+    if port_refuses_plaintext(&snap, who, port) {
+        shared.metrics.connection_rejected("mesh", "plaintext_strict");
+        tracing::info!(port, "plaintext CONNECT refused (mTLS STRICT on this port)");
+        return refused_stream(&meta, "DPE", StatusCode::SERVICE_UNAVAILABLE);
+    }
+    if let Err(d) = check(&snap, who, port, None) {
+        tracing::info!(port, flags = "RBAC", policy = %d.describe(), "TCP connection denied by authorization policy");
+        return refused_stream(&meta, "RBAC", StatusCode::FORBIDDEN);
+    }
     let app = match shared.pools.connect_tcp(target.app).await {
         Ok(s) => s,
         Err(e) => return meta.fail(&forward::connect_error(e)),
     };
     let idle = Duration::from_millis(snap.config.limits.idle_timeout_ms);
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let revoked = until_revoked(shared.clone(), who.clone(), port);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => crate::tcp::relay(TokioIo::new(upgraded), app, idle, &meta, "-").await,
+            Ok(upgraded) => {
+                let client = Revocable::new(TokioIo::new(upgraded), revoked);
+                crate::tcp::relay(client, app, idle, &meta, "-").await
+            }
             Err(e) => tracing::debug!(error = %e, "CONNECT stream ended before upgrade"),
         }
     });
@@ -229,6 +302,14 @@ pub async fn handle_app_port(
         shared.metrics.connection_rejected("inbound", "no_listener");
         return;
     };
+    let remote = stream.peer_addr().ok();
+    if snap.config.inbound.mtls_for(port) == MtlsMode::Strict {
+        // Only mesh traffic is accepted under STRICT, and it arrives on the mesh port.
+        shared.metrics.connection_rejected("inbound", "plaintext_strict");
+        tracing::warn!(?remote, port, "connection on an app port refused (mTLS STRICT)");
+        return;
+    }
+    let who = Caller::of(&MeshPeer::Plaintext { trusted: false }, remote);
     let limits = snap.config.limits.clone();
     let (detected, prefix) = if target.protocol.skips_detection(port) {
         (Detected::Opaque, bytes::Bytes::new())
@@ -251,9 +332,17 @@ pub async fn handle_app_port(
                 snap.local.clone(),
                 false,
             );
+            if let Err(d) = check(&snap, &who, port, None) {
+                tracing::info!(?remote, port, flags = "RBAC", policy = %d.describe(), "TCP connection denied by authorization policy");
+                let labels = meta.tcp_labels("RBAC");
+                shared.metrics.tcp_opened(&labels);
+                shared.metrics.tcp_closed(&labels, 0, 0);
+                return;
+            }
             match shared.pools.connect_tcp(target.app).await {
                 Ok(app) => {
                     let idle = Duration::from_millis(limits.idle_timeout_ms);
+                    let io = Revocable::new(io, until_revoked(shared.clone(), who, port));
                     crate::tcp::relay(io, app, idle, &meta, "-").await;
                 }
                 Err(e) => {
@@ -266,7 +355,8 @@ pub async fn handle_app_port(
     drop(snap);
     let handler = move |req: Request<Incoming>| {
         let shared = shared.clone();
-        async move { outside_request(&shared, target, req).await }
+        let who = who.clone();
+        async move { outside_request(&shared, target, port, &who, req).await }
     };
     serve(io, version, &limits, drain, handler).await;
 }
@@ -274,6 +364,8 @@ pub async fn handle_app_port(
 async fn outside_request(
     shared: &Shared,
     target: InboundTarget,
+    port: u16,
+    who: &Caller,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let snap = shared.snapshot.load_full();
@@ -288,7 +380,209 @@ async fn outside_request(
         return close_after(meta.fail(&e));
     }
     strip_mesh(req.headers_mut());
+    if let Err(d) = check(&snap, who, port, Some(&req)) {
+        return meta.fail(&denied(&d));
+    }
     to_app(shared, target, req, meta).await
+}
+
+/// Who is calling, as authorization sees it: the certificate's identity (never a header).
+#[derive(Debug, Clone)]
+struct Caller {
+    principal: Option<String>,
+    namespace: Option<String>,
+    ip: IpAddr,
+    mtls: bool,
+}
+
+impl Caller {
+    fn of(peer: &MeshPeer, remote: Option<SocketAddr>) -> Self {
+        let ip = remote.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        match peer {
+            MeshPeer::Mtls { peer, .. } => Self {
+                principal: Some(peer.0.to_string()),
+                namespace: crate::tls::spiffe_namespace(&peer.0).map(str::to_string),
+                ip,
+                mtls: true,
+            },
+            MeshPeer::Plaintext { .. } => Self {
+                principal: None,
+                namespace: None,
+                ip,
+                mtls: false,
+            },
+        }
+    }
+}
+
+/// The port as the mesh declares it (policies name declared ports; peers may name the port
+/// the app really listens on).
+fn declared_port(snap: &Snapshot, port: u16) -> u16 {
+    let listeners = &snap.config.inbound.listeners;
+    if listeners.iter().any(|l| l.port == port) {
+        return port;
+    }
+    listeners
+        .iter()
+        .find(|l| l.app.is_some_and(|a| a.port() == port))
+        .map_or(port, |l| l.port)
+}
+
+/// A plaintext mesh request or stream for a port whose own mode is STRICT. (A workload-wide
+/// STRICT with no relaxed port already refused the connection in `handle_mesh`.) Refused per
+/// request, 503 with flag `DPE`: the peer should have spoken mTLS; one HTTP/2 connection
+/// may carry requests for other, PERMISSIVE ports.
+fn port_refuses_plaintext(snap: &Snapshot, who: &Caller, port: u16) -> bool {
+    !who.mtls && snap.config.inbound.mtls_for(port) == MtlsMode::Strict
+}
+
+/// Runs the workload's authorization policies; `req` None for a TCP connection.
+fn check(
+    snap: &Snapshot,
+    who: &Caller,
+    port: u16,
+    req: Option<&Request<Incoming>>,
+) -> Result<(), AuthzDecision> {
+    let policies = &snap.config.inbound.authorization;
+    if policies.is_empty() {
+        return Ok(());
+    }
+    let mut headers = BTreeMap::new();
+    if let Some(r) = req {
+        for (name, value) in r.headers() {
+            if let Ok(v) = value.to_str() {
+                headers
+                    .entry(name.as_str().to_string())
+                    .or_insert_with(|| v.to_string());
+            }
+        }
+    }
+    let host = req.and_then(|r| {
+        r.uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| headers.get("host").cloned())
+    });
+    let decision = authorize(
+        policies,
+        &AuthzRequest {
+            source_principal: who.principal.as_deref(),
+            source_namespace: who.namespace.as_deref(),
+            source_ip: who.ip,
+            method: req.map(|r| r.method().as_str()),
+            path: req.map(|r| r.uri().path()),
+            host: host.as_deref(),
+            port: declared_port(snap, port),
+            headers: &headers,
+        },
+    );
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(decision)
+    }
+}
+
+fn denied(d: &AuthzDecision) -> ProxyError {
+    ProxyError::unauthorized(format!("RBAC: access denied ({})", d.describe()))
+}
+
+/// A CONNECT stream refused before it opened: counted as a TCP connection with `flags`.
+fn refused_stream(meta: &RequestMeta, flags: &'static str, status: StatusCode) -> Response<Body> {
+    let labels = meta.tcp_labels(flags);
+    meta.metrics().tcp_opened(&labels);
+    meta.metrics().tcp_closed(&labels, 0, 0);
+    let mut resp = Response::new(crate::http::empty());
+    *resp.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(flags) {
+        resp.headers_mut().insert(crate::http::error::FLAGS_HEADER, v);
+    }
+    resp
+}
+
+/// How often an open TCP connection looks for a new config to check itself against.
+const RECHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Completes when a config pushed after the connection opened no longer allows it
+/// (shared/ARCHITECTURE.md, "State that outlives a push": open connections are checked again).
+fn until_revoked(shared: Arc<Shared>, who: Caller, port: u16) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let mut seen = shared.snapshot.load_full();
+        loop {
+            tokio::time::sleep(RECHECK_EVERY).await;
+            let now = shared.snapshot.load_full();
+            if Arc::ptr_eq(&now, &seen) {
+                continue;
+            }
+            seen = now;
+            if port_refuses_plaintext(&seen, &who, port) {
+                tracing::info!(port, principal = ?who.principal, "open plaintext connection closed: the port is now mTLS STRICT");
+                return;
+            }
+            if let Err(d) = check(&seen, &who, port, None) {
+                tracing::info!(port, principal = ?who.principal, flags = "RBAC", policy = %d.describe(), "open TCP connection closed: no longer authorized");
+                return;
+            }
+        }
+    })
+}
+
+/// A client stream that fails (and so ends its relay) once `revoked` completes.
+struct Revocable<T> {
+    inner: T,
+    revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
+    done: bool,
+}
+
+impl<T> Revocable<T> {
+    fn new(inner: T, revoked: Pin<Box<dyn Future<Output = ()> + Send>>) -> Self {
+        Self {
+            inner,
+            revoked,
+            done: false,
+        }
+    }
+
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.done && self.revoked.as_mut().poll(cx).is_ready() {
+            self.done = true;
+        }
+        if self.done {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "authorization revoked",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Revocable<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Revocable<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 async fn to_app(
@@ -313,3 +607,6 @@ async fn to_app(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -198,6 +198,7 @@ impl InstancePlan {
                 mesh: local(self.sidecar.mesh),
                 capture: None,
                 mtls: Default::default(),
+                authorization: Vec::new(),
                 listeners: self
                     .app_ports
                     .iter()
@@ -206,6 +207,7 @@ impl InstancePlan {
                         app: Some(local(*actual)),
                         protocol: Default::default(),
                         listen: self.sidecar.front.get(declared).map(|p| local(*p)),
+                        mtls: None,
                     })
                     .collect(),
             },

@@ -84,6 +84,7 @@ fn server_sidecar(name: &str, version: &str, app: SocketAddr) -> ProxyConfig {
         app: Some(app),
         protocol: Protocol::Http,
         listen: None,
+        mtls: None,
     }];
     config.outbound.listen = None;
     config

@@ -148,6 +148,18 @@ fn print_text(e: &Explanation) {
     if let Some(d) = &e.direct_response {
         println!("response:  {} {}", d.status, d.body.as_deref().unwrap_or(""));
     }
+    if let Some(a) = &e.authorization {
+        let by = match (a["namespace"].as_str(), a["name"].as_str()) {
+            (Some(ns), Some(name)) => format!(" by AuthorizationPolicy {ns}/{name} rule {}", a["rule"]),
+            _ => " (no ALLOW policy matched)".into(),
+        };
+        let verdict = if a["allowed"].as_bool() == Some(true) {
+            "allowed"
+        } else {
+            "denied"
+        };
+        println!("authz:     {verdict}{by}");
+    }
     println!("mtls:      {}", e.mtls.mode);
     for err in &e.errors {
         println!("error:     {err}");

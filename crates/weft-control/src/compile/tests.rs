@@ -160,6 +160,7 @@ fn bookinfo() -> (Mesh, Registry) {
                 },
             ],
         }],
+        ..Default::default()
     };
     let mut registry = Registry::load(None).expect("registry");
     registry.upsert(instance("reviews-v2-0", &reviews_v2, 19082, 15082));
@@ -607,4 +608,64 @@ fn duplicate_and_portless_services_are_left_out_with_an_error() {
     // The first definition (selector app=reviews) won.
     assert_eq!(set(&out.config, "reviews", None).endpoints.len(), 2);
     assert!(out.config.validate().is_empty());
+}
+
+#[test]
+fn peer_authentication_and_authorization_reach_the_inbound_side() {
+    use weft_api::model::{AuthorizationPolicy, PeerAuthentication};
+    use weft_api::proxy_config::{AuthzAction, AuthzPolicy, MtlsMode};
+    let (mut mesh, mut registry) = bookinfo();
+    // No policy: PERMISSIVE everywhere, nothing to check.
+    let c = compile(&mesh, &mut registry, &productpage()).config;
+    assert_eq!(c.inbound.mtls, MtlsMode::Permissive);
+    assert!(c.inbound.authorization.is_empty());
+    assert_eq!(c.inbound.listeners[0].mtls, None);
+
+    let pa =
+        |ns: &str, selector: Option<&[(&str, &str)]>, mode, ports: &[(u16, MtlsMode)]| PeerAuthentication {
+            name: "pa".into(),
+            namespace: ns.into(),
+            selector: selector.map(labels),
+            mode,
+            port_level: ports.iter().map(|(p, m)| (*p, Some(*m))).collect(),
+            origin: origin("PeerAuthentication", "pa"),
+        };
+    mesh.peer_authentications = vec![
+        pa("weft-system", None, Some(MtlsMode::Strict), &[]),
+        pa(
+            NS,
+            Some(&[("app", "productpage")]),
+            None,
+            &[(9080, MtlsMode::Permissive)],
+        ),
+    ];
+    let ap = |ns: &str, name: &str, selector: Option<&[(&str, &str)]>, action| AuthorizationPolicy {
+        selector: selector.map(labels),
+        policy: AuthzPolicy {
+            name: name.into(),
+            namespace: ns.into(),
+            action,
+            rules: Vec::new(),
+        },
+        origin: Origin {
+            namespace: ns.into(),
+            ..origin("AuthorizationPolicy", name)
+        },
+    };
+    mesh.authorization_policies = vec![
+        ap(
+            NS,
+            "reviews-only",
+            Some(&[("app", "reviews")]),
+            AuthzAction::Allow,
+        ),
+        ap(NS, "ns-deny", None, AuthzAction::Deny),
+        ap("weft-system", "mesh-deny", None, AuthzAction::Deny),
+        ap("shop", "elsewhere", None, AuthzAction::Deny),
+    ];
+    let c = compile(&mesh, &mut registry, &productpage()).config;
+    assert_eq!(c.inbound.mtls, MtlsMode::Strict);
+    assert_eq!(c.inbound.listeners[0].mtls, Some(MtlsMode::Permissive));
+    let names: Vec<_> = c.inbound.authorization.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["ns-deny", "mesh-deny"]);
 }

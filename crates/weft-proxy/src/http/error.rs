@@ -31,6 +31,8 @@ pub enum Flag {
     BadRequest,
     /// A fault-injection rule aborted the request.
     FaultInjected,
+    /// An authorization policy denied the request or connection (Envoy's RBAC filter).
+    Unauthorized,
 }
 
 /// An error the proxy answers itself.
@@ -60,6 +62,7 @@ impl Flag {
             Flag::Passthrough => "PT",
             Flag::BadRequest => "DPE",
             Flag::FaultInjected => "FI",
+            Flag::Unauthorized => "RBAC",
         }
     }
 
@@ -70,6 +73,7 @@ impl Flag {
             Flag::NoRoute => 12,             // UNIMPLEMENTED
             Flag::BadRequest => 13,          // INTERNAL
             Flag::DownstreamTerminated => 1, // CANCELLED
+            Flag::Unauthorized => 7,         // PERMISSION_DENIED
             _ => 14,                         // UNAVAILABLE
         }
     }
@@ -102,6 +106,11 @@ impl ProxyError {
 
     pub fn no_route(message: impl Into<String>) -> Self {
         Self::new(Flag::NoRoute, StatusCode::NOT_FOUND, message)
+    }
+
+    /// An authorization policy said no: 403 (gRPC: PERMISSION_DENIED), flag `RBAC`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(Flag::Unauthorized, StatusCode::FORBIDDEN, message)
     }
 
     pub fn bad_request(status: StatusCode, message: impl Into<String>) -> Self {
@@ -166,6 +175,19 @@ mod tests {
         let r = e.to_response(false);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[ERROR_HEADER], "no endpoints for reviews");
+    }
+
+    #[test]
+    fn authorization_denials_are_403_rbac_or_grpc_permission_denied() {
+        let e = ProxyError::unauthorized("RBAC: access denied");
+        let r = e.to_response(false);
+        assert_eq!(
+            (r.status(), &r.headers()[FLAGS_HEADER]),
+            (StatusCode::FORBIDDEN, &HeaderValue::from_static("RBAC"))
+        );
+        let r = e.to_response(true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "7");
     }
 
     #[test]

@@ -1,0 +1,340 @@
+//! Authorization and mTLS modes: which policies apply to a workload, and the pure decision a
+//! proxy runs on every inbound request and connection (and `weft explain` runs on paper).
+//!
+//! Istio semantics:
+//! - DENY policies first: any matching rule denies. Then, if the workload has any ALLOW
+//!   policy, only a request some ALLOW rule matches is allowed. No policy: allowed.
+//! - An ALLOW policy without rules (`spec: {}`) matches nothing, so it denies everything; a
+//!   rule `{}` matches every request.
+//! - HTTP-only fields (methods, paths, hosts and their `not*`, `request.headers[...]`
+//!   conditions) on a TCP connection (`method: None`), as Istio's "Authorization for TCP
+//!   traffic" documents: in an ALLOW rule they make the whole rule never match (so the
+//!   connection is denied unless another rule allows it); in a DENY rule they are ignored and
+//!   the rest of the rule still applies (more restrictive: a DENY on `methods: [GET]` for a
+//!   TCP port denies every connection to it).
+//! - String matching: exact, prefix `abc*`, suffix `*abc`, and `*` (any non-empty value).
+//!   Principals compare without the `spiffe://` scheme, so `cluster.local/ns/default/sa/x` as
+//!   Istio writes it and the full URI are the same.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::model::{Mesh, PeerAuthentication};
+use crate::proxy_config::{
+    AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, MtlsMode,
+};
+
+/// Namespaces whose unselected policies apply to the whole mesh (Istio's root namespace;
+/// Weft's own namespace).
+pub const ROOT_NAMESPACES: [&str; 2] = ["istio-system", "weft-system"];
+
+/// What the decision sees of one request or connection.
+#[derive(Debug, Clone)]
+pub struct AuthzRequest<'a> {
+    /// The peer's SPIFFE ID from its certificate; None for plaintext.
+    pub source_principal: Option<&'a str>,
+    /// The namespace of that identity; None for plaintext.
+    pub source_namespace: Option<&'a str>,
+    pub source_ip: IpAddr,
+    /// None for a TCP connection.
+    pub method: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub host: Option<&'a str>,
+    /// The app port the traffic is for.
+    pub port: u16,
+    /// Lower-case header names; the first value of each.
+    pub headers: &'a BTreeMap<String, String>,
+}
+
+/// The outcome, with the policy and rule that decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuthzDecision {
+    pub allowed: bool,
+    /// The action of the deciding policy: DENY (a DENY rule matched), ALLOW (an ALLOW rule
+    /// matched, or none did while ALLOW policies exist); None without policies.
+    pub action: Option<AuthzAction>,
+    /// `(namespace, name)` of the deciding policy; None when no ALLOW rule matched.
+    pub policy: Option<(String, String)>,
+    /// Index of the matching rule in that policy.
+    pub rule: Option<usize>,
+}
+
+impl AuthzDecision {
+    /// `ns/name[rule]` for logs, or `-`.
+    pub fn describe(&self) -> String {
+        match (&self.policy, self.rule) {
+            (Some((ns, name)), Some(rule)) => format!("{ns}/{name} rule {rule}"),
+            (Some((ns, name)), None) => format!("{ns}/{name}"),
+            _ if self.action == Some(AuthzAction::Allow) => "no ALLOW policy matched".into(),
+            _ => "-".into(),
+        }
+    }
+}
+
+/// Decides one request or connection against the workload's policies.
+pub fn authorize(policies: &[AuthzPolicy], req: &AuthzRequest<'_>) -> AuthzDecision {
+    for p in policies.iter().filter(|p| p.action == AuthzAction::Deny) {
+        if let Some(i) = p.rules.iter().position(|r| rule_matches(r, req, true)) {
+            return AuthzDecision {
+                allowed: false,
+                action: Some(AuthzAction::Deny),
+                policy: Some((p.namespace.clone(), p.name.clone())),
+                rule: Some(i),
+            };
+        }
+    }
+    let mut any_allow = false;
+    for p in policies.iter().filter(|p| p.action == AuthzAction::Allow) {
+        any_allow = true;
+        if let Some(i) = p.rules.iter().position(|r| rule_matches(r, req, false)) {
+            return AuthzDecision {
+                allowed: true,
+                action: Some(AuthzAction::Allow),
+                policy: Some((p.namespace.clone(), p.name.clone())),
+                rule: Some(i),
+            };
+        }
+    }
+    AuthzDecision {
+        allowed: !any_allow,
+        action: any_allow.then_some(AuthzAction::Allow),
+        policy: None,
+        rule: None,
+    }
+}
+
+fn rule_matches(rule: &AuthzRule, req: &AuthzRequest<'_>, deny: bool) -> bool {
+    let tcp = req.method.is_none();
+    (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, req)))
+        && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, req, tcp, deny)))
+        && rule.when.iter().all(|c| condition_holds(c, req, tcp, deny))
+}
+
+fn source_matches(s: &AuthzSource, req: &AuthzRequest<'_>) -> bool {
+    let principal = req.source_principal.map(strip_scheme);
+    let principal_is = |patterns: &[String]| {
+        principal.is_some_and(|p| patterns.iter().any(|pat| string_matches(strip_scheme(pat), p)))
+    };
+    let ns_is = |patterns: &[String]| {
+        req.source_namespace
+            .is_some_and(|ns| patterns.iter().any(|pat| string_matches(pat, ns)))
+    };
+    let ip_in = |blocks: &[String]| blocks.iter().any(|b| ip_in_block(req.source_ip, b));
+    (s.principals.is_empty() || principal_is(&s.principals))
+        && (s.not_principals.is_empty() || !principal_is(&s.not_principals))
+        && (s.namespaces.is_empty() || ns_is(&s.namespaces))
+        && (s.not_namespaces.is_empty() || !ns_is(&s.not_namespaces))
+        && (s.ip_blocks.is_empty() || ip_in(&s.ip_blocks))
+        && (s.not_ip_blocks.is_empty() || !ip_in(&s.not_ip_blocks))
+}
+
+fn operation_matches(o: &AuthzOperation, req: &AuthzRequest<'_>, tcp: bool, deny: bool) -> bool {
+    let port = req.port.to_string();
+    let ports_ok = (o.ports.is_empty() || o.ports.iter().any(|p| p.trim() == port))
+        && (o.not_ports.is_empty() || !o.not_ports.iter().any(|p| p.trim() == port));
+    let http_only = !(o.methods.is_empty()
+        && o.not_methods.is_empty()
+        && o.paths.is_empty()
+        && o.not_paths.is_empty()
+        && o.hosts.is_empty()
+        && o.not_hosts.is_empty());
+    if tcp && http_only {
+        // ALLOW: the rule never matches TCP; DENY: the HTTP-only fields are ignored.
+        return deny && ports_ok;
+    }
+    let any = |patterns: &[String], value: Option<&str>, ci: bool| {
+        value.is_some_and(|v| {
+            patterns.iter().any(|p| {
+                if ci {
+                    string_matches(&p.to_ascii_lowercase(), &v.to_ascii_lowercase())
+                } else {
+                    string_matches(p, v)
+                }
+            })
+        })
+    };
+    // Hosts match the Host/:authority with or without its port, case-insensitively.
+    let host_any =
+        |patterns: &[String]| any(patterns, req.host, true) || any(patterns, req.host.map(strip_port), true);
+    ports_ok
+        && (o.methods.is_empty() || any(&o.methods, req.method, false))
+        && (o.not_methods.is_empty() || !any(&o.not_methods, req.method, false))
+        && (o.paths.is_empty() || any(&o.paths, req.path, false))
+        && (o.not_paths.is_empty() || !any(&o.not_paths, req.path, false))
+        && (o.hosts.is_empty() || host_any(&o.hosts))
+        && (o.not_hosts.is_empty() || !host_any(&o.not_hosts))
+}
+
+fn condition_holds(c: &AuthzCondition, req: &AuthzRequest<'_>, tcp: bool, deny: bool) -> bool {
+    let key = c.key.trim();
+    let value: Option<String> = if let Some(name) = header_key(key) {
+        if tcp {
+            // HTTP-only: never holds in ALLOW, ignored in DENY.
+            return deny;
+        }
+        req.headers.get(&name.to_ascii_lowercase()).cloned()
+    } else {
+        match key {
+            "source.ip" => {
+                let ip = req.source_ip;
+                let hit = |v: &[String]| v.iter().any(|b| ip_in_block(ip, b));
+                return (c.values.is_empty() || hit(&c.values))
+                    && (c.not_values.is_empty() || !hit(&c.not_values));
+            }
+            "source.namespace" => req.source_namespace.map(str::to_string),
+            "source.principal" => req.source_principal.map(|p| strip_scheme(p).to_string()),
+            "destination.port" => Some(req.port.to_string()),
+            // Keys Weft cannot evaluate (JWT claims, SNI...) never hold; the translator
+            // reported them.
+            _ => return false,
+        }
+    };
+    let principal = key == "source.principal";
+    let hit = |patterns: &[String]| {
+        value.as_deref().is_some_and(|v| {
+            patterns.iter().any(|p| {
+                let p = if principal { strip_scheme(p) } else { p.as_str() };
+                string_matches(p, v)
+            })
+        })
+    };
+    (c.values.is_empty() || hit(&c.values)) && (c.not_values.is_empty() || !hit(&c.not_values))
+}
+
+/// `request.headers[NAME]` -> `NAME`.
+pub fn header_key(key: &str) -> Option<&str> {
+    key.strip_prefix("request.headers[")?.strip_suffix(']')
+}
+
+/// The `when` keys the decision evaluates.
+pub fn supported_key(key: &str) -> bool {
+    header_key(key).is_some()
+        || matches!(
+            key,
+            "source.ip" | "source.namespace" | "source.principal" | "destination.port"
+        )
+}
+
+/// Istio's string match: exact, `prefix*`, `*suffix`, `*` (any non-empty value).
+pub fn string_matches(pattern: &str, value: &str) -> bool {
+    if pattern == "*" {
+        return !value.is_empty();
+    }
+    if let Some(prefix) = pattern.strip_suffix('*') {
+        return value.starts_with(prefix);
+    }
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        return value.ends_with(suffix);
+    }
+    pattern == value
+}
+
+fn strip_scheme(s: &str) -> &str {
+    s.strip_prefix("spiffe://").unwrap_or(s)
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split_once(']').map_or(host, |(h, _)| h);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// Whether `ip` is in `block` (`10.0.0.1` or `10.0.0.0/8`; IPv6 too).
+pub fn ip_in_block(ip: IpAddr, block: &str) -> bool {
+    let (addr, len) = match block.trim().split_once('/') {
+        Some((a, l)) => match l.parse::<u32>() {
+            Ok(l) => (a, Some(l)),
+            Err(_) => return false,
+        },
+        None => (block.trim(), None),
+    };
+    let Ok(net) = addr.parse::<IpAddr>() else {
+        return false;
+    };
+    let ip = match (ip, net) {
+        (IpAddr::V6(v6), IpAddr::V4(_)) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        _ => ip,
+    };
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let len = len.unwrap_or(32).min(32);
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let len = len.unwrap_or(128).min(128);
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
+}
+
+// === Which policies apply to a workload ===
+
+fn selects(selector: &Option<BTreeMap<String, String>>, labels: &BTreeMap<String, String>) -> bool {
+    match selector {
+        // Istio: an empty matchLabels selects every workload in the namespace.
+        Some(sel) => sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        None => true,
+    }
+}
+
+/// The AuthorizationPolicies of a workload, DENY and ALLOW, in document order: those in its
+/// namespace whose selector picks it (or without selector), and those without selector in a
+/// root namespace.
+pub fn policies_for(mesh: &Mesh, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<AuthzPolicy> {
+    mesh.authorization_policies
+        .iter()
+        .filter(|p| {
+            (p.origin.namespace == namespace && selects(&p.selector, labels))
+                || (ROOT_NAMESPACES.contains(&p.origin.namespace.as_str()) && p.selector.is_none())
+        })
+        .map(|p| p.policy.clone())
+        .collect()
+}
+
+/// The mTLS modes of a workload: its own (workload > namespace > mesh, default PERMISSIVE)
+/// and per port where a `portLevelMtls` names one. UNSET inherits from the less specific level.
+pub fn mtls_for(
+    mesh: &Mesh,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> (MtlsMode, BTreeMap<u16, MtlsMode>) {
+    let pas = &mesh.peer_authentications;
+    let root = |p: &&PeerAuthentication| ROOT_NAMESPACES.contains(&p.namespace.as_str());
+    let mesh_wide = pas.iter().filter(root).find(|p| p.selector.is_none());
+    let ns_wide = pas
+        .iter()
+        .find(|p| p.namespace == namespace && p.selector.is_none() && !root(p));
+    let workload = pas.iter().find(|p| {
+        p.namespace == namespace
+            && p.selector
+                .as_ref()
+                .is_some_and(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    });
+    let mut mode = MtlsMode::Permissive;
+    for level in [mesh_wide, ns_wide, workload].into_iter().flatten() {
+        if let Some(m) = level.mode {
+            mode = m;
+        }
+    }
+    let ports = workload
+        .map(|w| {
+            w.port_level
+                .iter()
+                .filter_map(|(port, m)| Some((*port, (*m)?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    (mode, ports)
+}
+
+#[cfg(test)]
+mod tests;

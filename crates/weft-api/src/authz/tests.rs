@@ -1,0 +1,239 @@
+//! Decision tables from Istio's authorization docs (HTTP traffic, TCP traffic, explicit deny).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::*;
+use crate::proxy_config::AuthzPolicy;
+
+const PRODUCTPAGE: &str = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage";
+const SLEEP: &str = "spiffe://cluster.local/ns/foo/sa/sleep";
+
+/// A policy written as in Istio (`from[].source`, `to[].operation`), in its compiled form.
+fn policy(mut istio: serde_json::Value) -> AuthzPolicy {
+    let rules = istio.get_mut("rules").and_then(|r| r.as_array_mut());
+    for rule in rules.into_iter().flatten() {
+        for (list, wrapper) in [("from", "source"), ("to", "operation")] {
+            let items = rule.get_mut(list).and_then(|l| l.as_array_mut());
+            for item in items.into_iter().flatten() {
+                *item = item[wrapper].take();
+            }
+        }
+    }
+    serde_json::from_value(istio).expect("policy")
+}
+
+struct Req {
+    principal: Option<&'static str>,
+    ip: &'static str,
+    method: Option<&'static str>,
+    path: &'static str,
+    port: u16,
+    headers: &'static [(&'static str, &'static str)],
+}
+
+const fn http(principal: Option<&'static str>, method: &'static str, path: &'static str) -> Req {
+    Req {
+        principal,
+        ip: "10.0.0.7",
+        method: Some(method),
+        path,
+        port: 9080,
+        headers: &[],
+    }
+}
+
+fn decide(policies: &[AuthzPolicy], r: &Req) -> AuthzDecision {
+    let headers: BTreeMap<String, String> = r
+        .headers
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+    let ns = r
+        .principal
+        .and_then(|p| p.split("/ns/").nth(1)?.split('/').next());
+    let ip: IpAddr = r.ip.parse().expect("ip");
+    authorize(
+        policies,
+        &AuthzRequest {
+            source_principal: r.principal,
+            source_namespace: ns,
+            source_ip: ip,
+            method: r.method,
+            path: r.method.map(|_| r.path),
+            host: r.method.map(|_| "reviews.default.svc.cluster.local:9080"),
+            port: r.port,
+            headers: &headers,
+        },
+    )
+}
+
+#[test]
+fn no_policy_allows_everything() {
+    let d = decide(&[], &http(None, "GET", "/"));
+    assert!(d.allowed);
+    assert_eq!(d.action, None);
+}
+
+#[test]
+fn allow_nothing_denies_everything() {
+    // `spec: {}`: an ALLOW policy with no rules.
+    let p = [policy(
+        serde_json::json!({"name": "allow-nothing", "namespace": "default"}),
+    )];
+    let d = decide(&p, &http(Some(PRODUCTPAGE), "GET", "/"));
+    assert!(!d.allowed);
+    assert_eq!(d.action, Some(AuthzAction::Allow));
+    assert_eq!(d.policy, None);
+    // `rules: [{}]` allows everything.
+    let p = [policy(serde_json::json!({"name": "allow-all", "rules": [{}]}))];
+    assert!(decide(&p, &http(None, "POST", "/x")).allowed);
+}
+
+#[test]
+fn allow_table_from_the_http_task() {
+    // Istio "Authorization for HTTP traffic": only productpage may GET reviews.
+    let p = [policy(serde_json::json!({
+        "name": "reviews-viewer",
+        "rules": [{
+            "from": [{"source": {"principals": ["spiffe://cluster.local/ns/default/sa/bookinfo-productpage"]}}],
+            "to": [{"operation": {"methods": ["GET"]}}],
+        }],
+    }))];
+    let cases: &[(Req, bool)] = &[
+        (http(Some(PRODUCTPAGE), "GET", "/reviews/1"), true),
+        (http(Some(PRODUCTPAGE), "POST", "/reviews/1"), false),
+        (http(Some(SLEEP), "GET", "/reviews/1"), false),
+        (http(None, "GET", "/reviews/1"), false),
+    ];
+    for (i, (r, allowed)) in cases.iter().enumerate() {
+        let d = decide(&p, r);
+        assert_eq!(d.allowed, *allowed, "case {i}: {d:?}");
+        if d.allowed {
+            assert_eq!(d.policy, Some(("default".into(), "reviews-viewer".into())));
+            assert_eq!(d.rule, Some(0));
+        }
+    }
+}
+
+#[test]
+fn deny_beats_allow_and_matches_in_order() {
+    // Istio "Explicit deny": deny GET unless x-token is admin; allow-all otherwise.
+    let p = [
+        policy(serde_json::json!({"name": "allow-all", "rules": [{}]})),
+        policy(serde_json::json!({
+            "name": "deny-method-get", "namespace": "foo", "action": "DENY",
+            "rules": [
+                {"to": [{"operation": {"paths": ["/admin*"]}}]},
+                {"to": [{"operation": {"methods": ["GET"]}}], "when": [{"key": "request.headers[x-token]", "notValues": ["admin"]}]},
+            ],
+        })),
+    ];
+    let d = decide(&p, &http(None, "GET", "/ip"));
+    assert!(!d.allowed);
+    assert_eq!(d.action, Some(AuthzAction::Deny));
+    assert_eq!(d.policy, Some(("foo".into(), "deny-method-get".into())));
+    assert_eq!(d.rule, Some(1));
+    let mut admin = http(None, "GET", "/ip");
+    admin.headers = &[("x-token", "admin")];
+    assert!(decide(&p, &admin).allowed);
+    let d = decide(&p, &http(None, "POST", "/admin/users"));
+    assert_eq!((d.allowed, d.rule), (false, Some(0)));
+    assert!(decide(&p, &http(None, "POST", "/ip")).allowed);
+}
+
+#[test]
+fn string_matching_is_exact_prefix_suffix_or_presence() {
+    assert!(string_matches("/api/*", "/api/v1"));
+    assert!(!string_matches("/api/*", "/apix"));
+    assert!(string_matches("*.info", "bookinfo.info"));
+    assert!(string_matches("*", "x"));
+    assert!(!string_matches("*", ""));
+    assert!(string_matches("GET", "GET"));
+    assert!(!string_matches("GET", "GETX"));
+}
+
+#[test]
+fn principals_compare_with_or_without_scheme_and_by_pattern() {
+    for pattern in [
+        "cluster.local/ns/default/sa/bookinfo-productpage",
+        PRODUCTPAGE,
+        "cluster.local/ns/default/*",
+        "*/sa/bookinfo-productpage",
+        "*",
+    ] {
+        let p = [policy(
+            serde_json::json!({"name": "p", "rules": [{"from": [{"source": {"principals": [pattern]}}]}]}),
+        )];
+        assert!(
+            decide(&p, &http(Some(PRODUCTPAGE), "GET", "/")).allowed,
+            "{pattern}"
+        );
+        assert!(
+            !decide(&p, &http(None, "GET", "/")).allowed,
+            "{pattern} plaintext"
+        );
+    }
+    // notPrincipals: ["*"] picks plaintext requests (Istio's "require mTLS" DENY).
+    let p = [policy(
+        serde_json::json!({"name": "require-mtls", "action": "DENY",
+        "rules": [{"from": [{"source": {"notPrincipals": ["*"]}}]}]}),
+    )];
+    assert!(!decide(&p, &http(None, "GET", "/")).allowed);
+    assert!(decide(&p, &http(Some(SLEEP), "GET", "/")).allowed);
+}
+
+#[test]
+fn namespaces_ip_blocks_and_conditions() {
+    let p = [policy(serde_json::json!({"name": "p", "rules": [{
+        "from": [{"source": {"namespaces": ["foo"], "notIpBlocks": ["10.0.1.0/24"]}}],
+        "when": [{"key": "source.ip", "values": ["10.0.0.0/16"]}, {"key": "destination.port", "values": ["9080"]}],
+    }]}))];
+    assert!(decide(&p, &http(Some(SLEEP), "GET", "/")).allowed);
+    assert!(!decide(&p, &http(Some(PRODUCTPAGE), "GET", "/")).allowed);
+    let mut r = http(Some(SLEEP), "GET", "/");
+    r.ip = "10.0.1.3";
+    assert!(!decide(&p, &r).allowed);
+    r.ip = "192.168.0.1";
+    assert!(!decide(&p, &r).allowed);
+    r.ip = "10.0.0.9";
+    r.port = 9090;
+    assert!(!decide(&p, &r).allowed);
+    assert!(ip_in_block("::ffff:10.0.0.1".parse().expect("ip"), "10.0.0.0/8"));
+    assert!(ip_in_block("fd00::1".parse().expect("ip"), "fd00::/8"));
+    assert!(!ip_in_block("10.0.0.1".parse().expect("ip"), "garbage"));
+}
+
+#[test]
+fn http_only_fields_on_tcp_never_allow_and_deny_without_them() {
+    // Istio "Authorization for TCP traffic": methods on a TCP port.
+    let tcp = Req {
+        principal: Some(SLEEP),
+        ip: "10.0.0.7",
+        method: None,
+        path: "",
+        port: 9000,
+        headers: &[],
+    };
+    let allow = [policy(serde_json::json!({"name": "tcp-policy", "rules": [
+        {"to": [{"operation": {"methods": ["GET"], "ports": ["9000"]}}]},
+    ]}))];
+    assert!(
+        !decide(&allow, &tcp).allowed,
+        "ALLOW with HTTP-only fields never matches TCP"
+    );
+    let allow_port = [policy(serde_json::json!({"name": "tcp-policy", "rules": [
+        {"to": [{"operation": {"ports": ["9000", "9001"]}}]},
+    ]}))];
+    assert!(decide(&allow_port, &tcp).allowed);
+    let deny = [policy(
+        serde_json::json!({"name": "tcp-policy", "action": "DENY", "rules": [
+            {"to": [{"operation": {"methods": ["GET"], "ports": ["9000"]}}]},
+        ]}),
+    )];
+    let d = decide(&deny, &tcp);
+    assert!(!d.allowed, "DENY ignores the HTTP-only fields: {d:?}");
+    let mut other = tcp;
+    other.port = 9001;
+    assert!(decide(&deny, &other).allowed);
+}
