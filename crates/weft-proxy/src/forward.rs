@@ -355,6 +355,13 @@ pub async fn tunnel(
             .get(crate::http::error::ERROR_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
+        // The peer's authorization said no: final, not a connection failure to retry
+        // elsewhere or to hold against the endpoint.
+        if resp.status() == StatusCode::FORBIDDEN {
+            return Err(ProxyError::unauthorized(format!(
+                "tunnel to {target} denied by the peer: {why}"
+            )));
+        }
         return Err(ProxyError::new(
             Flag::UpstreamConnectFailure,
             StatusCode::SERVICE_UNAVAILABLE,
