@@ -127,6 +127,8 @@ pub struct DestinationPolicy {
     pub origin: Origin,
     pub load_balancer: Option<LoadBalancer>,
     pub subsets: Vec<Subset>,
+    /// `trafficPolicy.tls.mode` (`DISABLE`, `ISTIO_MUTUAL`...): how clients are told to reach it.
+    pub tls_mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -43,6 +43,50 @@ pub fn check_mesh(mesh: &Mesh, out: &mut Vec<Finding>) {
         check_shadowed(routes, out);
     }
     check_conflicts(mesh, out);
+    check_strict_plaintext(mesh, out);
+}
+
+/// A client told to send plaintext (DestinationRule `tls.mode: DISABLE`) to a port whose
+/// workloads require STRICT mTLS: every such request fails — Istio's classic 503.
+fn check_strict_plaintext(mesh: &Mesh, out: &mut Vec<Finding>) {
+    use crate::proxy_config::MtlsMode;
+    for dr in mesh
+        .destinations
+        .iter()
+        .filter(|d| d.tls_mode.as_deref() == Some("DISABLE"))
+    {
+        let Some(svc) = mesh.service(&dr.host) else {
+            continue;
+        };
+        for w in mesh
+            .workloads
+            .iter()
+            .filter(|w| w.namespace == svc.namespace && w.selected_by(&svc.selector))
+        {
+            let (mode, ports) = crate::authz::mtls_for(mesh, &w.namespace, &w.labels);
+            for p in &svc.ports {
+                if ports.get(&p.target_port).copied().unwrap_or(mode) != MtlsMode::Strict {
+                    continue;
+                }
+                let at = Location {
+                    file: dr.origin.file.clone(),
+                    line: dr.origin.line,
+                    column: None,
+                };
+                out.push(
+                    Finding::error(
+                        codes::STRICT_PLAINTEXT,
+                        format!(
+                            "DestinationRule {}/{} sends plaintext (tls.mode DISABLE) to {} port {}, but PeerAuthentication requires STRICT mTLS on workload {}: requests fail",
+                            dr.origin.namespace, dr.origin.name, dr.host, p.port, w.name
+                        ),
+                        &at,
+                    )
+                    .with_fix("remove tls.mode DISABLE from the DestinationRule, or make the PeerAuthentication PERMISSIVE"),
+                );
+            }
+        }
+    }
 }
 
 fn at(routes: &HostRoutes) -> Location {

@@ -175,3 +175,61 @@ fn explain_follows_the_contract() {
     let out = run(weft_bin(), &["explain", &fixture(), "GET reviews"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn analyze_finds_a_plaintext_client_of_a_strict_port() {
+    let dir = tempdir::Dir::new("weft-analyze-strict");
+    std::fs::write(
+        dir.path.join("mesh.yaml"),
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: ledger, namespace: bank}
+spec: {selector: {app: ledger}, ports: [{name: http, port: 8080}]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: ledger-v1, namespace: bank}
+spec: {labels: {app: ledger}, ports: [{port: 8080}], command: [sleep, "1"]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: bank}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ledger, namespace: bank}
+spec:
+  host: ledger
+  trafficPolicy: {tls: {mode: DISABLE}}
+"#,
+    )
+    .expect("write");
+    let out = run(
+        weft_bin(),
+        &["analyze", dir.path.to_str().expect("utf-8"), "-o", "json"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    let v = json(&out);
+    let f = v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["code"] == "WEFT0108")
+        .unwrap_or_else(|| panic!("no STRICT/plaintext finding: {v}"));
+    assert_eq!(f["severity"], "error");
+    assert_eq!(f["line"], 16, "the DestinationRule's line");
+    assert!(
+        f["message"].as_str().is_some_and(|m| m.contains("ledger-v1")),
+        "{f}"
+    );
+
+    // PERMISSIVE: plaintext is accepted, no finding.
+    let text = std::fs::read_to_string(dir.path.join("mesh.yaml")).expect("read");
+    std::fs::write(dir.path.join("mesh.yaml"), text.replace("STRICT", "PERMISSIVE")).expect("write");
+    let out = run(
+        weft_bin(),
+        &["analyze", dir.path.to_str().expect("utf-8"), "-o", "json"],
+    );
+    assert!(!out.stdout.contains("WEFT0108"), "{}", out.stdout);
+}

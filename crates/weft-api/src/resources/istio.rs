@@ -298,7 +298,7 @@ pub struct TrafficPolicy {
     #[serde(default)]
     pub outlier_detection: Option<IgnoredAny>,
     #[serde(default)]
-    pub tls: Option<IgnoredAny>,
+    pub tls: Option<ClientTls>,
     #[serde(default)]
     pub port_level_settings: Option<IgnoredAny>,
     #[serde(default)]
@@ -332,4 +332,28 @@ pub struct Subset {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// `trafficPolicy.tls`: how a client reaches the host. Only `mode` is read (for `analyze`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientTls {
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub client_certificate: Option<IgnoredAny>,
+    #[serde(default)]
+    pub private_key: Option<IgnoredAny>,
+    #[serde(default)]
+    pub ca_certificates: Option<IgnoredAny>,
+    #[serde(default)]
+    pub ca_crl: Option<IgnoredAny>,
+    #[serde(default)]
+    pub credential_name: Option<IgnoredAny>,
+    #[serde(default)]
+    pub subject_alt_names: Option<IgnoredAny>,
+    #[serde(default)]
+    pub sni: Option<IgnoredAny>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<IgnoredAny>,
 }

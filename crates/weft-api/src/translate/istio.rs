@@ -125,6 +125,10 @@ pub(super) fn destination_rule(doc: &Document, _seen: usize, out: &mut Translate
             origin: origin(doc),
             load_balancer,
             subsets,
+            tls_mode: spec
+                .traffic_policy
+                .as_ref()
+                .and_then(|tp| tp.tls.as_ref()?.mode.clone()),
         }),
         None => cx.not_implemented(
             &["spec", "host"],

@@ -147,6 +147,7 @@ fn bookinfo() -> (Mesh, Registry) {
             host: fqdn("reviews"),
             origin: origin("DestinationRule", "reviews"),
             load_balancer: Some(LoadBalancer::RoundRobin),
+            tls_mode: None,
             subsets: vec![
                 Subset {
                     name: "v2".into(),
