@@ -55,3 +55,43 @@ fn ready_and_config_dump_are_served() {
     let out = common::curl(&["-sS", &format!("http://{admin}/metrics")]);
     assert!(out.stdout.contains("# EOF"), "{}", out.stdout);
 }
+
+#[test]
+fn the_demo_balances_over_both_versions_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(weft_bin())
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn weft demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let port = loop {
+        let line = lines.next().expect("demo printed its URLs").expect("utf-8");
+        if let Some(rest) = line.split("per-service port   curl http://").nth(1) {
+            break rest.trim_end_matches('/').to_string();
+        }
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let out = common::curl(&["-sS", "-i", &format!("http://{port}/")]);
+        if let Some(s) = out.stdout.lines().find_map(|l| l.strip_prefix("x-echo-server: ")) {
+            seen.insert(s.trim().to_string());
+        }
+    }
+    assert_eq!(seen, ["reviews-v1".to_string(), "reviews-v2".to_string()].into());
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "weft demo did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
