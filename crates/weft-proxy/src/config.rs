@@ -32,6 +32,8 @@ pub struct Snapshot {
     inbound: HashMap<u16, InboundTarget>,
     /// This workload, as metric labels.
     pub local: Peer,
+    /// This workload as the `x-weft-source` header value, built once per config.
+    pub local_source_value: Option<http::HeaderValue>,
     /// Compiled route tables by service FQDN and port (absent: no rules).
     routes: HashMap<String, HashMap<u16, Arc<CompiledTable>>>,
 }
@@ -43,6 +45,8 @@ pub struct ServiceInfo {
     pub name: Label,
     pub namespace: Label,
     pub fqdn_label: Label,
+    /// The `x-weft-service` header value, built once per config.
+    pub fqdn_header: http::HeaderValue,
     pub service: MeshService,
 }
 
@@ -91,6 +95,8 @@ impl Snapshot {
             let fqdn = svc.fqdn();
             let info = Arc::new(ServiceInfo {
                 fqdn_label: Label::new(&fqdn),
+                fqdn_header: http::HeaderValue::from_str(&fqdn)
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
                 name: Label::new(&svc.name),
                 namespace: Label::new(&svc.namespace),
                 fqdn: fqdn.clone(),
@@ -141,12 +147,18 @@ impl Snapshot {
             app: Label::new(w.labels.get("app").map_or("unknown", String::as_str)),
             version: Label::new(w.labels.get("version").map_or("unknown", String::as_str)),
         };
+        let local_source_value = http::HeaderValue::from_str(&format!(
+            "{};{};{};{}",
+            local.workload.0, local.namespace.0, local.app.0, local.version.0
+        ))
+        .ok();
         Self {
             config,
             by_host,
             by_vip,
             inbound,
             local,
+            local_source_value,
             routes,
         }
     }

@@ -231,12 +231,7 @@ fn shape(mut req: Request<Body>, authority: &str, hop: &Hop, meta: &RequestMeta)
             if was_h1 {
                 h.insert(mesh_headers::ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
             }
-            if let Ok(v) = HeaderValue::from_str(&meta.source_header()) {
-                h.insert(mesh_headers::SOURCE, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&meta.service.0) {
-                h.insert(mesh_headers::SERVICE, v);
-            }
+            meta.write_mesh_headers(h);
             true
         }
         Hop::Direct { .. } => !was_h1,
@@ -336,12 +331,7 @@ pub async fn tunnel(
         .uri(target.to_string())
         .body(crate::http::empty())
         .map_err(|e| ProxyError::new(Flag::BadRequest, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    if let Ok(v) = HeaderValue::from_str(&meta.source_header()) {
-        req.headers_mut().insert(mesh_headers::SOURCE, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&meta.service.0) {
-        req.headers_mut().insert(mesh_headers::SERVICE, v);
-    }
+    meta.write_mesh_headers(req.headers_mut());
     let resp = sender.send_request(req).await.map_err(|e| {
         ProxyError::new(
             Flag::UpstreamConnectFailure,

@@ -117,6 +117,7 @@ async fn request(shared: &Shared, dest: Option<Dest>, mut req: Request<Incoming>
         Peer::unknown(),
         is_grpc(req.headers()),
     );
+    meta.source_value = snap.local_source_value.clone();
     if let Err(e) = check_request(&req, &snap.config.limits) {
         return close_after(meta.fail(&e));
     }
@@ -130,7 +131,7 @@ async fn request(shared: &Shared, dest: Option<Dest>, mut req: Request<Incoming>
         },
     };
     if let Dest::Service(svc, _) = &dest {
-        meta.set_service(&svc.fqdn_label, &svc.name, &svc.namespace);
+        meta.set_service(svc);
     }
     if req.method() == Method::CONNECT {
         return connect(shared, &snap, dest, req, meta).await;
@@ -243,9 +244,10 @@ async fn relay(shared: &Shared, snap: &Snapshot, dest: Dest, io: PrefixedIo<TcpS
         Peer::unknown(),
         false,
     );
+    meta.source_value = snap.local_source_value.clone();
     match dest {
         Dest::Service(svc, port) => {
-            meta.set_service(&svc.fqdn_label, &svc.name, &svc.namespace);
+            meta.set_service(&svc);
             let Some(balancer) = shared.balancers.get(&svc.fqdn, port) else {
                 tracing::info!(service = %svc.fqdn, flags = "UH", "no endpoints; closing TCP connection");
                 meta.metrics().tcp_opened(&meta.tcp_labels("UH"));

@@ -95,7 +95,7 @@ async fn send_routed(
     let target = snap.service_by_host(&backend.service).cloned().ok_or_else(|| {
         ProxyError::no_endpoints(&format!("{} (not in this proxy's config)", backend.service))
     })?;
-    meta.set_service(&target.fqdn_label, &target.name, &target.namespace);
+    meta.set_service(&target);
     let target_port = backend.port.unwrap_or(port);
 
     if let Some(fault) = &policies.fault {

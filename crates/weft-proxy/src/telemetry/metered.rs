@@ -27,6 +27,10 @@ pub struct RequestMeta {
     pub grpc: bool,
     /// `mutual_tls` once the hop this side reports on is known to be mTLS; else `none`.
     pub connection_security_policy: &'static str,
+    /// The mesh headers naming the source workload and the service, built once per config
+    /// rather than per request (None: built from the labels when needed).
+    pub source_value: Option<http::HeaderValue>,
+    pub service_value: Option<http::HeaderValue>,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
 }
@@ -68,13 +72,35 @@ impl RequestMeta {
             connection_security_policy: "none",
             start: Instant::now(),
             request_bytes: Arc::default(),
+            source_value: None,
+            service_value: None,
         }
     }
 
-    pub fn set_service(&mut self, fqdn: &Label, name: &Label, namespace: &Label) {
-        self.service = fqdn.clone();
-        self.service_name = name.clone();
-        self.service_namespace = namespace.clone();
+    pub fn set_service(&mut self, svc: &crate::config::ServiceInfo) {
+        self.service = svc.fqdn_label.clone();
+        self.service_name = svc.name.clone();
+        self.service_namespace = svc.namespace.clone();
+        self.service_value = Some(svc.fqdn_header.clone());
+    }
+
+    /// Writes the mesh headers naming this request's source and service (for the peer proxy).
+    pub fn write_mesh_headers(&self, h: &mut http::HeaderMap) {
+        use crate::http::headers::{SERVICE, SOURCE};
+        let source = self
+            .source_value
+            .clone()
+            .or_else(|| http::HeaderValue::from_str(&self.source_header()).ok());
+        if let Some(v) = source {
+            h.insert(SOURCE, v);
+        }
+        let service = self
+            .service_value
+            .clone()
+            .or_else(|| http::HeaderValue::from_str(&self.service.0).ok());
+        if let Some(v) = service {
+            h.insert(SERVICE, v);
+        }
     }
 
     /// The service named by a mesh header from a peer proxy: `name.namespace.svc.<domain>`.
