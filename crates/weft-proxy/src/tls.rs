@@ -1,9 +1,14 @@
 //! mTLS between proxies: the mesh port terminates it, the HTTP/2 pool dials it.
 //!
-//! Everything reads the workload's [`Credentials`] from a [`CredentialsCell`] *per handshake*:
-//! the certificate a side presents and the trust bundle it verifies the other side with. A
-//! rotation (new leaf, new roots) is one `store` into the cell; open connections keep going on
-//! what they negotiated, the next handshake uses the new material. No restart, no rebuild.
+//! Every handshake reads the workload's [`Credentials`] from a [`CredentialsCell`]: the
+//! certificate a side presents and the trust bundle it verifies the other side with. A rotation
+//! (new leaf, new roots) is one `store` into the cell; open connections keep going on what they
+//! negotiated, the next handshake uses the new material. No restart.
+//!
+//! The rustls configs are built once per credentials value ([`Material`]) and reused, so that
+//! reconnects to a peer resume their TLS 1.3 session instead of paying a full handshake (the
+//! session stores live in the configs). A rotation drops them with the old material: no session
+//! negotiated under old credentials or an old trust bundle outlives it.
 //!
 //! Identity is the SPIFFE ID in the leaf certificate's URI SAN
 //! (`spiffe://cluster.local/ns/NS/sa/SA`). Hostnames play no part: the client checks the
@@ -14,20 +19,22 @@
 //! Mesh certificates must carry both the `serverAuth` and `clientAuth` extended key usages:
 //! each proxy is a server on its mesh port and a client towards its peers.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 use rustls::crypto::CryptoProvider;
-use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
-use rustls::RootCertStore;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub mod client;
 pub mod server;
-#[cfg(test)]
+/// A test CA, for this crate's tests and its benchmarks (`benches/mtls.rs`); not used by the
+/// proxy itself.
+#[doc(hidden)]
 pub mod testing;
 #[cfg(test)]
 mod tests;
@@ -98,8 +105,17 @@ pub(crate) struct Material {
     pub creds: Arc<Credentials>,
     pub certified: Arc<CertifiedKey>,
     pub roots: Arc<RootCertStore>,
-    pub client_verifier: Arc<dyn ClientCertVerifier>,
+    /// The mesh port's config (its session store makes returning clients resume).
+    server: Arc<ServerConfig>,
+    /// Client configs by the SPIFFE ID the server must present: one session store per
+    /// destination identity. Bounded by [`MAX_CLIENT_CONFIGS`].
+    clients: Mutex<HashMap<Option<String>, Arc<ClientConfig>>>,
 }
+
+/// Distinct destination identities whose client configs (and resumable sessions) are kept per
+/// credentials value; past it the cache starts over (handshakes stay correct, only resumption
+/// is lost for a while).
+const MAX_CLIENT_CONFIGS: usize = 1024;
 
 /// The cell plus a cache of the material derived from what it holds.
 pub struct TlsState {
@@ -123,6 +139,28 @@ impl TlsState {
     /// This workload's SPIFFE ID, once it has one.
     pub fn spiffe_id(&self) -> Option<String> {
         self.cell.load().as_ref().map(|c| c.spiffe_id.clone())
+    }
+
+    /// The mesh port's TLS config for the credentials in the cell now; None before any exist.
+    pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
+        self.material().map(|m| m.server.clone())
+    }
+
+    /// The TLS config for dialing a peer that must present `expected` (any identity the bundle
+    /// vouches for, when None), with the credentials in the cell now; None before any exist.
+    pub fn client_config(&self, expected: Option<&str>) -> Option<Arc<ClientConfig>> {
+        let material = self.material()?;
+        let key = expected.map(str::to_string);
+        let mut clients = material.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = clients.get(&key) {
+            return Some(config.clone());
+        }
+        if clients.len() >= MAX_CLIENT_CONFIGS {
+            clients.clear();
+        }
+        let config = client::config(material.certified.clone(), material.roots.clone(), key.clone());
+        clients.insert(key, config.clone());
+        Some(config)
     }
 
     /// The material for the credentials in the cell now; None before any exist or when they
@@ -149,6 +187,12 @@ impl TlsState {
     }
 }
 
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState").finish_non_exhaustive()
+    }
+}
+
 impl Material {
     fn build(creds: Arc<Credentials>) -> Result<Self, rustls::Error> {
         let provider = provider();
@@ -165,11 +209,13 @@ impl Material {
         let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider)
             .build()
             .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;
+        let server = server::config(certified.clone(), client_verifier);
         Ok(Self {
             creds,
             certified,
             roots,
-            client_verifier,
+            server,
+            clients: Mutex::new(HashMap::new()),
         })
     }
 }

@@ -12,7 +12,7 @@ use rustls::client::ResolvesClientCert;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, Error, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -42,7 +42,7 @@ impl MeshConnector {
 
 /// Runs the client handshake over `io` to the peer at `addr`. `expected` is the SPIFFE ID the
 /// peer must present; None accepts any identity the trust bundle vouches for. Returns the
-/// stream and the peer's SPIFFE ID.
+/// stream and the peer's SPIFFE ID. A peer dialed before resumes its session.
 pub async fn connect<IO>(
     state: &Arc<TlsState>,
     expected: Option<&str>,
@@ -52,7 +52,9 @@ pub async fn connect<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let config = client_config(state.clone(), expected.map(str::to_string));
+    let config = state
+        .client_config(expected)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no mesh certificate yet"))?;
     let tls = TlsConnector::from(config)
         .connect(ServerName::IpAddress(addr.ip().into()), io)
         .await?;
@@ -66,46 +68,47 @@ where
     Ok((tls, id))
 }
 
-/// A client config that presents the cell's certificate and accepts a server only if its chain
-/// verifies against the cell's bundle and its SPIFFE ID is `expected` (any, when None).
-pub fn client_config(state: Arc<TlsState>, expected: Option<String>) -> Arc<ClientConfig> {
+/// A client config that presents `certified` and accepts a server only if its chain verifies
+/// against `roots` and its SPIFFE ID is `expected` (any, when None). TLS 1.3 only, ALPN `h2`,
+/// no SNI; its session store lets a later connection to the same peer resume.
+pub(super) fn config(
+    certified: Arc<CertifiedKey>,
+    roots: Arc<RootCertStore>,
+    expected: Option<String>,
+) -> Arc<ClientConfig> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier {
-            state: state.clone(),
-            expected,
-        }))
-        .with_client_cert_resolver(Arc::new(CellClientResolver { state }));
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier { roots, expected }))
+        .with_client_cert_resolver(Arc::new(AlwaysPresent(certified)));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.enable_sni = false;
     Arc::new(config)
 }
 
+/// Presents the one certificate this config was built with.
 #[derive(Debug)]
-struct CellClientResolver {
-    state: Arc<TlsState>,
-}
+struct AlwaysPresent(Arc<CertifiedKey>);
 
-impl ResolvesClientCert for CellClientResolver {
+impl ResolvesClientCert for AlwaysPresent {
     fn resolve(
         &self,
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        self.state.material().map(|m| m.certified.clone())
+        Some(self.0.clone())
     }
 
     fn has_certs(&self) -> bool {
-        self.state.ready()
+        true
     }
 }
 
 /// Chain against the bundle (with the `serverAuth` usage), then SPIFFE ID instead of hostname.
 #[derive(Debug)]
 struct SpiffeServerVerifier {
-    state: Arc<TlsState>,
+    roots: Arc<RootCertStore>,
     expected: Option<String>,
 }
 
@@ -118,14 +121,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let material = self
-            .state
-            .material()
-            .ok_or_else(|| Error::General("no trust bundle yet".into()))?;
         let parsed = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &material.roots,
+            &self.roots,
             intermediates,
             now,
             provider().signature_verification_algorithms.all,

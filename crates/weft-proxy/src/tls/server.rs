@@ -1,5 +1,6 @@
 //! The mesh port's side: TLS 1.3, ALPN `h2`, client certificates required and verified against
-//! the trust bundle in the cell at the time of each handshake.
+//! the trust bundle in the cell at the time of each handshake (its config comes with the
+//! credentials, see [`super::Material`]).
 
 use std::io;
 use std::sync::Arc;
@@ -19,16 +20,12 @@ use super::{provider, spiffe_id, TlsState, ALPN_H2, ALPN_MESH};
 /// Terminates mTLS from peers on the mesh port.
 #[derive(Clone)]
 pub struct MeshAcceptor {
-    acceptor: TlsAcceptor,
     state: Arc<TlsState>,
 }
 
 impl MeshAcceptor {
     pub fn new(state: Arc<TlsState>) -> Self {
-        Self {
-            acceptor: TlsAcceptor::from(server_config(state.clone())),
-            state,
-        }
+        Self { state }
     }
 
     /// Whether credentials exist now (a ClientHello can be answered).
@@ -41,12 +38,17 @@ impl MeshAcceptor {
         self.state.spiffe_id()
     }
 
-    /// Completes the handshake; returns the stream and the peer's SPIFFE ID.
+    /// Completes the handshake with the credentials in the cell now; returns the stream and the
+    /// peer's SPIFFE ID.
     pub async fn accept<IO>(&self, io: IO) -> io::Result<(TlsStream<IO>, String)>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let tls = self.acceptor.accept(io).await?;
+        let config = self
+            .state
+            .server_config()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no mesh certificate yet"))?;
+        let tls = TlsAcceptor::from(config).accept(io).await?;
         // The verifier refused any leaf without exactly one SPIFFE ID, so this is there.
         let id = tls
             .get_ref()
@@ -60,43 +62,38 @@ impl MeshAcceptor {
 }
 
 /// The mesh port's TLS config: TLS 1.3 only, ALPN `h2` (and `weft-mesh/1`), mandatory client
-/// certificates; certificate and bundle come from the cell per handshake.
-pub fn server_config(state: Arc<TlsState>) -> Arc<ServerConfig> {
+/// certificates verified by `verifier` and carrying a SPIFFE ID; presents `certified`. Its
+/// session store (rustls' default, 256 sessions) lets returning peers resume.
+pub(super) fn config(
+    certified: Arc<CertifiedKey>,
+    verifier: Arc<dyn ClientCertVerifier>,
+) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
-        .with_client_cert_verifier(Arc::new(BundleClientVerifier { state: state.clone() }))
-        .with_cert_resolver(Arc::new(CellCertResolver { state }));
+        .with_client_cert_verifier(Arc::new(SpiffeClientVerifier { verifier }))
+        .with_cert_resolver(Arc::new(AlwaysPresent(certified)));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_MESH.to_vec()];
     Arc::new(config)
 }
 
-/// Presents the certificate in the cell now.
+/// Presents the one certificate this config was built with.
 #[derive(Debug)]
-struct CellCertResolver {
-    state: Arc<TlsState>,
-}
+struct AlwaysPresent(Arc<CertifiedKey>);
 
-impl ResolvesServerCert for CellCertResolver {
+impl ResolvesServerCert for AlwaysPresent {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.state.material().map(|m| m.certified.clone())
+        Some(self.0.clone())
     }
 }
 
-/// Verifies client certificates against the trust bundle in the cell now, and requires the leaf
-/// to carry a SPIFFE ID.
+/// The trust bundle's verifier, plus: the leaf must carry a SPIFFE ID.
 #[derive(Debug)]
-struct BundleClientVerifier {
-    state: Arc<TlsState>,
+struct SpiffeClientVerifier {
+    verifier: Arc<dyn ClientCertVerifier>,
 }
 
-impl std::fmt::Debug for TlsState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsState").finish_non_exhaustive()
-    }
-}
-
-impl ClientCertVerifier for BundleClientVerifier {
+impl ClientCertVerifier for SpiffeClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -116,13 +113,7 @@ impl ClientCertVerifier for BundleClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let material = self
-            .state
-            .material()
-            .ok_or_else(|| Error::General("no trust bundle yet".into()))?;
-        material
-            .client_verifier
-            .verify_client_cert(end_entity, intermediates, now)?;
+        self.verifier.verify_client_cert(end_entity, intermediates, now)?;
         if spiffe_id(end_entity).is_none() {
             return Err(Error::General("client certificate carries no SPIFFE ID".into()));
         }

@@ -442,3 +442,63 @@ async fn a_new_root_is_trusted_once_it_is_in_the_bundle_without_a_restart() {
         .await
         .expect("handshake after the bundle rotation");
 }
+
+/// One mTLS connection from `client` to the acceptor at `addr`; how its handshake went. The
+/// server sends one byte after the handshake so that the client reads the session tickets that
+/// came with it (as any real exchange does).
+async fn handshake_kind(client: &Arc<TlsState>, addr: SocketAddr) -> rustls::HandshakeKind {
+    use tokio::io::AsyncReadExt;
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut tls, peer) = super::connect(client, Some(REVIEWS), addr, tcp)
+        .await
+        .expect("mTLS handshake");
+    assert_eq!(peer, REVIEWS);
+    let mut byte = [0u8; 1];
+    tls.read_exact(&mut byte).await.expect("the server's byte");
+    tls.get_ref().1.handshake_kind().expect("handshake done")
+}
+
+#[tokio::test]
+async fn a_returning_peer_resumes_its_session_until_credentials_rotate() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    use tokio::io::AsyncWriteExt;
+    let ca = TestCa::new("resumption");
+    let server_cell = ca.cell(REVIEWS);
+    let client_cell = ca.cell(PRODUCTPAGE);
+    let acceptor = super::MeshAcceptor::new(TlsState::new(server_cell.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let (mut tls, peer) = acceptor.accept(tcp).await.expect("server handshake");
+                assert_eq!(peer, PRODUCTPAGE);
+                tls.write_all(b"x").await.expect("write");
+                let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut [0u8; 1]).await;
+            });
+        }
+    });
+    let client = TlsState::new(client_cell.clone());
+
+    assert_eq!(handshake_kind(&client, addr).await, Full, "first contact");
+    assert_eq!(handshake_kind(&client, addr).await, Resumed, "same peer again");
+    assert_eq!(handshake_kind(&client, addr).await, Resumed);
+
+    // New client credentials: sessions made with the old ones are gone with them.
+    client_cell.store(Some(Arc::new(ca.credentials(PRODUCTPAGE))));
+    assert_eq!(
+        handshake_kind(&client, addr).await,
+        Full,
+        "after the client rotated"
+    );
+    assert_eq!(handshake_kind(&client, addr).await, Resumed);
+
+    // New server credentials: the server forgets its sessions, the client's ticket is refused.
+    server_cell.store(Some(Arc::new(ca.credentials(REVIEWS))));
+    assert_eq!(
+        handshake_kind(&client, addr).await,
+        Full,
+        "after the server rotated"
+    );
+}
