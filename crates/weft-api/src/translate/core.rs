@@ -102,10 +102,27 @@ pub(super) fn workload(doc: &Document, _seen: usize, out: &mut Translated) {
             protocol: protocol_of(p.protocol.as_deref(), p.name.as_deref()),
         });
     }
+    // The pods' labels: `spec.labels` (as a Deployment's pod template) and, since a Kubernetes
+    // user writes them there as readily, `metadata.labels`. Where both name a key, spec wins.
+    let mut labels = doc.labels.clone();
+    for (key, value) in spec.labels {
+        if labels.get(&key).is_some_and(|v| *v != value) {
+            out.findings.push(Finding::warning(
+                codes::SCHEMA,
+                format!(
+                    "Workload {}/{}: label {key} is {} in metadata.labels and {value} in \
+                     spec.labels: spec.labels wins",
+                    doc.namespace, doc.name, labels[&key]
+                ),
+                &locate(doc, &["spec", "labels", &key]),
+            ));
+        }
+        labels.insert(key, value);
+    }
     out.mesh.workloads.push(model::Workload {
         name: doc.name.clone(),
         namespace: doc.namespace.clone(),
-        labels: spec.labels,
+        labels,
         service_account: spec.service_account.unwrap_or_else(|| "default".to_string()),
         ports,
         command: spec.command,
@@ -273,6 +290,28 @@ spec: {ports: [{port: 80}]}
         assert_eq!(
             (t.findings[0].code, t.findings[0].line),
             (codes::UNKNOWN_FIELD, Some(5))
+        );
+    }
+
+    #[test]
+    fn workload_labels_come_from_metadata_and_spec() {
+        let t = run("\
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: reviews-v1, labels: {app: reviews, version: v1, team: books}}
+spec:
+  labels: {version: v2, tier: backend}
+  ports: [{port: 9080}]
+");
+        let labels = &t.mesh.workloads[0].labels;
+        let got: Vec<_> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(got, ["app=reviews", "team=books", "tier=backend", "version=v2"]);
+        assert_eq!(t.findings.len(), 1, "{:?}", t.findings);
+        assert_eq!((t.findings[0].code, t.findings[0].line), (codes::SCHEMA, Some(5)));
+        assert!(
+            t.findings[0].message.contains("label version"),
+            "{}",
+            t.findings[0]
         );
     }
 

@@ -126,8 +126,12 @@ fn print_text(e: &Explanation) {
         println!("timeout:   {t} ms");
     }
     if let Some(r) = &p.retries {
+        let per_try = r
+            .per_try_timeout_ms
+            .map(|t| format!(", {t} ms per try"))
+            .unwrap_or_default();
         println!(
-            "retries:   {} attempts on {}",
+            "retries:   {} attempts on {}{per_try}",
             r.attempts,
             if r.retry_on.is_empty() {
                 "Istio's defaults".into()
@@ -137,7 +141,43 @@ fn print_text(e: &Explanation) {
         );
     }
     if let Some(f) = &p.fault {
-        println!("fault:     {f:?}");
+        let percent = |p: Option<f64>| p.map_or("all".to_string(), |p| format!("{p}%"));
+        if let Some(ms) = f.delay_ms {
+            println!(
+                "fault:     delay {ms} ms on {} of requests",
+                percent(f.delay_percent)
+            );
+        }
+        let abort = match (f.abort_status, &f.abort_grpc_status) {
+            (Some(status), _) => Some(format!("HTTP {status}")),
+            (None, Some(grpc)) => Some(format!("gRPC {grpc}")),
+            (None, None) => None,
+        };
+        if let Some(abort) = abort {
+            println!(
+                "fault:     abort with {abort} on {} of requests",
+                percent(f.abort_percent)
+            );
+        }
+    }
+    if let Some(r) = &p.rewrite {
+        if let Some(path) = &r.path {
+            println!("rewrite:   path to {path}");
+        }
+        if let Some(authority) = &r.authority {
+            println!("rewrite:   authority to {authority}");
+        }
+    }
+    for (side, ops) in [("request", &p.request_headers), ("response", &p.response_headers)] {
+        for (name, value) in &ops.set {
+            println!("headers:   {side} set {name}: {value}");
+        }
+        for (name, value) in &ops.add {
+            println!("headers:   {side} add {name}: {value}");
+        }
+        for name in &ops.remove {
+            println!("headers:   {side} remove {name}");
+        }
     }
     for m in &p.mirrors {
         println!("mirror:    {} {}%", m.service, m.percent);
