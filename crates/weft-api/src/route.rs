@@ -127,14 +127,14 @@ pub fn resolve(table: &CompiledTable, req: &RequestHead<'_>, source: &Source<'_>
                 });
                 return match &r.action {
                     Action::Forward(backends) => {
-                        Decision::forward(matched, backends.clone(), r.policies.clone(), skipped)
+                        Decision::forward(matched, backends.clone(), rule.policies_for(req, source), skipped)
                     }
                     Action::Redirect(redirect) => Decision {
                         kind: DecisionKind::Redirect,
                         matched,
                         skipped,
                         backends: Vec::new(),
-                        policies: r.policies.clone(),
+                        policies: rule.policies_for(req, source),
                         redirect: Some(redirect.clone()),
                         direct_response: None,
                     },
@@ -143,7 +143,7 @@ pub fn resolve(table: &CompiledTable, req: &RequestHead<'_>, source: &Source<'_>
                         matched,
                         skipped,
                         backends: Vec::new(),
-                        policies: r.policies.clone(),
+                        policies: rule.policies_for(req, source),
                         redirect: None,
                         direct_response: Some(resp.clone()),
                     },

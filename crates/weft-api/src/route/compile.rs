@@ -186,6 +186,55 @@ impl CompiledRule {
         }
         Err(first.unwrap_or(Miss::Port(0)))
     }
+
+    /// The rule's policies for a request it matched: a prefix rewrite becomes the path this
+    /// request is sent with.
+    pub(super) fn policies_for(&self, req: &RequestHead<'_>, src: &Source<'_>) -> RoutePolicies {
+        let mut policies = self.rule.policies.clone();
+        if let Some(rw) = policies.rewrite.as_mut() {
+            if let Some(replacement) = rw.prefix.take() {
+                let matched = self
+                    .matches
+                    .iter()
+                    .zip(&self.rule.matches)
+                    .find(|(compiled, spec)| compiled.check(spec, req, src).is_ok())
+                    .and_then(|(_, spec)| spec.path.as_ref());
+                rw.path = Some(replace_prefix(matched, req.path, &replacement));
+            }
+        }
+        policies
+    }
+}
+
+/// `path` with the prefix that `matched` matched replaced by `replacement`:
+/// - a Gateway API `PathPrefix` matches whole segments, so its trailing `/` does not count and
+///   `replacement`'s trailing `/` is dropped (`/foo` -> `/xyz`: `/foo/bar` -> `/xyz/bar`;
+///   `/foo` -> ``: `/foo/bar` -> `/bar`), as the spec's table says;
+/// - an Istio prefix is swapped as a plain string (Envoy's `prefix_rewrite`: `/ratings` ->
+///   `/v1/bookRatings`: `/ratings/0` -> `/v1/bookRatings/0`); without a path match the prefix
+///   is `/`;
+/// - after an exact or regex match the whole path is replaced.
+fn replace_prefix(matched: Option<&PathMatch>, path: &str, replacement: &str) -> String {
+    let swap = |prefix_len: usize| {
+        // The prefix matched (case-insensitively at most, ASCII), so this is a char boundary.
+        let rest = path.get(prefix_len.min(path.len())..).unwrap_or("");
+        format!("{replacement}{rest}")
+    };
+    match matched {
+        Some(PathMatch::SegmentPrefix { value }) => {
+            let prefix = value.trim_end_matches('/');
+            let rest = path.get(prefix.len().min(path.len())..).unwrap_or("");
+            let joined = format!("{}{rest}", replacement.trim_end_matches('/'));
+            if joined.is_empty() {
+                "/".to_string()
+            } else {
+                joined
+            }
+        }
+        Some(PathMatch::Prefix { value, .. }) => swap(value.len()),
+        None => swap(1),
+        Some(PathMatch::Exact { .. } | PathMatch::Regex { .. }) => replacement.to_string(),
+    }
 }
 
 impl CompiledMatch {

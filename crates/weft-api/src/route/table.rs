@@ -247,8 +247,15 @@ pub struct Mirror {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rewrite {
+    /// The whole path becomes this (Gateway API `ReplaceFullPath`). In a [`Decision`]
+    /// (crate::route::Decision) it is the path this request is sent with.
     #[serde(default)]
     pub path: Option<String>,
+    /// The matched path prefix becomes this (Gateway API `ReplacePrefixMatch`, Istio's
+    /// `rewrite.uri`); after an exact or regex path match, the whole path. Resolved into
+    /// `path` per request by `route::resolve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
     #[serde(default)]
     pub authority: Option<String>,
 }

@@ -25,8 +25,9 @@ pub type Ranked = (Rule, Option<String>, usize);
 
 /// Orders Gateway API rules for one host:port as the spec says (shared/ARCHITECTURE.md,
 /// "Gateway API ties"): a consumer route (attached from the caller's namespace) first; then
-/// exact path > longest path prefix (in characters) > regular expression path; then a method
-/// match > more header matches > more query-parameter matches; then the older route
+/// exact path > longest path prefix (in characters) > regular expression path > the match-all
+/// prefix `/` (also what a match without a path means); then a method match > more header
+/// matches > more query-parameter matches; then the older route
 /// (creationTimestamp; a route with one before a route without), the first seen, namespace/
 /// name alphabetically, and the rule's index. The sort is stable, so the matches of one rule
 /// keep their order.
@@ -48,15 +49,25 @@ pub fn sort_by_precedence(rules: &mut [Ranked]) {
 
 /// Smaller is more specific. A rule carries one match (see the module doc); a rule without
 /// any matches everything.
+///
+/// The spec ranks exact and prefix paths only; where a regular expression goes is left to
+/// implementations. Weft puts it after every real prefix but before the match-all `/`, so that
+/// a catch-all rule never shadows a regex rule (what a user writing both means; Istio and
+/// Envoy Gateway also rank a regex before a catch-all).
 fn specificity(rule: &Rule) -> (bool, u8, Reverse<usize>, bool, Reverse<usize>, Reverse<usize>) {
     let Some(m) = rule.matches.first() else {
-        return (true, 1, Reverse(0), true, Reverse(0), Reverse(0));
+        return (true, 3, Reverse(0), true, Reverse(0), Reverse(0));
     };
     let (class, len) = match &m.path {
         Some(PathMatch::Exact { value, .. }) => (0, value.len()),
+        Some(PathMatch::SegmentPrefix { value } | PathMatch::Prefix { value, .. })
+            if value.trim_end_matches('/').is_empty() =>
+        {
+            (3, 0)
+        }
         Some(PathMatch::SegmentPrefix { value } | PathMatch::Prefix { value, .. }) => (1, value.len()),
-        None => (1, 0),
         Some(PathMatch::Regex { .. }) => (2, 0),
+        None => (3, 0),
     };
     (
         m.source_namespace.is_none(),
@@ -78,6 +89,7 @@ pub fn translate_http_route(doc: &Document, seen: usize, out: &mut Translated) {
     for (index, r) in spec.rules.iter().enumerate() {
         let (action, policies) = rule_parts(doc, &r.filters, &r.backend_refs, false, out);
         let mut policies = policies;
+        prefix_rewrite_needs_prefix_matches(doc, index, r, &mut policies, out);
         timeouts_and_retries(doc, r.timeouts.as_ref(), r.retry.as_ref(), &mut policies, out);
         if let Some(sp) = &r.session_persistence {
             not_implemented(doc, sp.span(), "sessionPersistence is not applied yet", out);
@@ -99,6 +111,45 @@ pub fn translate_http_route(doc: &Document, seen: usize, out: &mut Translated) {
         }
     }
     attach(doc, seen, &spec.parent_refs, rules, out);
+}
+
+/// The spec: `ReplacePrefixMatch` "is only compatible with a `PathPrefix` HTTPRouteMatch". With
+/// any other path match the rewrite is an error and is dropped (the path is kept).
+fn prefix_rewrite_needs_prefix_matches(
+    doc: &Document,
+    index: usize,
+    rule: &HttpRouteRule,
+    policies: &mut RoutePolicies,
+    out: &mut Translated,
+) {
+    let Some(rw) = policies.rewrite.as_mut() else {
+        return;
+    };
+    let other = rule
+        .matches
+        .iter()
+        .filter_map(|m| m.path.as_ref())
+        .find(|p| p.kind != PathMatchType::PathPrefix);
+    if let (Some(_), Some(path)) = (&rw.prefix, other) {
+        let span = rule
+            .filters
+            .iter()
+            .find(|f| f.url_rewrite.is_some())
+            .map(|f| f.span());
+        out.findings.push(Finding::error(
+            codes::SCHEMA,
+            format!(
+                "{} {}/{}: rule {index}: urlRewrite ReplacePrefixMatch needs PathPrefix matches, \
+                 not a {:?} path {:?}: the path is kept",
+                doc.kind, doc.namespace, doc.name, path.kind, path.value
+            ),
+            &span.map_or_else(|| doc.location(), |s| at(doc, s)),
+        ));
+        rw.prefix = None;
+        if rw.path.is_none() && rw.authority.is_none() {
+            policies.rewrite = None;
+        }
+    }
 }
 
 /// `GRPCRoute` (v1): a method match is a match on the path `/service/method`.
@@ -365,7 +416,20 @@ fn rule_parts(
                 };
                 let path = match &r.path {
                     None => None,
-                    Some(p) => path_modifier(doc, f.span(), p, "requestRedirect", out),
+                    Some(p) => match path_modifier(doc, f.span(), p, "requestRedirect", out) {
+                        Some(PathChange::Full(path)) => Some(path),
+                        Some(PathChange::Prefix(_)) => {
+                            not_implemented(
+                                doc,
+                                f.span(),
+                                "requestRedirect path type ReplacePrefixMatch is not applied yet: \
+                                 the redirect keeps the path",
+                                out,
+                            );
+                            None
+                        }
+                        None => None,
+                    },
                 };
                 redirect = Some(Redirect {
                     status: r.status_code,
@@ -380,13 +444,19 @@ fn rule_parts(
                     missing("urlRewrite", out);
                     continue;
                 };
-                let path = match &r.path {
-                    None => None,
-                    Some(p) => path_modifier(doc, f.span(), p, "urlRewrite", out),
+                let change = r
+                    .path
+                    .as_ref()
+                    .and_then(|p| path_modifier(doc, f.span(), p, "urlRewrite", out));
+                let (path, prefix) = match change {
+                    Some(PathChange::Full(path)) => (Some(path), None),
+                    Some(PathChange::Prefix(prefix)) => (None, Some(prefix)),
+                    None => (None, None),
                 };
-                if path.is_some() || r.hostname.is_some() {
+                if path.is_some() || prefix.is_some() || r.hostname.is_some() {
                     policies.rewrite = Some(Rewrite {
                         path,
+                        prefix,
                         authority: r.hostname.clone(),
                     });
                 }
@@ -478,13 +548,21 @@ fn rule_parts(
     (Action::Forward(backends), policies)
 }
 
+/// What a path modifier does to the path.
+enum PathChange {
+    /// The whole path becomes this.
+    Full(String),
+    /// The matched prefix becomes this.
+    Prefix(String),
+}
+
 fn path_modifier(
     doc: &Document,
     span: &Span,
     p: &PathModifier,
     filter: &str,
     out: &mut Translated,
-) -> Option<String> {
+) -> Option<PathChange> {
     match p.kind {
         PathModifierType::ReplaceFullPath => {
             if p.replace_full_path.is_none() {
@@ -497,16 +575,20 @@ fn path_modifier(
                     &at(doc, span),
                 ));
             }
-            p.replace_full_path.clone()
+            p.replace_full_path.clone().map(PathChange::Full)
         }
         PathModifierType::ReplacePrefixMatch => {
-            not_implemented(
-                doc,
-                span,
-                &format!("{filter} path type ReplacePrefixMatch is not applied yet: the path is kept"),
-                out,
-            );
-            None
+            if p.replace_prefix_match.is_none() {
+                out.findings.push(Finding::error(
+                    codes::SCHEMA,
+                    format!(
+                        "{} {}/{}: {filter} path type ReplacePrefixMatch needs replacePrefixMatch",
+                        doc.kind, doc.namespace, doc.name
+                    ),
+                    &at(doc, span),
+                ));
+            }
+            p.replace_prefix_match.clone().map(PathChange::Prefix)
         }
     }
 }

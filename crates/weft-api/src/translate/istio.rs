@@ -478,8 +478,11 @@ impl Cx<'_> {
                 self.not_implemented(&p(&["rewrite", "uriRegexRewrite"]), "the path is not rewritten");
             }
             if r.uri.is_some() || r.authority.is_some() {
+                // Istio replaces the matched prefix (the whole path after an exact or regex
+                // match), as Envoy's prefix_rewrite does.
                 out.rewrite = Some(Rewrite {
-                    path: r.uri.clone(),
+                    path: None,
+                    prefix: r.uri.clone(),
                     authority: r.authority.clone(),
                 });
             }

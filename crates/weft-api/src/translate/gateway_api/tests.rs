@@ -285,6 +285,32 @@ fn path_match_order_exact_then_longest_prefix_then_regex() {
 }
 
 #[test]
+fn a_regex_rule_comes_before_the_catch_all() {
+    // Rules in document order: a catch-all first (no matches = PathPrefix /), then a regex with
+    // a method, then an explicit `/` prefix with a header.
+    let yaml = route(
+        "r",
+        "",
+        &format!(
+            "  - backendRefs: [{{name: all, port: 8080}}]\n  - matches: [{{path: {{type: RegularExpression, value: \"/api/.*\"}}, method: POST}}]\n{}  - matches: [{{path: {{type: PathPrefix, value: /}}, headers: [{{name: x, value: y}}]}}]\n{}",
+            backend_to("regex"),
+            backend_to("slash-header"),
+        ),
+    );
+    let mesh = clean(&yaml);
+    check(
+        &mesh,
+        &[
+            (get("/api/x").method("POST"), "regex"),
+            (get("/api/x"), "all"),
+            (get("/api/x").method("POST").h("x", "y"), "regex"),
+            (get("/other").h("x", "y"), "slash-header"),
+            (get("/other"), "all"),
+        ],
+    );
+}
+
+#[test]
 fn identical_matches_older_route_then_first_seen_wins() {
     let same = |svc: &str| {
         format!(
@@ -513,7 +539,7 @@ fn redirects_hostname_scheme_port_status_full_path() {
 }
 
 #[test]
-fn rewrites_hostname_and_full_path_prefix_is_reported() {
+fn rewrites_hostname_full_path_and_prefix() {
     // Conformance HTTPRouteRewriteHost, HTTPRouteRewritePath.
     let yaml = route(
         "rewrite",
@@ -523,20 +549,76 @@ fn rewrites_hostname_and_full_path_prefix_is_reported() {
             backend_to("v1")
         ),
     );
-    let t = load(&yaml);
-    assert_eq!(t.findings.len(), 1, "{:#?}", t.findings);
-    assert_eq!(t.findings[0].code, codes::NOT_IMPLEMENTED);
-    assert_eq!(t.findings[0].line, Some(16), "{}", t.findings[0]);
-    let d = get("/one/x").resolve(&t.mesh, REVIEWS, 9080);
+    let mesh = clean(&yaml);
+    let d = get("/one/x").resolve(&mesh, REVIEWS, 9080);
     assert_eq!(
         d.policies.rewrite,
         Some(Rewrite {
             path: Some("/two".into()),
+            prefix: None,
             authority: Some("one.example.org".into())
         })
     );
-    let d = get("/prefix/x").resolve(&t.mesh, REVIEWS, 9080);
+    let rewritten = |path: &str| {
+        let d = get(path).resolve(&mesh, REVIEWS, 9080);
+        assert_eq!(outcome(&d), "v1", "{path}");
+        d.policies.rewrite.and_then(|r| r.path)
+    };
+    assert_eq!(rewritten("/prefix/x").as_deref(), Some("/other/x"));
+    assert_eq!(rewritten("/prefix").as_deref(), Some("/other"));
+    assert_eq!(rewritten("/prefix/").as_deref(), Some("/other/"));
+}
+
+#[test]
+fn replace_prefix_match_after_a_regex_match_is_an_error() {
+    let yaml = route(
+        "r",
+        "",
+        &format!(
+            "  - matches: [{{path: {{type: RegularExpression, value: \"/api/.*\"}}}}]\n    filters:\n    - type: URLRewrite\n      urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}}\n{}",
+            backend_to("v1")
+        ),
+    );
+    let t = load(&yaml);
+    assert_eq!(t.findings.len(), 1, "{:#?}", t.findings);
+    let f = &t.findings[0];
+    assert_eq!((f.code, f.line), (codes::SCHEMA, Some(11)), "{f}");
+    assert!(f.message.contains("ReplacePrefixMatch needs PathPrefix"), "{f}");
+    let d = get("/api/x").resolve(&t.mesh, REVIEWS, 9080);
     assert_eq!((outcome(&d).as_str(), d.policies.rewrite), ("v1", None));
+}
+
+#[test]
+fn replace_prefix_match_follows_the_spec_table() {
+    // The table in the Gateway API spec (HTTPPathModifier.ReplacePrefixMatch): matched
+    // prefix, request path, replacement -> the path sent.
+    let cases = [
+        ("/foo", "/foo/bar", "/xyz", "/xyz/bar"),
+        ("/foo", "/foo/bar", "/xyz/", "/xyz/bar"),
+        ("/foo/", "/foo/bar", "/xyz", "/xyz/bar"),
+        ("/foo/", "/foo/bar", "/xyz/", "/xyz/bar"),
+        ("/foo", "/foo", "/xyz", "/xyz"),
+        ("/foo", "/foo/", "/xyz", "/xyz/"),
+        ("/foo/", "/foo", "/xyz", "/xyz"),
+        ("/foo", "/foo/bar", "", "/bar"),
+        ("/foo/", "/foo/bar", "", "/bar"),
+        ("/foo", "/foo", "", "/"),
+        ("/", "/foo/bar", "/xyz", "/xyz/foo/bar"),
+    ];
+    for (prefix, path, replacement, want) in cases {
+        let yaml = route(
+            "r",
+            "",
+            &format!(
+                "  - matches: [{{path: {{type: PathPrefix, value: \"{prefix}\"}}}}]\n    filters:\n    - type: URLRewrite\n      urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: \"{replacement}\"}}}}\n{}",
+                backend_to("v1")
+            ),
+        );
+        let mesh = clean(&yaml);
+        let d = get(path).resolve(&mesh, REVIEWS, 9080);
+        let got = d.policies.rewrite.and_then(|r| r.path);
+        assert_eq!(got.as_deref(), Some(want), "{prefix} {path} {replacement:?}");
+    }
 }
 
 #[test]

@@ -588,8 +588,8 @@ spec:
     );
     let rw = p.rewrite.clone().expect("rewrite");
     assert_eq!(
-        (rw.path.as_deref(), rw.authority.as_deref()),
-        (Some("/v2/"), Some("web-v2"))
+        (rw.path.as_deref(), rw.prefix.as_deref(), rw.authority.as_deref()),
+        (None, Some("/v2/"), Some("web-v2"))
     );
     assert_eq!(p.request_headers.set["x-env"], "prod");
     assert_eq!(p.request_headers.remove, ["x-internal"]);
@@ -637,3 +637,55 @@ spec:
 }
 
 mod findings;
+
+#[test]
+fn rewrite_uri_replaces_the_matched_prefix_as_envoy_does() {
+    // Istio: "If the original URI was matched based on prefix, the value provided in this
+    // field will replace the corresponding matched prefix"; after exact or regex matches, the
+    // whole path.
+    let t = clean(
+        "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{uri: {prefix: /ratings}}]
+    rewrite: {uri: /v1/bookRatings}
+    route: [{destination: {host: ratings}}]
+  - match: [{uri: {exact: /stars}}, {uri: {regex: '/stars/[0-9]+'}}]
+    rewrite: {uri: /v1/stars}
+    route: [{destination: {host: ratings}}]
+  - match: [{uri: {prefix: /old/}}]
+    rewrite: {uri: /}
+    route: [{destination: {host: ratings}}]
+  - rewrite: {uri: /fallback/}
+    route: [{destination: {host: ratings}}]
+",
+    );
+    let fqdn = format!("ratings.{NS}");
+    let table = CompiledTable::compile(&t.mesh.route_table(&fqdn, 9080), &fqdn).expect("compiles");
+    let headers = BTreeMap::new();
+    for (path, want) in [
+        ("/ratings/0", "/v1/bookRatings/0"),
+        ("/ratings", "/v1/bookRatings"),
+        ("/ratingsx", "/v1/bookRatingsx"),
+        ("/stars", "/v1/stars"),
+        ("/stars/5", "/v1/stars"),
+        ("/old/page", "/page"),
+        ("/other", "/fallback/other"),
+    ] {
+        let req = RequestHead {
+            method: "GET",
+            path,
+            query: None,
+            authority: "ratings",
+            port: 9080,
+            headers: &headers,
+        };
+        let d = route::resolve(&table, &req, &Source::default(), false);
+        let rw = d.policies.rewrite.expect("rewrite");
+        assert_eq!((rw.path.as_deref(), rw.prefix), (Some(want), None), "{path}");
+    }
+}
