@@ -32,10 +32,11 @@ fn namespaces_in_table(output: &[String]) -> Vec<String> {
 }
 
 /// What of a run's network is still there: its namespaces, its links (`weft<run>v<n>`,
-/// `weftbr<run>`), its hosts files.
+/// `weftbr<run>`), the FORWARD rule for its bridge, its hosts files.
 fn leftovers(namespaces: &[String]) -> Vec<String> {
     let listed = run("ip", &["netns", "list"]).stdout;
     let links = run("ip", &["-o", "link"]).stdout;
+    let forward = run("iptables", &["-S", "FORWARD"]).stdout;
     let mut left = Vec::new();
     for ns in namespaces {
         if listed.split_whitespace().any(|w| w == ns) {
@@ -50,6 +51,9 @@ fn leftovers(namespaces: &[String]) -> Vec<String> {
             .filter(|l| l.contains(&format!("weft{run_id}v")) || l.contains(&format!("weftbr{run_id}")))
         {
             left.push(format!("link {link}"));
+        }
+        for rule in forward.lines().filter(|l| l.contains(&format!("weftbr{run_id}"))) {
+            left.push(format!("iptables {rule}"));
         }
     }
     left

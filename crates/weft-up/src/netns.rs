@@ -130,6 +130,9 @@ impl Network {
                 continue; // dropping `net` removes the bridge
             }
             ip(&["link", "set", &bridge, "up"])?;
+            // With br_netfilter loaded, bridged packets cross the root namespace's FORWARD
+            // chain, which Docker sets to DROP: let this bridge's own traffic through.
+            output("iptables", &forward_rule("-I", &bridge))?;
             return Ok(net);
         }
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
@@ -212,8 +215,8 @@ impl Network {
         Ok(())
     }
 
-    /// Kills whatever still runs in the namespaces, deletes them, the veths, the bridge and
-    /// the hosts files, then the record. Safe to call twice.
+    /// Kills whatever still runs in the namespaces, deletes them, the veths, the bridge (and
+    /// its FORWARD rule) and the hosts files, then the record. Safe to call twice.
     pub fn teardown(&mut self) {
         remove(&self.created);
         std::fs::remove_file(&self.record).ok();
@@ -279,11 +282,24 @@ fn remove(created: &Created) {
         let _ = Command::new("ip").args(["netns", "del", ns]).output();
         std::fs::remove_dir_all(etc_dir(ns)).ok();
     }
+    if !created.bridge.is_empty() {
+        // Bounded: one copy is inserted per run, and a bridge name is not reused by a live run.
+        for _ in 0..4 {
+            if output("iptables", &forward_rule("-D", &created.bridge)).is_err() {
+                break;
+            }
+        }
+    }
     for link in created.veths.iter().chain(std::iter::once(&created.bridge)) {
         if !link.is_empty() && output("ip", &["link", "show", link]).is_ok() {
             let _ = Command::new("ip").args(["link", "del", link]).output();
         }
     }
+}
+
+/// `FORWARD -i BRIDGE -o BRIDGE -j ACCEPT`, inserted (`-I`) or deleted (`-D`).
+fn forward_rule<'a>(verb: &'a str, bridge: &'a str) -> [&'a str; 8] {
+    [verb, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
 }
 
 fn preflight() -> anyhow::Result<()> {

@@ -117,9 +117,10 @@ pub async fn up(
                 plan.instances.len(),
                 net.subnet.cidr()
             ));
-            let hosts = hosts_lines(&cp);
+            let vips = vips(&cp);
             for inst in &plan.instances {
                 if let Some(inst_net) = &inst.net {
+                    let hosts = hosts_lines(&vips, &inst.namespace);
                     net.add_instance(inst_net, &hosts, &options.exe)?;
                 }
             }
@@ -259,29 +260,34 @@ fn in_net(inst: &InstancePlan, program: &std::path::Path) -> Command {
     }
 }
 
-/// `/etc/hosts` lines naming every service's VIP the way a Kubernetes app may (`reviews`,
-/// `reviews.default`, `reviews.default.svc.cluster.local`), from the registry of the control
-/// plane (which keeps the VIPs).
-fn hosts_lines(cp: &control::Running) -> String {
+/// Every service's VIP, from the control plane's registry (which keeps them): `(name,
+/// namespace, vip)`.
+fn vips(cp: &control::Running) -> Vec<(String, String, std::net::IpAddr)> {
     use weft_control::push::ConfigSource as _;
     let services = cp
         .source
         .config_for("weft-up")
         .map(|c| c.services)
         .unwrap_or_default();
+    services
+        .into_iter()
+        .filter_map(|s| Some((s.name, s.namespace, s.vip?)))
+        .collect()
+}
+
+/// `/etc/hosts` lines for an instance in namespace `ns`, naming each VIP as a Kubernetes pod
+/// there may (`reviews` for a service of its own namespace, `reviews.default`,
+/// `reviews.default.svc.cluster.local`).
+fn hosts_lines(vips: &[(String, String, std::net::IpAddr)], ns: &str) -> String {
     let mut out = String::new();
-    for s in services {
-        if let Some(vip) = s.vip {
-            let (name, ns) = (&s.name, &s.namespace);
-            out.push_str(&format!(
-                "{vip} {name}.{ns}.svc.cluster.local {name}.{ns}.svc {name}.{ns}"
-            ));
-            // The short name resolves as in the service's own namespace; bookinfo's all are.
-            if ns == "default" {
-                out.push_str(&format!(" {name}"));
-            }
-            out.push('\n');
+    for (name, service_ns, vip) in vips {
+        out.push_str(&format!(
+            "{vip} {name}.{service_ns}.svc.cluster.local {name}.{service_ns}.svc {name}.{service_ns}"
+        ));
+        if service_ns == ns {
+            out.push_str(&format!(" {name}"));
         }
+        out.push('\n');
     }
     out
 }
@@ -378,7 +384,7 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
     let inst_width = started.iter().map(|s| s.plan.id.len()).max().unwrap_or(8).max(8) + 2;
     // With --netns each instance is a pod: its namespace is worth showing (`ip netns exec`).
     let netns_column = started.iter().any(|s| s.plan.net.is_some());
-    println!(
+    let header = format!(
         "{:<inst_width$} {:<id_width$} {:<10} {:<28} {:<34}{}",
         "INSTANCE",
         "IDENTITY",
@@ -387,6 +393,7 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
         "METRICS",
         if netns_column { " NETNS" } else { "" }
     );
+    println!("{}", header.trim_end());
     let mut entries = Vec::new();
     for s in started {
         let p = &s.plan;
@@ -402,7 +409,7 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
             .as_ref()
             .map(|n| format!(" {}", n.netns))
             .unwrap_or_default();
-        println!(
+        let line = format!(
             "{:<inst_width$} {:<id_width$} {:<10} {:<28} {:<34}{netns}",
             p.id,
             p.identity(),
@@ -410,6 +417,7 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
             front.clone().unwrap_or_else(|| "-".into()),
             format!("http://{}/metrics", p.admin()),
         );
+        println!("{}", line.trim_end());
         if let Some(url) = front {
             entries.push(Entry {
                 workload: p.workload.clone(),
