@@ -233,7 +233,7 @@ spec:
 }
 
 #[test]
-fn a_killed_run_is_cleaned_up_by_the_next_one() {
+fn a_killed_run_is_cleaned_up_by_the_next_up_or_by_down() {
     if !is_root() {
         eprintln!("skipping weft up --netns: needs root to create network namespaces and NAT rules");
         return;
@@ -273,11 +273,27 @@ fn a_killed_run_is_cleaned_up_by_the_next_one() {
     let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
     assert_eq!(out.stdout, "200", "{}", out.stderr);
     let namespaces = namespaces_in_table(&second.output);
-    let pids = recorded_pids(&run_dir.path);
+    let orphans = recorded_pids(&run_dir.path)[1..].to_vec();
 
-    let status = stop(&mut second);
-    assert!(status.success(), "{status}");
-    assert_eq!(still_running(&pids), Vec::<u32>::new(), "processes left behind");
+    // Killed too: `weft down` finds nothing running but removes what it left.
+    let _ = second.child.kill();
+    let _ = second.child.wait();
+    let down = run(
+        weft_bin(),
+        &["down", "--run-dir", run_dir.path.to_str().expect("utf-8")],
+    );
+    assert!(down.status.success(), "{}{}", down.stdout, down.stderr);
+    assert!(
+        down.stdout.contains("removed the network namespaces"),
+        "{}",
+        down.stdout
+    );
+    assert_eq!(
+        still_running(&orphans),
+        Vec::<u32>::new(),
+        "orphans of the killed run"
+    );
+    assert_eq!(processes_of(&run_dir.path), Vec::<String>::new());
     assert_eq!(leftovers(&namespaces), Vec::<String>::new());
     assert!(
         !run_dir.path.join("netns.json").exists(),
