@@ -197,6 +197,26 @@ fn bookinfo_in_namespaces_through_captured_mtls_with_live_routing() {
         BTreeSet::from(["reviews-v1".to_string()])
     );
 
+    // A service added while it runs is named in every namespace's hosts file.
+    std::fs::write(
+        dir.path.join("extra.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: extra}\nspec: {selector: {app: extra}, ports: [{port: 80}]}\n",
+    )
+    .expect("write");
+    let hosts = Path::new("/etc/netns").join(&namespaces[0]).join("hosts");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&hosts)
+        .expect("hosts")
+        .contains(" extra.default.svc.cluster.local ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&hosts).expect("hosts")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Ctrl-C: a clean exit, and nothing of the run is left.
     let status = stop(&mut up);
     assert!(status.success(), "{status}");

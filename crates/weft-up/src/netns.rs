@@ -161,13 +161,7 @@ impl Network {
         self.created.veths.push(veth.clone());
         self.save()?;
 
-        let etc = etc_dir(&inst.netns);
-        std::fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
-        std::fs::write(
-            etc.join("hosts"),
-            format!("127.0.0.1 localhost\n{} {}\n{hosts}", inst.ip, inst.netns),
-        )
-        .with_context(|| format!("writing {}/hosts", etc.display()))?;
+        write_hosts(inst, hosts)?;
 
         let ns = inst.netns.as_str();
         ip(&["netns", "add", ns])?;
@@ -235,6 +229,18 @@ impl Drop for Network {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// Writes `inst`'s `/etc/netns/NS/hosts`: localhost, itself, then `hosts`. Rewritten in place,
+/// so apps already running (which see it bind-mounted as `/etc/hosts`) read the new lines.
+pub fn write_hosts(inst: &InstanceNet, hosts: &str) -> anyhow::Result<()> {
+    let etc = etc_dir(&inst.netns);
+    std::fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
+    std::fs::write(
+        etc.join("hosts"),
+        format!("127.0.0.1 localhost\n{} {}\n{hosts}", inst.ip, inst.netns),
+    )
+    .with_context(|| format!("writing {}/hosts", etc.display()))
 }
 
 /// Removes the network a previous run in `run_root` recorded and did not remove (it was killed,

@@ -155,7 +155,27 @@ pub async fn up(
         Ok(()) => {
             let entries = print_ready(&started, cp.admin, &run);
             on_ready(&entries);
-            supervise(&run, &mut started, shutdown).await;
+            // A service added while running gets a VIP: name it in every namespace's hosts.
+            let mut known = vips(&cp);
+            let refresh_hosts = || {
+                if network.is_none() {
+                    return;
+                }
+                let now = vips(&cp);
+                if now == known {
+                    return;
+                }
+                for inst in &plan.instances {
+                    if let Some(net) = &inst.net {
+                        if let Err(e) = netns::write_hosts(net, &hosts_lines(&now, &inst.namespace)) {
+                            say(&format!("cannot update the hosts file of {}: {e:#}", inst.id));
+                        }
+                    }
+                }
+                say("services changed: updated every namespace's hosts file");
+                known = now;
+            };
+            supervise(&run, &mut started, shutdown, refresh_hosts).await;
         }
         Err(e) => {
             stop_all(&mut started).await;
@@ -447,13 +467,20 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
     entries
 }
 
-async fn supervise(run: &RunDir, started: &mut [Started], shutdown: impl Future<Output = ()>) {
+/// Reports instances that exit until `shutdown`; `tick` runs every half second.
+async fn supervise(
+    run: &RunDir,
+    started: &mut [Started],
+    shutdown: impl Future<Output = ()>,
+    mut tick: impl FnMut(),
+) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+        tick();
         for s in started.iter_mut().filter(|s| !s.reported) {
             if let Ok(Some(status)) = s.app.try_wait() {
                 say(&format!(
