@@ -153,59 +153,31 @@ impl Network {
         })
     }
 
-    /// Creates `inst`'s namespace: veth to the bridge, address, routes, the hosts file (`hosts`:
-    /// the lines after localhost), then capture with `exe init-iptables`.
-    pub fn add_instance(&mut self, inst: &InstanceNet, hosts: &str, exe: &Path) -> anyhow::Result<()> {
-        let veth = inst.veth.clone();
-        self.created.namespaces.push(inst.netns.clone());
-        self.created.veths.push(veth.clone());
+    /// Creates each instance's namespace (with its hosts lines), all at once: recorded first,
+    /// then built in parallel (each takes a few dozen `ip`/`iptables` runs).
+    pub fn add_instances(&mut self, instances: &[(InstanceNet, String)], exe: &Path) -> anyhow::Result<()> {
+        for (inst, _) in instances {
+            self.created.namespaces.push(inst.netns.clone());
+            self.created.veths.push(inst.veth.clone());
+        }
         self.save()?;
-
-        write_hosts(inst, hosts)?;
-
-        let ns = inst.netns.as_str();
-        ip(&["netns", "add", ns])?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
-        ])?;
-        ip(&["link", "set", &veth, "master", &self.created.bridge])?;
-        ip(&["link", "set", &veth, "up"])?;
-        ip(&["-n", ns, "addr", "add", &format!("{}/24", inst.ip), "dev", "eth0"])?;
-        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-        // Every VIP is routed (the NAT redirect then hands the connection to the sidecar).
-        ip(&[
-            "-n",
-            ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &inst.gateway.to_string(),
-        ])?;
-        let mark = PROXY_MARK.to_string();
-        let gateway = format!("{}/32", inst.gateway);
-        let capture = [
-            "init-iptables",
-            "--proxy-mark",
-            &mark,
-            // The control plane lives on the gateway: the sidecar's own discovery and identity
-            // streams (not marked) must reach it directly.
-            "--skip-outbound-cidrs",
-            &gateway,
-        ];
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(exe)
-            .args(capture)
-            .output()
-            .context("running weft init-iptables")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "weft init-iptables in {ns} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        let bridge = self.created.bridge.as_str();
+        // A few at a time: enough to hide the latency of the commands, not a thread per pod.
+        for batch in instances.chunks(8) {
+            std::thread::scope(|s| {
+                let builds: Vec<_> = batch
+                    .iter()
+                    .map(|(inst, hosts)| s.spawn(move || build_instance(bridge, inst, hosts, exe)))
+                    .collect();
+                builds
+                    .into_iter()
+                    .map(|b| {
+                        b.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("building a namespace panicked")))
+                    })
+                    .collect::<anyhow::Result<Vec<()>>>()
+            })?;
+        }
         Ok(())
     }
 
@@ -229,6 +201,57 @@ impl Drop for Network {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// One instance's namespace: hosts file, veth to `bridge`, address, default route via the
+/// gateway, then capture with `exe init-iptables`.
+fn build_instance(bridge: &str, inst: &InstanceNet, hosts: &str, exe: &Path) -> anyhow::Result<()> {
+    write_hosts(inst, hosts)?;
+
+    let ns = inst.netns.as_str();
+    ip(&["netns", "add", ns])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    ip(&[
+        "link", "add", &inst.veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+    ])?;
+    ip(&["link", "set", &inst.veth, "master", bridge])?;
+    ip(&["link", "set", &inst.veth, "up"])?;
+    ip(&["-n", ns, "addr", "add", &format!("{}/24", inst.ip), "dev", "eth0"])?;
+    ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    // Every VIP is routed (the NAT redirect then hands the connection to the sidecar).
+    ip(&[
+        "-n",
+        ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &inst.gateway.to_string(),
+    ])?;
+    let mark = PROXY_MARK.to_string();
+    let gateway = format!("{}/32", inst.gateway);
+    let capture = [
+        "init-iptables",
+        "--proxy-mark",
+        &mark,
+        // The control plane lives on the gateway: the sidecar's own discovery and identity
+        // streams (not marked) must reach it directly.
+        "--skip-outbound-cidrs",
+        &gateway,
+    ];
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(exe)
+        .args(capture)
+        .output()
+        .context("running weft init-iptables")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "weft init-iptables in {ns} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
 }
 
 /// Writes `inst`'s `/etc/netns/NS/hosts`: localhost, itself, then `hosts`. Rewritten in place,
@@ -308,7 +331,8 @@ fn forward_rule<'a>(verb: &'a str, bridge: &'a str) -> [&'a str; 8] {
     [verb, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
 }
 
-fn preflight() -> anyhow::Result<()> {
+/// Whether `--netns` can work here: root, and `ip` and `iptables` to run.
+pub fn preflight() -> anyhow::Result<()> {
     anyhow::ensure!(
         nix::unistd::geteuid().is_root(),
         "weft up --netns needs root (it creates network namespaces, veth pairs and iptables rules): \

@@ -55,6 +55,10 @@ pub async fn up(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&[Entry]),
 ) -> anyhow::Result<()> {
+    if options.netns {
+        // Before anything is read or created: say at once what is missing.
+        netns::preflight()?;
+    }
     let run = RunDir::new(&options.run_dir);
     let dir = options
         .dir
@@ -118,12 +122,12 @@ pub async fn up(
                 net.subnet.cidr()
             ));
             let vips = vips(&cp);
-            for inst in &plan.instances {
-                if let Some(inst_net) = &inst.net {
-                    let hosts = hosts_lines(&vips, &inst.namespace);
-                    net.add_instance(inst_net, &hosts, &options.exe)?;
-                }
-            }
+            let instances: Vec<_> = plan
+                .instances
+                .iter()
+                .filter_map(|i| Some((i.net.clone()?, hosts_lines(&vips, &i.namespace))))
+                .collect();
+            net.add_instances(&instances, &options.exe)?;
         }
         for inst in &plan.instances {
             let key = (inst.namespace.clone(), inst.service_account.clone());
