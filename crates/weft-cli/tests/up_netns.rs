@@ -182,6 +182,45 @@ fn bookinfo_in_namespaces_through_captured_mtls_with_live_routing() {
     );
     assert!(inbound >= 30.0, "{metrics}");
 
+    // And reviews' sidecar, in its own namespace, saw productpage's identity on mTLS.
+    let reviews_row = up
+        .output
+        .iter()
+        .find(|l| l.starts_with("reviews-v2-0 "))
+        .expect("reviews-v2-0 in the table")
+        .clone();
+    let reviews_metrics = reviews_row
+        .split_whitespace()
+        .find(|w| w.ends_with("/metrics"))
+        .expect("metrics URL");
+    let server = curl(&["-sS", reviews_metrics]).stdout;
+    let from_productpage = metric_sum(
+        &server,
+        "istio_requests_total",
+        &[
+            ("reporter", "destination"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+            ),
+            ("source_workload", "productpage-v1"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
+    assert!(from_productpage >= 1.0, "{server}");
+    // `weft check` finds the run's control plane and every sidecar's certificate.
+    let check = run(
+        weft_bin(),
+        &[
+            "check",
+            "--run-dir",
+            run_dir.path.to_str().expect("utf-8"),
+            "-o",
+            "json",
+        ],
+    );
+    assert!(check.status.success(), "{}\n{}", check.stdout, check.stderr);
+
     // Routing files swapped while it runs: traffic follows within a second.
     let vs = dir.path.join("virtual-services.yaml");
     std::fs::copy(routing("v3").join("virtual-services.yaml"), &vs).expect("copy");
