@@ -5,7 +5,8 @@
 //! address, a default route via the gateway, and `/etc/netns/NS/hosts` mapping every service's
 //! names to its VIP (`ip netns exec` bind-mounts it over `/etc/hosts`, so the app resolves
 //! `reviews` with no DNS server). `weft init-iptables` then installs transparent capture inside
-//! it. What a run creates is recorded in the run directory before it is created, so that a later
+//! it. The only rule in the root namespace lets the bridge's own traffic through FORWARD (which
+//! bridged packets cross when br_netfilter is loaded). What a run creates is recorded in the run directory before it is created, so that a later
 //! `weft up` or `weft down` removes what a killed run left behind.
 
 use std::net::Ipv4Addr;
