@@ -155,9 +155,14 @@ impl App {
 
 /// Binds `127.0.0.1:port` and serves `app` until the process ends.
 pub async fn run_app(app: App, port: u16) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(("127.0.0.1", port))
+    run_app_on(app, std::net::SocketAddr::from(([127, 0, 0, 1], port))).await
+}
+
+/// Binds `addr` and serves `app` until the process ends.
+pub async fn run_app_on(app: App, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+        .with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(app = %app.id(), %addr, "demo app listening");
     serve(app, listener, CancellationToken::new()).await

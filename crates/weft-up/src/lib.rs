@@ -6,7 +6,12 @@
 //! The default mode needs no root: every workload shares 127.0.0.1 and reaches its upstreams
 //! through its sidecar's per-service ports, given to it as environment variables
 //! (`REVIEWS_URL=http://127.0.0.1:PORT`, `HTTP_PROXY`), as a sidecar injector would.
+//!
+//! `weft up --netns` (root) runs each instance in a network namespace of its own with
+//! transparent iptables capture, like a pod: the app is given only service names
+//! (`REVIEWS_URL=http://reviews:9080`) and never learns the mesh is there.
 
+pub mod netns;
 pub mod plan;
 pub mod run;
 pub mod rundir;

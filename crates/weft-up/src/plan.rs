@@ -1,14 +1,23 @@
 //! What `weft up` will start, decided before anything starts: one instance per workload
 //! replica, each with its app's ports, its sidecar's ports, and the environment a sidecar
-//! injector would give the app. Pure: ports come from a function, so tests are deterministic.
+//! injector would give the app. Pure: ports (and, with `--netns`, each instance's namespace and
+//! address) come from functions, so tests are deterministic.
+//!
+//! On loopback every instance needs ports of its own and the app is told where its sidecar
+//! listens. In a network namespace each instance is a pod: the app listens on its declared
+//! ports, the sidecar on the same fixed ports everywhere, and the app's environment names its
+//! upstreams as Kubernetes would (`http://reviews:9080`), knowing nothing of the mesh.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use weft_api::model::{Mesh, Workload};
 use weft_api::proxy_config::{
     Admin, InboundListener, Outbound, OutboundPort, OutboundTrafficPolicy, ProxyConfig, WorkloadInfo,
 };
+
+use crate::netns::{self, InstanceNet};
 
 /// Everything to start.
 #[derive(Debug, Clone)]
@@ -31,6 +40,8 @@ pub struct InstancePlan {
     /// Declared port -> the port this replica's app listens on.
     pub app_ports: BTreeMap<u16, u16>,
     pub sidecar: SidecarPlan,
+    /// The instance's own network namespace (`weft up --netns`); `None` on shared loopback.
+    pub net: Option<InstanceNet>,
 }
 
 /// The sidecar's own addresses.
@@ -53,6 +64,25 @@ impl Plan {
     /// Plans every replica of every workload in `mesh`. `port` hands out free ports; `exe` is
     /// the `weft` executable that replaces a leading `weft` in commands.
     pub fn new(mesh: &Mesh, exe: &Path, mut port: impl FnMut() -> u16) -> anyhow::Result<Plan> {
+        Self::build(mesh, exe, &mut |_| Ok(None), &mut port)
+    }
+
+    /// Plans every replica into a network namespace of its own: `net(n)` gives the `n`th
+    /// instance's namespace and address.
+    pub fn in_netns(
+        mesh: &Mesh,
+        exe: &Path,
+        mut net: impl FnMut(usize) -> anyhow::Result<InstanceNet>,
+    ) -> anyhow::Result<Plan> {
+        Self::build(mesh, exe, &mut |n| net(n).map(Some), &mut || 0)
+    }
+
+    fn build(
+        mesh: &Mesh,
+        exe: &Path,
+        net: &mut dyn FnMut(usize) -> anyhow::Result<Option<InstanceNet>>,
+        port: &mut dyn FnMut() -> u16,
+    ) -> anyhow::Result<Plan> {
         let mut instances = Vec::new();
         for w in &mesh.workloads {
             if w.command.is_empty() {
@@ -63,7 +93,8 @@ impl Plan {
                 );
             }
             for replica in 0..w.replicas {
-                instances.push(plan_instance(mesh, w, replica, exe, &mut port));
+                let net = net(instances.len())?;
+                instances.push(plan_instance(mesh, w, replica, exe, net, port)?);
             }
         }
         anyhow::ensure!(
@@ -79,8 +110,9 @@ fn plan_instance(
     w: &Workload,
     replica: u32,
     exe: &Path,
-    port: &mut impl FnMut() -> u16,
-) -> InstancePlan {
+    net: Option<InstanceNet>,
+    port: &mut dyn FnMut() -> u16,
+) -> anyhow::Result<InstancePlan> {
     let id = if w.namespace == "default" {
         format!("{}-{replica}", w.name)
     } else {
@@ -98,34 +130,12 @@ fn plan_instance(
     }
     declared.sort_unstable();
     declared.dedup();
-    let app_ports: BTreeMap<u16, u16> = declared.iter().map(|d| (*d, port())).collect();
-    let front = declared.iter().map(|d| (*d, port())).collect();
 
-    let mut outbound = Vec::new();
     let mut env = w.env.clone();
-    for s in &mesh.services {
-        for (i, p) in s.ports.iter().enumerate() {
-            let local = port();
-            outbound.push((s.name.clone(), s.namespace.clone(), p.port, local));
-            if i == 0 {
-                // What a sidecar injector gives the app: one URL per service it may call.
-                let var = format!("{}_URL", s.name.to_ascii_uppercase().replace(['-', '.'], "_"));
-                env.entry(var)
-                    .or_insert_with(|| format!("http://127.0.0.1:{local}"));
-            }
-        }
-    }
-    let sidecar = SidecarPlan {
-        admin: port(),
-        mesh: port(),
-        http_proxy: port(),
-        outbound,
-        front,
+    let (app_ports, sidecar) = match &net {
+        None => loopback_ports(mesh, &declared, &mut env, port),
+        Some(net) => netns_ports(mesh, w, net, &declared, &mut env)?,
     };
-    env.insert(
-        "HTTP_PROXY".into(),
-        format!("http://127.0.0.1:{}", sidecar.http_proxy),
-    );
     env.insert("WEFT_WORKLOAD".into(), w.name.clone());
     env.insert("WEFT_INSTANCE".into(), id.clone());
     env.insert("WEFT_NAMESPACE".into(), w.namespace.clone());
@@ -143,7 +153,7 @@ fn plan_instance(
     if command.first().is_some_and(|c| c == "weft") {
         command[0] = exe.display().to_string();
     }
-    InstancePlan {
+    Ok(InstancePlan {
         id,
         workload: w.name.clone(),
         namespace: w.namespace.clone(),
@@ -153,7 +163,98 @@ fn plan_instance(
         env,
         app_ports,
         sidecar,
+        net,
+    })
+}
+
+/// On shared loopback: fresh ports for the app and the sidecar, and the app is told the
+/// sidecar's per-service ports and HTTP-proxy port, as a sidecar injector would.
+fn loopback_ports(
+    mesh: &Mesh,
+    declared: &[u16],
+    env: &mut BTreeMap<String, String>,
+    port: &mut dyn FnMut() -> u16,
+) -> (BTreeMap<u16, u16>, SidecarPlan) {
+    let app_ports: BTreeMap<u16, u16> = declared.iter().map(|d| (*d, port())).collect();
+    let front = declared.iter().map(|d| (*d, port())).collect();
+    let mut outbound = Vec::new();
+    for s in &mesh.services {
+        for (i, p) in s.ports.iter().enumerate() {
+            let local = port();
+            outbound.push((s.name.clone(), s.namespace.clone(), p.port, local));
+            if i == 0 {
+                // What a sidecar injector gives the app: one URL per service it may call.
+                env.entry(url_var(&s.name))
+                    .or_insert_with(|| format!("http://127.0.0.1:{local}"));
+            }
+        }
     }
+    let sidecar = SidecarPlan {
+        admin: port(),
+        mesh: port(),
+        http_proxy: port(),
+        outbound,
+        front,
+    };
+    env.insert(
+        "HTTP_PROXY".into(),
+        format!("http://127.0.0.1:{}", sidecar.http_proxy),
+    );
+    (app_ports, sidecar)
+}
+
+/// In a namespace of its own: the app keeps its declared ports, the sidecar has the fixed
+/// ports capture redirects to, and the app's upstreams are service names and service ports —
+/// what a Kubernetes app is given. Capture sends its connections through the sidecar.
+fn netns_ports(
+    mesh: &Mesh,
+    w: &Workload,
+    net: &InstanceNet,
+    declared: &[u16],
+    env: &mut BTreeMap<String, String>,
+) -> anyhow::Result<(BTreeMap<u16, u16>, SidecarPlan)> {
+    let reserved = [
+        netns::ADMIN_PORT,
+        netns::OUTBOUND_CAPTURE_PORT,
+        netns::INBOUND_CAPTURE_PORT,
+        netns::MESH_PORT,
+    ];
+    if let Some(p) = declared.iter().find(|p| reserved.contains(p)) {
+        anyhow::bail!(
+            "workload {}/{} listens on port {p}, which its sidecar uses in --netns mode \
+             (15000, 15001, 15006, 15008): choose another port",
+            w.namespace,
+            w.name
+        );
+    }
+    for s in &mesh.services {
+        if let Some(p) = s.ports.first() {
+            let host = if s.namespace == w.namespace {
+                s.name.clone()
+            } else {
+                format!("{}.{}", s.name, s.namespace)
+            };
+            env.entry(url_var(&s.name))
+                .or_insert_with(|| format!("http://{host}:{}", p.port));
+        }
+    }
+    // Kubernetes' downward API gives apps their pod IP; the sidecar hands inbound traffic to
+    // the app there (as Istio does), so an app that listens on it or on 0.0.0.0 is reached.
+    env.insert("POD_IP".into(), net.ip.to_string());
+    let app_ports = declared.iter().map(|d| (*d, *d)).collect();
+    let sidecar = SidecarPlan {
+        admin: netns::ADMIN_PORT,
+        mesh: netns::MESH_PORT,
+        http_proxy: netns::OUTBOUND_CAPTURE_PORT,
+        outbound: Vec::new(),
+        front: BTreeMap::new(),
+    };
+    Ok((app_ports, sidecar))
+}
+
+/// `reviews` -> `REVIEWS_URL`.
+fn url_var(service: &str) -> String {
+    format!("{}_URL", service.to_ascii_uppercase().replace(['-', '.'], "_"))
 }
 
 fn expand(arg: &str, env: &BTreeMap<String, String>) -> String {
@@ -183,14 +284,53 @@ impl InstancePlan {
     /// The sidecar's bootstrap config: what only it knows (addresses, identity); the control
     /// plane pushes services, endpoints and routes.
     pub fn bootstrap(&self) -> ProxyConfig {
-        let local = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        let local = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let any = |p: u16| SocketAddr::from(([0, 0, 0, 0], p));
+        let workload = WorkloadInfo {
+            name: self.workload.clone(),
+            namespace: self.namespace.clone(),
+            service_account: self.service_account.clone(),
+            labels: self.labels.clone(),
+        };
+        let listeners = |front: bool| {
+            self.app_ports
+                .iter()
+                .map(|(declared, actual)| InboundListener {
+                    port: *declared,
+                    app: Some(SocketAddr::new(self.ip(), *actual)),
+                    protocol: Default::default(),
+                    listen: front
+                        .then(|| self.sidecar.front.get(declared).map(|p| local(*p)))
+                        .flatten(),
+                    mtls: None,
+                })
+                .collect()
+        };
+        if self.net.is_some() {
+            // A pod: peers and people reach the namespace's address; capture brings inbound
+            // connections to 15006 and the app's outbound ones to 15001.
+            return ProxyConfig {
+                workload,
+                admin: Admin {
+                    address: any(self.sidecar.admin),
+                },
+                inbound: weft_api::proxy_config::Inbound {
+                    mesh: any(self.sidecar.mesh),
+                    capture: Some(any(netns::INBOUND_CAPTURE_PORT)),
+                    mtls: Default::default(),
+                    authorization: Vec::new(),
+                    listeners: listeners(false),
+                },
+                outbound: Outbound {
+                    listen: Some(local(self.sidecar.http_proxy)),
+                    ports: Vec::new(),
+                    traffic_policy: OutboundTrafficPolicy::AllowAny,
+                },
+                ..ProxyConfig::default()
+            };
+        }
         ProxyConfig {
-            workload: WorkloadInfo {
-                name: self.workload.clone(),
-                namespace: self.namespace.clone(),
-                service_account: self.service_account.clone(),
-                labels: self.labels.clone(),
-            },
+            workload,
             admin: Admin {
                 address: local(self.sidecar.admin),
             },
@@ -199,17 +339,7 @@ impl InstancePlan {
                 capture: None,
                 mtls: Default::default(),
                 authorization: Vec::new(),
-                listeners: self
-                    .app_ports
-                    .iter()
-                    .map(|(declared, actual)| InboundListener {
-                        port: *declared,
-                        app: Some(local(*actual)),
-                        protocol: Default::default(),
-                        listen: self.sidecar.front.get(declared).map(|p| local(*p)),
-                        mtls: None,
-                    })
-                    .collect(),
+                listeners: listeners(true),
             },
             outbound: Outbound {
                 listen: Some(local(self.sidecar.http_proxy)),
@@ -226,6 +356,37 @@ impl InstancePlan {
                 traffic_policy: OutboundTrafficPolicy::AllowAny,
             },
             ..ProxyConfig::default()
+        }
+    }
+
+    /// The address this instance's apps and sidecar are reached at from the host.
+    pub fn ip(&self) -> std::net::IpAddr {
+        match &self.net {
+            Some(net) => net.ip.into(),
+            None => [127, 0, 0, 1].into(),
+        }
+    }
+
+    /// The sidecar's admin address, as the host reaches it.
+    pub fn admin(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(), self.sidecar.admin)
+    }
+
+    /// Where a person opens the app through its sidecar: the front port on loopback; in a
+    /// namespace the app's own port, which inbound capture hands to the sidecar.
+    pub fn open_url(&self) -> Option<String> {
+        match &self.net {
+            Some(net) => self
+                .app_ports
+                .keys()
+                .next()
+                .map(|p| format!("http://{}:{p}/", net.ip)),
+            None => self
+                .sidecar
+                .front
+                .values()
+                .next()
+                .map(|p| format!("http://127.0.0.1:{p}/")),
         }
     }
 
@@ -299,6 +460,65 @@ spec:
             a.identity(),
             "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
         );
+    }
+
+    #[test]
+    fn in_a_namespace_the_app_keeps_its_ports_and_knows_only_service_names() {
+        let net = |n: usize| {
+            Ok(InstanceNet {
+                netns: format!("weft-test-{n}"),
+                ip: std::net::Ipv4Addr::new(10, 233, 1, 2 + n as u8),
+                gateway: std::net::Ipv4Addr::new(10, 233, 1, 1),
+                veth: format!("wefttestv{n}"),
+            })
+        };
+        let plan = Plan::in_netns(&mesh(), Path::new("/usr/bin/weft"), net).expect("plan");
+        let (a, b) = (&plan.instances[0], &plan.instances[1]);
+        assert_eq!(a.app_ports[&9080], 9080, "the declared port, as in a pod");
+        assert_eq!(b.app_ports[&9080], 9080);
+        assert_eq!(a.env["REVIEWS_URL"], "http://reviews:9080");
+        assert_eq!(a.env["POD_IP"], "10.233.1.2");
+        assert_eq!(b.env["POD_IP"], "10.233.1.3");
+        assert!(!a.env.contains_key("HTTP_PROXY"), "{:?}", a.env);
+        assert_eq!(a.open_url().as_deref(), Some("http://10.233.1.2:9080/"));
+        assert_eq!(a.admin().to_string(), "10.233.1.2:15000");
+        let boot = a.bootstrap();
+        assert!(boot.validate().is_empty(), "{:?}", boot.validate());
+        assert_eq!(boot.inbound.mesh.to_string(), "0.0.0.0:15008");
+        assert_eq!(
+            boot.inbound.capture.map(|c| c.to_string()).as_deref(),
+            Some("0.0.0.0:15006")
+        );
+        assert_eq!(
+            boot.inbound.listeners[0].app.map(|c| c.to_string()).as_deref(),
+            Some("10.233.1.2:9080")
+        );
+        assert_eq!(
+            boot.inbound.listeners[0].listen, None,
+            "capture brings outside traffic"
+        );
+        assert!(
+            boot.outbound.ports.is_empty(),
+            "no per-service ports: capture finds the service"
+        );
+    }
+
+    #[test]
+    fn in_a_namespace_a_sidecar_port_is_not_an_app_port() {
+        let docs = "apiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: w}\nspec: {labels: {app: w}, ports: [{port: 15001}], command: [x]}\n";
+        let mut loaded = Loaded::default();
+        parse_file("m.yaml", docs, &mut loaded);
+        let mesh = weft_api::translate::translate(&loaded.documents).mesh;
+        let net = |_| {
+            Ok(InstanceNet {
+                netns: "n".into(),
+                ip: std::net::Ipv4Addr::new(10, 0, 0, 2),
+                gateway: std::net::Ipv4Addr::new(10, 0, 0, 1),
+                veth: "v".into(),
+            })
+        };
+        let err = Plan::in_netns(&mesh, Path::new("weft"), net).expect_err("port 15001");
+        assert!(err.to_string().contains("port 15001"), "{err}");
     }
 
     #[test]

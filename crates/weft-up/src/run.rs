@@ -14,6 +14,7 @@ use nix::sys::signal::Signal;
 use weft_api::finding::Severity;
 use weft_control::app::{self as control, ControlOptions};
 
+use crate::netns::{self, Network};
 use crate::plan::{InstancePlan, Plan};
 use crate::rundir::{self, InstanceRecord, RunDir, RunRecord};
 
@@ -28,6 +29,8 @@ pub struct UpOptions {
     pub ready_timeout: Duration,
     /// The `weft` executable (for sidecars, and a leading `weft` in commands).
     pub exe: PathBuf,
+    /// Each instance in its own network namespace with transparent capture (needs root).
+    pub netns: bool,
 }
 
 /// One started instance.
@@ -52,6 +55,10 @@ pub async fn up(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&[Entry]),
 ) -> anyhow::Result<()> {
+    if options.netns {
+        // Before anything is read or created: say at once what is missing.
+        netns::preflight()?;
+    }
     let run = RunDir::new(&options.run_dir);
     let dir = options
         .dir
@@ -65,6 +72,9 @@ pub async fn up(
         dir.display()
     );
     run.prepare()?;
+    if netns::clean_leftovers(&run.root)? {
+        say("removed the network namespaces a previous run left behind");
+    }
 
     say(&format!("reading {}", dir.display()));
     if let Some(variants) = weft_api::resources::variants_dir(&dir) {
@@ -78,11 +88,23 @@ pub async fn up(
     for f in findings.iter().filter(|f| f.severity == Severity::Error) {
         say(&format!("  config error (left out): {f}"));
     }
-    let plan = Plan::new(&translated.mesh, &options.exe, free_port)?;
+    // Dropped (removed) on any error below; removed explicitly after a clean stop.
+    let mut network = match options.netns {
+        true => Some(Network::create(&run.root)?),
+        false => None,
+    };
+    let plan = match &network {
+        Some(net) => Plan::in_netns(&translated.mesh, &options.exe, |n| net.instance(n))?,
+        None => Plan::new(&translated.mesh, &options.exe, free_port)?,
+    };
+    // Sidecars in namespaces reach the host on the bridge's address.
+    let control_ip = network
+        .as_ref()
+        .map_or([127, 0, 0, 1].into(), |net| net.subnet.gateway());
 
     say("starting the control plane");
     let cp = control::start(ControlOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen: SocketAddr::from((control_ip, 0)),
         admin: SocketAddr::from(([127, 0, 0, 1], 0)),
         // Discovery and identity over TLS; each sidecar gets the anchor as a file.
         tls: true,
@@ -93,6 +115,20 @@ pub async fn up(
     let mut tokens = BTreeMap::new();
     let mut started: Vec<Started> = Vec::new();
     let result = async {
+        if let Some(net) = network.as_mut() {
+            say(&format!(
+                "creating {} network namespaces with capture on {}",
+                plan.instances.len(),
+                net.subnet.cidr()
+            ));
+            let vips = vips(&cp);
+            let instances: Vec<_> = plan
+                .instances
+                .iter()
+                .filter_map(|i| Some((i.net.clone()?, hosts_lines(&vips, &i.namespace))))
+                .collect();
+            net.add_instances(&instances, &options.exe)?;
+        }
         for inst in &plan.instances {
             let key = (inst.namespace.clone(), inst.service_account.clone());
             if !tokens.contains_key(&key) {
@@ -123,11 +159,34 @@ pub async fn up(
         Ok(()) => {
             let entries = print_ready(&started, cp.admin, &run);
             on_ready(&entries);
-            supervise(&run, &mut started, shutdown).await;
+            // A service added while running gets a VIP: name it in every namespace's hosts.
+            let mut known = vips(&cp);
+            let refresh_hosts = || {
+                if network.is_none() {
+                    return;
+                }
+                let now = vips(&cp);
+                if now == known {
+                    return;
+                }
+                for inst in &plan.instances {
+                    if let Some(net) = &inst.net {
+                        if let Err(e) = netns::write_hosts(net, &hosts_lines(&now, &inst.namespace)) {
+                            say(&format!("cannot update the hosts file of {}: {e:#}", inst.id));
+                        }
+                    }
+                }
+                say("services changed: updated every namespace's hosts file");
+                known = now;
+            };
+            supervise(&run, &mut started, shutdown, refresh_hosts).await;
         }
         Err(e) => {
             stop_all(&mut started).await;
             cp.stop();
+            if let Some(net) = network.as_mut() {
+                net.teardown();
+            }
             std::fs::remove_file(run.record()).ok();
             return Err(e);
         }
@@ -135,6 +194,9 @@ pub async fn up(
     say("stopping: draining sidecars and stopping every workload");
     stop_all(&mut started).await;
     cp.stop();
+    if let Some(net) = network.as_mut() {
+        net.teardown();
+    }
     std::fs::remove_file(run.record()).ok();
     say("stopped");
     Ok(())
@@ -154,7 +216,7 @@ fn start_instance(
             std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?,
         ))
     };
-    let sidecar = Command::new(exe)
+    let sidecar = in_net(inst, exe)
         .arg("proxy")
         .arg("--config")
         .arg(&config)
@@ -173,6 +235,17 @@ fn start_instance(
             run.control_state()
                 .join(weft_control::identity::TRUST_BUNDLE_FILE),
         )
+        .args(match &inst.net {
+            // Peers reach it on the namespace's address; its own connections carry the mark
+            // capture lets through.
+            Some(net) => vec![
+                "--ip".to_string(),
+                net.ip.to_string(),
+                "--outbound-mark".to_string(),
+                netns::PROXY_MARK.to_string(),
+            ],
+            None => Vec::new(),
+        })
         .stdin(Stdio::null())
         .stdout(log(run.sidecar_log(&inst.id))?)
         .stderr(log(run.sidecar_log(&inst.id).with_extension("err.log"))?)
@@ -180,7 +253,7 @@ fn start_instance(
         .with_context(|| format!("starting the sidecar of {}", inst.id))?;
     let (program, args) = inst.command.split_first().context("empty command")?;
     let app_log = run.app_log(&inst.id);
-    let app = Command::new(program)
+    let app = in_net(inst, std::path::Path::new(program))
         .args(args)
         .envs(&inst.env)
         .stdin(Stdio::null())
@@ -196,6 +269,51 @@ fn start_instance(
         sidecar,
         reported: false,
     })
+}
+
+/// `program`, in the instance's network namespace when it has one (`ip netns exec` execs it,
+/// so the child's pid is the program's).
+fn in_net(inst: &InstancePlan, program: &std::path::Path) -> Command {
+    match &inst.net {
+        Some(net) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &net.netns]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Every service's VIP, from the control plane's registry (which keeps them): `(name,
+/// namespace, vip)`.
+fn vips(cp: &control::Running) -> Vec<(String, String, std::net::IpAddr)> {
+    use weft_control::push::ConfigSource as _;
+    let services = cp
+        .source
+        .config_for("weft-up")
+        .map(|c| c.services)
+        .unwrap_or_default();
+    services
+        .into_iter()
+        .filter_map(|s| Some((s.name, s.namespace, s.vip?)))
+        .collect()
+}
+
+/// `/etc/hosts` lines for an instance in namespace `ns`, naming each VIP as a Kubernetes pod
+/// there may (`reviews` for a service of its own namespace, `reviews.default`,
+/// `reviews.default.svc.cluster.local`).
+fn hosts_lines(vips: &[(String, String, std::net::IpAddr)], ns: &str) -> String {
+    let mut out = String::new();
+    for (name, service_ns, vip) in vips {
+        out.push_str(&format!(
+            "{vip} {name}.{service_ns}.svc.cluster.local {name}.{service_ns}.svc {name}.{service_ns}"
+        ));
+        if service_ns == ns {
+            out.push_str(&format!(" {name}"));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Waits until every sidecar reports ready (config pushed) and every app accepts connections,
@@ -223,16 +341,19 @@ async fn wait_ready(run: &RunDir, started: &mut [Started], timeout: Duration) ->
                     &log
                 ));
             }
-            if !http_ok(s.plan.sidecar.admin, "/ready") {
+            if !http_ok(s.plan.admin(), "/ready") {
                 waiting.push(format!("{} sidecar", s.plan.id));
             }
             for port in s.plan.app_ports.values() {
-                if TcpStream::connect_timeout(
-                    &SocketAddr::from(([127, 0, 0, 1], *port)),
-                    Duration::from_millis(200),
-                )
-                .is_err()
-                {
+                let up = match &s.plan.net {
+                    Some(_) => netns::listening(s.app.id(), *port),
+                    None => TcpStream::connect_timeout(
+                        &SocketAddr::from(([127, 0, 0, 1], *port)),
+                        Duration::from_millis(200),
+                    )
+                    .is_ok(),
+                };
+                if !up {
                     waiting.push(format!("{} app on :{port}", s.plan.id));
                 }
             }
@@ -285,10 +406,18 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
     );
     let id_width = started.iter().map(|s| s.plan.identity().len()).max().unwrap_or(8) + 2;
     let inst_width = started.iter().map(|s| s.plan.id.len()).max().unwrap_or(8).max(8) + 2;
-    println!(
-        "{:<inst_width$} {:<id_width$} {:<10} {:<28} METRICS",
-        "INSTANCE", "IDENTITY", "APP PORT", "OPEN (through its sidecar)"
+    // With --netns each instance is a pod: its namespace is worth showing (`ip netns exec`).
+    let netns_column = started.iter().any(|s| s.plan.net.is_some());
+    let header = format!(
+        "{:<inst_width$} {:<id_width$} {:<10} {:<28} {:<34}{}",
+        "INSTANCE",
+        "IDENTITY",
+        "APP PORT",
+        "OPEN (through its sidecar)",
+        "METRICS",
+        if netns_column { " NETNS" } else { "" }
     );
+    println!("{}", header.trim_end());
     let mut entries = Vec::new();
     for s in started {
         let p = &s.plan;
@@ -298,20 +427,21 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
             .map(u16::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let front = p
-            .sidecar
-            .front
-            .values()
-            .next()
-            .map(|port| format!("http://127.0.0.1:{port}/"));
-        println!(
-            "{:<inst_width$} {:<id_width$} {:<10} {:<28} http://127.0.0.1:{}/metrics",
+        let front = p.open_url();
+        let netns = p
+            .net
+            .as_ref()
+            .map(|n| format!(" {}", n.netns))
+            .unwrap_or_default();
+        let line = format!(
+            "{:<inst_width$} {:<id_width$} {:<10} {:<28} {:<34}{netns}",
             p.id,
             p.identity(),
             app,
             front.clone().unwrap_or_else(|| "-".into()),
-            p.sidecar.admin
+            format!("http://{}/metrics", p.admin()),
         );
+        println!("{}", line.trim_end());
         if let Some(url) = front {
             entries.push(Entry {
                 workload: p.workload.clone(),
@@ -341,13 +471,20 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
     entries
 }
 
-async fn supervise(run: &RunDir, started: &mut [Started], shutdown: impl Future<Output = ()>) {
+/// Reports instances that exit until `shutdown`; `tick` runs every half second.
+async fn supervise(
+    run: &RunDir,
+    started: &mut [Started],
+    shutdown: impl Future<Output = ()>,
+    mut tick: impl FnMut(),
+) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+        tick();
         for s in started.iter_mut().filter(|s| !s.reported) {
             if let Ok(Some(status)) = s.app.try_wait() {
                 say(&format!(
@@ -417,13 +554,10 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-/// A tiny blocking GET for readiness probes on loopback.
-fn http_ok(port: u16, path: &str) -> bool {
+/// A tiny blocking GET for readiness probes.
+fn http_ok(addr: SocketAddr, path: &str) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    ) else {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));

@@ -201,6 +201,8 @@ pub fn peer_script(name: &str) -> String {
     format!("{}/tests/peers/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+pub mod up;
+
 pub mod tempdir {
     use std::path::PathBuf;
 
