@@ -6,6 +6,7 @@
 mod core;
 pub mod gateway_api;
 mod istio;
+pub mod linkerd_policy;
 pub mod security;
 pub mod smi;
 
@@ -20,6 +21,8 @@ use crate::route::Origin;
 pub struct Translated {
     pub mesh: Mesh,
     pub findings: Vec<Finding>,
+    /// Linkerd policy documents read but not yet compiled (they name each other).
+    linkerd_policy: linkerd_policy::Pending,
 }
 
 /// Kinds Weft recognises but does not act on yet: each gets a finding saying so.
@@ -48,31 +51,6 @@ const NOT_YET: &[(&str, &str, &str)] = &[
         "linkerd.io",
         "ServiceProfile",
         "ServiceProfiles are not translated yet",
-    ),
-    (
-        "policy.linkerd.io",
-        "Server",
-        "Linkerd policy arrives with the identity issue",
-    ),
-    (
-        "policy.linkerd.io",
-        "AuthorizationPolicy",
-        "Linkerd policy arrives with the identity issue",
-    ),
-    (
-        "policy.linkerd.io",
-        "MeshTLSAuthentication",
-        "Linkerd policy arrives with the identity issue",
-    ),
-    (
-        "policy.linkerd.io",
-        "NetworkAuthentication",
-        "Linkerd policy arrives with the identity issue",
-    ),
-    (
-        "policy.linkerd.io",
-        "HTTPRoute",
-        "Linkerd HTTPRoutes are not translated yet",
     ),
 ];
 
@@ -106,6 +84,24 @@ const TRANSLATORS: &[(&str, &str, Translator)] = &[
         "AuthorizationPolicy",
         security::authorization_policy,
     ),
+    ("policy.linkerd.io", "Server", linkerd_policy::server),
+    (
+        "policy.linkerd.io",
+        "AuthorizationPolicy",
+        linkerd_policy::authorization_policy,
+    ),
+    (
+        "policy.linkerd.io",
+        "MeshTLSAuthentication",
+        linkerd_policy::mesh_tls_authentication,
+    ),
+    (
+        "policy.linkerd.io",
+        "NetworkAuthentication",
+        linkerd_policy::network_authentication,
+    ),
+    ("policy.linkerd.io", "HTTPRoute", linkerd_policy::http_route),
+    ("", "Namespace", linkerd_policy::namespace),
 ];
 
 /// Translates every document, in order.
@@ -135,6 +131,7 @@ pub fn translate(docs: &[Document]) -> Translated {
             ));
         }
     }
+    linkerd_policy::resolve(docs, &mut out);
     out
 }
 

@@ -173,7 +173,10 @@ async fn authorization_allows_productpage_denies_others_admin_paths_and_the_tcp_
         (StatusCode::FORBIDDEN, "RBAC"),
         "{body}"
     );
-    assert!(body.contains("no ALLOW policy matched"), "{body}");
+    assert!(
+        body.contains("AuthorizationPolicy default/reviews-viewer: no ALLOW rule matched"),
+        "{body}"
+    );
     // DENY by path, even for productpage.
     let (status, flags, body) = get(productpage.bound.outbound_ports[0], "/admin/users").await;
     assert_eq!(
@@ -200,6 +203,27 @@ async fn authorization_allows_productpage_denies_others_admin_paths_and_the_tcp_
     let tcp_denied = [("reporter", "destination"), ("response_flags", "RBAC")];
     assert!(
         metric_sum(&m, "istio_tcp_connections_opened_total", &tcp_denied) >= 1.0,
+        "{m}"
+    );
+    // Each denial counted with the policy that decided it.
+    let by_policy = |policy| [("decision", "deny"), ("policy", policy)];
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_authz_decisions_total",
+            &by_policy("AuthorizationPolicy/default/reviews-viewer")
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_authz_decisions_total",
+            &by_policy("AuthorizationPolicy/default/deny-admin")
+        ),
+        // The /admin request and the TCP stream (a DENY's HTTP-only fields are ignored on TCP).
+        2.0,
         "{m}"
     );
 }
