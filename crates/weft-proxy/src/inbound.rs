@@ -89,28 +89,7 @@ pub async fn handle_mesh(shared: Arc<Shared>, mut stream: TcpStream, drain: Canc
             tracing::info!(?remote, "TLS on the mesh port but no credentials yet; closing");
             return;
         };
-        match acceptor.accept(io).await {
-            Ok((tls_io, id)) => {
-                let local = acceptor.local_identity().unwrap_or_else(|| "unknown".into());
-                let peer = MeshPeer::Mtls {
-                    peer: Label::new(&id),
-                    local: Label::new(&local),
-                };
-                serve(
-                    tls_io,
-                    Version::Http2,
-                    &limits,
-                    drain,
-                    mesh_handler(shared, peer, remote),
-                )
-                .await;
-            }
-            Err(e) => {
-                shared.metrics.connection_rejected("mesh", "tls_handshake");
-                tracing::info!(?remote, error = %e, "mTLS handshake on the mesh port failed");
-            }
-        }
-        return;
+        return serve_mesh_tls(shared, acceptor, io, remote, &limits, drain).await;
     } else {
         if mode == MtlsMode::Strict {
             shared.metrics.connection_rejected("mesh", "plaintext_strict");
@@ -132,6 +111,41 @@ pub async fn handle_mesh(shared: Arc<Shared>, mut stream: TcpStream, drain: Canc
         mesh_handler(shared, peer, remote),
     )
     .await;
+}
+
+/// Terminates mTLS and serves the peer's HTTP/2 as the mesh port does: on the mesh port, or
+/// on an app port for a ClientHello offering the mesh ALPN.
+async fn serve_mesh_tls<IO>(
+    shared: Arc<Shared>,
+    acceptor: crate::tls::MeshAcceptor,
+    io: IO,
+    remote: Option<SocketAddr>,
+    limits: &weft_api::proxy_config::Limits,
+    drain: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match acceptor.accept(io).await {
+        Ok((tls_io, id)) => {
+            let local = acceptor.local_identity().unwrap_or_else(|| "unknown".into());
+            let peer = MeshPeer::Mtls {
+                peer: Label::new(&id),
+                local: Label::new(&local),
+            };
+            serve(
+                tls_io,
+                Version::Http2,
+                limits,
+                drain,
+                mesh_handler(shared, peer, remote),
+            )
+            .await;
+        }
+        Err(e) => {
+            shared.metrics.connection_rejected("mesh", "tls_handshake");
+            tracing::info!(?remote, error = %e, "mTLS handshake failed");
+        }
+    }
 }
 
 fn mesh_handler(
@@ -318,6 +332,26 @@ pub async fn handle_app_port(
             Ok(found) => found,
             Err(_) => return,
         }
+    };
+    let mode = snap.config.inbound.mtls_for(port);
+    let prefix = match (detected, shared.mesh_tls.clone().filter(|t| t.ready())) {
+        // A ClientHello offering the mesh ALPN is a peer: terminated as on the mesh port,
+        // except under DISABLE, where the port's TLS is the app's own and passes untouched.
+        (Detected::Tls, Some(acceptor)) if mode != MtlsMode::Disable => {
+            let detect_timeout = Duration::from_millis(limits.detect_timeout_ms);
+            let Ok(record) = crate::detect::read_first_record(&mut stream, prefix, detect_timeout).await
+            else {
+                return;
+            };
+            let alpn = crate::detect::client_hello_alpn(&record);
+            if alpn.is_some_and(|a| a.contains(&crate::tls::ALPN_MESH)) {
+                drop(snap);
+                let io = PrefixedIo::new(record, stream);
+                return serve_mesh_tls(shared, acceptor, io, remote, &limits, drain).await;
+            }
+            record
+        }
+        _ => prefix,
     };
     let io = PrefixedIo::new(prefix, stream);
     let version = match detected {
