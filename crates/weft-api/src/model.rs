@@ -21,7 +21,8 @@ pub struct Mesh {
     pub destinations: Vec<DestinationPolicy>,
     /// mTLS modes (Istio PeerAuthentication), in document order.
     pub peer_authentications: Vec<PeerAuthentication>,
-    /// Authorization (Istio AuthorizationPolicy), in document order.
+    /// Authorization (Istio AuthorizationPolicy; Linkerd Servers and default inbound policies,
+    /// compiled once all documents are read), in document order.
     pub authorization_policies: Vec<AuthorizationPolicy>,
 }
 

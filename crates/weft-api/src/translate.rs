@@ -52,6 +52,11 @@ const NOT_YET: &[(&str, &str, &str)] = &[
         "ServiceProfile",
         "ServiceProfiles are not translated yet",
     ),
+    (
+        "policy.linkerd.io",
+        "ServerAuthorization",
+        "deprecated in Linkerd; write an AuthorizationPolicy targeting the Server",
+    ),
 ];
 
 /// A translator: reads one document (its load order in `seen`) into the model.
