@@ -394,3 +394,50 @@ async fn disable_passes_a_mesh_alpn_client_hello_through_to_the_app() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_grpc_call_gets_trailers_only_permission_denied() {
+    let ca = TestCa::new("test root");
+    let http_app = HttpEcho::start("reviews-v1").await.expect("http app");
+    let tcp_app = TcpEcho::start().await.expect("tcp app");
+    let server = start(
+        server_config(http_app.addr(), tcp_app.addr()),
+        Some(ca.cell(REVIEWS)),
+    )
+    .await;
+    let ratings = start(
+        client_config("ratings", http_app.addr(), tcp_app.addr(), server.bound.mesh),
+        Some(ca.cell(RATINGS)),
+    )
+    .await;
+    let stream = TcpStream::connect(ratings.bound.outbound_ports[0])
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = Request::post("http://reviews:9080/reviews.Reviews/Get")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .expect("answer in time")
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK, "{resp:?}");
+    assert_eq!(resp.headers()["grpc-status"], "7", "{resp:?}");
+    assert_eq!(resp.headers()[FLAGS_HEADER], "RBAC", "{resp:?}");
+    let message = resp.headers()["grpc-message"]
+        .to_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("reviews-viewer"), "{message}");
+    assert!(
+        hyper::body::Body::is_end_stream(resp.body()),
+        "not trailers-only: {resp:?}"
+    );
+    assert_eq!(http_app.requests(), 0);
+}
