@@ -218,6 +218,39 @@ fn linkerd_policy_decisions_follow_linkerd_semantics() {
             method: None,
             ..case("route does not admit TCP", format!("{}{ROUTE}", base()), Some(STRANGER), 8080, false, "Server default/api-http")
         },
+        // Identity patterns: every service account of a namespace, Linkerd's way and by ref.
+        case(
+            "linkerd wildcard identity",
+            format!("{}{}", base(), ALLOW_WEB.replace("[web.default.", "[\"*.default.").replace("linkerd.cluster.local]", "linkerd.cluster.local\"]")),
+            // Not web: any service account of the namespace.
+            Some("spiffe://cluster.local/ns/default/sa/batch"),
+            8080,
+            true,
+            "Server default/api-http",
+        ),
+        case(
+            "linkerd wildcard identity, other namespace",
+            format!("{}{}", base(), ALLOW_WEB.replace("[web.default.", "[\"*.default.").replace("linkerd.cluster.local]", "linkerd.cluster.local\"]")),
+            Some(STRANGER),
+            8080,
+            false,
+            "Server default/api-http",
+        ),
+        case(
+            "identityRefs service account",
+            format!(
+                "{}{}",
+                base(),
+                ALLOW_WEB.replace(
+                    "identities: [web.default.serviceaccount.identity.linkerd.cluster.local]",
+                    "identityRefs: [{kind: ServiceAccount, name: stranger, namespace: other}]"
+                )
+            ),
+            Some(STRANGER),
+            8080,
+            true,
+            "Server default/api-http",
+        ),
         // Server accessPolicy replaces the deny default.
         case(
             "accessPolicy all-authenticated",
