@@ -26,6 +26,9 @@
 //!   with a match-all rule, so every request to the port is logged and counted (Linkerd audits
 //!   only what would have been denied; Weft audits more, never less).
 //!
+//! - A Server's `proxyProtocol` sets the protocol of the Workload ports it selects (those the
+//!   Workload leaves to detection): `HTTP/1`, `HTTP/2`, `gRPC`, and `opaque`/`TLS` as TCP.
+//!
 //! HTTPRoutes whose parent is a Service route traffic exactly like the Gateway API's and are
 //! handed to that translator.
 
@@ -37,7 +40,9 @@ use crate::authz::ROOT_NAMESPACES;
 use crate::finding::{codes, Finding};
 use crate::identity::{SpiffeId, DEFAULT_TRUST_DOMAIN};
 use crate::model::{AuthorizationPolicy, Workload};
-use crate::proxy_config::{AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource};
+use crate::proxy_config::{
+    AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, Protocol,
+};
 use crate::resources::gateway_api::{HttpRouteSpec, ParentRef, PathMatchType, ValueMatchType};
 use crate::resources::linkerd_policy as lp;
 use crate::resources::Document;
@@ -93,18 +98,12 @@ pub(super) fn server(doc: &Document, _seen: usize, out: &mut Translated) {
         ));
     }
     if let Some(p) = spec.proxy_protocol.as_deref() {
-        match p {
-            "unknown" => {}
-            "HTTP/1" | "HTTP/2" | "gRPC" | "opaque" | "TLS" => out.findings.push(not_implemented(
+        if proxy_protocol(p).is_none() {
+            out.findings.push(schema(
                 doc,
                 &["spec", "proxyProtocol"],
-                &format!("proxyProtocol {p}: the protocol comes from the workload's port and detection"),
-            )),
-            _ => out.findings.push(schema(
-                doc,
-                &["spec", "proxyProtocol"],
-                format!("unknown proxyProtocol {p:?} (unknown, HTTP/1, HTTP/2, gRPC, opaque, TLS)"),
-            )),
+                format!("unknown proxyProtocol {p:?} (unknown, HTTP/1, HTTP/2, gRPC, opaque, TLS); detected instead"),
+            ));
         }
     }
     if let Some(a) = spec.access_policy.as_deref() {
@@ -220,6 +219,70 @@ pub(super) fn namespace(doc: &Document, _seen: usize, out: &mut Translated) {
     }
 }
 
+/// A Server's `proxyProtocol` as the port protocol it sets (`unknown`: detected, as `Auto`).
+/// `opaque` and `TLS` are both bytes the proxy never inspects.
+fn proxy_protocol(p: &str) -> Option<Protocol> {
+    Some(match p {
+        "unknown" => Protocol::Auto,
+        "HTTP/1" => Protocol::Http,
+        "HTTP/2" => Protocol::Http2,
+        "gRPC" => Protocol::Grpc,
+        "opaque" | "TLS" => Protocol::Tcp,
+        _ => return None,
+    })
+}
+
+/// Sets the protocol of the workload ports a Server selects from its `proxyProtocol`, where
+/// the Workload left it to detection (a protocol the Workload declares wins, and is reported
+/// when it differs).
+fn set_port_protocol(
+    sdoc: &Document,
+    spec: &lp::ServerSpec,
+    by_port: &BTreeMap<u16, Vec<String>>,
+    out: &mut Translated,
+) {
+    let Some(protocol) = spec.proxy_protocol.as_deref().and_then(proxy_protocol) else {
+        return;
+    };
+    if protocol == Protocol::Auto {
+        return;
+    }
+    for (port, names) in by_port {
+        for w in out
+            .mesh
+            .workloads
+            .iter_mut()
+            .filter(|w| w.namespace == sdoc.namespace && names.contains(&w.name))
+        {
+            let Some(p) = w.ports.iter_mut().find(|p| p.port == *port) else {
+                let message = format!(
+                    "Server {}/{}: proxyProtocol applies to ports Workload {} declares; port {port} is not one, so it is detected",
+                    sdoc.namespace, sdoc.name, w.name
+                );
+                out.findings.push(Finding::warning(
+                    codes::NOT_IMPLEMENTED,
+                    message,
+                    &locate(sdoc, &["spec", "proxyProtocol"]),
+                ));
+                continue;
+            };
+            if p.protocol == Protocol::Auto {
+                p.protocol = protocol;
+            } else if p.protocol != protocol {
+                let message = format!(
+                    "Server {}/{}: proxyProtocol says {protocol:?} but Workload {} declares port {port} as {:?}; the Workload's declaration is kept",
+                    sdoc.namespace, sdoc.name, w.name, p.protocol
+                );
+                out.findings.push(Finding::warning(
+                    codes::SCHEMA,
+                    message,
+                    &locate(sdoc, &["spec", "proxyProtocol"]),
+                ));
+            }
+        }
+    }
+}
+
 fn is_server(p: &ParentRef) -> bool {
     p.kind == "Server" && p.group == POLICY_GROUP
 }
@@ -268,6 +331,7 @@ pub(super) fn resolve(docs: &[Document], out: &mut Translated) {
                 &locate(sdoc, &["spec", "podSelector"]),
             ));
         }
+        set_port_protocol(sdoc, spec, &by_port, out);
         let mut rules = server_rules(sdoc, &pending, &authn);
         let access = spec.access_policy.as_deref().unwrap_or("deny");
         let (rule, audit) = fallback(access).unwrap_or((None, false));

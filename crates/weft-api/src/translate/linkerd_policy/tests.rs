@@ -462,3 +462,30 @@ spec:
     assert_eq!(docs[0].origin.name, "api-split");
     assert!(t.mesh.authorization_policies.is_empty());
 }
+
+#[test]
+fn proxy_protocol_sets_the_protocol_of_detected_ports() {
+    use crate::proxy_config::Protocol;
+    let admin = SERVER
+        .replace("name: api-http", "name: api-admin")
+        .replace("port: http", "port: admin");
+    let t = run(&format!("{WORKLOADS}{admin}  proxyProtocol: opaque\n"));
+    assert!(t.findings.is_empty(), "{:#?}", t.findings);
+    let api = t.mesh.workloads.iter().find(|w| w.name == "api").expect("api");
+    let protocols: Vec<_> = api.ports.iter().map(|p| (p.port, p.protocol)).collect();
+    // `http` is HTTP by its name; `admin` was left to detection and is now opaque.
+    assert_eq!(protocols, vec![(8080, Protocol::Http), (9090, Protocol::Tcp)]);
+    // A protocol the Workload declares (here by the port's name) is kept, and the conflict
+    // reported at the Server's proxyProtocol.
+    let t = run(&format!("{WORKLOADS}{SERVER}  proxyProtocol: gRPC\n"));
+    let found: Vec<_> = t.findings.iter().map(|f| (f.code, f.line)).collect();
+    assert_eq!(found, vec![(codes::SCHEMA, Some(24))], "{:#?}", t.findings);
+    let api = t.mesh.workloads.iter().find(|w| w.name == "api").expect("api");
+    assert_eq!(api.ports[0].protocol, Protocol::Http);
+    // An unknown value is an error at its line; the port stays as it was.
+    let t = run(&format!("{WORKLOADS}{admin}  proxyProtocol: HTTP/3\n"));
+    let found: Vec<_> = t.findings.iter().map(|f| (f.code, f.line)).collect();
+    assert_eq!(found, vec![(codes::SCHEMA, Some(24))], "{:#?}", t.findings);
+    let api = t.mesh.workloads.iter().find(|w| w.name == "api").expect("api");
+    assert_eq!(api.ports[1].protocol, Protocol::Auto);
+}
