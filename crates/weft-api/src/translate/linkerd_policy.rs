@@ -8,7 +8,8 @@
 //!   scoped to that port and to the workloads its `podSelector` picks. Its rules are the
 //!   AuthorizationPolicies targeting it (directly, through a `policy.linkerd.io` HTTPRoute whose
 //!   parent it is, or through its Namespace), then its `accessPolicy` (default `deny`: no
-//!   rule, so unauthorized traffic is denied).
+//!   rule, so unauthorized traffic is denied). A Server with inbound routes serves only what
+//!   they match: Linkerd answers other requests 404, Weft denies them (403).
 //! - An AuthorizationPolicy's `requiredAuthenticationRefs` must all hold: each
 //!   MeshTLSAuthentication is a `source.principal` condition, the first NetworkAuthentication
 //!   the rule's `from` (one source per network, `except` as `notIpBlocks`), further ones a
@@ -646,8 +647,31 @@ fn identities(doc: &Document, m: &lp::MeshTlsAuthenticationSpec, out: &mut Trans
     ids
 }
 
-/// The rules the AuthorizationPolicies targeting a Server give it.
+/// The rules the AuthorizationPolicies targeting a Server give it. Once a Server has inbound
+/// HTTPRoutes, only requests matching one of them are served (Linkerd answers others 404;
+/// Weft denies them, 403), so policies on the whole Server admit only what its routes match.
 fn server_rules(sdoc: &Document, pending: &Pending, authn: &Authn) -> Vec<AuthzRule> {
+    let is_parent = |spec: &HttpRouteSpec| {
+        spec.parent_refs.iter().any(|p| {
+            is_server(p)
+                && p.name == sdoc.name
+                && p.namespace.as_deref().is_none_or(|ns| ns == sdoc.namespace)
+        })
+    };
+    let routes: Vec<&(Document, HttpRouteSpec)> = pending
+        .routes
+        .iter()
+        .filter(|(r, spec)| r.namespace == sdoc.namespace && is_parent(spec))
+        .collect();
+    let whole_server = |base: AuthzRule| -> Vec<AuthzRule> {
+        if routes.is_empty() {
+            return vec![base];
+        }
+        routes
+            .iter()
+            .flat_map(|(_, spec)| route_rules(spec, &base))
+            .collect()
+    };
     let mut rules = Vec::new();
     for (index, (adoc, a)) in pending.policies.iter().enumerate() {
         if adoc.namespace != sdoc.namespace {
@@ -664,22 +688,12 @@ fn server_rules(sdoc: &Document, pending: &Pending, authn: &Authn) -> Vec<AuthzR
             when: when.clone(),
         };
         match t.kind.as_str() {
-            "Server" if name == Some(sdoc.name.as_str()) => rules.push(base),
-            "Namespace" if name.is_none_or(|n| n == sdoc.namespace) => rules.push(base),
+            "Server" if name == Some(sdoc.name.as_str()) => rules.extend(whole_server(base)),
+            "Namespace" if name.is_none_or(|n| n == sdoc.namespace) => rules.extend(whole_server(base)),
             "HTTPRoute" => {
-                let route = pending
-                    .routes
-                    .iter()
-                    .find(|(r, _)| r.namespace == adoc.namespace && Some(r.name.as_str()) == name);
+                let route = routes.iter().find(|(r, _)| Some(r.name.as_str()) == name);
                 if let Some((_, spec)) = route {
-                    let parent = spec.parent_refs.iter().any(|p| {
-                        is_server(p)
-                            && p.name == sdoc.name
-                            && p.namespace.as_deref().is_none_or(|ns| ns == sdoc.namespace)
-                    });
-                    if parent {
-                        rules.extend(route_rules(spec, &base));
-                    }
+                    rules.extend(route_rules(spec, &base));
                 }
             }
             _ => {}

@@ -251,6 +251,26 @@ fn linkerd_policy_decisions_follow_linkerd_semantics() {
             true,
             "Server default/api-http",
         ),
+        // With inbound routes, a Server-wide policy admits only what a route matches.
+        case(
+            "server policy within routes",
+            format!("{}{ROUTE}{ALLOW_WEB}", base()),
+            Some(WEB),
+            8080,
+            true,
+            "Server default/api-http",
+        ),
+        Case {
+            path: "/admin",
+            ..case(
+                "no route matches",
+                format!("{}{ROUTE}{ALLOW_WEB}", base()),
+                Some(WEB),
+                8080,
+                false,
+                "Server default/api-http",
+            )
+        },
         // Server accessPolicy replaces the deny default.
         case(
             "accessPolicy all-authenticated",
