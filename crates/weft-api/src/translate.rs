@@ -68,10 +68,12 @@ const TRANSLATORS: &[(&str, &str, Translator)] = &[
     ("networking.istio.io", "DestinationRule", istio::destination_rule),
     ("networking.istio.io", "VirtualService", istio::virtual_service),
     ("weft.dev", "Workload", core::workload),
+    // A Linkerd Server parent makes an HTTPRoute of either group an inbound route; the rest
+    // goes to the Gateway API translator.
     (
         "gateway.networking.k8s.io",
         "HTTPRoute",
-        gateway_api::translate_http_route,
+        linkerd_policy::http_route,
     ),
     (
         "gateway.networking.k8s.io",

@@ -165,14 +165,16 @@ pub(super) fn network_authentication(doc: &Document, _seen: usize, out: &mut Tra
     }
 }
 
-/// `policy.linkerd.io` HTTPRoute: an inbound route when a parent is a Server; otherwise (a
-/// Service or Gateway parent) it routes like the Gateway API's HTTPRoute.
+/// An HTTPRoute (`policy.linkerd.io` or `gateway.networking.k8s.io`, as Linkerd accepts
+/// both): an inbound route when a parent is a Server; otherwise (a Service or Gateway parent)
+/// it routes like the Gateway API's HTTPRoute.
 pub(super) fn http_route(doc: &Document, seen: usize, out: &mut Translated) {
     let spec: HttpRouteSpec = match doc.spec() {
         Ok(s) => s,
         Err(f) => return out.findings.push(f),
     };
-    if spec.parent_refs.iter().any(|p| !is_server(p)) {
+    // Without parents the Gateway API translator says it routes nothing.
+    if spec.parent_refs.is_empty() || spec.parent_refs.iter().any(|p| !is_server(p)) {
         gateway_api::translate_http_route(doc, seen, out);
     }
     if spec.parent_refs.iter().any(|p| is_server(p)) {
@@ -583,7 +585,7 @@ fn target_exists(
     let found = match t.kind.as_str() {
         "Namespace" => return true,
         "Server" => find_doc(&pending.servers, &ns, &name).is_some(),
-        "HTTPRoute" => find_doc(&pending.routes, &ns, &name).is_some(),
+        "HTTPRoute" => route_of(pending, t, &ns, &name).is_some(),
         other => {
             out.findings.push(not_implemented(
                 adoc,
@@ -602,6 +604,25 @@ fn target_exists(
         out.findings.push(missing(adoc, &path, kind, &ns, &name));
     }
     found
+}
+
+/// The inbound route an AuthorizationPolicy's targetRef names (its group, default
+/// `policy.linkerd.io`, must be the route's).
+fn route_of<'a>(
+    pending: &'a Pending,
+    t: &lp::TargetRef,
+    ns: &str,
+    name: &str,
+) -> Option<&'a (Document, HttpRouteSpec)> {
+    let group = t
+        .group
+        .as_deref()
+        .filter(|g| !g.is_empty())
+        .unwrap_or(POLICY_GROUP);
+    pending
+        .routes
+        .iter()
+        .find(|(d, _)| d.namespace == ns && d.name == name && d.group() == group)
 }
 
 fn find_doc<T>(docs: &[(Document, T)], ns: &str, name: &str) -> Option<usize> {
@@ -691,7 +712,10 @@ fn server_rules(sdoc: &Document, pending: &Pending, authn: &Authn) -> Vec<AuthzR
             "Server" if name == Some(sdoc.name.as_str()) => rules.extend(whole_server(base)),
             "Namespace" if name.is_none_or(|n| n == sdoc.namespace) => rules.extend(whole_server(base)),
             "HTTPRoute" => {
-                let route = routes.iter().find(|(r, _)| Some(r.name.as_str()) == name);
+                let named = route_of(pending, t, &sdoc.namespace, name.unwrap_or_default());
+                let route = routes
+                    .iter()
+                    .find(|r| named.is_some_and(|n| std::ptr::eq(**r, n)));
                 if let Some((_, spec)) = route {
                     rules.extend(route_rules(spec, &base));
                 }

@@ -509,3 +509,47 @@ fn proxy_protocol_sets_the_protocol_of_detected_ports() {
     let api = t.mesh.workloads.iter().find(|w| w.name == "api").expect("api");
     assert_eq!(api.ports[1].protocol, Protocol::Auto);
 }
+
+#[test]
+fn a_gateway_api_http_route_with_a_server_parent_is_an_inbound_route() {
+    let route = ROUTE
+        .replace(
+            "apiVersion: policy.linkerd.io/v1beta3\nkind: HTTPRoute",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute",
+        )
+        .replace(
+            "{group: policy.linkerd.io, kind: HTTPRoute, name: api-read}",
+            "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api-read}",
+        );
+    assert!(route.contains("gateway.networking.k8s.io/v1"), "{route}");
+    let docs = format!("{WORKLOADS}{SERVER}{route}");
+    let get = case("gateway route GET", docs.clone(), Some(STRANGER), 8080, true, "");
+    assert!(decide(&get).0);
+    let post = Case {
+        method: Some("POST"),
+        ..case(
+            "gateway route POST",
+            docs.clone(),
+            Some(STRANGER),
+            8080,
+            false,
+            "",
+        )
+    };
+    assert!(!decide(&post).0);
+    // No routing findings for the Server parent, and no mesh route either.
+    let t = run(&docs);
+    assert!(t.findings.is_empty(), "{:#?}", t.findings);
+    assert!(t.mesh.routes.is_empty());
+    // The targetRef's group must be the route's: the default (policy.linkerd.io) misses it.
+    let wrong = docs.replace(
+        "{group: gateway.networking.k8s.io, kind: HTTPRoute",
+        "{kind: HTTPRoute",
+    );
+    let t = run(&wrong);
+    assert!(
+        t.findings.iter().any(|f| f.code == codes::MISSING_POLICY_REF),
+        "{:#?}",
+        t.findings
+    );
+}
