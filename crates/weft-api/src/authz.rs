@@ -12,6 +12,16 @@
 //!   connection is denied unless another rule allows it); in a DENY rule they are ignored and
 //!   the rest of the rule still applies (more restrictive: a DENY on `methods: [GET]` for a
 //!   TCP port denies every connection to it).
+//! - AUDIT policies never change the outcome: the first AUDIT rule that matches is reported
+//!   (`AuthzDecision::audit`) so the proxy logs and counts the request with the policy.
+//! - A policy scoped to ports (`AuthzPolicy::ports` / `not_ports`, how Linkerd's per-port
+//!   `Server` and default inbound policy are written) is ignored for traffic to other ports.
+//!
+//! Istio and Linkerd on one workload: both compile to these policies and combine by the rules
+//! above. Every in-scope DENY denies first; then the in-scope ALLOW policies are alternatives
+//! (one matching rule in any of them allows), exactly as several Istio ALLOW policies are. A
+//! Linkerd `Server` is an ALLOW policy scoped to its port whose rules are the Linkerd
+//! AuthorizationPolicies targeting it (none: it denies everything on that port).
 //! - String matching: exact, prefix `abc*`, suffix `*abc`, and `*` (any non-empty value).
 //!   Principals compare without the `spiffe://` scheme, so `cluster.local/ns/default/sa/x` as
 //!   Istio writes it and the full URI are the same.
@@ -55,53 +65,101 @@ pub struct AuthzDecision {
     /// The action of the deciding policy: DENY (a DENY rule matched), ALLOW (an ALLOW rule
     /// matched, or none did while ALLOW policies exist); None without policies.
     pub action: Option<AuthzAction>,
-    /// `(namespace, name)` of the deciding policy; None when no ALLOW rule matched.
+    /// `(namespace, name)` of the deciding policy (when no ALLOW rule matched, the first ALLOW
+    /// policy in scope, with `rule` None); None without policies.
     pub policy: Option<(String, String)>,
     /// Index of the matching rule in that policy.
     pub rule: Option<usize>,
+    /// The deciding policy's kind (`AuthorizationPolicy`, `Server`, `default-inbound-policy`).
+    pub kind: Option<String>,
+    /// The AUDIT policy that matched, if any: the request is logged and counted with it.
+    pub audit: Option<AuditMatch>,
+}
+
+/// An AUDIT policy's matching rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditMatch {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub rule: usize,
 }
 
 impl AuthzDecision {
     /// `ns/name[rule]` for logs, or `-`.
     pub fn describe(&self) -> String {
         match (&self.policy, self.rule) {
-            (Some((ns, name)), Some(rule)) => format!("{ns}/{name} rule {rule}"),
-            (Some((ns, name)), None) => format!("{ns}/{name}"),
+            (Some((ns, name)), Some(rule)) => format!("{} {ns}/{name} rule {rule}", self.kind_name()),
+            (Some((ns, name)), None) => format!("{} {ns}/{name}: no ALLOW rule matched", self.kind_name()),
             _ if self.action == Some(AuthzAction::Allow) => "no ALLOW policy matched".into(),
             _ => "-".into(),
         }
     }
 }
 
-/// Decides one request or connection against the workload's policies.
-pub fn authorize(policies: &[AuthzPolicy], req: &AuthzRequest<'_>) -> AuthzDecision {
-    for p in policies.iter().filter(|p| p.action == AuthzAction::Deny) {
-        if let Some(i) = p.rules.iter().position(|r| rule_matches(r, req, true)) {
-            return AuthzDecision {
-                allowed: false,
-                action: Some(AuthzAction::Deny),
-                policy: Some((p.namespace.clone(), p.name.clone())),
-                rule: Some(i),
-            };
+impl AuthzDecision {
+    fn kind_name(&self) -> &str {
+        self.kind.as_deref().unwrap_or("AuthorizationPolicy")
+    }
+
+    /// The deciding policy as a bounded label value for metrics: `kind/ns/name`, `-` without.
+    pub fn policy_label(&self) -> String {
+        match &self.policy {
+            Some((ns, name)) => format!("{}/{ns}/{name}", self.kind_name()),
+            None => "-".into(),
         }
     }
-    let mut any_allow = false;
-    for p in policies.iter().filter(|p| p.action == AuthzAction::Allow) {
-        any_allow = true;
+}
+
+/// Decides one request or connection against the workload's policies.
+pub fn authorize(policies: &[AuthzPolicy], req: &AuthzRequest<'_>) -> AuthzDecision {
+    let in_scope = |action: AuthzAction| {
+        policies
+            .iter()
+            .filter(move |p| p.action == action && p.covers(req.port))
+    };
+    // AUDIT rules see the request as a DENY would (the more inclusive reading of HTTP-only
+    // fields on TCP): auditing too much is safer than too little.
+    let audit = in_scope(AuthzAction::Audit).find_map(|p| {
+        let rule = p.rules.iter().position(|r| rule_matches(r, req, true))?;
+        Some(AuditMatch {
+            kind: p.kind.clone(),
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            rule,
+        })
+    });
+    let decided = |allowed: bool, action: AuthzAction, p: &AuthzPolicy, i: usize| AuthzDecision {
+        allowed,
+        action: Some(action),
+        policy: Some((p.namespace.clone(), p.name.clone())),
+        rule: Some(i),
+        kind: Some(p.kind.clone()),
+        audit: audit.clone(),
+    };
+    for p in in_scope(AuthzAction::Deny) {
+        if let Some(i) = p.rules.iter().position(|r| rule_matches(r, req, true)) {
+            return decided(false, AuthzAction::Deny, p, i);
+        }
+    }
+    let mut allow_policies = in_scope(AuthzAction::Allow).peekable();
+    let any_allow = allow_policies.peek().is_some();
+    // Without a matching rule the denial names the first ALLOW policy in scope, so a port
+    // closed by a Linkerd `Server` (or an empty Istio ALLOW) says which document closed it.
+    let mut first: Option<&AuthzPolicy> = None;
+    for p in allow_policies {
+        first.get_or_insert(p);
         if let Some(i) = p.rules.iter().position(|r| rule_matches(r, req, false)) {
-            return AuthzDecision {
-                allowed: true,
-                action: Some(AuthzAction::Allow),
-                policy: Some((p.namespace.clone(), p.name.clone())),
-                rule: Some(i),
-            };
+            return decided(true, AuthzAction::Allow, p, i);
         }
     }
     AuthzDecision {
         allowed: !any_allow,
         action: any_allow.then_some(AuthzAction::Allow),
-        policy: None,
+        policy: first.map(|p| (p.namespace.clone(), p.name.clone())),
         rule: None,
+        kind: first.map(|p| p.kind.clone()),
+        audit,
     }
 }
 
@@ -286,15 +344,26 @@ fn selects(selector: &Option<BTreeMap<String, String>>, labels: &BTreeMap<String
     }
 }
 
-/// The AuthorizationPolicies of a workload, DENY and ALLOW, in document order: those in its
-/// namespace whose selector picks it (or without selector), and those without selector in a
-/// root namespace.
-pub fn policies_for(mesh: &Mesh, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<AuthzPolicy> {
+/// The authorization policies of a workload, in document order: those in its namespace whose
+/// selector picks it (or without selector) and, when they name workloads, name it; and those
+/// without selector in a root namespace.
+pub fn policies_for(
+    mesh: &Mesh,
+    namespace: &str,
+    workload: &str,
+    labels: &BTreeMap<String, String>,
+) -> Vec<AuthzPolicy> {
     mesh.authorization_policies
         .iter()
         .filter(|p| {
-            (p.origin.namespace == namespace && selects(&p.selector, labels))
-                || (ROOT_NAMESPACES.contains(&p.origin.namespace.as_str()) && p.selector.is_none())
+            let named = p
+                .workloads
+                .as_ref()
+                .is_none_or(|w| w.iter().any(|w| w == workload));
+            (p.origin.namespace == namespace && selects(&p.selector, labels) && named)
+                || (ROOT_NAMESPACES.contains(&p.origin.namespace.as_str())
+                    && p.selector.is_none()
+                    && p.workloads.is_none())
         })
         .map(|p| p.policy.clone())
         .collect()

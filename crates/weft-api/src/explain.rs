@@ -211,7 +211,7 @@ fn authorize_for(
     });
     let mut chosen: Option<authz::AuthzDecision> = None;
     for (w, port) in &destinations {
-        let policies = authz::policies_for(mesh, &w.namespace, &w.labels);
+        let policies = authz::policies_for(mesh, &w.namespace, &w.name, &w.labels);
         if policies.is_empty() {
             continue;
         }
@@ -247,10 +247,12 @@ fn authorize_for(
             Some(AuthzAction::Deny) => "DENY",
             _ => "ALLOW",
         },
-        "kind": "AuthorizationPolicy",
+        "kind": d.kind.as_deref().unwrap_or("AuthorizationPolicy"),
         "namespace": namespace,
         "name": name,
         "rule": d.rule,
+        // A matching AUDIT policy: the request is logged and counted, never blocked by it.
+        "audit": d.audit,
     }));
 }
 
@@ -422,8 +424,12 @@ spec:
 "#;
 
     fn secured(from: &str, method: &str) -> Explanation {
+        explain_docs(SECURED, from, method)
+    }
+
+    fn explain_docs(docs: &str, from: &str, method: &str) -> Explanation {
         let mut loaded = crate::resources::Loaded::default();
-        crate::resources::parse_file("m.yaml", SECURED, &mut loaded);
+        crate::resources::parse_file("m.yaml", docs, &mut loaded);
         let t = crate::translate::translate(&loaded.documents);
         assert!(t.findings.is_empty(), "{:?}", t.findings);
         let req = ExplainRequest {
@@ -445,7 +451,7 @@ spec:
         assert_eq!(
             serde_json::to_value(&e.authorization).expect("json"),
             serde_json::json!({"allowed": true, "action": "ALLOW", "kind": "AuthorizationPolicy",
-                "namespace": "default", "name": "reviews-viewer", "rule": 0})
+                "namespace": "default", "name": "reviews-viewer", "rule": 0, "audit": null})
         );
         // The port-level mode of the target port beats the mesh-wide STRICT.
         assert_eq!(e.mtls.mode, "PERMISSIVE");
@@ -455,8 +461,73 @@ spec:
         assert_eq!(
             serde_json::to_value(&e.authorization).expect("json"),
             serde_json::json!({"allowed": false, "action": "ALLOW", "kind": "AuthorizationPolicy",
-                "namespace": null, "name": null, "rule": null})
+                "namespace": "default", "name": "reviews-viewer", "rule": null, "audit": null})
         );
         assert_eq!(secured("productpage-v1", "DELETE").decision, "deny");
+    }
+
+    /// The same mesh with reviews under Linkerd policy instead: a Server on 9081 that only
+    /// productpage's identity may use, an Istio AUDIT on GETs, and DISABLE on the port.
+    const LINKERD: &str = r#"
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: reviews-http}
+spec: {podSelector: {matchLabels: {app: reviews}}, port: 9081}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: reviews-from-productpage}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: reviews-http}
+  requiredAuthenticationRefs: [{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: productpage}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {name: productpage}
+spec: {identities: [bookinfo-productpage.default.serviceaccount.identity.linkerd.cluster.local]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-gets}
+spec:
+  action: AUDIT
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews-plain}
+spec: {selector: {matchLabels: {app: reviews}}, mtls: {mode: DISABLE}}
+"#;
+
+    #[test]
+    fn linkerd_server_audit_and_disable_are_explained() {
+        // SECURED's first five documents (services and workloads), then LINKERD.
+        let base: Vec<&str> = SECURED.split("\n---\n").take(4).collect();
+        let docs = format!("{}{LINKERD}", base.join("\n---\n"));
+        let e = explain_docs(&docs, "productpage-v1", "GET");
+        assert_eq!(e.decision, "route");
+        assert_eq!(
+            serde_json::to_value(&e.authorization).expect("json"),
+            serde_json::json!({"allowed": true, "action": "ALLOW", "kind": "Server",
+                "namespace": "default", "name": "reviews-http", "rule": 0,
+                "audit": {"kind": "AuthorizationPolicy", "namespace": "default", "name": "audit-gets", "rule": 0}})
+        );
+        assert_eq!(e.mtls.mode, "DISABLE");
+        // Another identity: denied by the Server, still audited (AUDIT never decides).
+        let e = explain_docs(&docs, "ratings-v1", "GET");
+        assert_eq!(e.decision, "deny");
+        let a = serde_json::to_value(&e.authorization).expect("json");
+        assert_eq!(
+            (a["kind"].as_str(), a["name"].as_str(), a["allowed"].as_bool()),
+            (Some("Server"), Some("reviews-http"), Some(false))
+        );
+        assert_eq!(a["audit"]["name"], "audit-gets");
+        // Not a GET: nothing audited.
+        let e = explain_docs(&docs, "productpage-v1", "POST");
+        assert_eq!(
+            serde_json::to_value(&e.authorization).expect("json")["audit"],
+            serde_json::Value::Null
+        );
     }
 }

@@ -56,6 +56,10 @@ pub mod codes {
     pub const BAD_REGEX: &str = "WEFT0106";
     pub const SHADOWED_RULE: &str = "WEFT0107";
     pub const STRICT_PLAINTEXT: &str = "WEFT0108";
+    /// A Linkerd policy names a Server, HTTPRoute or authentication that is in no document.
+    pub const MISSING_POLICY_REF: &str = "WEFT0120";
+    /// A Linkerd `Server` selects no workload port.
+    pub const SELECTS_NOTHING: &str = "WEFT0121";
 }
 
 // === impl Finding ===

@@ -21,7 +21,8 @@ pub struct Mesh {
     pub destinations: Vec<DestinationPolicy>,
     /// mTLS modes (Istio PeerAuthentication), in document order.
     pub peer_authentications: Vec<PeerAuthentication>,
-    /// Authorization (Istio AuthorizationPolicy), in document order.
+    /// Authorization (Istio AuthorizationPolicy; Linkerd Servers and default inbound policies,
+    /// compiled once all documents are read), in document order.
     pub authorization_policies: Vec<AuthorizationPolicy>,
 }
 
@@ -39,12 +40,17 @@ pub struct PeerAuthentication {
     pub origin: Origin,
 }
 
-/// Istio `AuthorizationPolicy` with `ALLOW` or `DENY` (AUDIT and CUSTOM are reported and left
-/// out): the compiled form a proxy runs, plus whom it applies to.
+/// An authorization policy (Istio `AuthorizationPolicy` with `ALLOW`, `DENY` or `AUDIT`; a
+/// Linkerd `Server` with the AuthorizationPolicies that target it, or a Linkerd default
+/// inbound policy): the compiled form a proxy runs, plus whom it applies to.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuthorizationPolicy {
     /// `selector.matchLabels`; None: the whole namespace (the whole mesh in a root namespace).
     pub selector: Option<BTreeMap<String, String>>,
+    /// Only these workloads (by name, in the policy's namespace), on top of `selector`: a
+    /// Linkerd `Server` whose `podSelector` was resolved at translation, or a workload's own
+    /// default-inbound-policy annotation. None: whatever `selector` picks.
+    pub workloads: Option<Vec<String>>,
     pub policy: AuthzPolicy,
     pub origin: Origin,
 }

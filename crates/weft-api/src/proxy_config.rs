@@ -150,6 +150,9 @@ pub struct Inbound {
 /// A TLS ClientHello on the mesh port is always terminated as mTLS when the proxy has
 /// credentials. What differs is plaintext HTTP/2 from a peer: accepted under `PERMISSIVE` and
 /// `DISABLE`, refused (closed, counted, logged) under `STRICT` — with or without credentials.
+/// On an app port, a ClientHello offering the mesh ALPN is terminated as on the mesh port under
+/// `PERMISSIVE`, and passed to the app untouched under `DISABLE` (as all TLS there is the
+/// app's own); such traffic is labelled `connection_security_policy="none"`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
@@ -158,7 +161,8 @@ pub enum MtlsMode {
     /// mTLS and plaintext both accepted.
     #[default]
     Permissive,
-    /// Plaintext expected; mTLS still terminated if a peer offers it.
+    /// Plaintext expected; mTLS still terminated on the mesh port if a peer offers it, never
+    /// on an app port.
     Disable,
 }
 

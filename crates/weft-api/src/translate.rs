@@ -6,6 +6,7 @@
 mod core;
 pub mod gateway_api;
 mod istio;
+pub mod linkerd_policy;
 pub mod security;
 pub mod smi;
 
@@ -20,6 +21,8 @@ use crate::route::Origin;
 pub struct Translated {
     pub mesh: Mesh,
     pub findings: Vec<Finding>,
+    /// Linkerd policy documents read but not yet compiled (they name each other).
+    linkerd_policy: linkerd_policy::Pending,
 }
 
 /// Kinds Weft recognises but does not act on yet: each gets a finding saying so.
@@ -51,28 +54,8 @@ const NOT_YET: &[(&str, &str, &str)] = &[
     ),
     (
         "policy.linkerd.io",
-        "Server",
-        "Linkerd policy arrives with the identity issue",
-    ),
-    (
-        "policy.linkerd.io",
-        "AuthorizationPolicy",
-        "Linkerd policy arrives with the identity issue",
-    ),
-    (
-        "policy.linkerd.io",
-        "MeshTLSAuthentication",
-        "Linkerd policy arrives with the identity issue",
-    ),
-    (
-        "policy.linkerd.io",
-        "NetworkAuthentication",
-        "Linkerd policy arrives with the identity issue",
-    ),
-    (
-        "policy.linkerd.io",
-        "HTTPRoute",
-        "Linkerd HTTPRoutes are not translated yet",
+        "ServerAuthorization",
+        "deprecated in Linkerd; write an AuthorizationPolicy targeting the Server",
     ),
 ];
 
@@ -85,10 +68,12 @@ const TRANSLATORS: &[(&str, &str, Translator)] = &[
     ("networking.istio.io", "DestinationRule", istio::destination_rule),
     ("networking.istio.io", "VirtualService", istio::virtual_service),
     ("weft.dev", "Workload", core::workload),
+    // A Linkerd Server parent makes an HTTPRoute of either group an inbound route; the rest
+    // goes to the Gateway API translator.
     (
         "gateway.networking.k8s.io",
         "HTTPRoute",
-        gateway_api::translate_http_route,
+        linkerd_policy::http_route,
     ),
     (
         "gateway.networking.k8s.io",
@@ -106,6 +91,24 @@ const TRANSLATORS: &[(&str, &str, Translator)] = &[
         "AuthorizationPolicy",
         security::authorization_policy,
     ),
+    ("policy.linkerd.io", "Server", linkerd_policy::server),
+    (
+        "policy.linkerd.io",
+        "AuthorizationPolicy",
+        linkerd_policy::authorization_policy,
+    ),
+    (
+        "policy.linkerd.io",
+        "MeshTLSAuthentication",
+        linkerd_policy::mesh_tls_authentication,
+    ),
+    (
+        "policy.linkerd.io",
+        "NetworkAuthentication",
+        linkerd_policy::network_authentication,
+    ),
+    ("policy.linkerd.io", "HTTPRoute", linkerd_policy::http_route),
+    ("", "Namespace", linkerd_policy::namespace),
 ];
 
 /// Translates every document, in order.
@@ -135,6 +138,7 @@ pub fn translate(docs: &[Document]) -> Translated {
             ));
         }
     }
+    linkerd_policy::resolve(docs, &mut out);
     out
 }
 

@@ -233,3 +233,54 @@ spec:
     );
     assert!(!out.stdout.contains("WEFT0108"), "{}", out.stdout);
 }
+
+#[test]
+fn analyze_finds_broken_linkerd_policy_references() {
+    let dir = tempdir::Dir::new("weft-analyze-linkerd");
+    let write = |text: &str| std::fs::write(dir.path.join("policy.yaml"), text).expect("write");
+    let analyze = || {
+        let out = run(
+            weft_bin(),
+            &["analyze", dir.path.to_str().expect("utf-8"), "-o", "json"],
+        );
+        (out.status.code(), json(&out))
+    };
+    let workload = "apiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: api}\nspec: {labels: {app: api}, ports: [{name: http, port: 8080}], command: [sleep, \"1\"]}\n---\n";
+    let server = "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata: {name: api-http}\nspec: {podSelector: {matchLabels: {app: api}}, port: http}\n---\n";
+    let policy = "apiVersion: policy.linkerd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: api-authz}\nspec:\n  targetRef: {group: policy.linkerd.io, kind: Server, name: api-http}\n  requiredAuthenticationRefs: [{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: clients}]\n";
+    let mtls = "---\napiVersion: policy.linkerd.io/v1alpha1\nkind: MeshTLSAuthentication\nmetadata: {name: clients}\nspec: {identities: [\"*\"]}\n";
+    let finding = |v: &serde_json::Value, code: &str| -> Option<(String, u64)> {
+        v["findings"]
+            .as_array()?
+            .iter()
+            .find(|f| f["code"] == code)
+            .map(|f| {
+                (
+                    f["severity"].as_str().unwrap_or_default().to_string(),
+                    f["line"].as_u64().unwrap_or_default(),
+                )
+            })
+    };
+
+    // Whole: clean.
+    write(&format!("{workload}{server}{policy}{mtls}"));
+    let (code, v) = analyze();
+    assert_eq!(code, Some(0), "{v}");
+    // The MeshTLSAuthentication missing: an error at the reference's line.
+    write(&format!("{workload}{server}{policy}"));
+    let (code, v) = analyze();
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(finding(&v, "WEFT0120"), Some(("error".into(), 16)), "{v}");
+    // The Server missing: an error at the targetRef.
+    write(&format!("{workload}{policy}{mtls}"));
+    let (code, v) = analyze();
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(finding(&v, "WEFT0120"), Some(("error".into(), 10)), "{v}");
+    // A Server selecting nothing: a warning at its podSelector.
+    write(&format!(
+        "{}{policy}{mtls}",
+        server.replace("app: api", "app: nobody")
+    ));
+    let (_, v) = analyze();
+    assert_eq!(finding(&v, "WEFT0121"), Some(("warning".into(), 4)), "{v}");
+}

@@ -14,6 +14,7 @@ const VARIANTS: &[&str] = &[
     "fault-delay",
     "gateway-api-80-20",
     "jason-v2",
+    "linkerd-authz",
     "smi-80-20",
     "v3",
 ];
@@ -313,4 +314,25 @@ fn authz_lets_each_service_hear_only_its_callers() {
     assert_eq!(denied["authorization"]["allowed"], false, "{denied}");
     let ratings = explain(&dir.0, "reviews-v2", "http://ratings:9080/ratings/0", None);
     assert_eq!(ratings["authorization"]["name"], "ratings-viewer", "{ratings}");
+}
+
+#[test]
+fn linkerd_authz_lets_each_service_hear_only_its_callers() {
+    let dir = running_dir(Some("linkerd-authz"));
+    let url = "http://reviews:9080/reviews/0";
+    let ok = explain(&dir.0, "productpage-v1", url, None);
+    assert_eq!(ok["decision"], "route", "{ok}");
+    assert_eq!(ok["authorization"]["allowed"], true, "{ok}");
+    assert_eq!(ok["authorization"]["kind"], "Server", "{ok}");
+    assert_eq!(ok["authorization"]["name"], "reviews-http", "{ok}");
+    let denied = explain(&dir.0, "ratings-v1", url, None);
+    assert_eq!(denied["decision"], "deny", "{denied}");
+    assert_eq!(denied["authorization"]["allowed"], false, "{denied}");
+    assert_eq!(denied["authorization"]["name"], "reviews-http", "{denied}");
+    let ratings = explain(&dir.0, "reviews-v2", "http://ratings:9080/ratings/0", None);
+    assert_eq!(ratings["authorization"]["allowed"], true, "{ratings}");
+    assert_eq!(ratings["authorization"]["name"], "ratings-http", "{ratings}");
+    // The page's port has no Server: the default policy lets the browser in.
+    let page = explain(&dir.0, "details-v1", "http://productpage:9080/productpage", None);
+    assert_eq!(page["authorization"], Value::Null, "{page}");
 }

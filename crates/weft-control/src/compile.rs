@@ -271,7 +271,7 @@ pub fn compile_local(mesh: &Mesh, registry: &Registry, proxy: &ProxyRef) -> Comp
     for l in &mut config.inbound.listeners {
         l.mtls = port_mtls.get(&l.port).copied();
     }
-    config.inbound.authorization = weft_api::authz::policies_for(mesh, &ns, &labels);
+    config.inbound.authorization = weft_api::authz::policies_for(mesh, &ns, &config.workload.name, &labels);
     Compiled { config, errors }
 }
 

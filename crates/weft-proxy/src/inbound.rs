@@ -32,7 +32,7 @@ use crate::http::server::{check_request, close_after, serve, Version};
 use crate::http::Body;
 use crate::io::PrefixedIo;
 use crate::telemetry::metered::RequestMeta;
-use crate::telemetry::metrics::{Label, Peer};
+use crate::telemetry::metrics::{Label, Metrics, Peer};
 
 /// How a connection reached the inbound side.
 #[derive(Debug, Clone, Copy)]
@@ -89,28 +89,7 @@ pub async fn handle_mesh(shared: Arc<Shared>, mut stream: TcpStream, drain: Canc
             tracing::info!(?remote, "TLS on the mesh port but no credentials yet; closing");
             return;
         };
-        match acceptor.accept(io).await {
-            Ok((tls_io, id)) => {
-                let local = acceptor.local_identity().unwrap_or_else(|| "unknown".into());
-                let peer = MeshPeer::Mtls {
-                    peer: Label::new(&id),
-                    local: Label::new(&local),
-                };
-                serve(
-                    tls_io,
-                    Version::Http2,
-                    &limits,
-                    drain,
-                    mesh_handler(shared, peer, remote),
-                )
-                .await;
-            }
-            Err(e) => {
-                shared.metrics.connection_rejected("mesh", "tls_handshake");
-                tracing::info!(?remote, error = %e, "mTLS handshake on the mesh port failed");
-            }
-        }
-        return;
+        return serve_mesh_tls(shared, acceptor, io, remote, &limits, drain).await;
     } else {
         if mode == MtlsMode::Strict {
             shared.metrics.connection_rejected("mesh", "plaintext_strict");
@@ -132,6 +111,41 @@ pub async fn handle_mesh(shared: Arc<Shared>, mut stream: TcpStream, drain: Canc
         mesh_handler(shared, peer, remote),
     )
     .await;
+}
+
+/// Terminates mTLS and serves the peer's HTTP/2 as the mesh port does: on the mesh port, or
+/// on an app port for a ClientHello offering the mesh ALPN.
+async fn serve_mesh_tls<IO>(
+    shared: Arc<Shared>,
+    acceptor: crate::tls::MeshAcceptor,
+    io: IO,
+    remote: Option<SocketAddr>,
+    limits: &weft_api::proxy_config::Limits,
+    drain: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match acceptor.accept(io).await {
+        Ok((tls_io, id)) => {
+            let local = acceptor.local_identity().unwrap_or_else(|| "unknown".into());
+            let peer = MeshPeer::Mtls {
+                peer: Label::new(&id),
+                local: Label::new(&local),
+            };
+            serve(
+                tls_io,
+                Version::Http2,
+                limits,
+                drain,
+                mesh_handler(shared, peer, remote),
+            )
+            .await;
+        }
+        Err(e) => {
+            shared.metrics.connection_rejected("mesh", "tls_handshake");
+            tracing::info!(?remote, error = %e, "mTLS handshake failed");
+        }
+    }
 }
 
 fn mesh_handler(
@@ -225,7 +239,7 @@ async fn mesh_request(
             format!("plaintext request for port {port} refused (mTLS STRICT on this port)"),
         ));
     }
-    if let Err(d) = check(&snap, &who, port, Some(&req)) {
+    if let Err(d) = check(&snap, Some(&shared.metrics), &who, port, Some(&req)) {
         return meta.fail(&denied(&d));
     }
     let headers = req.headers();
@@ -259,7 +273,7 @@ async fn mesh_connect(
         tracing::info!(port, "plaintext CONNECT refused (mTLS STRICT on this port)");
         return refused_stream(&meta, "DPE", StatusCode::SERVICE_UNAVAILABLE);
     }
-    if let Err(d) = check(&snap, who, port, None) {
+    if let Err(d) = check(&snap, Some(&shared.metrics), who, port, None) {
         tracing::info!(port, flags = "RBAC", policy = %d.describe(), "TCP connection denied by authorization policy");
         return refused_stream(&meta, "RBAC", StatusCode::FORBIDDEN);
     }
@@ -319,6 +333,26 @@ pub async fn handle_app_port(
             Err(_) => return,
         }
     };
+    let mode = snap.config.inbound.mtls_for(port);
+    let prefix = match (detected, shared.mesh_tls.clone().filter(|t| t.ready())) {
+        // A ClientHello offering the mesh ALPN is a peer: terminated as on the mesh port,
+        // except under DISABLE, where the port's TLS is the app's own and passes untouched.
+        (Detected::Tls, Some(acceptor)) if mode != MtlsMode::Disable => {
+            let detect_timeout = Duration::from_millis(limits.detect_timeout_ms);
+            let Ok(record) = crate::detect::read_first_record(&mut stream, prefix, detect_timeout).await
+            else {
+                return;
+            };
+            let alpn = crate::detect::client_hello_alpn(&record);
+            if alpn.is_some_and(|a| a.contains(&crate::tls::ALPN_MESH)) {
+                drop(snap);
+                let io = PrefixedIo::new(record, stream);
+                return serve_mesh_tls(shared, acceptor, io, remote, &limits, drain).await;
+            }
+            record
+        }
+        _ => prefix,
+    };
     let io = PrefixedIo::new(prefix, stream);
     let version = match detected {
         Detected::Http1 => Version::Http1,
@@ -332,7 +366,7 @@ pub async fn handle_app_port(
                 snap.local.clone(),
                 false,
             );
-            if let Err(d) = check(&snap, &who, port, None) {
+            if let Err(d) = check(&snap, Some(&shared.metrics), &who, port, None) {
                 tracing::info!(?remote, port, flags = "RBAC", policy = %d.describe(), "TCP connection denied by authorization policy");
                 let labels = meta.tcp_labels("RBAC");
                 shared.metrics.tcp_opened(&labels);
@@ -380,7 +414,7 @@ async fn outside_request(
         return close_after(meta.fail(&e));
     }
     strip_mesh(req.headers_mut());
-    if let Err(d) = check(&snap, who, port, Some(&req)) {
+    if let Err(d) = check(&snap, Some(&shared.metrics), who, port, Some(&req)) {
         return meta.fail(&denied(&d));
     }
     to_app(shared, target, req, meta).await
@@ -436,9 +470,12 @@ fn port_refuses_plaintext(snap: &Snapshot, who: &Caller, port: u16) -> bool {
     !who.mtls && snap.config.inbound.mtls_for(port) == MtlsMode::Strict
 }
 
-/// Runs the workload's authorization policies; `req` None for a TCP connection.
+/// Runs the workload's authorization policies; `req` None for a TCP connection. With
+/// `metrics` (a new request or connection, not a re-check of an open one) a denial and an
+/// AUDIT match are counted with their policy, and an audited request is logged.
 fn check(
     snap: &Snapshot,
+    metrics: Option<&Metrics>,
     who: &Caller,
     port: u16,
     req: Option<&Request<Incoming>>,
@@ -476,6 +513,28 @@ fn check(
             headers: &headers,
         },
     );
+    if let Some(metrics) = metrics {
+        if let Some(a) = &decision.audit {
+            let policy = format!("{}/{}/{}", a.kind, a.namespace, a.name);
+            metrics.authz("audit", &policy);
+            tracing::info!(
+                port,
+                principal = ?who.principal,
+                source_ip = %who.ip,
+                method = req.map(|r| r.method().as_str()),
+                path = req.map(|r| r.uri().path()),
+                allowed = decision.allowed,
+                audit = %format!("{policy} rule {}", a.rule),
+                "request audited by authorization policy"
+            );
+        }
+        if !decision.allowed {
+            metrics.authz("deny", &decision.policy_label());
+            if let Some(r) = req {
+                tracing::info!(port, principal = ?who.principal, source_ip = %who.ip, method = %r.method(), flags = "RBAC", policy = %decision.describe(), "request denied by authorization policy");
+            }
+        }
+    }
     if decision.allowed {
         Ok(())
     } else {
@@ -519,7 +578,7 @@ fn until_revoked(shared: Arc<Shared>, who: Caller, port: u16) -> Pin<Box<dyn Fut
                 tracing::info!(port, principal = ?who.principal, "open plaintext connection closed: the port is now mTLS STRICT");
                 return;
             }
-            if let Err(d) = check(&seen, &who, port, None) {
+            if let Err(d) = check(&seen, None, &who, port, None) {
                 tracing::info!(port, principal = ?who.principal, flags = "RBAC", policy = %d.describe(), "open TCP connection closed: no longer authorized");
                 return;
             }

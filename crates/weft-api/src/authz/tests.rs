@@ -84,7 +84,9 @@ fn allow_nothing_denies_everything() {
     let d = decide(&p, &http(Some(PRODUCTPAGE), "GET", "/"));
     assert!(!d.allowed);
     assert_eq!(d.action, Some(AuthzAction::Allow));
-    assert_eq!(d.policy, None);
+    // The denial names the ALLOW policy that closed the workload, with no rule.
+    assert_eq!(d.policy, Some(("default".into(), "allow-nothing".into())));
+    assert_eq!(d.rule, None);
     // `rules: [{}]` allows everything.
     let p = [policy(serde_json::json!({"name": "allow-all", "rules": [{}]}))];
     assert!(decide(&p, &http(None, "POST", "/x")).allowed);
@@ -236,4 +238,72 @@ fn http_only_fields_on_tcp_never_allow_and_deny_without_them() {
     let mut other = tcp;
     other.port = 9001;
     assert!(decide(&deny, &other).allowed);
+}
+
+#[test]
+fn audit_never_decides_and_is_reported() {
+    let audit = policy(
+        serde_json::json!({"name": "audit-get", "action": "AUDIT", "rules": [
+            {"to": [{"operation": {"methods": ["GET"]}}]}
+        ]}),
+    );
+    // Alone: allowed, audited.
+    let d = decide(std::slice::from_ref(&audit), &http(None, "GET", "/"));
+    assert!(d.allowed);
+    assert_eq!(d.action, None);
+    let a = d.audit.expect("audited");
+    assert_eq!((a.name.as_str(), a.rule), ("audit-get", 0));
+    // Not matching: no audit.
+    assert_eq!(
+        decide(std::slice::from_ref(&audit), &http(None, "POST", "/")).audit,
+        None
+    );
+    // With a DENY: still denied, still audited.
+    let deny = policy(serde_json::json!({"name": "deny-all", "action": "DENY", "rules": [{}]}));
+    let d = decide(&[audit.clone(), deny], &http(None, "GET", "/"));
+    assert!(!d.allowed);
+    assert!(d.audit.is_some());
+    // An AUDIT policy is not an ALLOW policy: it never closes the workload.
+    let d = decide(&[audit], &http(Some(SLEEP), "DELETE", "/"));
+    assert!(d.allowed);
+}
+
+#[test]
+fn port_scoped_policies_apply_only_to_their_ports() {
+    // A Linkerd Server on 9080 with no authorization, and a default policy on other ports.
+    let server = AuthzPolicy {
+        name: "reviews-http".into(),
+        kind: "Server".into(),
+        ports: vec![9080],
+        ..Default::default()
+    };
+    let default = AuthzPolicy {
+        name: "all-authenticated".into(),
+        kind: "default-inbound-policy".into(),
+        not_ports: vec![9080],
+        rules: vec![AuthzRule {
+            from: vec![AuthzSource {
+                principals: vec!["*".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let p = [server, default];
+    let d = decide(&p, &http(Some(PRODUCTPAGE), "GET", "/"));
+    assert!(!d.allowed);
+    assert_eq!(d.kind.as_deref(), Some("Server"));
+    assert_eq!(d.describe(), "Server default/reviews-http: no ALLOW rule matched");
+    assert_eq!(d.policy_label(), "Server/default/reviews-http");
+    let other = |principal| Req {
+        port: 9090,
+        ..http(principal, "GET", "/")
+    };
+    assert!(decide(&p, &other(Some(PRODUCTPAGE))).allowed);
+    let d = decide(&p, &other(None));
+    assert!(!d.allowed);
+    assert_eq!(d.kind.as_deref(), Some("default-inbound-policy"));
+    // No policy in scope for a port at all: allowed.
+    assert!(decide(&p[..1], &other(None)).allowed);
 }

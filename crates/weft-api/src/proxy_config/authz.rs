@@ -1,4 +1,5 @@
-//! Authorization as a proxy runs it: Istio `AuthorizationPolicy` compiled to plain data
+//! Authorization as a proxy runs it: Istio `AuthorizationPolicy` and Linkerd `Server` /
+//! `AuthorizationPolicy` / default inbound policy compiled to plain data
 //! (`Inbound.authorization`). The decision is [`crate::authz::authorize`].
 
 use serde::{Deserialize, Serialize};
@@ -11,21 +12,56 @@ pub struct AuthzPolicy {
     pub name: String,
     #[serde(default = "default_namespace")]
     pub namespace: String,
-    /// `ALLOW` or `DENY`. Default `ALLOW`.
+    /// The kind of document that wrote it (`AuthorizationPolicy`, Linkerd's `Server`, or
+    /// `default-inbound-policy`), for logs, metrics and `weft explain`.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// `ALLOW`, `DENY` or `AUDIT`. Default `ALLOW`.
     #[serde(default)]
     pub action: AuthzAction,
     /// A policy without rules matches nothing (as `ALLOW` it denies everything).
     #[serde(default)]
     pub rules: Vec<AuthzRule>,
+    /// The declared app ports the policy applies to (a Linkerd `Server` covers one port);
+    /// empty: every port. A policy out of scope for a port is as if absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// Ports the policy does not apply to (a Linkerd default policy skips ports a `Server`
+    /// covers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ports: Vec<u16>,
 }
 
-/// What a matching policy does. `AUDIT` and `CUSTOM` never reach a proxy.
+impl Default for AuthzPolicy {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            namespace: default_namespace(),
+            kind: default_kind(),
+            action: AuthzAction::default(),
+            rules: Vec::new(),
+            ports: Vec::new(),
+            not_ports: Vec::new(),
+        }
+    }
+}
+
+impl AuthzPolicy {
+    /// Whether the policy applies to traffic for this (declared) app port.
+    pub fn covers(&self, port: u16) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&port)) && !self.not_ports.contains(&port)
+    }
+}
+
+/// What a matching policy does. `AUDIT` never changes the decision: a request it matches is
+/// logged and counted with the policy. (`CUSTOM` never reaches a proxy.)
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AuthzAction {
     #[default]
     Allow,
     Deny,
+    Audit,
 }
 
 /// A rule matches when one of `from` matches (or it is empty), one of `to` matches (or it is
@@ -93,6 +129,10 @@ pub struct AuthzCondition {
     pub values: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_values: Vec<String>,
+}
+
+fn default_kind() -> String {
+    "AuthorizationPolicy".into()
 }
 
 fn default_namespace() -> String {

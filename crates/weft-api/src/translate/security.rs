@@ -105,8 +105,8 @@ fn bad_mode(doc: &Document, path: &[&str], m: &str) -> Finding {
     )
 }
 
-/// `AuthorizationPolicy` -> `model::AuthorizationPolicy` (ALLOW and DENY; AUDIT and CUSTOM
-/// are reported and left out).
+/// `AuthorizationPolicy` -> `model::AuthorizationPolicy` (ALLOW, DENY and AUDIT; CUSTOM is
+/// reported and left out).
 pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Translated) {
     let spec: sec::AuthorizationPolicySpec = match doc.spec() {
         Ok(spec) => spec,
@@ -130,7 +130,8 @@ pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Trans
     let action = match spec.action.as_deref().map(str::to_ascii_uppercase).as_deref() {
         None | Some("ALLOW") => AuthzAction::Allow,
         Some("DENY") => AuthzAction::Deny,
-        Some(a @ ("AUDIT" | "CUSTOM")) => {
+        Some("AUDIT") => AuthzAction::Audit,
+        Some(a @ "CUSTOM") => {
             out.findings.push(not_implemented(
                 doc,
                 &["spec", "action"],
@@ -254,17 +255,20 @@ pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Trans
     }
     out.mesh.authorization_policies.push(AuthorizationPolicy {
         selector,
+        workloads: None,
         policy: AuthzPolicy {
             name: doc.name.clone(),
             namespace: doc.namespace.clone(),
             action,
             rules,
+            ..Default::default()
         },
         origin: origin(doc),
     });
 }
 
-fn valid_block(b: &str) -> bool {
+/// Whether `b` is an IP address or a CIDR.
+pub(crate) fn valid_block(b: &str) -> bool {
     let (addr, len) = match b.trim().split_once('/') {
         Some((a, l)) => (a, Some(l)),
         None => (b.trim(), None),

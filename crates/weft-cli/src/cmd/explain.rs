@@ -189,8 +189,10 @@ fn print_text(e: &Explanation) {
         println!("response:  {} {}", d.status, d.body.as_deref().unwrap_or(""));
     }
     if let Some(a) = &e.authorization {
-        let by = match (a["namespace"].as_str(), a["name"].as_str()) {
-            (Some(ns), Some(name)) => format!(" by AuthorizationPolicy {ns}/{name} rule {}", a["rule"]),
+        let kind = a["kind"].as_str().unwrap_or("AuthorizationPolicy");
+        let by = match (a["namespace"].as_str(), a["name"].as_str(), a["rule"].as_u64()) {
+            (Some(ns), Some(name), Some(rule)) => format!(" by {kind} {ns}/{name} rule {rule}"),
+            (Some(ns), Some(name), None) => format!(" by {kind} {ns}/{name} (no ALLOW rule matched)"),
             _ => " (no ALLOW policy matched)".into(),
         };
         let verdict = if a["allowed"].as_bool() == Some(true) {
@@ -199,6 +201,15 @@ fn print_text(e: &Explanation) {
             "denied"
         };
         println!("authz:     {verdict}{by}");
+        if let Some(audit) = a["audit"].as_object() {
+            println!(
+                "audit:     {} {}/{} rule {}",
+                audit["kind"].as_str().unwrap_or("AuthorizationPolicy"),
+                audit["namespace"].as_str().unwrap_or("-"),
+                audit["name"].as_str().unwrap_or("-"),
+                audit["rule"]
+            );
+        }
     }
     println!("mtls:      {}", e.mtls.mode);
     for err in &e.errors {

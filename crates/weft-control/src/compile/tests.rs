@@ -642,11 +642,13 @@ fn peer_authentication_and_authorization_reach_the_inbound_side() {
     ];
     let ap = |ns: &str, name: &str, selector: Option<&[(&str, &str)]>, action| AuthorizationPolicy {
         selector: selector.map(labels),
+        workloads: None,
         policy: AuthzPolicy {
             name: name.into(),
             namespace: ns.into(),
             action,
             rules: Vec::new(),
+            ..Default::default()
         },
         origin: Origin {
             namespace: ns.into(),

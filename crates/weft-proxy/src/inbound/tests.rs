@@ -173,7 +173,10 @@ async fn authorization_allows_productpage_denies_others_admin_paths_and_the_tcp_
         (StatusCode::FORBIDDEN, "RBAC"),
         "{body}"
     );
-    assert!(body.contains("no ALLOW policy matched"), "{body}");
+    assert!(
+        body.contains("AuthorizationPolicy default/reviews-viewer: no ALLOW rule matched"),
+        "{body}"
+    );
     // DENY by path, even for productpage.
     let (status, flags, body) = get(productpage.bound.outbound_ports[0], "/admin/users").await;
     assert_eq!(
@@ -200,6 +203,27 @@ async fn authorization_allows_productpage_denies_others_admin_paths_and_the_tcp_
     let tcp_denied = [("reporter", "destination"), ("response_flags", "RBAC")];
     assert!(
         metric_sum(&m, "istio_tcp_connections_opened_total", &tcp_denied) >= 1.0,
+        "{m}"
+    );
+    // Each denial counted with the policy that decided it.
+    let by_policy = |policy| [("decision", "deny"), ("policy", policy)];
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_authz_decisions_total",
+            &by_policy("AuthorizationPolicy/default/reviews-viewer")
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_authz_decisions_total",
+            &by_policy("AuthorizationPolicy/default/deny-admin")
+        ),
+        // The /admin request and the TCP stream (a DENY's HTTP-only fields are ignored on TCP).
+        2.0,
         "{m}"
     );
 }
@@ -299,4 +323,121 @@ async fn an_open_tcp_connection_is_closed_when_a_push_denies_it() {
     let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "connection still open after the deny");
     assert!(rest.is_empty());
+}
+
+/// A TLS handshake offering the mesh ALPN with productpage's certificate: the server's
+/// SPIFFE ID when the proxy terminated it, an error when it reached something else.
+async fn mesh_alpn_handshake(ca: &TestCa, addr: SocketAddr) -> Result<String, String> {
+    let state = crate::tls::TlsState::new(ca.cell(PRODUCTPAGE));
+    let mut config = (*crate::tls::client::client_config(state, None)).clone();
+    config.alpn_protocols = vec![crate::tls::ALPN_MESH.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("mesh").expect("name");
+    let handshake = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, stream));
+    match handshake.await {
+        Ok(Ok(tls)) => Ok(tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(crate::tls::spiffe_id)
+            .unwrap_or_default()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("handshake timed out".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_passes_a_mesh_alpn_client_hello_through_to_the_app() {
+    let ca = TestCa::new("test root");
+    let plain_app = TcpEcho::start().await.expect("app");
+    let permissive_app = TcpEcho::start().await.expect("app");
+    let config: ProxyConfig = serde_json::from_value(serde_json::json!({
+        "workload": {"name": "reviews-v1"},
+        "admin": {"address": "127.0.0.1:0"},
+        "inbound": {
+            "mesh": "127.0.0.1:0",
+            "listeners": [
+                {"port": plain_app.addr().port(), "app": plain_app.addr().to_string(),
+                 "listen": "127.0.0.1:0", "mtls": "DISABLE"},
+                {"port": permissive_app.addr().port(), "app": permissive_app.addr().to_string(),
+                 "listen": "127.0.0.1:0", "mtls": "PERMISSIVE"},
+            ],
+        },
+        "outbound": {"listen": null},
+    }))
+    .expect("config");
+    let server = start(config, Some(ca.cell(REVIEWS))).await;
+    let (disabled, permissive) = (server.bound.inbound_ports[0], server.bound.inbound_ports[1]);
+
+    // PERMISSIVE: the proxy terminates it as on the mesh port; the app never sees it.
+    assert_eq!(
+        mesh_alpn_handshake(&ca, permissive).await,
+        Ok(REVIEWS.to_string())
+    );
+    assert_eq!(permissive_app.connections(), 0);
+    // DISABLE: the ClientHello reaches the app untouched (the echo app sends it back, which
+    // is no ServerHello, so the client's handshake fails).
+    assert!(mesh_alpn_handshake(&ca, disabled).await.is_err());
+    assert_eq!(plain_app.connections(), 1);
+    // Plaintext passes as before.
+    assert_eq!(tcp_roundtrip(disabled).await, b"hello");
+
+    let m = get(server.bound.admin, "/metrics").await.2;
+    let plain = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "none"),
+    ];
+    assert!(
+        metric_sum(&m, "istio_tcp_connections_opened_total", &plain) >= 2.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_grpc_call_gets_trailers_only_permission_denied() {
+    let ca = TestCa::new("test root");
+    let http_app = HttpEcho::start("reviews-v1").await.expect("http app");
+    let tcp_app = TcpEcho::start().await.expect("tcp app");
+    let server = start(
+        server_config(http_app.addr(), tcp_app.addr()),
+        Some(ca.cell(REVIEWS)),
+    )
+    .await;
+    let ratings = start(
+        client_config("ratings", http_app.addr(), tcp_app.addr(), server.bound.mesh),
+        Some(ca.cell(RATINGS)),
+    )
+    .await;
+    let stream = TcpStream::connect(ratings.bound.outbound_ports[0])
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = Request::post("http://reviews:9080/reviews.Reviews/Get")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .expect("answer in time")
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK, "{resp:?}");
+    assert_eq!(resp.headers()["grpc-status"], "7", "{resp:?}");
+    assert_eq!(resp.headers()[FLAGS_HEADER], "RBAC", "{resp:?}");
+    let message = resp.headers()["grpc-message"]
+        .to_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("reviews-viewer"), "{message}");
+    assert!(
+        hyper::body::Body::is_end_stream(resp.body()),
+        "not trailers-only: {resp:?}"
+    );
+    assert_eq!(http_app.requests(), 0);
 }

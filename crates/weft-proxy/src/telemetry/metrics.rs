@@ -84,6 +84,15 @@ pub struct ListenerLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `weft_authz_decisions_total`: what authorization did and the policy that decided
+/// (`kind/namespace/name`, a name from the config, so bounded; capped like every family).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// `deny` or `audit`.
+    pub decision: &'static str,
+    pub policy: Label,
+}
+
 /// A family with a ceiling on distinct label sets.
 pub struct Capped<L, M, C = fn() -> M> {
     family: Family<L, M, C>,
@@ -104,6 +113,7 @@ pub struct Metrics {
     tcp_opened: Capped<TcpLabels, Counter>,
     tcp_closed: Capped<TcpLabels, Counter>,
     rejected: Family<ListenerLabels, Counter>,
+    authz: Capped<AuthzLabels, Counter>,
 }
 
 /// The request families, as registered.
@@ -299,6 +309,13 @@ impl Metrics {
                 &overflow,
             ),
             rejected,
+            authz: Capped::register(
+                registry,
+                "weft_authz_decisions",
+                "Requests and connections denied or audited by an authorization policy, by policy",
+                Family::default(),
+                &overflow,
+            ),
         })
     }
 
@@ -361,6 +378,21 @@ impl Metrics {
         });
         self.tcp_received.with(labels, overflow, |c| {
             c.inc_by(received);
+        });
+    }
+
+    /// Counts one request or connection denied (`deny`) or audited (`audit`) by `policy`.
+    pub fn authz(&self, decision: &'static str, policy: &str) {
+        let labels = AuthzLabels {
+            decision,
+            policy: Label::new(policy),
+        };
+        let overflow = || AuthzLabels {
+            decision,
+            policy: Label::new("overflow"),
+        };
+        self.authz.with(&labels, overflow, |c| {
+            c.inc();
         });
     }
 

@@ -123,17 +123,14 @@ spec: {}
 fn authorization_policies_normalize_principals_and_select_workloads() {
     let t = run(AUTHZ);
     let found: Vec<_> = t.findings.iter().map(|f| (f.code, f.line)).collect();
-    // The unsupported `when` key (line 20) and AUDIT (line 32).
+    // The unsupported `when` key (line 20); AUDIT is translated.
     assert_eq!(
         found,
-        vec![
-            (codes::NOT_IMPLEMENTED, Some(20)),
-            (codes::NOT_IMPLEMENTED, Some(32))
-        ],
+        vec![(codes::NOT_IMPLEMENTED, Some(20))],
         "{:?}",
         t.findings
     );
-    assert_eq!(t.mesh.authorization_policies.len(), 4);
+    assert_eq!(t.mesh.authorization_policies.len(), 5);
     let viewer = &t.mesh.authorization_policies[0].policy;
     assert_eq!(
         viewer.rules[0].from[0].principals,
@@ -144,19 +141,20 @@ fn authorization_policies_normalize_principals_and_select_workloads() {
             "cluster.local/ns/other/*",
         ]
     );
-    let reviews = policies_for(&t.mesh, "default", &labels(&[("app", "reviews")]));
+    let reviews = policies_for(&t.mesh, "default", "w", &labels(&[("app", "reviews")]));
     let names: Vec<_> = reviews.iter().map(|p| (p.name.as_str(), p.action)).collect();
     assert_eq!(
         names,
         vec![
             ("reviews-viewer", AuthzAction::Allow),
             ("deny-admin", AuthzAction::Deny),
+            ("audit", AuthzAction::Audit),
             ("mesh-deny", AuthzAction::Deny)
         ]
     );
-    let ratings = policies_for(&t.mesh, "default", &labels(&[("app", "ratings")]));
-    assert_eq!(ratings.len(), 2);
-    let shop = policies_for(&t.mesh, "shop", &labels(&[("app", "x")]));
+    let ratings = policies_for(&t.mesh, "default", "w", &labels(&[("app", "ratings")]));
+    assert_eq!(ratings.len(), 3);
+    let shop = policies_for(&t.mesh, "shop", "w", &labels(&[("app", "x")]));
     assert_eq!(
         shop.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
         vec!["mesh-deny", "other-ns"]
