@@ -23,6 +23,19 @@ pub struct Mesh {
     pub peer_authentications: Vec<PeerAuthentication>,
     /// Authorization (Istio AuthorizationPolicy), in document order.
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// Linkerd ServiceProfiles and Linkerd retry/timeout annotations, per host, in load order.
+    pub profiles: Vec<HostProfile>,
+}
+
+/// What one Linkerd document (a ServiceProfile, or a Service's annotations) says about a host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostProfile {
+    /// Fully qualified service name.
+    pub host: String,
+    pub origin: Origin,
+    /// A ServiceProfile contributes `routes`, `retry_budget` and `origin`; annotations
+    /// `timeout_ms` and `retries`.
+    pub profile: crate::route::Profile,
 }
 
 /// Istio `PeerAuthentication`: the mTLS mode of the workloads it selects. `None` modes are
@@ -94,12 +107,15 @@ pub struct WorkloadPort {
 }
 
 /// Which dialect wrote a set of routes. When two route one host, the earlier variant wins
-/// (Gateway API over Istio over SMI), and `analyze` warns about the loser.
+/// (Gateway API over Istio over SMI over a ServiceProfile's `dstOverrides`), and `analyze`
+/// warns about the loser. `dstOverrides` rank last: Linkerd's SMI extension wrote a
+/// TrafficSplit into them, so a TrafficSplit beside them is the newer statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Dialect {
     GatewayApi,
     Istio,
     Smi,
+    LinkerdDstOverrides,
 }
 
 /// The rules one document attaches to one host.
@@ -197,11 +213,32 @@ impl Mesh {
             crate::translate::gateway_api::sort_by_precedence(&mut ranked);
             return crate::route::RouteTable {
                 rules: ranked.into_iter().map(|(r, _, _)| r).collect(),
+                profile: self.profile(fqdn),
             };
         }
         crate::route::RouteTable {
             rules: docs.iter().flat_map(|d| d.rules.iter().cloned()).collect(),
+            profile: self.profile(fqdn),
         }
+    }
+
+    /// The Linkerd profile of `fqdn`: the first ServiceProfile for it (Linkerd reads one per
+    /// name; `analyze` reports others) with the Service's annotations as service-wide defaults.
+    pub fn profile(&self, fqdn: &str) -> Option<crate::route::Profile> {
+        let mut merged: Option<crate::route::Profile> = None;
+        for p in self.profiles.iter().filter(|p| p.host == fqdn) {
+            let m = merged.get_or_insert_with(Default::default);
+            if m.origin.is_none() && p.profile.origin.is_some() {
+                m.origin = p.profile.origin.clone();
+                m.routes = p.profile.routes.clone();
+                m.retry_budget = p.profile.retry_budget.clone();
+            }
+            m.timeout_ms = m.timeout_ms.or(p.profile.timeout_ms);
+            if m.retries.is_none() {
+                m.retries = p.profile.retries.clone();
+            }
+        }
+        merged
     }
 }
 
