@@ -310,3 +310,130 @@ async fn live_config_from_documents_to_traffic() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A Linkerd ServiceProfile for reviews: a retryable route under a small budget, a route with
+/// a 300 ms timeout, a route that is not retryable.
+fn reviews_profile(delay_timeout: &str) -> String {
+    format!(
+        r#"apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata: {{name: reviews.default.svc.cluster.local}}
+spec:
+  routes:
+  - name: GET /status/{{code}}
+    condition: {{method: GET, pathRegex: '/status/\d+'}}
+    isRetryable: true
+  - name: GET /delay/{{ms}}
+    condition: {{method: GET, pathRegex: '/delay/\d+'}}
+    timeout: {delay_timeout}
+  - name: POST /status/{{code}}
+    condition: {{method: POST, pathRegex: '/status/\d+'}}
+  retryBudget: {{retryRatio: 0.0, minRetriesPerSecond: 1, ttl: 20s}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_profile_retries_within_its_budget_and_times_out_live() {
+    let config = tempdir::Dir::new("weft-sp-config");
+    let state = tempdir::Dir::new("weft-sp-state");
+    std::fs::write(config.path.join("mesh.yaml"), MESH).expect("write");
+    std::fs::write(config.path.join("profile.yaml"), reviews_profile("300ms")).expect("write");
+    let token = run(
+        weft_bin(),
+        &[
+            "token",
+            "create",
+            "--state-dir",
+            state.path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(token.status.success(), "{}", token.stderr);
+    let token = token.stdout.trim().to_string();
+
+    // What explain says is what the proxies will do.
+    let explained = run(
+        weft_bin(),
+        &[
+            "explain",
+            config.path.to_str().expect("utf-8"),
+            "GET http://reviews:9080/status/503",
+            "-o",
+            "json",
+        ],
+    );
+    let e: serde_json::Value = serde_json::from_str(&explained.stdout).expect("explain json");
+    assert_eq!(e["policies"]["route_name"], "GET /status/{code}", "{e}");
+    assert_eq!(e["policies"]["retryable"], true, "{e}");
+    assert_eq!(e["policies"]["retry_budget"]["ttl_ms"], 20_000, "{e}");
+    assert_eq!(e["policies"]["retries"]["retry_on"][0], "5xx", "{e}");
+
+    let control = Control::start(&config.path, &state.path, "127.0.0.1:0", "127.0.0.1:0");
+    let v1 = HttpEcho::start("reviews-v1").await.expect("v1");
+    let server = sidecar(
+        &control,
+        &token,
+        "reviews-v1",
+        "{app: reviews, version: v1}",
+        &format!("{{port: 9080, app: \"{}\"}}", v1.addr()),
+        "",
+    );
+    let client = sidecar(
+        &control,
+        &token,
+        "productpage-v1",
+        "{app: productpage, version: v1}",
+        "",
+        "{listen: \"127.0.0.1:0\", service: reviews, port: 9080}",
+    );
+    for p in [&server, &client] {
+        wait_ready(p);
+    }
+    let base = format!("http://{}", client.bound.outbound_ports[0]);
+    until_all(&format!("{base}/"), "reviews-v1", Duration::from_secs(5));
+    let upstream = |method: &str, path: &str| {
+        let before = v1.requests();
+        let out = curl(&["-sS", "-i", "-X", method, &format!("{base}{path}")]);
+        (out.stdout, v1.requests() - before)
+    };
+
+    // Not retryable: one try.
+    let (out, tries) = upstream("POST", "/status/503");
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert_eq!(tries, 1);
+    // Retryable, and the budget holds 1/s over 20 s: 20 retries in all, at most 10 a request.
+    let (out, tries) = upstream("GET", "/status/503");
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert_eq!(tries, 1 + weft_api::route::PROFILE_RETRY_LIMIT as u64);
+    assert_eq!(upstream("GET", "/status/500").1, 11);
+    assert_eq!(upstream("GET", "/status/503").1, 1, "the budget is spent");
+    assert_eq!(upstream("GET", "/status/200").1, 1);
+
+    // The route timeout answers 504 (UT) long before the upstream would.
+    let started = Instant::now();
+    let (out, _) = upstream("GET", "/delay/3000");
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    assert!(out.contains("x-weft-response-flags: UT"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Editing the profile under the running control plane: a longer timeout, live.
+    std::fs::write(config.path.join("profile.yaml"), reviews_profile("5s")).expect("write");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (out, _) = upstream("GET", "/delay/600");
+        if out.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new timeout never applied: {out}");
+    }
+    // The push kept the spent budget: still no retries.
+    assert_eq!(
+        upstream("GET", "/status/503").1,
+        1,
+        "a push must not refill the budget"
+    );
+}
