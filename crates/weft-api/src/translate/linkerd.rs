@@ -35,9 +35,8 @@ pub(super) fn service_profile(doc: &Document, seen: usize, out: &mut Translated)
         Ok(s) => s,
         Err(f) => return out.findings.push(f),
     };
-    let Some(host) = profile_host(doc, out) else {
-        return;
-    };
+    // Read on even when the name applies to nothing: every bad field is reported at once.
+    let host = profile_host(doc, out);
     if spec.opaque_ports.is_some() {
         out.findings.push(not_implemented(
             doc,
@@ -64,6 +63,9 @@ pub(super) fn service_profile(doc: &Document, seen: usize, out: &mut Translated)
     let retry_budget = match &spec.retry_budget {
         None => DEFAULT_RETRY_BUDGET,
         Some(b) => retry_budget(doc, b, out).unwrap_or(DEFAULT_RETRY_BUDGET),
+    };
+    let Some(host) = host else {
+        return;
     };
     out.mesh.profiles.push(HostProfile {
         host: host.clone(),
