@@ -99,8 +99,14 @@ fn at(routes: &HostRoutes) -> Location {
 }
 
 fn describe(routes: &HostRoutes) -> String {
+    // A ServiceProfile routes only through its dstOverrides; the rest of it still applies.
+    let part = if routes.dialect == Dialect::LinkerdDstOverrides {
+        " dstOverrides"
+    } else {
+        ""
+    };
     format!(
-        "{} {}/{}",
+        "{} {}/{}{part}",
         routes.origin.kind, routes.origin.namespace, routes.origin.name
     )
 }

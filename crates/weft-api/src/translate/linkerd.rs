@@ -169,6 +169,19 @@ fn profile_route(
             None
         }
     });
+    if let Some(m) = lower_case_method(&r.condition) {
+        out.findings.push(
+            Finding::warning(
+                codes::SCHEMA,
+                format!(
+                    "ServiceProfile {}/{} route {:?}: method {m:?} never matches: methods are case-sensitive",
+                    doc.namespace, doc.name, r.name
+                ),
+                &at(&["condition"]),
+            )
+            .with_fix(format!("method: {}", m.to_ascii_uppercase())),
+        );
+    }
     Some(ProfileRoute {
         name: r.name.clone(),
         condition,
@@ -192,7 +205,7 @@ fn condition(m: &sp::RequestMatch) -> Result<RouteCondition, ConditionError> {
         all.push(RouteCondition::PathRegex(re.clone()));
     }
     if let Some(method) = &m.method {
-        all.push(RouteCondition::Method(method.to_ascii_uppercase()));
+        all.push(RouteCondition::Method(method.clone()));
     }
     if !m.all.is_empty() {
         all.push(RouteCondition::All(
@@ -212,6 +225,15 @@ fn condition(m: &sp::RequestMatch) -> Result<RouteCondition, ConditionError> {
         1 => Ok(all.remove(0)),
         _ => Ok(RouteCondition::All(all)),
     }
+}
+
+/// A method written in lower case anywhere in a condition (`get` is not `GET`).
+fn lower_case_method(m: &sp::RequestMatch) -> Option<&str> {
+    m.method
+        .as_deref()
+        .filter(|x| x.bytes().any(|b| b.is_ascii_lowercase()))
+        .or_else(|| m.all.iter().chain(&m.any).find_map(lower_case_method))
+        .or_else(|| m.not.as_deref().and_then(lower_case_method))
 }
 
 /// The statuses that are failures under `responseClasses` (the first class whose condition

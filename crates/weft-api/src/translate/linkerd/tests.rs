@@ -237,6 +237,8 @@ spec:
     timeout: soon
   - name: empty
     condition: {{}}
+  - name: lower case
+    condition: {{any: [{{method: get}}]}}
   retryBudget: {{retryRatio: 0.2, minRetriesPerSecond: 10, ttl: forever}}
   opaquePorts: ['7000']
 "
@@ -250,8 +252,9 @@ spec:
             (codes::BAD_REGEX, Some(14)),
             (codes::SCHEMA, Some(17)),
             (codes::SCHEMA, Some(19)),
-            (codes::SCHEMA, Some(20)),
-            (codes::NOT_IMPLEMENTED, Some(21)),
+            (codes::SCHEMA, Some(21)),
+            (codes::SCHEMA, Some(22)),
+            (codes::NOT_IMPLEMENTED, Some(23)),
         ],
         "{:#?}",
         t.findings
@@ -260,7 +263,7 @@ spec:
     assert_eq!(d.policies.route_name.as_deref(), Some("bad timeout"));
     assert_eq!(d.policies.timeout_ms, None);
     let p = t.mesh.profile(BOOKS).expect("profile");
-    assert_eq!(p.routes.len(), 1);
+    assert_eq!(p.routes.len(), 2);
     assert_eq!(p.retry_budget, Some(DEFAULT_RETRY_BUDGET));
     // `weft analyze` exits 1 on these.
     assert!(validate::has_errors(&analyze(&yaml)));
