@@ -287,15 +287,16 @@ fn retry_budget(doc: &Document, b: &sp::RetryBudget, out: &mut Translated) -> Op
             &locate(doc, &["spec", "retryBudget", field]),
         ));
     };
-    if !(b.retry_ratio.is_finite() && b.retry_ratio >= 0.0) {
+    // The ranges Linkerd's proxy accepts; outside them it drops the budget.
+    if !(0.0..=1000.0).contains(&b.retry_ratio) {
         bad(
             "retryRatio",
-            format!("{} is not a ratio of 0 or more", b.retry_ratio),
+            format!("{} is not a ratio from 0 to 1000", b.retry_ratio),
         );
         return None;
     }
-    let Some(ttl_ms) = parse_duration(&b.ttl).filter(|ms| *ms > 0) else {
-        bad("ttl", format!("{:?} is not a duration such as 10s", b.ttl));
+    let Some(ttl_ms) = parse_duration(&b.ttl).filter(|ms| (1_000..=60_000).contains(ms)) else {
+        bad("ttl", format!("{:?} is not a duration from 1s to 60s", b.ttl));
         return None;
     };
     Some(RetryBudget {

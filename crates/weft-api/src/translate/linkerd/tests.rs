@@ -208,6 +208,30 @@ fn response_classes_decide_what_is_a_failure() {
 }
 
 #[test]
+fn retry_budgets_outside_linkerds_ranges_are_errors() {
+    for (budget, ok) in [
+        ("{retryRatio: 0, minRetriesPerSecond: 0, ttl: 1s}", true),
+        ("{retryRatio: 1000, minRetriesPerSecond: 5, ttl: 60s}", true),
+        ("{retryRatio: 1001, minRetriesPerSecond: 5, ttl: 10s}", false),
+        ("{retryRatio: -0.1, minRetriesPerSecond: 5, ttl: 10s}", false),
+        ("{retryRatio: 0.2, minRetriesPerSecond: 5, ttl: 500ms}", false),
+        ("{retryRatio: 0.2, minRetriesPerSecond: 5, ttl: 2m}", false),
+    ] {
+        let t = run(&format!(
+            "{SERVICE}---\napiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: {{name: {BOOKS}}}\nspec:\n  retryBudget: {budget}\n"
+        ));
+        assert_eq!(t.findings.is_empty(), ok, "{budget}: {:?}", t.findings);
+        if !ok {
+            assert_eq!(t.findings[0].code, codes::SCHEMA);
+            assert_eq!(
+                t.mesh.profile(BOOKS).and_then(|p| p.retry_budget),
+                Some(DEFAULT_RETRY_BUDGET)
+            );
+        }
+    }
+}
+
+#[test]
 fn without_retry_budget_linkerds_default_applies() {
     let t = run(&format!(
         "{SERVICE}---\napiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: {{name: {BOOKS}}}\nspec:\n  routes:\n  - {{name: all, condition: {{pathRegex: '/.*'}}, isRetryable: true}}\n"
