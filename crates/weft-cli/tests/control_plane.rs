@@ -436,4 +436,28 @@ async fn a_service_profile_retries_within_its_budget_and_times_out_live() {
         1,
         "a push must not refill the budget"
     );
+
+    // The profile gone, Linkerd's annotations on the Service take over: 2 retries on 5xx (no
+    // budget) and a 300 ms request timeout.
+    std::fs::remove_file(config.path.join("profile.yaml")).expect("rm");
+    let annotated = MESH.replacen(
+        "metadata: {name: reviews}\n",
+        "metadata:\n  name: reviews\n  annotations:\n    retry.linkerd.io/http: 5xx\n    retry.linkerd.io/limit: \"2\"\n    timeout.linkerd.io/request: 300ms\n",
+        1,
+    );
+    assert_ne!(annotated, MESH);
+    std::fs::write(config.path.join("mesh.yaml"), annotated).expect("write");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (out, _) = upstream("GET", "/delay/1000");
+        if out.starts_with("HTTP/1.1 504") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the annotation timeout never applied: {out}"
+        );
+    }
+    assert_eq!(upstream("GET", "/status/503").1, 3);
+    assert_eq!(upstream("GET", "/status/404").1, 1);
 }
