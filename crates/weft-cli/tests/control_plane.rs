@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{curl, run, tempdir, weft_bin, Proxy};
+use common::{curl, metric_sum, run, tempdir, weft_bin, Proxy};
 use weft_test_support::HttpEcho;
 
 const MESH: &str = r#"
@@ -408,6 +408,31 @@ async fn a_service_profile_retries_within_its_budget_and_times_out_live() {
     assert_eq!(upstream("GET", "/status/500").1, 11);
     assert_eq!(upstream("GET", "/status/503").1, 1, "the budget is spent");
     assert_eq!(upstream("GET", "/status/200").1, 1);
+    // The client's metrics say the same: per-route requests, retries sent and refused.
+    let m = client.metrics();
+    let route = ("route", "GET /status/{code}");
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_route_requests_total",
+            &[route, ("response_code", "503")]
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_route_requests_total",
+            &[route, ("response_code", "200")]
+        ),
+        1.0
+    );
+    assert_eq!(metric_sum(&m, "weft_retries_total", &[("outcome", "sent")]), 20.0);
+    assert_eq!(
+        metric_sum(&m, "weft_retries_total", &[("outcome", "budget_exhausted")]),
+        1.0
+    );
 
     // The route timeout answers 504 (UT) long before the upstream would.
     let started = Instant::now();

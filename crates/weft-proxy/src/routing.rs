@@ -19,6 +19,7 @@ use crate::http::error::{Flag, ProxyError};
 use crate::http::retry_budget::RetryBudget;
 use crate::http::{full, Body};
 use crate::telemetry::metered::RequestMeta;
+use crate::telemetry::metrics::Label;
 
 /// Retry conditions when a rule asks for retries without naming any (Istio's default).
 const DEFAULT_RETRY_ON: &[&str] = &[
@@ -98,6 +99,7 @@ async fn send_routed(
         ProxyError::no_endpoints(&format!("{} (not in this proxy's config)", backend.service))
     })?;
     meta.set_service(&target);
+    meta.route = policies.route_name.as_deref().map(Label::new);
     let target_port = backend.port.unwrap_or(port);
 
     if let Some(fault) = &policies.fault {
@@ -202,8 +204,10 @@ async fn retry_loop(
         }
         if budget.is_some_and(|b| !b.try_withdraw(Instant::now())) {
             tracing::debug!(service = %target.fqdn, attempt, "retry budget spent: not retrying");
+            meta.metrics().retry(&target.fqdn_label, true);
             return result;
         }
+        meta.metrics().retry(&target.fqdn_label, false);
         tracing::debug!(service = %target.fqdn, attempt, "retrying");
         // Jitter keeps retries from many clients from arriving in lockstep.
         let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
