@@ -205,7 +205,7 @@ fn linkerd_profiles_name_routes_and_bound_them() {
     );
     assert_eq!(
         (p["retryable"].as_bool(), p["retries"].is_null()),
-        (Some(false), true),
+        (None, true),
         "{e}"
     );
     // The profile does not choose destinations: reviews still spreads over its versions.

@@ -68,7 +68,8 @@ impl CompiledProfile {
         let route = self.route(req);
         if let Some(route) = route {
             p.route_name = Some(route.name.clone());
-            p.retryable = Some(route.retryable);
+            // The contract has `true` or null: a route that is not retryable says nothing.
+            p.retryable = route.retryable.then_some(true);
             p.timeout_ms = p.timeout_ms.or(route.timeout_ms);
             if route.retryable && p.retries.is_none() {
                 p.retries = Some(Retries {

@@ -125,14 +125,7 @@ fn first_matching_route_names_the_request_and_sets_timeout_and_retries() {
         // pathRegex matches the whole path.
         ("GET", "/books/12/x", None, None, None, None),
         ("GET", "/books/abc", None, None, None, None),
-        (
-            "POST",
-            "/books",
-            Some("POST /books"),
-            Some(1500),
-            Some(false),
-            None,
-        ),
+        ("POST", "/books", Some("POST /books"), Some(1500), None, None),
         ("PUT", "/books", None, None, None, None),
         (
             "GET",
@@ -143,7 +136,7 @@ fn first_matching_route_names_the_request_and_sets_timeout_and_retries() {
             Some(&["429", "500-599"]),
         ),
         ("DELETE", "/admin/x", None, None, None, None),
-        ("PATCH", "/b", Some("any"), None, Some(false), None),
+        ("PATCH", "/b", Some("any"), None, None, None),
         ("GET", "/c", None, None, None, None),
     ];
     for (method, path, name, timeout, retryable, retry_on) in cases {
