@@ -223,22 +223,14 @@ impl Mesh {
     }
 
     /// The Linkerd profile of `fqdn`: the first ServiceProfile for it (Linkerd reads one per
-    /// name; `analyze` reports others) with the Service's annotations as service-wide defaults.
+    /// name; `analyze` reports others), else the Service's retry/timeout annotations. As in
+    /// Linkerd, a ServiceProfile makes the Service's annotations ignored (`analyze` says so).
     pub fn profile(&self, fqdn: &str) -> Option<crate::route::Profile> {
-        let mut merged: Option<crate::route::Profile> = None;
-        for p in self.profiles.iter().filter(|p| p.host == fqdn) {
-            let m = merged.get_or_insert_with(Default::default);
-            if m.origin.is_none() && p.profile.origin.is_some() {
-                m.origin = p.profile.origin.clone();
-                m.routes = p.profile.routes.clone();
-                m.retry_budget = p.profile.retry_budget.clone();
-            }
-            m.timeout_ms = m.timeout_ms.or(p.profile.timeout_ms);
-            if m.retries.is_none() {
-                m.retries = p.profile.retries.clone();
-            }
-        }
-        merged
+        let mut for_host = self.profiles.iter().filter(|p| p.host == fqdn);
+        let service_profile = for_host.clone().find(|p| p.profile.origin.is_some());
+        service_profile
+            .or_else(|| for_host.next())
+            .map(|p| p.profile.clone())
     }
 }
 

@@ -262,7 +262,22 @@ fn linkerd_documents_analyze_clean_and_explain_their_routes() {
     std::fs::write(dir.path.join("books.yaml"), BOOKS).expect("write");
     let out = run(weft_bin(), &["analyze", path, "-o", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", out.stdout);
-    assert_eq!(json(&out)["findings"], serde_json::json!([]));
+    let v = json(&out);
+    let findings = v["findings"].as_array().expect("findings");
+    assert_eq!(findings.len(), 1, "{v}");
+    assert_eq!(
+        (
+            &findings[0]["code"],
+            &findings[0]["line"],
+            &findings[0]["severity"]
+        ),
+        (
+            &serde_json::json!("WEFT0104"),
+            &serde_json::json!(1),
+            &serde_json::json!("warning")
+        ),
+        "{v}"
+    );
 
     let out = run(
         weft_bin(),
@@ -278,7 +293,8 @@ fn linkerd_documents_analyze_clean_and_explain_their_routes() {
         p["retry_budget"],
         serde_json::json!({"ratio": 0.2, "min_per_second": 10, "ttl_ms": 10000})
     );
-    // Outside every profile route: the Service's annotation timeout, no route name.
+    // Outside every profile route: no route name, and no timeout: as in Linkerd, the Service's
+    // annotations are ignored once a ServiceProfile exists (analyze warned).
     let out = run(
         weft_bin(),
         &["explain", path, "GET http://books:7000/authors", "-o", "json"],
@@ -286,7 +302,7 @@ fn linkerd_documents_analyze_clean_and_explain_their_routes() {
     let p = &json(&out)["policies"];
     assert_eq!(
         (p["route_name"].is_null(), p["timeout_ms"].as_u64()),
-        (true, Some(4000)),
+        (true, None),
         "{p}"
     );
     let out = run(weft_bin(), &["explain", path, "GET http://books:7000/books/7"]);
@@ -321,6 +337,7 @@ spec:
         .as_array()
         .expect("findings")
         .iter()
+        .filter(|f| f["file"] == "bad.yaml")
         .map(|f| (f["code"].as_str().unwrap_or(""), f["line"].as_i64().unwrap_or(0)))
         .collect();
     // An unknown field rejects the document: only that finding.
@@ -336,6 +353,7 @@ spec:
         .as_array()
         .expect("findings")
         .iter()
+        .filter(|f| f["file"] == "bad.yaml")
         .map(|f| (f["code"].as_str().unwrap_or(""), f["line"].as_i64().unwrap_or(0)))
         .collect();
     // Not a service FQDN (a warning: the profile applies to nothing), and still every bad

@@ -275,8 +275,9 @@ pub struct HeaderOps {
     pub remove: Vec<String>,
 }
 
-/// A service's Linkerd profile: named routes with their timeouts and retry policy, the retry
-/// budget, and service-wide defaults from Linkerd's annotations on the Service.
+/// A service's Linkerd profile: a ServiceProfile's named routes with their timeouts and retry
+/// policy and its retry budget; or, for a Service without a ServiceProfile, the service-wide
+/// timeout and retries of Linkerd's annotations on it.
 ///
 /// It never chooses a destination. Per field, the matched rule's own policy wins (an Istio or
 /// Gateway API timeout/retry is the more specific statement), then the first matching profile

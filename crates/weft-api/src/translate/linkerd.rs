@@ -415,6 +415,24 @@ pub fn check_profiles(mesh: &Mesh, out: &mut Vec<Finding>) {
                 .with_fix(format!("declare a Service for {} or rename the profile", p.host)),
             );
         }
+        for a in mesh
+            .profiles
+            .iter()
+            .filter(|a| a.host == p.host && a.profile.origin.is_none())
+        {
+            out.push(Finding::warning(
+                codes::CONFLICTING_ROUTES,
+                format!(
+                    "{} {}/{}: its Linkerd retry/timeout annotations are ignored: ServiceProfile {}/{} applies to {}, and Linkerd then reads only the profile",
+                    a.origin.kind, a.origin.namespace, a.origin.name, p.origin.namespace, p.origin.name, p.host
+                ),
+                &Location {
+                    file: a.origin.file.clone(),
+                    line: a.origin.line,
+                    column: None,
+                },
+            ));
+        }
         if let Some(first) = seen.iter().find(|s| s.host == p.host) {
             out.push(Finding::warning(
                 codes::DUPLICATE,

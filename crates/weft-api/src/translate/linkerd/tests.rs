@@ -489,6 +489,20 @@ spec:
 }
 
 #[test]
+fn a_service_profile_makes_the_services_annotations_ignored() {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: books\n  annotations: {{timeout.linkerd.io/request: 4s}}\nspec: {{ports: [{{port: 7000}}]}}\n---{PROFILE}"
+    );
+    let t = run(&yaml);
+    assert!(t.findings.is_empty(), "{:?}", t.findings);
+    assert_eq!(decide(&t, "GET", "/books/1").policies.timeout_ms, Some(300));
+    assert_eq!(decide(&t, "GET", "/elsewhere").policies.timeout_ms, None);
+    let f = analyze(&yaml);
+    assert_eq!(codes_at(&f), [(codes::CONFLICTING_ROUTES, Some(1))], "{f:#?}");
+    assert!(f[0].message.contains("annotations are ignored"), "{}", f[0]);
+}
+
+#[test]
 fn bad_annotation_values_are_schema_errors() {
     let yaml = "\
 apiVersion: v1
