@@ -91,6 +91,20 @@ pub fn read(doc: &Document, out: &mut Translated) -> Annotated {
         }
         let at = locate(doc, &["metadata", "annotations", key]);
         let who = format!("{} {}/{}: annotation {key}", doc.kind, doc.namespace, doc.name);
+        // Linkerd reads HTTP retry conditions on HTTP routes and gRPC ones on gRPC routes only.
+        let wrong_route = match (key.as_str(), doc.kind.as_str()) {
+            (l::RETRY_HTTP, "GRPCRoute") => Some("a GRPCRoute takes retry.linkerd.io/grpc"),
+            (l::RETRY_GRPC, "HTTPRoute") => Some("an HTTPRoute takes retry.linkerd.io/http"),
+            _ => None,
+        };
+        if let Some(why) = wrong_route {
+            out.findings.push(Finding::warning(
+                codes::SCHEMA,
+                format!("{who} is not valid on {}s: ignored ({why})", doc.kind),
+                &at,
+            ));
+            continue;
+        }
         let mut bad = |what: &str| {
             out.findings.push(Finding::error(
                 codes::SCHEMA,

@@ -554,6 +554,22 @@ spec:
     );
     let t = run(&yaml);
     assert!(t.findings.is_empty(), "{:?}", t.findings);
+    // gRPC conditions are not valid on an HTTPRoute: reported at their line, ignored.
+    let t2 = run(&yaml.replace(
+        "    retry.linkerd.io/http: gateway-error\n",
+        "    retry.linkerd.io/http: gateway-error\n    retry.linkerd.io/grpc: unavailable\n",
+    ));
+    assert_eq!(
+        codes_at(&t2.findings),
+        [(codes::SCHEMA, Some(15))],
+        "{:?}",
+        t2.findings
+    );
+    let d = decide(&t2, "GET", "/slow");
+    assert_eq!(
+        d.policies.retries.map(|r| r.retry_on),
+        Some(vec!["gateway-error".to_string()])
+    );
     let d = decide(&t, "GET", "/fast");
     assert_eq!(d.policies.timeout_ms, Some(100), "the rule's own timeout wins");
     let d = decide(&t, "GET", "/slow");
