@@ -24,6 +24,19 @@ pub struct Mesh {
     /// Authorization (Istio AuthorizationPolicy; Linkerd Servers and default inbound policies,
     /// compiled once all documents are read), in document order.
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// Linkerd ServiceProfiles and Linkerd retry/timeout annotations, per host, in load order.
+    pub profiles: Vec<HostProfile>,
+}
+
+/// What one Linkerd document (a ServiceProfile, or a Service's annotations) says about a host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostProfile {
+    /// Fully qualified service name.
+    pub host: String,
+    pub origin: Origin,
+    /// A ServiceProfile contributes `routes`, `retry_budget` and `origin`; annotations
+    /// `timeout_ms` and `retries`.
+    pub profile: crate::route::Profile,
 }
 
 /// Istio `PeerAuthentication`: the mTLS mode of the workloads it selects. `None` modes are
@@ -100,12 +113,15 @@ pub struct WorkloadPort {
 }
 
 /// Which dialect wrote a set of routes. When two route one host, the earlier variant wins
-/// (Gateway API over Istio over SMI), and `analyze` warns about the loser.
+/// (Gateway API over Istio over SMI over a ServiceProfile's `dstOverrides`), and `analyze`
+/// warns about the loser. `dstOverrides` rank last: Linkerd's SMI extension wrote a
+/// TrafficSplit into them, so a TrafficSplit beside them is the newer statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Dialect {
     GatewayApi,
     Istio,
     Smi,
+    LinkerdDstOverrides,
 }
 
 /// The rules one document attaches to one host.
@@ -203,11 +219,24 @@ impl Mesh {
             crate::translate::gateway_api::sort_by_precedence(&mut ranked);
             return crate::route::RouteTable {
                 rules: ranked.into_iter().map(|(r, _, _)| r).collect(),
+                profile: self.profile(fqdn),
             };
         }
         crate::route::RouteTable {
             rules: docs.iter().flat_map(|d| d.rules.iter().cloned()).collect(),
+            profile: self.profile(fqdn),
         }
+    }
+
+    /// The Linkerd profile of `fqdn`: the first ServiceProfile for it (Linkerd reads one per
+    /// name; `analyze` reports others), else the Service's retry/timeout annotations. As in
+    /// Linkerd, a ServiceProfile makes the Service's annotations ignored (`analyze` says so).
+    pub fn profile(&self, fqdn: &str) -> Option<crate::route::Profile> {
+        let mut for_host = self.profiles.iter().filter(|p| p.host == fqdn);
+        let service_profile = for_host.clone().find(|p| p.profile.origin.is_some());
+        service_profile
+            .or_else(|| for_host.next())
+            .map(|p| p.profile.clone())
     }
 }
 

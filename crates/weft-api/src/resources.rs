@@ -15,6 +15,7 @@ use crate::finding::{codes, Finding, Location};
 pub mod core;
 pub mod gateway_api;
 pub mod istio;
+pub mod linkerd;
 pub mod linkerd_policy;
 pub mod security;
 pub mod smi;

@@ -6,9 +6,11 @@
 //! allocates only for the explanation of skipped rules, which the proxy asks not to collect.
 
 mod compile;
+mod profile;
 mod table;
 
 pub use compile::{CompileError, CompiledTable, Miss};
+pub use profile::PROFILE_RETRY_LIMIT;
 pub use table::*;
 
 use std::collections::BTreeMap;
@@ -108,6 +110,20 @@ pub mod http_like {
 /// Resolves a request against a compiled table. `explain` collects why earlier rules were
 /// skipped (for `weft explain`); the proxy passes false and pays nothing for it.
 pub fn resolve(table: &CompiledTable, req: &RequestHead<'_>, source: &Source<'_>, explain: bool) -> Decision {
+    let mut decision = resolve_rules(table, req, source, explain);
+    if let (Some(profile), DecisionKind::Route) = (&table.profile, decision.kind) {
+        profile.annotate(req, &mut decision);
+    }
+    decision
+}
+
+/// The rules' decision alone.
+fn resolve_rules(
+    table: &CompiledTable,
+    req: &RequestHead<'_>,
+    source: &Source<'_>,
+    explain: bool,
+) -> Decision {
     let mut skipped = Vec::new();
     if table.rules.is_empty() {
         return Decision::forward(

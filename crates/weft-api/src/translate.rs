@@ -6,6 +6,7 @@
 mod core;
 pub mod gateway_api;
 mod istio;
+pub mod linkerd;
 pub mod linkerd_policy;
 pub mod security;
 pub mod smi;
@@ -48,11 +49,6 @@ const NOT_YET: &[(&str, &str, &str)] = &[
         "ingress gateways arrive with the gateways issue",
     ),
     (
-        "linkerd.io",
-        "ServiceProfile",
-        "ServiceProfiles are not translated yet",
-    ),
-    (
         "policy.linkerd.io",
         "ServerAuthorization",
         "deprecated in Linkerd; write an AuthorizationPolicy targeting the Server",
@@ -81,6 +77,7 @@ const TRANSLATORS: &[(&str, &str, Translator)] = &[
         gateway_api::translate_grpc_route,
     ),
     ("split.smi-spec.io", "TrafficSplit", smi::translate_traffic_split),
+    ("linkerd.io", "ServiceProfile", linkerd::service_profile),
     (
         "security.istio.io",
         "PeerAuthentication",
@@ -117,7 +114,9 @@ pub fn translate(docs: &[Document]) -> Translated {
     for (seen, doc) in docs.iter().enumerate() {
         let (group, kind) = (doc.group(), doc.kind.as_str());
         if let Some((_, _, translator)) = TRANSLATORS.iter().find(|(g, k, _)| *g == group && *k == kind) {
+            let first = out.mesh.routes.len();
             translator(doc, seen, &mut out);
+            linkerd::apply_annotations(doc, first, &mut out);
         } else if let Some((_, _, why)) = NOT_YET.iter().find(|(g, k, _)| *g == group && *k == kind) {
             out.findings.push(Finding::warning(
                 codes::NOT_IMPLEMENTED,

@@ -44,6 +44,7 @@ pub fn check_mesh(mesh: &Mesh, out: &mut Vec<Finding>) {
     }
     check_conflicts(mesh, out);
     check_strict_plaintext(mesh, out);
+    translate::linkerd::check_profiles(mesh, out);
 }
 
 /// A client told to send plaintext (DestinationRule `tls.mode: DISABLE`) to a port whose
@@ -98,8 +99,14 @@ fn at(routes: &HostRoutes) -> Location {
 }
 
 fn describe(routes: &HostRoutes) -> String {
+    // A ServiceProfile routes only through its dstOverrides; the rest of it still applies.
+    let part = if routes.dialect == Dialect::LinkerdDstOverrides {
+        " dstOverrides"
+    } else {
+        ""
+    };
     format!(
-        "{} {}/{}",
+        "{} {}/{}{part}",
         routes.origin.kind, routes.origin.namespace, routes.origin.name
     )
 }
@@ -176,6 +183,7 @@ fn check_regexes(routes: &HostRoutes, out: &mut Vec<Finding>) {
     for rule in &routes.rules {
         let table = RouteTable {
             rules: vec![rule.clone()],
+            profile: None,
         };
         if let Err(e) = CompiledTable::compile(&table, &routes.host) {
             out.push(

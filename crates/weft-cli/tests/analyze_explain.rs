@@ -284,3 +284,134 @@ fn analyze_finds_broken_linkerd_policy_references() {
     let (_, v) = analyze();
     assert_eq!(finding(&v, "WEFT0121"), Some(("warning".into(), 4)), "{v}");
 }
+
+const BOOKS: &str = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: books
+  annotations:
+    timeout.linkerd.io/request: 4s
+spec: {selector: {app: books}, ports: [{name: http, port: 7000}]}
+---
+apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata: {name: books.default.svc.cluster.local}
+spec:
+  routes:
+  - name: GET /books/{id}
+    condition: {method: GET, pathRegex: '/books/\\d+'}
+    isRetryable: true
+    timeout: 300ms
+  retryBudget: {retryRatio: 0.2, minRetriesPerSecond: 10, ttl: 10s}
+";
+
+#[test]
+fn linkerd_documents_analyze_clean_and_explain_their_routes() {
+    let dir = tempdir::Dir::new("weft-linkerd");
+    let path = dir.path.to_str().expect("utf-8");
+    std::fs::write(dir.path.join("books.yaml"), BOOKS).expect("write");
+    let out = run(weft_bin(), &["analyze", path, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stdout);
+    let v = json(&out);
+    let findings = v["findings"].as_array().expect("findings");
+    assert_eq!(findings.len(), 1, "{v}");
+    assert_eq!(
+        (
+            &findings[0]["code"],
+            &findings[0]["line"],
+            &findings[0]["severity"]
+        ),
+        (
+            &serde_json::json!("WEFT0104"),
+            &serde_json::json!(1),
+            &serde_json::json!("warning")
+        ),
+        "{v}"
+    );
+
+    let out = run(
+        weft_bin(),
+        &["explain", path, "GET http://books:7000/books/7", "-o", "json"],
+    );
+    let p = &json(&out)["policies"];
+    assert_eq!(p["route_name"], "GET /books/{id}", "{p}");
+    assert_eq!(
+        (p["timeout_ms"].as_u64(), p["retryable"].as_bool()),
+        (Some(300), Some(true))
+    );
+    assert_eq!(
+        p["retry_budget"],
+        serde_json::json!({"ratio": 0.2, "min_per_second": 10, "ttl_ms": 10000})
+    );
+    // Outside every profile route: no route name, and no timeout: as in Linkerd, the Service's
+    // annotations are ignored once a ServiceProfile exists (analyze warned).
+    let out = run(
+        weft_bin(),
+        &["explain", path, "GET http://books:7000/authors", "-o", "json"],
+    );
+    let p = &json(&out)["policies"];
+    assert_eq!(
+        (p["route_name"].is_null(), p["timeout_ms"].as_u64()),
+        (true, None),
+        "{p}"
+    );
+    let out = run(weft_bin(), &["explain", path, "GET http://books:7000/books/7"]);
+    assert!(
+        out.stdout.contains("route:     GET /books/{id} (retryable)"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("timeout:   300 ms"), "{}", out.stdout);
+
+    // Each kind of mistake, at its line; any error makes the exit status 1.
+    std::fs::write(
+        dir.path.join("bad.yaml"),
+        "\
+apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata: {name: authors}
+spec:
+  routes:
+  - {name: a, condition: {pathRegex: '/a(?!b)'}}
+  - {name: b, condition: {method: GET}, timeout: 5 seconds}
+  retryBudget: {retryRatio: -1, minRetriesPerSecond: 1, ttl: 10s}
+  dstOverrides: [{authority: nowhere.default.svc.cluster.local, weight: 1}]
+  surprise: true
+",
+    )
+    .expect("write");
+    let out = run(weft_bin(), &["analyze", path, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    let v = json(&out);
+    let codes: Vec<(&str, i64)> = v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["file"] == "bad.yaml")
+        .map(|f| (f["code"].as_str().unwrap_or(""), f["line"].as_i64().unwrap_or(0)))
+        .collect();
+    // An unknown field rejects the document: only that finding.
+    assert_eq!(codes, [("WEFT0003", 10)], "{v}");
+    let without_surprise = std::fs::read_to_string(dir.path.join("bad.yaml"))
+        .expect("read")
+        .replace("  surprise: true\n", "");
+    std::fs::write(dir.path.join("bad.yaml"), without_surprise).expect("write");
+    let out = run(weft_bin(), &["analyze", path, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    let v = json(&out);
+    let codes: Vec<(&str, i64)> = v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["file"] == "bad.yaml")
+        .map(|f| (f["code"].as_str().unwrap_or(""), f["line"].as_i64().unwrap_or(0)))
+        .collect();
+    // Not a service FQDN (a warning: the profile applies to nothing), and still every bad
+    // field is reported: regex, duration, budget.
+    assert_eq!(
+        codes,
+        [("WEFT0002", 3), ("WEFT0106", 6), ("WEFT0002", 7), ("WEFT0002", 8)],
+        "{v}"
+    );
+}

@@ -15,6 +15,7 @@ const VARIANTS: &[&str] = &[
     "gateway-api-80-20",
     "jason-v2",
     "linkerd-authz",
+    "linkerd-profiles",
     "smi-80-20",
     "v3",
 ];
@@ -181,6 +182,35 @@ fn all_v1_and_v3_pin_one_version() {
     let dir = running_dir(Some("v3"));
     let e = explain(&dir.0, "productpage-v1", url, Some("jason"));
     assert_eq!(backends(&e), subset(REVIEWS, "v3"), "{e}");
+}
+
+#[test]
+fn linkerd_profiles_name_routes_and_bound_them() {
+    let dir = running_dir(Some("linkerd-profiles"));
+    let e = explain(&dir.0, "reviews-v2", "http://ratings:9080/ratings/0", None);
+    let p = &e["policies"];
+    assert_eq!(p["route_name"], "GET /ratings/{id}", "{e}");
+    assert_eq!(
+        (p["timeout_ms"].as_u64(), p["retryable"].as_bool()),
+        (Some(1000), Some(true)),
+        "{e}"
+    );
+    assert_eq!(p["retries"]["retry_on"], serde_json::json!(["5xx"]), "{e}");
+    assert_eq!(p["retry_budget"]["ratio"], 0.2, "{e}");
+    let e = explain(&dir.0, "productpage-v1", "http://reviews:9080/reviews/0", None);
+    let p = &e["policies"];
+    assert_eq!(
+        (p["route_name"].as_str(), p["timeout_ms"].as_u64()),
+        (Some("GET /reviews/{id}"), Some(3000)),
+        "{e}"
+    );
+    assert_eq!(
+        (p["retryable"].as_bool(), p["retries"].is_null()),
+        (None, true),
+        "{e}"
+    );
+    // The profile does not choose destinations: reviews still spreads over its versions.
+    assert_eq!(backends(&e), vec![(REVIEWS.to_string(), None, 1)], "{e}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{curl, run, tempdir, weft_bin, Proxy};
+use common::{curl, metric_sum, run, tempdir, weft_bin, Proxy};
 use weft_test_support::HttpEcho;
 
 const MESH: &str = r#"
@@ -309,4 +309,188 @@ async fn live_config_from_documents_to_traffic() {
         assert!(Instant::now() < deadline, "proxies did not resync: {status}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A Linkerd ServiceProfile for reviews: a retryable route under a small budget, a route with
+/// a 300 ms timeout, a route that is not retryable.
+fn reviews_profile(delay_timeout: &str) -> String {
+    format!(
+        r#"apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata: {{name: reviews.default.svc.cluster.local}}
+spec:
+  routes:
+  - name: GET /status/{{code}}
+    condition: {{method: GET, pathRegex: '/status/\d+'}}
+    isRetryable: true
+  - name: GET /delay/{{ms}}
+    condition: {{method: GET, pathRegex: '/delay/\d+'}}
+    timeout: {delay_timeout}
+  - name: POST /status/{{code}}
+    condition: {{method: POST, pathRegex: '/status/\d+'}}
+  retryBudget: {{retryRatio: 0.5, minRetriesPerSecond: 0, ttl: 60s}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_profile_retries_within_its_budget_and_times_out_live() {
+    let config = tempdir::Dir::new("weft-sp-config");
+    let state = tempdir::Dir::new("weft-sp-state");
+    std::fs::write(config.path.join("mesh.yaml"), MESH).expect("write");
+    std::fs::write(config.path.join("profile.yaml"), reviews_profile("300ms")).expect("write");
+    let token = run(
+        weft_bin(),
+        &[
+            "token",
+            "create",
+            "--state-dir",
+            state.path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(token.status.success(), "{}", token.stderr);
+    let token = token.stdout.trim().to_string();
+
+    // What explain says is what the proxies will do.
+    let explained = run(
+        weft_bin(),
+        &[
+            "explain",
+            config.path.to_str().expect("utf-8"),
+            "GET http://reviews:9080/status/503",
+            "-o",
+            "json",
+        ],
+    );
+    let e: serde_json::Value = serde_json::from_str(&explained.stdout).expect("explain json");
+    assert_eq!(e["policies"]["route_name"], "GET /status/{code}", "{e}");
+    assert_eq!(e["policies"]["retryable"], true, "{e}");
+    assert_eq!(e["policies"]["retry_budget"]["ttl_ms"], 60_000, "{e}");
+    assert_eq!(e["policies"]["retries"]["retry_on"][0], "5xx", "{e}");
+
+    let control = Control::start(&config.path, &state.path, "127.0.0.1:0", "127.0.0.1:0");
+    let v1 = HttpEcho::start("reviews-v1").await.expect("v1");
+    let server = sidecar(
+        &control,
+        &token,
+        "reviews-v1",
+        "{app: reviews, version: v1}",
+        &format!("{{port: 9080, app: \"{}\"}}", v1.addr()),
+        "",
+    );
+    let client = sidecar(
+        &control,
+        &token,
+        "productpage-v1",
+        "{app: productpage, version: v1}",
+        "",
+        "{listen: \"127.0.0.1:0\", service: reviews, port: 9080}",
+    );
+    for p in [&server, &client] {
+        wait_ready(p);
+    }
+    let base = format!("http://{}", client.bound.outbound_ports[0]);
+    until_all(&format!("{base}/"), "reviews-v1", Duration::from_secs(5));
+    let upstream = |method: &str, path: &str| {
+        let before = v1.requests();
+        let out = curl(&["-sS", "-i", "-X", method, &format!("{base}{path}")]);
+        (out.stdout, v1.requests() - before)
+    };
+
+    // Not retryable: one try.
+    let (out, tries) = upstream("POST", "/status/503");
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert_eq!(tries, 1);
+    // Retryable, under a budget of half the requests over 60 s (no per-second reserve): four
+    // good requests earn two retries, each later request half a retry more.
+    for _ in 0..4 {
+        assert_eq!(upstream("GET", "/status/200").1, 1);
+    }
+    let (out, tries) = upstream("GET", "/status/503");
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert_eq!(tries, 3, "5 requests allow 2.5 retries");
+    assert_eq!(upstream("GET", "/status/500").1, 2, "6 requests allow 3");
+    assert_eq!(
+        upstream("GET", "/status/503").1,
+        1,
+        "7 allow 3.5: the budget is spent"
+    );
+    // The client's metrics say the same: per-route requests, retries sent and refused.
+    let m = client.metrics();
+    let route = ("route", "GET /status/{code}");
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_route_requests_total",
+            &[route, ("response_code", "503")]
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weft_route_requests_total",
+            &[route, ("response_code", "200")]
+        ),
+        4.0
+    );
+    assert_eq!(metric_sum(&m, "weft_retries_total", &[("outcome", "sent")]), 3.0);
+    assert_eq!(
+        metric_sum(&m, "weft_retries_total", &[("outcome", "budget_exhausted")]),
+        3.0
+    );
+
+    // The route timeout answers 504 (UT) long before the upstream would.
+    let started = Instant::now();
+    let (out, _) = upstream("GET", "/delay/3000");
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    assert!(out.contains("x-weft-response-flags: UT"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Editing the profile under the running control plane: a longer timeout, live.
+    std::fs::write(config.path.join("profile.yaml"), reviews_profile("5s")).expect("write");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (out, _) = upstream("GET", "/delay/600");
+        if out.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new timeout never applied: {out}");
+    }
+    // The push kept the budget's counts: 8 requests allow 4 retries, 3 are spent, so one more
+    // (a budget reset by the push would allow none: 1 request, half a retry).
+    assert_eq!(
+        upstream("GET", "/status/503").1,
+        2,
+        "a push must not reset the budget"
+    );
+
+    // The profile gone, Linkerd's annotations on the Service take over: 2 retries on 5xx (no
+    // budget) and a 300 ms request timeout.
+    std::fs::remove_file(config.path.join("profile.yaml")).expect("rm");
+    let annotated = MESH.replacen(
+        "metadata: {name: reviews}\n",
+        "metadata:\n  name: reviews\n  annotations:\n    retry.linkerd.io/http: 5xx\n    retry.linkerd.io/limit: \"2\"\n    timeout.linkerd.io/request: 300ms\n",
+        1,
+    );
+    assert_ne!(annotated, MESH);
+    std::fs::write(config.path.join("mesh.yaml"), annotated).expect("write");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (out, _) = upstream("GET", "/delay/1000");
+        if out.starts_with("HTTP/1.1 504") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the annotation timeout never applied: {out}"
+        );
+    }
+    assert_eq!(upstream("GET", "/status/503").1, 3);
+    assert_eq!(upstream("GET", "/status/404").1, 1);
 }

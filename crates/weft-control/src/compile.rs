@@ -115,7 +115,7 @@ fn compile_service(
     let mut routes = Vec::new();
     for p in &ports {
         let table = mesh.route_table(fqdn, p.port);
-        if table.rules.is_empty() {
+        if table.is_empty() {
             continue;
         }
         match CompiledTable::compile(&table, fqdn) {

@@ -89,6 +89,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(Snapshot::new(ProxyConfig::default())),
         balancers: Balancers::default(),
+        retry_budgets: Default::default(),
         pools,
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),

@@ -61,6 +61,8 @@ pub struct InboundTarget {
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub balancers: Balancers,
+    /// Retry budgets per service (Linkerd `retryBudget`), kept across pushes.
+    pub retry_budgets: crate::http::retry_budget::RetryBudgets,
     pub pools: Arc<Pools>,
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
@@ -223,6 +225,8 @@ impl Shared {
     /// Swaps in a new config, reconciling the long-lived endpoint state.
     pub fn apply(&self, config: ProxyConfig) {
         self.balancers.reconcile(&config);
+        let services: std::collections::HashSet<String> = config.services.iter().map(|s| s.fqdn()).collect();
+        self.retry_budgets.retain(|s| services.contains(s));
         let keep: std::collections::HashSet<SocketAddr> = config
             .endpoints
             .iter()

@@ -5,7 +5,7 @@
 //! The decision itself is `weft_api::route::resolve`, the same function `weft explain` calls.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -16,8 +16,10 @@ use crate::config::Shared;
 use crate::config::{ServiceInfo, Snapshot};
 use crate::forward;
 use crate::http::error::{Flag, ProxyError};
+use crate::http::retry_budget::RetryBudget;
 use crate::http::{full, Body};
 use crate::telemetry::metered::RequestMeta;
+use crate::telemetry::metrics::Label;
 
 /// Retry conditions when a rule asks for retries without naming any (Istio's default).
 const DEFAULT_RETRY_ON: &[&str] = &[
@@ -77,13 +79,14 @@ pub async fn route(
         DecisionKind::NotFound => Err(ProxyError::no_route(format!("no route of {} matched", svc.fqdn))),
         DecisionKind::Redirect => Ok(redirect(&decision, &req)),
         DecisionKind::DirectResponse => Ok(direct_response(&decision)),
-        DecisionKind::Route => send_routed(shared, snap, port, decision, req, meta).await,
+        DecisionKind::Route => send_routed(shared, snap, svc, port, decision, req, meta).await,
     }
 }
 
 async fn send_routed(
     shared: &Shared,
     snap: &Snapshot,
+    svc: &Arc<ServiceInfo>,
     port: u16,
     decision: Decision,
     mut req: Request<Body>,
@@ -96,6 +99,7 @@ async fn send_routed(
         ProxyError::no_endpoints(&format!("{} (not in this proxy's config)", backend.service))
     })?;
     meta.set_service(&target);
+    meta.route = policies.route_name.as_deref().map(Label::new);
     let target_port = backend.port.unwrap_or(port);
 
     if let Some(fault) = &policies.fault {
@@ -114,8 +118,14 @@ async fn send_routed(
     apply_header_ops(req.headers_mut(), &policies.request_headers);
     rewrite(&mut req, &policies);
 
+    // The budget belongs to the service the client called, whichever backend the split chose.
+    let budget = policies
+        .retry_budget
+        .as_ref()
+        .map(|params| shared.retry_budgets.get(&svc.fqdn, params));
     let attempt_all = retry_loop(
         shared,
+        budget.as_deref(),
         &target,
         target_port,
         backend.subset.as_deref(),
@@ -139,10 +149,13 @@ async fn send_routed(
     Ok(resp)
 }
 
-/// Sends, retrying as the rule allows. Only requests without a body are retried (a body is
-/// streamed through, not kept): buffering small bodies for retry is the routing issue's.
+/// Sends, retrying as the rule allows and, when one applies, as the retry budget allows. Only
+/// requests without a body are retried (a body is streamed through, not kept): buffering small
+/// bodies for retry is the routing issue's.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
 async fn retry_loop(
     shared: &Shared,
+    budget: Option<&RetryBudget>,
     target: &Arc<ServiceInfo>,
     port: u16,
     subset: Option<&str>,
@@ -163,6 +176,9 @@ async fn retry_loop(
         retries.retry_on.iter().map(String::as_str).collect()
     };
     let per_try = retries.per_try_timeout_ms.map(Duration::from_millis);
+    if let Some(b) = budget {
+        b.deposit(Instant::now());
+    }
     let (parts, _empty) = req.into_parts();
     let mut backoff = RETRY_BACKOFF;
     for attempt in 0..=retries.attempts {
@@ -186,6 +202,12 @@ async fn retry_loop(
         if last || !retryable(&result, &retry_on) {
             return result;
         }
+        if budget.is_some_and(|b| !b.try_withdraw(Instant::now())) {
+            tracing::debug!(service = %target.fqdn, attempt, "retry budget spent: not retrying");
+            meta.metrics().retry(&target.fqdn_label, true);
+            return result;
+        }
+        meta.metrics().retry(&target.fqdn_label, false);
         tracing::debug!(service = %target.fqdn, attempt, "retrying");
         // Jitter keeps retries from many clients from arriving in lockstep.
         let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
@@ -195,20 +217,34 @@ async fn retry_loop(
     Err(ProxyError::no_endpoints(&target.fqdn))
 }
 
-/// Whether a result meets one of the retry conditions (Envoy's `retry_on` vocabulary).
+/// Whether a result meets one of the retry conditions: Envoy's `retry_on` vocabulary, plus
+/// status codes and ranges (`429`, `500-504`; Linkerd's response classes and annotations). An
+/// error the proxy answers for itself meets a range holding the status it answers with.
 fn retryable(result: &Result<Response<Body>, ProxyError>, retry_on: &[&str]) -> bool {
     let has = |c: &str| retry_on.contains(&c);
+    let in_range = |code: u16| {
+        retry_on.iter().any(|c| {
+            c.split_once('-')
+                .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+                .is_some_and(|(a, b)| (a..=b).contains(&code))
+        })
+    };
     match result {
         Err(e) => match e.flag {
             Flag::UpstreamConnectFailure | Flag::NoHealthyUpstream => {
-                has("connect-failure") || has("5xx") || has("gateway-error")
+                has("connect-failure") || has("5xx") || has("gateway-error") || in_range(e.status.as_u16())
             }
-            Flag::UpstreamTerminated => has("reset") || has("5xx") || has("refused-stream"),
-            Flag::UpstreamTimeout => has("5xx") || has("gateway-error"),
+            Flag::UpstreamTerminated => {
+                has("reset") || has("5xx") || has("refused-stream") || in_range(e.status.as_u16())
+            }
+            Flag::UpstreamTimeout => has("5xx") || has("gateway-error") || in_range(e.status.as_u16()),
             _ => false,
         },
         Ok(resp) => {
             let code = resp.status().as_u16();
+            if in_range(code) {
+                return true;
+            }
             let grpc = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok());
             (has("5xx") && code >= 500)
                 || (has("gateway-error") && matches!(code, 502..=504))
@@ -221,6 +257,7 @@ fn retryable(result: &Result<Response<Body>, ProxyError>, retry_on: &[&str]) -> 
                 || matches!((grpc, retry_on), (Some("1"), r) if r.contains(&"cancelled"))
                 || matches!((grpc, retry_on), (Some("4"), r) if r.contains(&"deadline-exceeded"))
                 || matches!((grpc, retry_on), (Some("8"), r) if r.contains(&"resource-exhausted"))
+                || matches!((grpc, retry_on), (Some("13"), r) if r.contains(&"internal"))
         }
     }
 }
@@ -391,5 +428,12 @@ mod tests {
         ));
         assert!(retryable(&refused, DEFAULT_RETRY_ON));
         assert!(!retryable(&refused, &["retriable-4xx"]));
+        // Ranges from Linkerd's response classes: the proxy's own 503 counts as a 503.
+        assert!(retryable(&resp(429), &["429", "500-599"]));
+        assert!(retryable(&resp(502), &["500-504"]));
+        assert!(!retryable(&resp(505), &["500-504"]));
+        assert!(!retryable(&resp(200), &["100-199"]));
+        assert!(retryable(&refused, &["503-503"]));
+        assert!(!retryable(&refused, &["500-502"]));
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 
 use regex::Regex;
 
+use super::profile::CompiledProfile;
 use super::table::*;
 use super::{RequestHead, Source};
 
@@ -13,6 +14,8 @@ pub struct CompiledTable {
     pub(super) rules: Vec<CompiledRule>,
     /// Where a request goes when the table has no rules: the service itself.
     pub(super) default_backends: Vec<Backend>,
+    /// The Linkerd profile that annotates every decision.
+    pub(super) profile: Option<CompiledProfile>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,14 +84,17 @@ impl CompiledTable {
             port: None,
             weight: 1,
         }];
+        let profile = table.profile.as_ref().map(CompiledProfile::compile).transpose()?;
         Ok(Self {
             rules,
             default_backends,
+            profile,
         })
     }
 
+    /// No rules and no profile: requests go to the service itself, untouched.
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.is_empty() && self.profile.is_none()
     }
 }
 
@@ -304,7 +310,7 @@ impl CompiledMatch {
     }
 }
 
-fn anchored(pattern: &str, ignore_case: bool) -> Result<Regex, regex::Error> {
+pub(super) fn anchored(pattern: &str, ignore_case: bool) -> Result<Regex, regex::Error> {
     let flags = if ignore_case { "(?i)" } else { "" };
     Regex::new(&format!("^{flags}(?:{pattern})$"))
 }

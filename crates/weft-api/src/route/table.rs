@@ -14,6 +14,17 @@ use serde::{Deserialize, Serialize};
 pub struct RouteTable {
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// What a Linkerd ServiceProfile and Linkerd's annotations on the Service add to every
+    /// request, whichever rule decides its destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+}
+
+impl RouteTable {
+    /// No rules and no profile: requests go to the service itself, untouched.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.profile.is_none()
+    }
 }
 
 /// Where a rule came from: the document and its place in a file.
@@ -269,4 +280,62 @@ pub struct HeaderOps {
     pub add: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,
+}
+
+/// A service's Linkerd profile: a ServiceProfile's named routes with their timeouts and retry
+/// policy and its retry budget; or, for a Service without a ServiceProfile, the service-wide
+/// timeout and retries of Linkerd's annotations on it.
+///
+/// It never chooses a destination. Per field, the matched rule's own policy wins (an Istio or
+/// Gateway API timeout/retry is the more specific statement), then the first matching profile
+/// route, then the annotations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// The ServiceProfile, when there is one (annotations alone have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    /// Tried in order; the first whose condition holds is the request's route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<ProfileRoute>,
+    /// Limits retries made under this profile; None: retries are not budgeted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+    /// Service-wide timeout (`timeout.linkerd.io/request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Service-wide retries (`retry.linkerd.io/*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+}
+
+/// A ServiceProfile route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileRoute {
+    /// As written, e.g. `GET /books/{id}`.
+    pub name: String,
+    pub condition: RouteCondition,
+    /// Covers the whole request, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// `isRetryable`: failed requests are retried while the budget allows.
+    #[serde(default)]
+    pub retryable: bool,
+    /// The responses that count as failures (from `responseClasses`), in the retry
+    /// vocabulary: `5xx`, or status ranges such as `500-504`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_on: Vec<String>,
+}
+
+/// A ServiceProfile request condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteCondition {
+    All(Vec<RouteCondition>),
+    Any(Vec<RouteCondition>),
+    Not(Box<RouteCondition>),
+    Method(String),
+    /// RE2, matching the whole path.
+    PathRegex(String),
 }

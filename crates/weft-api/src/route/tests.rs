@@ -90,7 +90,11 @@ impl Req {
 }
 
 fn compile(rules: Vec<Rule>) -> CompiledTable {
-    CompiledTable::compile(&RouteTable { rules }, "reviews.default.svc.cluster.local").expect("compiles")
+    CompiledTable::compile(
+        &RouteTable { rules, profile: None },
+        "reviews.default.svc.cluster.local",
+    )
+    .expect("compiles")
 }
 
 fn subset_of(d: &Decision) -> Option<&str> {
@@ -378,7 +382,14 @@ fn a_bad_regex_is_a_compile_error_naming_the_rule() {
         }],
         vec![backend("v1", 1)],
     );
-    let err = CompiledTable::compile(&RouteTable { rules: vec![bad] }, "x").expect_err("bad regex");
+    let err = CompiledTable::compile(
+        &RouteTable {
+            rules: vec![bad],
+            profile: None,
+        },
+        "x",
+    )
+    .expect_err("bad regex");
     assert_eq!(err.rule, 3);
     assert!(
         err.to_string().contains("VirtualService default/reviews rule 3"),

@@ -122,6 +122,14 @@ fn print_text(e: &Explanation) {
         );
     }
     let p = &e.policies;
+    if let Some(name) = &p.route_name {
+        let retryable = if p.retryable == Some(true) {
+            " (retryable)"
+        } else {
+            ""
+        };
+        println!("route:     {name}{retryable}");
+    }
     if let Some(t) = p.timeout_ms {
         println!("timeout:   {t} ms");
     }
@@ -138,6 +146,14 @@ fn print_text(e: &Explanation) {
             } else {
                 r.retry_on.join(",")
             }
+        );
+    }
+    if let Some(b) = &p.retry_budget {
+        println!(
+            "budget:    retries up to {}% of requests + {}/s over {} ms",
+            b.ratio * 100.0,
+            b.min_per_second,
+            b.ttl_ms
         );
     }
     if let Some(f) = &p.fault {

@@ -431,6 +431,29 @@ fn route_tables_only_where_routes_exist() {
 }
 
 #[test]
+fn a_linkerd_profile_alone_gives_a_service_a_route_table() {
+    let (mut mesh, mut registry) = bookinfo();
+    mesh.profiles.push(weft_api::model::HostProfile {
+        host: fqdn("reviews-v1"),
+        origin: origin("ServiceProfile", "reviews-v1.default.svc.cluster.local"),
+        profile: weft_api::route::Profile {
+            timeout_ms: Some(1000),
+            ..Default::default()
+        },
+    });
+    let c = compile(&mesh, &mut registry, &productpage()).config;
+    let profiled = c
+        .services
+        .iter()
+        .find(|s| s.name == "reviews-v1")
+        .expect("reviews-v1");
+    assert_eq!(profiled.routes.len(), 1);
+    let table = &profiled.routes[0].table;
+    assert!(table.rules.is_empty());
+    assert_eq!(table.profile.as_ref().and_then(|p| p.timeout_ms), Some(1000));
+}
+
+#[test]
 fn bad_regex_is_reported_and_the_service_still_served() {
     let (mut mesh, mut registry) = bookinfo();
     mesh.routes.push(HostRoutes {

@@ -329,7 +329,7 @@ async fn an_open_tcp_connection_is_closed_when_a_push_denies_it() {
 /// SPIFFE ID when the proxy terminated it, an error when it reached something else.
 async fn mesh_alpn_handshake(ca: &TestCa, addr: SocketAddr) -> Result<String, String> {
     let state = crate::tls::TlsState::new(ca.cell(PRODUCTPAGE));
-    let mut config = (*crate::tls::client::client_config(state, None)).clone();
+    let mut config = (*state.client_config(None).expect("credentials")).clone();
     config.alpn_protocols = vec![crate::tls::ALPN_MESH.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;

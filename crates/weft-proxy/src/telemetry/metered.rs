@@ -31,6 +31,8 @@ pub struct RequestMeta {
     /// rather than per request (None: built from the labels when needed).
     pub source_value: Option<http::HeaderValue>,
     pub service_value: Option<http::HeaderValue>,
+    /// The named route the request took (a ServiceProfile route), for `weft_route_requests`.
+    pub route: Option<Label>,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
 }
@@ -74,6 +76,7 @@ impl RequestMeta {
             request_bytes: Arc::default(),
             source_value: None,
             service_value: None,
+            route: None,
         }
     }
 
@@ -154,6 +157,13 @@ impl RequestMeta {
     fn record(&self, code: u16, grpc_status: Label, flags: &'static str, response_bytes: u64) {
         let labels = self.labels(code, grpc_status, flags);
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        if let Some(route) = &self.route {
+            self.metrics.route_request(&super::metrics::RouteLabels {
+                destination_service: self.service.clone(),
+                route: route.clone(),
+                response_code: code,
+            });
+        }
         self.metrics.request(
             &labels,
             ms,

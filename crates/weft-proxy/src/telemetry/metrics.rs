@@ -77,6 +77,23 @@ pub struct TcpLabels {
     pub connection_security_policy: &'static str,
 }
 
+/// Labels of `weft_route_requests_total`: requests per named route (a Linkerd ServiceProfile
+/// route, Linkerd's per-route metrics). Route names come from config, so they are bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub destination_service: Label,
+    pub route: Label,
+    pub response_code: u16,
+}
+
+/// Labels of `weft_retries_total`: retries sent, and retries a retry budget refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub destination_service: Label,
+    /// `sent` or `budget_exhausted`.
+    pub outcome: &'static str,
+}
+
 /// Labels of the proxy's own listener counters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -114,6 +131,8 @@ pub struct Metrics {
     tcp_closed: Capped<TcpLabels, Counter>,
     rejected: Family<ListenerLabels, Counter>,
     authz: Capped<AuthzLabels, Counter>,
+    route_requests: Capped<RouteLabels, Counter>,
+    retries: Capped<RetryLabels, Counter>,
 }
 
 /// The request families, as registered.
@@ -316,7 +335,52 @@ impl Metrics {
                 Family::default(),
                 &overflow,
             ),
+            route_requests: Capped::register(
+                registry,
+                "weft_route_requests",
+                "Requests per named route (Linkerd ServiceProfile routes)",
+                Family::default(),
+                &overflow,
+            ),
+            retries: Capped::register(
+                registry,
+                "weft_retries",
+                "Retries sent, and retries a retry budget refused",
+                Family::default(),
+                &overflow,
+            ),
         })
+    }
+
+    /// Counts one finished request on a named route.
+    pub fn route_request(&self, labels: &RouteLabels) {
+        let overflow = || RouteLabels {
+            destination_service: Label::new("overflow"),
+            route: Label::new("overflow"),
+            response_code: 0,
+        };
+        self.route_requests.with(labels, overflow, |c| {
+            c.inc();
+        });
+    }
+
+    /// Counts a retry sent to `service`, or one its retry budget refused.
+    pub fn retry(&self, service: &Label, budget_exhausted: bool) {
+        let labels = RetryLabels {
+            destination_service: service.clone(),
+            outcome: if budget_exhausted {
+                "budget_exhausted"
+            } else {
+                "sent"
+            },
+        };
+        let overflow = || RetryLabels {
+            destination_service: Label::new("overflow"),
+            outcome: labels.outcome,
+        };
+        self.retries.with(&labels, overflow, |c| {
+            c.inc();
+        });
     }
 
     /// Records one finished request.
