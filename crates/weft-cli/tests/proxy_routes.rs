@@ -188,3 +188,134 @@ async fn a_route_timeout_answers_504_ut() {
         "{m}"
     );
 }
+
+/// An upstream that reads each request's whole body (by Content-Length) and answers the
+/// requests whose number (from 0, over all connections) is in `fail` with 503, every other
+/// one with 200 and the body it received.
+struct Flaky {
+    addr: std::net::SocketAddr,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn flaky(fail: &'static [usize]) -> Flaky {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    if stream.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    let response = if fail.contains(&n) {
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_vec()
+                    } else {
+                        let mut r =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+                        r.extend_from_slice(&body);
+                        r
+                    };
+                    if stream.get_mut().write_all(&response).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Flaky { addr, requests }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_is_sent_again_on_retry_up_to_64_kib() {
+    use std::sync::atomic::Ordering;
+    // Request 0 (the first try of the small body) and request 2 (the big body) fail.
+    let upstream = flaky(&[0, 2]).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+workload: {{name: productpage-v1, labels: {{app: productpage}}}}
+admin: {{address: "127.0.0.1:0"}}
+inbound: {{mesh: "127.0.0.1:0"}}
+outbound:
+  listen: null
+  ports: [{{listen: "127.0.0.1:0", service: ratings, port: 9080}}]
+services:
+  - name: ratings
+    ports: [{{port: 9080, protocol: http}}]
+    routes:
+      - port: 9080
+        table:
+          rules:
+            - origin: {{kind: VirtualService, namespace: default, name: ratings}}
+              index: 0
+              action: {{forward: [{{service: ratings.default.svc.cluster.local, weight: 1}}]}}
+              policies: {{retries: {{attempts: 2, retry_on: [5xx]}}}}
+endpoints:
+  - {{service: ratings, port: 9080, endpoints: [{{address: "{}"}}]}}
+"#,
+        upstream.addr
+    ));
+    let url = format!("http://{}/rate", proxy.bound.outbound_ports[0]);
+    let dir = std::env::temp_dir().join(format!("weft-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let post = |name: &str, content: &str| {
+        let file = dir.join(name);
+        std::fs::write(&file, content).expect("write");
+        let data = format!("@{}", file.display());
+        let out = curl(&[
+            "-sS",
+            "-X",
+            "POST",
+            "--data-binary",
+            &data,
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ]);
+        let (body, code) = out.stdout.rsplit_once('\n').expect("status line");
+        (code.to_string(), body.to_string())
+    };
+
+    // 40 KiB: the first try gets a 503 after the upstream read the whole body; the retry
+    // carries the same bytes, and they come back.
+    let small: String = (0..40 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let (code, body) = post("small", &small);
+    assert_eq!(code, "200");
+    assert!(
+        body == small,
+        "the retry sent other bytes ({} of {})",
+        body.len(),
+        small.len()
+    );
+    assert_eq!(upstream.requests.load(Ordering::SeqCst), 2);
+
+    // 100 KiB is more than is kept for a retry: the one try's 503 is the answer.
+    let (code, _) = post("big", &"x".repeat(100 * 1024));
+    assert_eq!(code, "503");
+    assert_eq!(upstream.requests.load(Ordering::SeqCst), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod headers;
+pub mod replay;
 pub mod retry_budget;
 pub mod server;
 pub mod smuggling;

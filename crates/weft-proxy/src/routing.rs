@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body::Body as _;
 use weft_api::route::{self, Backend, Decision, DecisionKind, HeaderOps, RequestHead, RoutePolicies, Source};
 
 use crate::config::Shared;
 use crate::config::{ServiceInfo, Snapshot};
 use crate::forward;
 use crate::http::error::{Flag, ProxyError};
+use crate::http::replay::{ReplayBody, MAX_REPLAY_BYTES};
 use crate::http::retry_budget::RetryBudget;
 use crate::http::{full, Body};
 use crate::telemetry::metered::RequestMeta;
@@ -149,9 +149,10 @@ async fn send_routed(
     Ok(resp)
 }
 
-/// Sends, retrying as the rule allows and, when one applies, as the retry budget allows. Only
-/// requests without a body are retried (a body is streamed through, not kept): buffering small
-/// bodies for retry is the routing issue's.
+/// Sends, retrying as the rule allows and, when one applies, as the retry budget allows. The
+/// request body streams to the first attempt and is kept for retries up to
+/// [`MAX_REPLAY_BYTES`](crate::http::replay::MAX_REPLAY_BYTES); past that, the request is not
+/// retried.
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
 async fn retry_loop(
     shared: &Shared,
@@ -163,11 +164,7 @@ async fn retry_loop(
     meta: &mut RequestMeta,
     policies: &RoutePolicies,
 ) -> Result<Response<Body>, ProxyError> {
-    let Some(retries) = policies
-        .retries
-        .as_ref()
-        .filter(|r| r.attempts > 0 && req.body().is_end_stream())
-    else {
+    let Some(retries) = policies.retries.as_ref().filter(|r| r.attempts > 0) else {
         return forward::to_service(shared, target, port, subset, req, meta).await;
     };
     let retry_on: Vec<&str> = if retries.retry_on.is_empty() {
@@ -179,10 +176,11 @@ async fn retry_loop(
     if let Some(b) = budget {
         b.deposit(Instant::now());
     }
-    let (parts, _empty) = req.into_parts();
+    let (parts, body) = req.into_parts();
+    let body = ReplayBody::new(body, MAX_REPLAY_BYTES);
     let mut backoff = RETRY_BACKOFF;
     for attempt in 0..=retries.attempts {
-        let mut copy = Request::new(crate::http::empty());
+        let mut copy = Request::new(body.handle().into_body());
         *copy.method_mut() = parts.method.clone();
         *copy.uri_mut() = parts.uri.clone();
         *copy.version_mut() = parts.version;
@@ -200,6 +198,10 @@ async fn retry_loop(
         };
         let last = attempt == retries.attempts;
         if last || !retryable(&result, &retry_on) {
+            return result;
+        }
+        if !body.can_replay() {
+            tracing::debug!(service = %target.fqdn, attempt, "request body too large to send again: not retrying");
             return result;
         }
         if budget.is_some_and(|b| !b.try_withdraw(Instant::now())) {

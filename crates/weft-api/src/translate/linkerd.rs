@@ -182,16 +182,6 @@ fn profile_route(
             .with_fix(format!("method: {}", m.to_ascii_uppercase())),
         );
     }
-    if r.is_retryable && has_body_method(&r.condition) {
-        out.findings.push(Finding::warning(
-            codes::NOT_IMPLEMENTED,
-            format!(
-                "ServiceProfile {}/{} route {:?}: isRetryable is acted on only in part: the proxy retries only requests without a body yet",
-                doc.namespace, doc.name, r.name
-            ),
-            &at(&["isRetryable"]),
-        ));
-    }
     Some(ProfileRoute {
         name: r.name.clone(),
         condition,
@@ -235,14 +225,6 @@ fn condition(m: &sp::RequestMatch) -> Result<RouteCondition, ConditionError> {
         1 => Ok(all.remove(0)),
         _ => Ok(RouteCondition::All(all)),
     }
-}
-
-/// Whether a condition asks for a method whose requests usually carry a body.
-fn has_body_method(m: &sp::RequestMatch) -> bool {
-    m.method
-        .as_deref()
-        .is_some_and(|x| matches!(x.to_ascii_uppercase().as_str(), "POST" | "PUT" | "PATCH"))
-        || m.all.iter().chain(&m.any).any(has_body_method)
 }
 
 /// A method written in lower case anywhere in a condition (`get` is not `GET`).

@@ -124,11 +124,6 @@ pub fn read(doc: &Document, out: &mut Translated) -> Annotated {
                 Some(c) => {
                     any_retry = true;
                     retry_on.extend(c);
-                    out.findings.push(Finding::warning(
-                        codes::NOT_IMPLEMENTED,
-                        format!("{who} is read but acted on only in part: gRPC requests carry a body, and the proxy retries only requests without one yet"),
-                        &at,
-                    ));
                 }
                 None => bad(&format!("is not a list of {}", GRPC_CONDITIONS.join(", "))),
             },
