@@ -198,8 +198,13 @@ async fn a_subscribed_proxy_gets_its_config_turns_ready_and_its_ack_is_recorded(
     assert!(s.connected);
     assert_eq!(s.nack, None);
     assert_eq!(s.acked_version, s.sent_version);
-    let json = serde_json::to_vec(&config(7001)).expect("json");
-    assert_eq!(s.sent_version, Some(weft_control::push::version_of(&json)));
+    // The version names the whole state: every resource's key and content version.
+    let resources = weft_api::discovery::resources_of(&config(7001)).expect("resources");
+    let version = weft_api::discovery::state_version(resources.iter().map(|r| (&r.key, r.version)));
+    assert_eq!(s.sent_version, Some(version));
+    let push = s.last_push.expect("a push");
+    assert!(push.full_state);
+    assert_eq!(push.sent, resources.len());
     proxy.stop.cancel();
     server.shutdown().await;
 }
