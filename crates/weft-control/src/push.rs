@@ -418,7 +418,8 @@ impl Inner {
             )
         };
         let Some(delta::Push { response, summary }) = tracker.push(&target, nonce) else {
-            if tracker.behind() {
+            if tracker.in_flight() {
+                // Sent once the proxy answers the push it has.
                 return true;
             }
             // Nothing to send. After a NACK the source may have come back to what the proxy

@@ -135,6 +135,11 @@ impl Tracker {
         self.behind && self.in_flight.is_none()
     }
 
+    /// Whether a push is unanswered.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
     /// The version of what the proxy ACKed on this stream.
     pub fn acked_version(&self) -> Option<String> {
         self.acked
@@ -235,10 +240,10 @@ mod tests {
         let mut nonce = nonces();
         t.push(&state(&[("a", "1")]), &mut nonce).expect("push");
         assert!(t.push(&state(&[("a", "2")]), &mut nonce).is_none());
-        assert!(!t.behind(), "still in flight");
+        assert!(t.in_flight() && !t.behind(), "still in flight");
         assert_eq!(t.answer("stale", true), Answer::Stale);
         assert_eq!(t.answer("1", true), Answer::Acked);
-        assert!(t.behind());
+        assert!(t.behind() && !t.in_flight());
         let next = t.push(&state(&[("a", "2")]), &mut nonce).expect("push");
         assert_eq!(names(&next).0, ["a"]);
         assert!(!t.behind());
