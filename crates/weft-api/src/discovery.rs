@@ -188,6 +188,77 @@ impl Rendered {
     }
 }
 
+// === large pushes, in parts ===
+
+/// About how many bytes of resource bodies one message carries. Each HTTP/2 stream's encoder
+/// keeps a buffer as large as the largest message it sent, for as long as the stream lives: a
+/// full state in one message would keep a copy of every shared resource per proxy.
+pub const PART_BYTES: usize = 16 * 1024;
+
+/// Splits a push into parts of about `max_bytes` of bodies each (a larger resource travels
+/// alone), all with its nonce and version; every part but the last says `more`. The removals
+/// ride on the last part.
+pub fn split(push: DiscoveryResponse, max_bytes: usize) -> Vec<DiscoveryResponse> {
+    let DiscoveryResponse {
+        version,
+        nonce,
+        resources,
+        removed,
+        full_state,
+        more: _,
+    } = push;
+    let part = |resources: Vec<Resource>| DiscoveryResponse {
+        version: version.clone(),
+        nonce: nonce.clone(),
+        resources,
+        removed: Vec::new(),
+        full_state,
+        more: true,
+    };
+    let mut parts = Vec::new();
+    let (mut current, mut bytes) = (Vec::new(), 0);
+    for r in resources {
+        if !current.is_empty() && bytes + r.body.len() > max_bytes {
+            parts.push(part(std::mem::take(&mut current)));
+            bytes = 0;
+        }
+        bytes += r.body.len();
+        current.push(r);
+    }
+    let mut last = part(current);
+    last.removed = removed;
+    last.more = false;
+    parts.push(last);
+    parts
+}
+
+/// Collects the parts of one push (see [`split`]).
+#[derive(Debug, Default)]
+pub struct Reassembly {
+    pending: Option<DiscoveryResponse>,
+}
+
+impl Reassembly {
+    /// The whole push once `part` is its last; None while more parts are due. A part of another
+    /// push than the one pending starts over (a sender never interleaves pushes on a stream).
+    pub fn add(&mut self, part: DiscoveryResponse) -> Option<DiscoveryResponse> {
+        let whole = match self.pending.take() {
+            Some(mut pending) if pending.nonce == part.nonce => {
+                pending.resources.extend(part.resources);
+                pending.removed.extend(part.removed);
+                pending.more = part.more;
+                pending
+            }
+            _ => part,
+        };
+        if whole.more {
+            self.pending = Some(whole);
+            return None;
+        }
+        Some(whole)
+    }
+}
+
 // === versions ===
 
 /// A stable content hash (FNV-1a, 64 bits): the same bytes give the same value in every process

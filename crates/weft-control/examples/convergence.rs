@@ -370,13 +370,18 @@ async fn session(
         .await?
         .into_inner();
     drop(permit);
+    let mut parts = weft_api::discovery::Reassembly::default();
     loop {
-        let response = tokio::select! {
+        let part = tokio::select! {
             () = stop.cancelled() => return Ok(()),
             r = responses.message() => r?,
         };
-        let Some(response) = response else {
+        let Some(part) = part else {
             bail!("the control plane ended the stream");
+        };
+        // A large push comes in parts: answer the whole, as a proxy does.
+        let Some(response) = parts.add(part) else {
+            continue;
         };
         let bytes = response.resources.iter().map(|r| r.body.len()).sum();
         let full_state = response.full_state;

@@ -452,7 +452,14 @@ impl Inner {
             bytes = summary.body_bytes,
             "discovery: pushing"
         );
-        tx.send(Ok(response)).await.is_ok()
+        // A large push (a full state) goes in parts: the stream's encoder then keeps a buffer
+        // of one part, not of every shared resource.
+        for part in weft_api::discovery::split(response, weft_api::discovery::PART_BYTES) {
+            if tx.send(Ok(part)).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     fn record(&self, id: &str, stream: u64, tracker: &mut Tracker, ack: Ack) {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
-use weft_api::discovery::Held;
+use weft_api::discovery::{Held, Reassembly};
 use weft_api::proto::discovery_client::DiscoveryClient;
 use weft_api::proto::discovery_request::Kind;
 use weft_api::proto::{Ack, DiscoveryRequest, DiscoveryResponse, Subscribe};
@@ -160,9 +160,14 @@ async fn session(
     // The resources applied on this stream; the control plane starts every stream with the full
     // state.
     let mut held: Option<Held> = None;
-    while let Some(response) = responses.message().await? {
+    let mut parts = Reassembly::default();
+    while let Some(part) = responses.message().await? {
         // A stream that delivers is a healthy one: the next outage starts from 100 ms again.
         backoff.reset();
+        // A large push comes in parts; it is applied and answered as a whole.
+        let Some(response) = parts.add(part) else {
+            continue;
+        };
         let ack = handle(shared, bound, &mut held, &response);
         tx.send(request(Kind::Ack(ack))).await?;
     }

@@ -31,6 +31,7 @@ fn push(full: bool, resources: &[Rendered], removed: &[Key], after: &[Rendered])
         resources: resources.iter().map(Rendered::to_proto).collect(),
         removed: removed.iter().map(Key::to_proto).collect(),
         full_state: full,
+        more: false,
     }
 }
 
@@ -163,4 +164,31 @@ fn state_versions_are_stable_and_tell_states_apart() {
     assert_ne!(state_version([(&a, 1)]), state_version([(&a, 2)]));
     assert_ne!(state_version([(&a, 1)]), state_version([(&b, 1)]));
     assert_eq!(state_version([(&a, 1)]), state_version([(&a, 1)]));
+}
+
+#[test]
+fn a_large_push_travels_in_parts_and_is_whole_again_on_arrival() {
+    let resources = resources_of(&config(7001, true)).expect("render");
+    let removed = [Key::new(
+        ResourceType::MeshService,
+        "gone.default.svc.cluster.local",
+    )];
+    let whole = push(true, &resources, &removed, &resources);
+    let parts = split(whole.clone(), 150);
+    assert!(parts.len() > 2, "{} parts", parts.len());
+    let (last, rest) = parts.split_last().expect("parts");
+    assert!(rest
+        .iter()
+        .all(|p| p.more && p.removed.is_empty() && p.nonce == whole.nonce));
+    assert!(!last.more);
+    assert_eq!(last.removed.len(), 1);
+    let mut reassembly = Reassembly::default();
+    let mut out = None;
+    for p in parts {
+        assert!(out.is_none(), "whole before the last part");
+        out = reassembly.add(p);
+    }
+    assert_eq!(out, Some(whole.clone()));
+    // One small push: one part, as it was.
+    assert_eq!(split(whole.clone(), usize::MAX), [whole]);
 }

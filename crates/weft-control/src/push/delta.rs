@@ -106,6 +106,7 @@ impl Tracker {
             resources: changed.iter().map(|r| r.to_proto()).collect(),
             removed: removed.iter().map(|k| k.to_proto()).collect(),
             full_state,
+            more: false,
         };
         self.in_flight = Some(InFlight {
             nonce,
