@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Transport-free stubs: the crates that dial or serve pick tonic's transport features.
         .build_transport(false)
+        // Resource bodies as `bytes::Bytes`: the control plane renders a shared resource once and
+        // every push that carries it shares those bytes instead of copying them.
+        .bytes(".weft.discovery.v1.Resource.body")
         .compile_fds(fds)?;
     Ok(())
 }

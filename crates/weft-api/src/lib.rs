@@ -5,9 +5,12 @@
 //! - [`proto`]: the discovery stream between the control plane and each proxy
 //!   (`proto/weft/discovery.proto`, package `weft.discovery.v1`), and certificate issuance
 //!   (`proto/weft/identity.proto`, package `weft.identity.v1`, in `proto::identity`).
+//! - [`discovery`]: a proxy's config as keyed, versioned resources: rendered by the control
+//!   plane, sent as deltas, assembled again by the proxy.
 //! - [`identity`]: workload identities (SPIFFE IDs), parsed and printed.
 
 pub mod authz;
+pub mod discovery;
 pub mod explain;
 pub mod finding;
 pub mod identity;

@@ -494,3 +494,118 @@ async fn a_service_profile_retries_within_its_budget_and_times_out_live() {
     assert_eq!(upstream("GET", "/status/503").1, 3);
     assert_eq!(upstream("GET", "/status/404").1, 1);
 }
+
+/// Every proxy in `status`, by workload.
+fn proxies_by_workload(status: &serde_json::Value) -> std::collections::BTreeMap<String, serde_json::Value> {
+    status["proxies"]
+        .as_array()
+        .expect("proxies")
+        .iter()
+        .map(|p| (p["workload"].as_str().unwrap_or_default().to_string(), p.clone()))
+        .collect()
+}
+
+/// Resources travel as deltas: a change to one VirtualService sends each proxy that one
+/// `MeshService` and nothing else (as `weft status` reports the pushes), and the proxy's
+/// `/config_dump` shows the new route beside the services it already held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_service_change_sends_only_its_mesh_service() {
+    let config = tempdir::Dir::new("weft-cp-delta-config");
+    let state = tempdir::Dir::new("weft-cp-delta-state");
+    let ratings = "---\napiVersion: v1\nkind: Service\nmetadata: {name: ratings}\nspec:\n  selector: {app: ratings}\n  ports: [{name: http, port: 9080}]\n";
+    std::fs::write(config.path.join("mesh.yaml"), format!("{MESH}{ratings}")).expect("write");
+    std::fs::write(config.path.join("reviews-vs.yaml"), route_to("v1")).expect("write");
+    let token = run(
+        weft_bin(),
+        &[
+            "token",
+            "create",
+            "--state-dir",
+            state.path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(token.status.success(), "{}", token.stderr);
+    let token = token.stdout.trim().to_string();
+    let control = Control::start(&config.path, &state.path, "127.0.0.1:0", "127.0.0.1:0");
+    let v1 = HttpEcho::start("reviews-v1").await.expect("v1");
+    let s1 = sidecar(
+        &control,
+        &token,
+        "reviews-v1",
+        "{app: reviews, version: v1}",
+        &format!("{{port: 9080, app: \"{}\"}}", v1.addr()),
+        "",
+    );
+    let client = sidecar(
+        &control,
+        &token,
+        "productpage-v1",
+        "{app: productpage, version: v1}",
+        "",
+        "{listen: \"127.0.0.1:0\", service: reviews, port: 9080}",
+    );
+    for p in [&s1, &client] {
+        wait_ready(p);
+    }
+    let in_sync = |status: &serde_json::Value| {
+        let proxies = proxies_by_workload(status);
+        proxies.len() == 2 && proxies.values().all(|p| p["inSync"] == true)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let status = control.status();
+        if in_sync(&status) {
+            break proxies_by_workload(&status);
+        }
+        assert!(Instant::now() < deadline, "never in sync: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let url = format!("http://{}/reviews/1", client.bound.outbound_ports[0]);
+    until_all(&url, "reviews-v1", Duration::from_secs(5));
+
+    std::fs::write(config.path.join("reviews-vs.yaml"), route_to("v2")).expect("write");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let status = control.status();
+        let proxies = proxies_by_workload(&status);
+        let moved = proxies
+            .iter()
+            .all(|(w, p)| p["ackedVersion"] != before[w]["ackedVersion"]);
+        if in_sync(&status) && moved {
+            break proxies;
+        }
+        assert!(Instant::now() < deadline, "the change never converged: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for (workload, p) in &after {
+        let push = &p["lastPush"];
+        assert_eq!(push["fullState"], false, "{workload}: {p}");
+        assert_eq!(
+            push["names"],
+            serde_json::json!(["MeshService/reviews.default.svc.cluster.local"]),
+            "{workload}: {p}"
+        );
+        assert_eq!(push["removed"], 0, "{workload}: {p}");
+        let sent = p["resourcesSent"].as_u64().expect("resourcesSent")
+            - before[workload]["resourcesSent"].as_u64().expect("resourcesSent");
+        let pushes =
+            p["pushes"].as_u64().expect("pushes") - before[workload]["pushes"].as_u64().expect("pushes");
+        assert_eq!(sent, pushes, "{workload}: one resource per push: {p}");
+    }
+
+    // The proxy assembled the new route into the config it already held.
+    let dump = curl(&["-sS", &format!("http://{}/config_dump", client.bound.admin)]);
+    let dump: serde_json::Value = serde_json::from_str(&dump.stdout).expect("config_dump");
+    let services: Vec<&str> = dump["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(services, ["ratings", "reviews"], "{dump}");
+    let routes = dump["services"][1]["routes"].to_string();
+    assert!(routes.contains("v2") && !routes.contains("\"v1\""), "{routes}");
+    // Traffic follows: v2 has no endpoint here, so the route now reaches no app.
+    assert_eq!(served_by(&url), "");
+}

@@ -5,7 +5,9 @@
 //! simulated proxies in this process (real tonic gRPC clients of the discovery API, one HTTP/2
 //! connection each, every one a distinct instance that ACKs every push), waits until all are in
 //! sync, then rewrites ONE VirtualService file and measures, per proxy, the time from the write
-//! to receiving (and ACKing) a config with a new version. Each change is repeated `--rounds`
+//! to receiving (and ACKing) a push with a new version. Pushes are resources sent as deltas: the
+//! table shows the bytes of resources in a full state (a proxy's first push) and in the push each
+//! proxy gets per change. Each change is repeated `--rounds`
 //! times; the table shows the median over rounds of p50, p90 and max. The control plane's RSS is
 //! read from /proc/PID/status before anyone connects and once all N are in sync.
 //!
@@ -154,7 +156,9 @@ struct Row {
     initial_pushes: u64,
     /// Streams that broke and were opened again, over the whole run for this N.
     reconnects: u64,
-    config_bytes: usize,
+    /// Bytes of resources in a full-state push, and (median over rounds) in a push per change.
+    full_bytes: usize,
+    change_bytes: u64,
     rss_idle_kb: u64,
     rss_synced_kb: u64,
     hwm_kb: u64,
@@ -298,7 +302,9 @@ enum Event {
         idx: usize,
         version: String,
         at: Instant,
+        /// Bytes of resource bodies in the push, and whether it was the full state.
         bytes: usize,
+        full_state: bool,
     },
     /// A stream broke; the proxy reconnects.
     Reconnect { error: String },
@@ -364,15 +370,21 @@ async fn session(
         .await?
         .into_inner();
     drop(permit);
+    let mut parts = weft_api::discovery::Reassembly::default();
     loop {
-        let response = tokio::select! {
+        let part = tokio::select! {
             () = stop.cancelled() => return Ok(()),
             r = responses.message() => r?,
         };
-        let Some(response) = response else {
+        let Some(part) = part else {
             bail!("the control plane ended the stream");
         };
-        let bytes = response.config_json.len();
+        // A large push comes in parts: answer the whole, as a proxy does.
+        let Some(response) = parts.add(part) else {
+            continue;
+        };
+        let bytes = response.resources.iter().map(|r| r.body.len()).sum();
+        let full_state = response.full_state;
         tx.send(DiscoveryRequest {
             kind: Some(Kind::Ack(Ack {
                 version: response.version.clone(),
@@ -387,6 +399,7 @@ async fn session(
             version: response.version,
             at: Instant::now(),
             bytes,
+            full_state,
         });
     }
 }
@@ -396,7 +409,11 @@ struct Fleet {
     versions: Vec<Option<String>>,
     pushes: u64,
     reconnects: u64,
-    last_bytes: usize,
+    /// The largest full-state push seen (bytes of resource bodies).
+    full_bytes: usize,
+    /// Delta pushes and their bytes since the counters were last reset.
+    deltas: u64,
+    delta_bytes: u64,
     events: mpsc::UnboundedReceiver<Event>,
 }
 
@@ -409,9 +426,15 @@ impl Fleet {
                 version,
                 at,
                 bytes,
+                full_state,
             } => {
                 self.pushes += 1;
-                self.last_bytes = bytes;
+                if full_state {
+                    self.full_bytes = self.full_bytes.max(bytes);
+                } else {
+                    self.deltas += 1;
+                    self.delta_bytes += bytes as u64;
+                }
                 self.versions[idx] = Some(version);
                 Ok(Some((idx, at)))
             }
@@ -517,7 +540,9 @@ async fn bench_one(args: &Args, n: usize) -> anyhow::Result<Row> {
         versions: vec![None; n],
         pushes: 0,
         reconnects: 0,
-        last_bytes: 0,
+        full_bytes: 0,
+        deltas: 0,
+        delta_bytes: 0,
         events: rx,
     };
     let result = measure(args, n, &control, &config, &mut fleet, started, rss_idle_kb).await;
@@ -555,16 +580,18 @@ async fn measure(
     fleet.settle(quiet, Duration::from_secs(180)).await?;
     let initial_sync = started.elapsed().saturating_sub(quiet);
     let initial_pushes = fleet.pushes;
-    let config_bytes = fleet.last_bytes;
+    let full_bytes = fleet.full_bytes;
     let (rss_synced_kb, _) = control.rss_kb()?;
     eprintln!(
-        "   {n} in sync after {:.2} s ({initial_pushes} pushes, {config_bytes} bytes of JSON each); RSS {rss_idle_kb} -> {rss_synced_kb} KB",
+        "   {n} in sync after {:.2} s ({initial_pushes} pushes, full state {full_bytes} bytes); RSS {rss_idle_kb} -> {rss_synced_kb} KB",
         initial_sync.as_secs_f64()
     );
 
     let weights = [80, 70, 60, 50, 40, 30, 20, 10];
     let mut rounds = Vec::new();
+    let mut change_bytes = Vec::new();
     for round in 0..args.rounds {
+        (fleet.deltas, fleet.delta_bytes) = (0, 0);
         let before: Vec<Option<String>> = fleet.versions.clone();
         let mut latency: Vec<Option<Duration>> = vec![None; n];
         let mut done = 0;
@@ -602,6 +629,13 @@ async fn measure(
         fleet
             .settle(Duration::from_millis(500), Duration::from_secs(60))
             .await?;
+        let per_push = fleet.delta_bytes.checked_div(fleet.deltas).unwrap_or(0);
+        eprintln!(
+            "   round {}: {} delta pushes, {per_push} bytes of resources each",
+            round + 1,
+            fleet.deltas
+        );
+        change_bytes.push(per_push);
     }
     let (_, hwm_kb) = control.rss_kb()?;
     Ok(Row {
@@ -609,7 +643,8 @@ async fn measure(
         initial_sync,
         initial_pushes,
         reconnects: fleet.reconnects,
-        config_bytes,
+        full_bytes,
+        change_bytes: median(change_bytes).unwrap_or(0),
         rss_idle_kb,
         rss_synced_kb,
         hwm_kb,
@@ -645,8 +680,8 @@ fn print_table(args: &Args, rows: &[Row]) {
         args.poll_ms
     );
     println!();
-    println!("| N | p50 | p90 | max | converged | reconnects | initial sync | config JSON | CP RSS idle | CP RSS with N | KB/proxy | CP peak RSS |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| N | p50 | p90 | max | converged | reconnects | initial sync | full state | push per change | CP RSS idle | CP RSS with N | KB/proxy | CP peak RSS |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let per_round = |f: &dyn Fn(&[Duration]) -> Option<Duration>| {
             // A round where nobody converged counts as the deadline.
@@ -657,7 +692,7 @@ fn print_table(args: &Args, rows: &[Row]) {
         let min_converged = converged.values().min().copied().unwrap_or(0);
         let kb_per_proxy = r.rss_synced_kb.saturating_sub(r.rss_idle_kb) as f64 / r.n as f64;
         println!(
-            "| {} | {} | {} | {} | {}/{} (worst round) | {} | {:.2} s ({} pushes) | {:.0} KB | {:.1} MB | {:.1} MB | {:.0} | {:.1} MB |",
+            "| {} | {} | {} | {} | {}/{} (worst round) | {} | {:.2} s ({} pushes) | {:.0} KB | {:.1} KB | {:.1} MB | {:.1} MB | {:.0} | {:.1} MB |",
             r.n,
             ms(per_round(&|g| pct(g, 50))),
             ms(per_round(&|g| pct(g, 90))),
@@ -667,7 +702,8 @@ fn print_table(args: &Args, rows: &[Row]) {
             r.reconnects,
             r.initial_sync.as_secs_f64(),
             r.initial_pushes,
-            r.config_bytes as f64 / 1024.0,
+            r.full_bytes as f64 / 1024.0,
+            r.change_bytes as f64 / 1024.0,
             r.rss_idle_kb as f64 / 1024.0,
             r.rss_synced_kb as f64 / 1024.0,
             kb_per_proxy,

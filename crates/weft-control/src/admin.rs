@@ -88,6 +88,17 @@ pub fn status_json(source: &ControlSource, push: &PushServer) -> serde_json::Val
                 "nack": p.nack,
                 "inSync": p.in_sync,
                 "connected": p.connected,
+                // What the last push carried (the resources it names only for a small delta),
+                // and totals since the control plane started.
+                "lastPush": p.last_push.as_ref().map(|l| serde_json::json!({
+                    "fullState": l.full_state,
+                    "resources": l.sent,
+                    "removed": l.removed,
+                    "bodyBytes": l.body_bytes,
+                    "names": l.resources,
+                })),
+                "pushes": p.pushes,
+                "resourcesSent": p.resources_sent,
             })
         })
         .collect();

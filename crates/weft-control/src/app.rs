@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use weft_api::discovery::{self, Rendered};
 use weft_api::finding::{Finding, Severity};
 use weft_api::model::Mesh;
 use weft_api::proto::Subscribe;
@@ -112,17 +113,10 @@ struct State {
     findings: Vec<Finding>,
     registry: Registry,
     shared: SharedServices,
-    /// `shared` as JSON, rendered once per change for every proxy's push.
-    shared_json: Arc<SharedJson>,
+    /// `shared` as resources (`MeshService`s and `EndpointSet`s), rendered once per change and
+    /// handed to every proxy's push by `Arc`: no proxy holds a copy.
+    shared_resources: Arc<Vec<Arc<Rendered>>>,
     fingerprint: u64,
-}
-
-/// The services and endpoints every proxy gets, serialized once.
-#[derive(Default)]
-struct SharedJson {
-    services: String,
-    endpoints: String,
-    version: String,
 }
 
 /// Starts the control plane: loads the documents, binds discovery and admin, watches the store.
@@ -161,7 +155,7 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
                     services: Vec::new(),
                     errors: Vec::new(),
                 },
-                shared_json: Arc::default(),
+                shared_resources: Arc::default(),
                 fingerprint: 0,
             }),
             changes: watch::channel(0).0,
@@ -302,7 +296,7 @@ impl Inner {
         for e in &shared.errors {
             tracing::warn!("compile: {e}");
         }
-        state.shared_json = Arc::new(render_shared(&shared));
+        state.shared_resources = Arc::new(render_shared(&shared));
         state.shared = shared;
         if let Err(e) = state.registry.save() {
             tracing::warn!(error = %e, "cannot save the registry");
@@ -329,28 +323,27 @@ impl Inner {
     }
 }
 
-fn render_shared(shared: &SharedServices) -> SharedJson {
-    let services: Vec<_> = shared.services.iter().map(|s| &s.service).collect();
-    let endpoints: Vec<_> = shared.services.iter().flat_map(|s| s.endpoints.iter()).collect();
-    let services = serde_json::to_string(&services).unwrap_or_else(|_| "[]".into());
-    let endpoints = serde_json::to_string(&endpoints).unwrap_or_else(|_| "[]".into());
-    let version = crate::push::version_of(format!("{services}{endpoints}").as_bytes());
-    SharedJson {
-        services,
-        endpoints,
-        version,
+/// Every shared resource, rendered once. A service that does not render is left out (and
+/// logged), the rest still serves.
+fn render_shared(shared: &SharedServices) -> Vec<Arc<Rendered>> {
+    let mut out = Vec::new();
+    for s in &shared.services {
+        match discovery::service_resources(&s.service, &s.endpoints) {
+            Ok(resources) => out.extend(resources.into_iter().map(Arc::new)),
+            Err(e) => {
+                tracing::warn!(service = %s.service.fqdn(), error = %e, "cannot render a service; left out")
+            }
+        }
     }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
 }
 
-/// How a serialized `ProxyConfig` with no services and no endpoints ends (fields serialize in
-/// declaration order, these two last): the place the shared part is spliced in.
-const EMPTY_TAIL: &str = "\"services\":[],\"endpoints\":[]}";
-
 impl ConfigSource for ControlSource {
-    /// Renders the proxy's own part (small) and splices in the shared services and endpoints
-    /// serialized once per change: pushing to N proxies costs N small renders, not N full
-    /// compilations and serializations.
-    fn rendered_for(&self, instance_id: &str) -> Result<crate::push::Rendered, String> {
+    /// Renders the proxy's own resources (small) and adds the shared services and endpoint sets
+    /// rendered once per change: pushing to N proxies costs N small renders and N diffs, not N
+    /// compilations and serializations of every service.
+    fn resources_for(&self, instance_id: &str) -> Result<Vec<Arc<Rendered>>, String> {
         let (local, shared) = {
             let state = self.inner.lock();
             let proxy = ProxyRef {
@@ -358,26 +351,16 @@ impl ConfigSource for ControlSource {
             };
             (
                 crate::compile::compile_local(&state.mesh, &state.registry, &proxy).config,
-                state.shared_json.clone(),
+                state.shared_resources.clone(),
             )
         };
-        let mut json =
-            serde_json::to_string(&local).map_err(|e| format!("config does not serialize: {e}"))?;
-        if !json.ends_with(EMPTY_TAIL) {
-            return Err("unexpected config shape while rendering".into());
-        }
-        let version = crate::push::version_of(format!("{json}{}", shared.version).as_bytes());
-        json.truncate(json.len() - EMPTY_TAIL.len());
-        json.reserve(shared.services.len() + shared.endpoints.len() + 32);
-        json.push_str("\"services\":");
-        json.push_str(&shared.services);
-        json.push_str(",\"endpoints\":");
-        json.push_str(&shared.endpoints);
-        json.push('}');
-        Ok(crate::push::Rendered {
-            version,
-            json: json.into_bytes(),
-        })
+        let own = discovery::own_resources(&local).map_err(|e| e.to_string())?;
+        let mut out: Vec<Arc<Rendered>> = Vec::with_capacity(own.len() + shared.len());
+        // Own types sort before shared ones, and each part is sorted: the whole is sorted.
+        out.extend(own.into_iter().map(Arc::new));
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.extend(shared.iter().cloned());
+        Ok(out)
     }
 
     fn config_for(&self, instance_id: &str) -> Result<ProxyConfig, String> {
@@ -458,9 +441,9 @@ impl ConfigSource for ControlSource {
 mod tests {
     use super::*;
 
-    /// The spliced rendering is byte-for-byte what serializing the full config gives.
+    /// The resources rendered once per change are exactly those of the proxy's whole config.
     #[test]
-    fn rendering_once_per_change_equals_serializing_each_config() {
+    fn shared_rendering_gives_the_resources_of_each_config() {
         let docs = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: reviews-v1}\nspec: {labels: {app: reviews, version: v1}, ports: [{port: 9080}]}\n";
         let dir = std::env::temp_dir().join(format!("weft-render-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -490,15 +473,24 @@ mod tests {
                 ..Subscribe::default()
             };
             running.source.connected(&sub);
-            let rendered = running.source.rendered_for("reviews-v1-0").expect("render");
-            let full = serde_json::to_vec(&running.source.config_for("reviews-v1-0").expect("config"))
-                .expect("json");
-            assert_eq!(
-                String::from_utf8_lossy(&rendered.json),
-                String::from_utf8_lossy(&full)
-            );
-            let parsed: ProxyConfig = serde_json::from_slice(&rendered.json).expect("parses");
-            assert_eq!(parsed.endpoints[0].endpoints[0].address.port(), 19080);
+            let rendered = running.source.resources_for("reviews-v1-0").expect("render");
+            let config = running.source.config_for("reviews-v1-0").expect("config");
+            let whole = discovery::resources_of(&config).expect("resources");
+            let rendered: Vec<Rendered> = rendered.iter().map(|r| (**r).clone()).collect();
+            assert_eq!(rendered, whole);
+            assert!(rendered
+                .iter()
+                .any(|r| r.key.kind == discovery::ResourceType::MeshService));
+            // Assembled by a proxy, they make the config they came from.
+            let push = weft_api::proto::DiscoveryResponse {
+                version: discovery::state_version(rendered.iter().map(|r| (&r.key, r.version))),
+                resources: rendered.iter().map(Rendered::to_proto).collect(),
+                full_state: true,
+                ..Default::default()
+            };
+            let (_, assembled) = discovery::assemble(None, &push).expect("assembles");
+            assert_eq!(assembled, config);
+            assert_eq!(assembled.endpoints[0].endpoints[0].address.port(), 19080);
             running.stop();
         });
         let _ = std::fs::remove_dir_all(&dir);

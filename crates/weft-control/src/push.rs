@@ -1,10 +1,11 @@
-//! The discovery stream's server end: one task per connected proxy pushes its `ProxyConfig`
-//! whenever it changes and records what the proxy did with it (ACK or NACK).
+//! The discovery stream's server end: one task per connected proxy pushes its resources
+//! whenever they change and records what the proxy did with them (ACK or NACK).
 //!
-//! First slice (see `weft-api/proto/weft/discovery.proto`): each push is the proxy's whole
-//! `ProxyConfig` as JSON; its version is a hash of that JSON, so equal versions mean equal
-//! configs, across control-plane restarts too. A change notification recompiles every connected
-//! proxy's config and pushes only to those whose JSON differs from what they were last sent.
+//! Each push carries only the resources whose version differs from what the proxy last ACKed on
+//! this stream, and the keys of those gone; the first on a stream is the full state (see
+//! `weft-api/proto/weft/discovery.proto` and [`delta`]). A push's version names the proxy's whole
+//! state (a hash over every key and resource version), so equal versions mean equal resources,
+//! across control-plane restarts too.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
+use weft_api::discovery::Rendered;
 use weft_api::proto::discovery_request::Kind;
 use weft_api::proto::discovery_server::{Discovery, DiscoveryServer};
 use weft_api::proto::identity::identity_server::IdentityServer;
@@ -26,22 +28,24 @@ use weft_api::proxy_config::ProxyConfig;
 
 use crate::identity::IdentityService;
 
+pub mod delta;
+
+pub use delta::PushSummary;
+use delta::{Answer, Tracker};
+
 /// Where the configs come from (the registry and compiler, or a test's table).
 pub trait ConfigSource: Send + Sync + 'static {
     /// The config the proxy `instance_id` should run now.
     fn config_for(&self, instance_id: &str) -> Result<ProxyConfig, String>;
     /// Bumps on every change that may alter some proxy's config.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
-    /// The config as it goes on the wire, with its version. The default serializes
-    /// [`config_for`](Self::config_for); a source serving many proxies can render the shared
-    /// part once per change.
-    fn rendered_for(&self, instance_id: &str) -> Result<Rendered, String> {
+    /// The proxy's resources as they go on the wire, sorted by key. The default renders
+    /// [`config_for`](Self::config_for); a source serving many proxies renders each shared
+    /// resource once per change and hands every proxy the same `Arc`.
+    fn resources_for(&self, instance_id: &str) -> Result<Vec<Arc<Rendered>>, String> {
         let config = self.config_for(instance_id)?;
-        let json = serde_json::to_vec(&config).map_err(|e| format!("config does not serialize: {e}"))?;
-        Ok(Rendered {
-            version: version_of(&json),
-            json,
-        })
+        let resources = weft_api::discovery::resources_of(&config).map_err(|e| e.to_string())?;
+        Ok(resources.into_iter().map(Arc::new).collect())
     }
     /// Whether the subscription's token is a bootstrap token for the workload it names.
     fn authorize(&self, sub: &Subscribe) -> bool;
@@ -51,20 +55,13 @@ pub trait ConfigSource: Send + Sync + 'static {
     fn disconnected(&self, _instance_id: &str) {}
 }
 
-/// A config as sent: JSON and its content version (equal versions, equal configs).
-#[derive(Debug, Clone)]
-pub struct Rendered {
-    pub version: String,
-    pub json: Vec<u8>,
-}
-
 /// What `weft status` shows of one proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyStatus {
     pub instance_id: String,
     pub workload: String,
     pub namespace: String,
-    /// Version of the last config pushed.
+    /// Version of the state the last push brings the proxy to.
     pub sent_version: Option<String>,
     /// Version of the last config the proxy applied.
     pub acked_version: Option<String>,
@@ -75,6 +72,11 @@ pub struct ProxyStatus {
     pub connected: bool,
     /// When the current (or last) stream opened.
     pub connected_since: SystemTime,
+    /// What the last push carried.
+    pub last_push: Option<PushSummary>,
+    /// Pushes sent to this proxy since the control plane started, and resource bodies in them.
+    pub pushes: u64,
+    pub resources_sent: u64,
 }
 
 /// The discovery service. Cheap to clone: clones share the source and the proxy table.
@@ -97,17 +99,16 @@ struct Inner {
 struct ProxyState {
     workload: String,
     namespace: String,
-    sent: Option<Sent>,
+    /// The version the last push on the current stream brings the proxy to.
+    sent: Option<String>,
     acked_version: Option<String>,
     nack: Option<String>,
     connected_since: SystemTime,
     /// The stream currently serving this proxy; None when disconnected.
     stream: Option<u64>,
-}
-
-struct Sent {
-    version: String,
-    nonce: String,
+    last_push: Option<PushSummary>,
+    pushes: u64,
+    resources_sent: u64,
 }
 
 // === impl PushServer ===
@@ -132,7 +133,7 @@ impl PushServer {
         let mut out: Vec<ProxyStatus> = proxies
             .iter()
             .map(|(id, p)| {
-                let sent_version = p.sent.as_ref().map(|s| s.version.clone());
+                let sent_version = p.sent.clone();
                 let connected = p.stream.is_some();
                 ProxyStatus {
                     instance_id: id.clone(),
@@ -144,6 +145,9 @@ impl PushServer {
                     nack: p.nack.clone(),
                     connected,
                     connected_since: p.connected_since,
+                    last_push: p.last_push.clone(),
+                    pushes: p.pushes,
+                    resources_sent: p.resources_sent,
                 }
             })
             .collect();
@@ -317,6 +321,9 @@ impl Inner {
                 nack: None,
                 connected_since: SystemTime::now(),
                 stream: None,
+                last_push: None,
+                pushes: 0,
+                resources_sent: 0,
             });
         p.workload.clone_from(&sub.workload);
         p.namespace.clone_from(&sub.namespace);
@@ -347,9 +354,9 @@ impl Inner {
     ) {
         let mut changes = self.source.subscribe();
         changes.mark_unchanged();
-        // Only the version of what was sent is kept per proxy, not the config itself.
-        let mut last_version: Option<String> = None;
-        if !self.push(id, stream, &mut last_version, &tx).await {
+        // What this stream's proxy holds: keys and versions, not bodies.
+        let mut tracker = Tracker::default();
+        if !self.push(id, stream, &mut tracker, &tx).await {
             return;
         }
         loop {
@@ -361,12 +368,18 @@ impl Inner {
                         changes = tokio::sync::watch::channel(0).1;
                         continue;
                     }
-                    if !self.push(id, stream, &mut last_version, &tx).await {
+                    if !self.push(id, stream, &mut tracker, &tx).await {
                         return;
                     }
                 }
                 msg = requests.message() => match msg {
-                    Ok(Some(DiscoveryRequest { kind: Some(Kind::Ack(ack)) })) => self.record(id, stream, ack),
+                    Ok(Some(DiscoveryRequest { kind: Some(Kind::Ack(ack)) })) => {
+                        self.record(id, stream, &mut tracker, ack);
+                        // A change that came while the push was in flight goes out now.
+                        if tracker.behind() && !self.push(id, stream, &mut tracker, &tx).await {
+                            return;
+                        }
+                    }
                     Ok(Some(_)) => {
                         tracing::debug!(instance = %id, "discovery: ignoring a message that is not an Ack");
                     }
@@ -380,16 +393,16 @@ impl Inner {
         }
     }
 
-    /// Compiles and sends `id`'s config if it differs from what this stream sent last. False when
-    /// the proxy is gone.
+    /// Sends `id` what differs between its resources now and what it holds, unless a push is in
+    /// flight (then it goes after the answer). False when the proxy is gone.
     async fn push(
         &self,
         id: &str,
         stream: u64,
-        last_version: &mut Option<String>,
+        tracker: &mut Tracker,
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> bool {
-        let Rendered { version, json } = match self.source.rendered_for(id) {
+        let target = match self.source.resources_for(id) {
             Ok(r) => r,
             Err(e) => {
                 // Keep the proxy on what it has; the next change may fix it.
@@ -397,63 +410,87 @@ impl Inner {
                 return true;
             }
         };
-        if last_version.as_deref() == Some(version.as_str()) {
+        let nonce = || {
+            format!(
+                "{:08x}-{}",
+                self.nonce_prefix,
+                self.nonces.fetch_add(1, Ordering::Relaxed)
+            )
+        };
+        let Some(delta::Push { response, summary }) = tracker.push(&target, nonce) else {
+            if tracker.in_flight() {
+                // Sent once the proxy answers the push it has.
+                return true;
+            }
+            // Nothing to send. After a NACK the source may have come back to what the proxy
+            // holds: then it runs what it should again.
+            if let Some(p) = self.proxies().get_mut(id).filter(|p| p.stream == Some(stream)) {
+                let acked = tracker.acked_version();
+                if let Some(acked) = acked.filter(|a| p.sent.as_ref().is_some_and(|s| *s != *a)) {
+                    p.sent = Some(acked.clone());
+                    p.nack = None;
+                    p.acked_version = Some(acked);
+                }
+            }
             return true;
-        }
-        let nonce = format!(
-            "{:08x}-{}",
-            self.nonce_prefix,
-            self.nonces.fetch_add(1, Ordering::Relaxed)
-        );
+        };
         // Recorded for the current stream only: a stream a reconnect replaced still pushes until
         // it notices, but its sends do not count.
         if let Some(p) = self.proxies().get_mut(id).filter(|p| p.stream == Some(stream)) {
-            p.sent = Some(Sent {
-                version: version.clone(),
-                nonce: nonce.clone(),
-            });
+            p.sent = Some(response.version.clone());
+            p.pushes += 1;
+            p.resources_sent += summary.sent as u64;
+            p.last_push = Some(summary.clone());
         }
-        tracing::debug!(instance = %id, %version, %nonce, "discovery: pushing config");
-        *last_version = Some(version.clone());
-        let response = DiscoveryResponse {
-            version,
-            nonce,
-            config_json: json,
-        };
-        tx.send(Ok(response)).await.is_ok()
+        tracing::debug!(
+            instance = %id,
+            version = %response.version,
+            nonce = %response.nonce,
+            full_state = summary.full_state,
+            resources = summary.sent,
+            removed = summary.removed,
+            bytes = summary.body_bytes,
+            "discovery: pushing"
+        );
+        // A large push (a full state) goes in parts: the stream's encoder then keeps a buffer
+        // of one part, not of every shared resource.
+        for part in weft_api::discovery::split(response, weft_api::discovery::PART_BYTES) {
+            if tx.send(Ok(part)).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
-    fn record(&self, id: &str, stream: u64, ack: Ack) {
+    fn record(&self, id: &str, stream: u64, tracker: &mut Tracker, ack: Ack) {
+        let answer = tracker.answer(&ack.nonce, ack.ok);
         let mut proxies = self.proxies();
         let Some(p) = proxies.get_mut(id) else { return };
         if p.stream != Some(stream) {
             return;
         }
-        // Only the answer to the latest push counts; an older one is stale.
-        if p.sent.as_ref().is_none_or(|s| s.nonce != ack.nonce) {
-            tracing::debug!(instance = %id, nonce = %ack.nonce, "discovery: stale ack");
-            return;
-        }
-        if ack.ok {
-            tracing::debug!(instance = %id, version = %ack.version, "discovery: ACK");
-            p.acked_version = Some(ack.version);
-            p.nack = None;
-        } else {
-            tracing::warn!(instance = %id, version = %ack.version, error = %ack.error, "discovery: NACK");
-            p.nack = Some(ack.error);
+        match answer {
+            // Only the answer to the push in flight counts; an older one is stale.
+            Answer::Stale => {
+                tracing::debug!(instance = %id, nonce = %ack.nonce, "discovery: stale ack");
+            }
+            Answer::Acked => {
+                tracing::debug!(instance = %id, version = %ack.version, "discovery: ACK");
+                p.acked_version = Some(ack.version);
+                p.nack = None;
+            }
+            Answer::Nacked => {
+                tracing::warn!(instance = %id, version = %ack.version, error = %ack.error, "discovery: NACK");
+                p.nack = Some(ack.error);
+            }
         }
     }
 }
 
-/// A stable content hash (FNV-1a, 64 bits) as 16 hex digits: the same JSON gives the same
-/// version in every process and release.
-pub fn version_of(json: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in json {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+/// A stable content hash as 16 hex digits: the same bytes give the same version in every process
+/// and release (see [`weft_api::discovery::content_hash`]).
+pub fn version_of(bytes: &[u8]) -> String {
+    weft_api::discovery::version_string(weft_api::discovery::content_hash(bytes))
 }
 
 #[cfg(test)]

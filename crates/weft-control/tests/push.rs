@@ -198,8 +198,13 @@ async fn a_subscribed_proxy_gets_its_config_turns_ready_and_its_ack_is_recorded(
     assert!(s.connected);
     assert_eq!(s.nack, None);
     assert_eq!(s.acked_version, s.sent_version);
-    let json = serde_json::to_vec(&config(7001)).expect("json");
-    assert_eq!(s.sent_version, Some(weft_control::push::version_of(&json)));
+    // The version names the whole state: every resource's key and content version.
+    let resources = weft_api::discovery::resources_of(&config(7001)).expect("resources");
+    let version = weft_api::discovery::state_version(resources.iter().map(|r| (&r.key, r.version)));
+    assert_eq!(s.sent_version, Some(version));
+    let push = s.last_push.expect("a push");
+    assert!(push.full_state);
+    assert_eq!(push.sent, resources.len());
     proxy.stop.cancel();
     server.shutdown().await;
 }
@@ -327,6 +332,48 @@ async fn after_a_control_plane_restart_the_proxy_reconnects_and_converges() {
         s.connected && s.in_sync
     })
     .await;
+    proxy.stop.cancel();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_push_larger_than_one_part_arrives_whole_and_is_acked_once() {
+    // Three services of 300 endpoints each: well over `PART_BYTES` of resources.
+    let mut big = config(7001);
+    big.services.clear();
+    big.endpoints.clear();
+    for name in ["details", "ratings", "reviews"] {
+        big.services.push(
+            serde_json::from_value(serde_json::json!({ "name": name, "ports": [{ "port": 9080 }] }))
+                .expect("service"),
+        );
+        let endpoints: Vec<_> = (0..300)
+            .map(|i| serde_json::json!({ "address": format!("127.0.0.{}:{}", 1 + i % 200, 7001 + i) }))
+            .collect();
+        big.endpoints.push(
+            serde_json::from_value(
+                serde_json::json!({ "service": name, "port": 9080, "endpoints": endpoints }),
+            )
+            .expect("endpoints"),
+        );
+    }
+    let resources = weft_api::discovery::resources_of(&big).expect("resources");
+    let bytes: usize = resources.iter().map(|r| r.body.len()).sum();
+    assert!(bytes > 2 * weft_api::discovery::PART_BYTES, "{bytes} bytes");
+
+    let source = TableSource::new(big);
+    let server = serve(source, "127.0.0.1:0".parse().expect("addr")).await;
+    let proxy = proxy(server.addr).await;
+    eventually("ACK recorded", Duration::from_secs(5), || server.in_sync()).await;
+    let running = proxy.running.shared.snapshot.load().config.clone();
+    assert_eq!(running.services.len(), 3);
+    assert_eq!(
+        running.endpoints.iter().map(|e| e.endpoints.len()).sum::<usize>(),
+        900
+    );
+    let s = server.status();
+    assert_eq!(s.pushes, 1, "one push, in parts, answered once");
+    assert_eq!(s.nack, None);
     proxy.stop.cancel();
     server.shutdown().await;
 }

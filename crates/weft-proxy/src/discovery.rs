@@ -1,8 +1,11 @@
-//! The discovery stream's proxy end: subscribe to the control plane, apply each pushed config
-//! that validates, ACK or NACK it, and keep serving the last good config through disconnects.
+//! The discovery stream's proxy end: subscribe to the control plane, apply each push that
+//! validates, ACK or NACK it, and keep serving the last good config through disconnects.
 //!
-//! - A push that does not parse or validate is NACKed with its problems and changes nothing: the
-//!   proxy never runs a half-applied config (shared/ARCHITECTURE.md, "Last known good").
+//! - A push carries resources (the full state first on every stream, then deltas): the proxy
+//!   applies it to a copy of the resources it holds, assembles and validates the whole config,
+//!   and swaps it in; a push that does not parse or validate is NACKed with its problems and
+//!   changes nothing: the proxy never runs a half-applied config (shared/ARCHITECTURE.md, "Last
+//!   known good").
 //! - On any disconnect the proxy keeps serving and reconnects with exponential backoff (100 ms
 //!   doubling to 5 s, jittered), forever, until `shutdown`.
 //! - Routes, services and endpoints apply live through [`Shared::apply`]. Listener addresses are
@@ -19,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
+use weft_api::discovery::{Held, Reassembly};
 use weft_api::proto::discovery_client::DiscoveryClient;
 use weft_api::proto::discovery_request::Kind;
 use weft_api::proto::{Ack, DiscoveryRequest, DiscoveryResponse, Subscribe};
@@ -153,30 +157,53 @@ async fn session(
         .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
-    while let Some(response) = responses.message().await? {
+    // The resources applied on this stream; the control plane starts every stream with the full
+    // state.
+    let mut held: Option<Held> = None;
+    let mut parts = Reassembly::default();
+    while let Some(part) = responses.message().await? {
         // A stream that delivers is a healthy one: the next outage starts from 100 ms again.
         backoff.reset();
-        let ack = handle(shared, bound, &response);
+        // A large push comes in parts; it is applied and answered as a whole.
+        let Some(response) = parts.add(part) else {
+            continue;
+        };
+        let ack = handle(shared, bound, &mut held, &response);
         tx.send(request(Kind::Ack(ack))).await?;
     }
     Ok(())
 }
 
-/// Applies one push if it is valid, and says so.
-fn handle(shared: &Shared, bound: &[SocketAddr], response: &DiscoveryResponse) -> Ack {
+/// Applies one push to `held` if the config it makes is valid, and says so.
+fn handle(
+    shared: &Shared,
+    bound: &[SocketAddr],
+    held: &mut Option<Held>,
+    response: &DiscoveryResponse,
+) -> Ack {
     let ack = |error: Option<String>| Ack {
         version: response.version.clone(),
         nonce: response.nonce.clone(),
         ok: error.is_none(),
         error: error.unwrap_or_default(),
     };
-    let config = match parse(&response.config_json) {
-        Ok(pushed) => overlay(&shared.snapshot.load().config, pushed),
-        Err(error) => {
-            tracing::warn!(version = %response.version, %error, "discovery: refused a pushed config (NACK); serving the previous one");
+    let (next, config) = match weft_api::discovery::assemble(held.as_ref(), response) {
+        Ok((next, pushed)) => (next, overlay(&shared.snapshot.load().config, pushed)),
+        Err(e) => {
+            let error = e.to_string();
+            tracing::warn!(version = %response.version, %error, "discovery: refused a push (NACK); serving the previous config");
             return ack(Some(error));
         }
     };
+    tracing::debug!(
+        version = %response.version,
+        full_state = response.full_state,
+        resources = response.resources.len(),
+        removed = response.removed.len(),
+        held = next.len(),
+        "discovery: push assembled"
+    );
+    *held = Some(next);
     if listeners(&config) != bound {
         tracing::warn!(version = %response.version, "discovery: the pushed config changes listener addresses; routes, services and endpoints apply now, listeners need a proxy restart");
     }
@@ -206,23 +233,6 @@ pub fn overlay(local: &ProxyConfig, mut pushed: ProxyConfig) -> ProxyConfig {
             .and_then(|x| x.listen);
     }
     pushed
-}
-
-/// A pushed config, parsed and validated: every problem in one message.
-pub fn parse(json: &[u8]) -> Result<ProxyConfig, String> {
-    let config: ProxyConfig = serde_json::from_slice(json).map_err(|e| format!("config_json: {e}"))?;
-    let problems = config.validate();
-    if problems.is_empty() {
-        return Ok(config);
-    }
-    Err(problems
-        .iter()
-        .map(|p| match &p.field {
-            Some(f) => format!("{f}: {}", p.message),
-            None => p.message.clone(),
-        })
-        .collect::<Vec<_>>()
-        .join("; "))
 }
 
 /// Every address the proxy binds at start, in a fixed order.
