@@ -31,11 +31,21 @@ pub fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() -> std::io::Result<()> {
+    shutdown_listener()?.await;
+    Ok(())
+}
+
+/// Listens for SIGTERM and SIGINT (Ctrl-C) from now on; the future resolves at the first one.
+/// Made before anything starts, a signal that arrives while things start is kept, not lost
+/// (tokio sees a signal only once something listens for it).
+pub fn shutdown_listener() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        res = tokio::signal::ctrl_c() => res?,
-    }
-    Ok(())
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }

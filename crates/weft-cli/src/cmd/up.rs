@@ -63,8 +63,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     super::runtime(None)?.block_on(async move {
         let stop_load = tokio_util::sync::CancellationToken::new();
         let mut load_task = None;
+        let signal = super::shutdown_listener().context("listening for SIGTERM and SIGINT")?;
         let shutdown = async {
-            let _ = super::shutdown_signal().await;
+            signal.await;
             // Stop the traffic before the workloads, so the report counts no shutdown errors.
             stop_load.cancel();
         };

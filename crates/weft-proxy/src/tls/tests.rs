@@ -93,6 +93,20 @@ async fn metrics(p: &Running) -> String {
     get(p.bound.admin, "/metrics").await.1
 }
 
+/// The metrics once `name` with `labels` sums to at least `count`: a request is counted when
+/// its response has ended on the server side, which can be just after the client has read it
+/// (bounded: 2 s, then the metrics as they are).
+async fn metrics_once(p: &Running, name: &str, labels: &[(&str, &str)], count: f64) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let m = metrics(p).await;
+        if metric_sum(&m, name, labels) >= count || tokio::time::Instant::now() >= deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Sum of the samples of `name` whose labels include all of `labels`.
 fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
@@ -184,7 +198,6 @@ async fn request_through_two_proxies_rides_mtls_and_is_labelled_with_principals(
     }
     assert_eq!(backend.requests(), 3);
 
-    let m = metrics(&server).await;
     let dest = [
         ("reporter", "destination"),
         ("connection_security_policy", "mutual_tls"),
@@ -194,17 +207,18 @@ async fn request_through_two_proxies_rides_mtls_and_is_labelled_with_principals(
         ("source_workload", "productpage-v1"),
         ("response_code", "200"),
     ];
+    let m = metrics_once(&server, "istio_requests_total", &dest, 3.0).await;
     assert_eq!(metric_sum(&m, "istio_requests_total", &dest), 3.0, "{m}");
     // STRICT, and the client never fell back to plaintext.
     assert_eq!(rejected(&m, "plaintext_strict"), 0.0, "{m}");
 
-    let m = metrics(&client).await;
     let src = [
         ("reporter", "source"),
         ("connection_security_policy", "mutual_tls"),
         ("destination_principal", REVIEWS),
         ("response_code", "200"),
     ];
+    let m = metrics_once(&client, "istio_requests_total", &src, 3.0).await;
     assert_eq!(metric_sum(&m, "istio_requests_total", &src), 3.0, "{m}");
 }
 
@@ -226,12 +240,12 @@ async fn client_refuses_a_server_presenting_another_spiffe_id() {
     let (status, body) = get(client.bound.outbound_ports[0], "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(backend.requests(), 0);
-    let m = metrics(&client).await;
     let failed = [
         ("reporter", "source"),
         ("response_flags", "UF"),
         ("response_code", "503"),
     ];
+    let m = metrics_once(&client, "istio_requests_total", &failed, 1.0).await;
     assert_eq!(metric_sum(&m, "istio_requests_total", &failed), 1.0, "{m}");
 }
 
@@ -396,7 +410,6 @@ async fn source_header_is_not_believed_from_a_certificate_of_another_namespace()
     .await;
     let (status, body) = get(client.bound.outbound_ports[0], "/").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let m = metrics(&server).await;
     let dest = [
         ("reporter", "destination"),
         ("connection_security_policy", "mutual_tls"),
@@ -404,11 +417,12 @@ async fn source_header_is_not_believed_from_a_certificate_of_another_namespace()
         ("source_workload", "unknown"),
         ("source_workload_namespace", "unknown"),
     ];
+    let m = metrics_once(&server, "istio_requests_total", &dest, 1.0).await;
     assert_eq!(metric_sum(&m, "istio_requests_total", &dest), 1.0, "{m}");
     // Without an expected identity on the endpoint, any identity the bundle vouches for is
     // accepted; the client still reports the one it saw.
-    let m = metrics(&client).await;
     let src = [("reporter", "source"), ("destination_principal", REVIEWS)];
+    let m = metrics_once(&client, "istio_requests_total", &src, 1.0).await;
     assert_eq!(metric_sum(&m, "istio_requests_total", &src), 1.0, "{m}");
 }
 
