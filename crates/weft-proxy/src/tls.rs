@@ -107,6 +107,8 @@ pub(crate) struct Material {
     pub roots: Arc<RootCertStore>,
     /// The mesh port's config (its session store makes returning clients resume).
     server: Arc<ServerConfig>,
+    /// The trust domain of this workload's SPIFFE ID; peers must share it.
+    trust_domain: Arc<str>,
     /// Client configs by the SPIFFE ID the server must present: one session store per
     /// destination identity. Bounded by [`MAX_CLIENT_CONFIGS`].
     clients: Mutex<HashMap<Option<String>, Arc<ClientConfig>>>,
@@ -158,7 +160,12 @@ impl TlsState {
         if clients.len() >= MAX_CLIENT_CONFIGS {
             clients.clear();
         }
-        let config = client::config(material.certified.clone(), material.roots.clone(), key.clone());
+        let config = client::config(
+            material.certified.clone(),
+            material.roots.clone(),
+            material.trust_domain.clone(),
+            key.clone(),
+        );
         clients.insert(key, config.clone());
         Some(config)
     }
@@ -209,12 +216,15 @@ impl Material {
         let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider)
             .build()
             .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;
-        let server = server::config(certified.clone(), client_verifier);
+        // Peers must be of this workload's own trust domain, whatever else the bundle vouches for.
+        let trust_domain: Arc<str> = spiffe_trust_domain(&creds.spiffe_id).unwrap_or_default().into();
+        let server = server::config(certified.clone(), client_verifier, trust_domain.clone());
         Ok(Self {
             creds,
             certified,
             roots,
             server,
+            trust_domain,
             clients: Mutex::new(HashMap::new()),
         })
     }
@@ -231,6 +241,13 @@ pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
     });
     let id = ids.next()?;
     ids.next().is_none().then_some(id)
+}
+
+/// The trust domain of a SPIFFE ID (`cluster.local` in `spiffe://cluster.local/ns/NS/sa/SA`).
+pub fn spiffe_trust_domain(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("spiffe://")?;
+    let domain = rest.split('/').next()?;
+    (!domain.is_empty()).then_some(domain)
 }
 
 /// The namespace a SPIFFE ID of the form `spiffe://TD/ns/NS/sa/SA` names.

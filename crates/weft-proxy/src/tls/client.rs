@@ -74,13 +74,18 @@ where
 pub(super) fn config(
     certified: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
+    trust_domain: Arc<str>,
     expected: Option<String>,
 ) -> Arc<ClientConfig> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier { roots, expected }))
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier {
+            roots,
+            trust_domain,
+            expected,
+        }))
         .with_client_cert_resolver(Arc::new(AlwaysPresent(certified)));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.enable_sni = false;
@@ -109,6 +114,9 @@ impl ResolvesClientCert for AlwaysPresent {
 #[derive(Debug)]
 struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
+    /// This workload's trust domain: a server of another one is refused even when no
+    /// particular identity is expected.
+    trust_domain: Arc<str>,
     expected: Option<String>,
 }
 
@@ -136,6 +144,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             Some(want) if *want != id => Err(Error::General(format!(
                 "server presented {id}, the endpoint must present {want}"
             ))),
+            _ if super::spiffe_trust_domain(&id) != Some(&*self.trust_domain) => Err(Error::General(
+                format!("server {id} is not of trust domain {}", self.trust_domain),
+            )),
             _ => Ok(ServerCertVerified::assertion()),
         }
     }

@@ -67,11 +67,15 @@ impl MeshAcceptor {
 pub(super) fn config(
     certified: Arc<CertifiedKey>,
     verifier: Arc<dyn ClientCertVerifier>,
+    trust_domain: Arc<str>,
 ) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
-        .with_client_cert_verifier(Arc::new(SpiffeClientVerifier { verifier }))
+        .with_client_cert_verifier(Arc::new(SpiffeClientVerifier {
+            verifier,
+            trust_domain,
+        }))
         .with_cert_resolver(Arc::new(AlwaysPresent(certified)));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_MESH.to_vec()];
     Arc::new(config)
@@ -87,10 +91,11 @@ impl ResolvesServerCert for AlwaysPresent {
     }
 }
 
-/// The trust bundle's verifier, plus: the leaf must carry a SPIFFE ID.
+/// The trust bundle's verifier, plus: the leaf must carry a SPIFFE ID of this trust domain.
 #[derive(Debug)]
 struct SpiffeClientVerifier {
     verifier: Arc<dyn ClientCertVerifier>,
+    trust_domain: Arc<str>,
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
@@ -114,8 +119,14 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
         self.verifier.verify_client_cert(end_entity, intermediates, now)?;
-        if spiffe_id(end_entity).is_none() {
+        let Some(id) = spiffe_id(end_entity) else {
             return Err(Error::General("client certificate carries no SPIFFE ID".into()));
+        };
+        if super::spiffe_trust_domain(&id) != Some(&*self.trust_domain) {
+            return Err(Error::General(format!(
+                "client {id} is not of trust domain {}",
+                self.trust_domain
+            )));
         }
         Ok(ClientCertVerified::assertion())
     }

@@ -23,6 +23,17 @@ pub struct TestCa {
     root_pem: String,
 }
 
+/// When a test leaf is valid.
+#[derive(Debug, Clone, Copy)]
+pub enum Validity {
+    /// From 2024 to 2099.
+    Current,
+    /// During 2020 only.
+    Expired,
+    /// From 2098 on.
+    NotYetValid,
+}
+
 /// A leaf with its key.
 pub struct Leaf {
     pub cert: CertificateDer<'static>,
@@ -55,6 +66,17 @@ impl TestCa {
 
     /// A leaf for `spiffe_id`, valid now (or expired a year ago when `expired`).
     pub fn leaf(&self, spiffe_id: &str, expired: bool) -> Leaf {
+        self.leaf_valid(
+            spiffe_id,
+            match expired {
+                true => Validity::Expired,
+                false => Validity::Current,
+            },
+        )
+    }
+
+    /// A leaf for `spiffe_id` with the given validity period.
+    pub fn leaf_valid(&self, spiffe_id: &str, validity: Validity) -> Leaf {
         let mut params = CertificateParams::default();
         params
             .distinguished_name
@@ -67,13 +89,11 @@ impl TestCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if expired {
-            params.not_before = date_time_ymd(2020, 1, 1);
-            params.not_after = date_time_ymd(2021, 1, 1);
-        } else {
-            params.not_before = date_time_ymd(2024, 1, 1);
-            params.not_after = date_time_ymd(2099, 1, 1);
-        }
+        (params.not_before, params.not_after) = match validity {
+            Validity::Expired => (date_time_ymd(2020, 1, 1), date_time_ymd(2021, 1, 1)),
+            Validity::Current => (date_time_ymd(2024, 1, 1), date_time_ymd(2099, 1, 1)),
+            Validity::NotYetValid => (date_time_ymd(2098, 1, 1), date_time_ymd(2099, 1, 1)),
+        };
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
         Leaf {
@@ -102,8 +122,23 @@ impl TestCa {
 
     /// Writes `ca.pem`, and a leaf's `NAME.pem` / `NAME.key` into `dir`; returns (cert, key).
     pub fn write_leaf(&self, dir: &Path, name: &str, spiffe_id: &str, expired: bool) -> (PathBuf, PathBuf) {
+        let validity = match expired {
+            true => Validity::Expired,
+            false => Validity::Current,
+        };
+        self.write_leaf_valid(dir, name, spiffe_id, validity)
+    }
+
+    /// [`write_leaf`](Self::write_leaf) with the given validity period.
+    pub fn write_leaf_valid(
+        &self,
+        dir: &Path,
+        name: &str,
+        spiffe_id: &str,
+        validity: Validity,
+    ) -> (PathBuf, PathBuf) {
         std::fs::write(dir.join("ca.pem"), &self.root_pem).expect("write CA");
-        let leaf = self.leaf(spiffe_id, expired);
+        let leaf = self.leaf_valid(spiffe_id, validity);
         let cert = dir.join(format!("{name}.pem"));
         let key = dir.join(format!("{name}.key"));
         std::fs::write(&cert, &leaf.cert_pem).expect("write cert");

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use weft_api::proxy_config::ProxyConfig;
 use weft_test_support::HttpEcho;
 
-use super::testing::{TestCa, PRODUCTPAGE, REVIEWS};
+use super::testing::{TestCa, Validity, PRODUCTPAGE, REVIEWS};
 use super::{CredentialsCell, TlsState};
 use crate::app::{self, Options, Running};
 use crate::http::headers as mesh_headers;
@@ -263,15 +263,20 @@ async fn openssl_needs_a_current_certificate_from_the_mesh_ca() {
     let dir = temp_dir();
     let (good_cert, good_key) = ca.write_leaf(&dir, "good", PRODUCTPAGE, false);
     let (old_cert, old_key) = ca.write_leaf(&dir, "expired", PRODUCTPAGE, true);
+    let (early_cert, early_key) = ca.write_leaf_valid(&dir, "early", PRODUCTPAGE, Validity::NotYetValid);
+    let elsewhere = "spiffe://elsewhere.example/ns/default/sa/productpage";
+    let (td_cert, td_key) = ca.write_leaf(&dir, "elsewhere", elsewhere, false);
     let (bad_cert, bad_key) = other.write_leaf(&dir, "foreign", PRODUCTPAGE, false);
     // ca.pem is the mesh CA's (written first by `ca`, then `other` overwrote it): rewrite it.
     ca.write_leaf(&dir, "unused", PRODUCTPAGE, false);
 
-    let cases: [(&str, Option<CertFiles>, bool); 4] = [
+    let cases: [(&str, Option<CertFiles>, bool); 6] = [
         ("no client certificate", None, false),
         ("mesh certificate", Some((good_cert, good_key)), true),
         ("certificate from another CA", Some((bad_cert, bad_key)), false),
         ("expired certificate", Some((old_cert, old_key)), false),
+        ("certificate not valid yet", Some((early_cert, early_key)), false),
+        ("identity in another trust domain", Some((td_cert, td_key)), false),
     ];
     let mut refused = 0.0;
     for (what, cert, accepted) in cases {
