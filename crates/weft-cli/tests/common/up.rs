@@ -69,10 +69,36 @@ impl Up {
         let status = self.child.try_wait().ok().flatten();
         let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
         panic!(
-            "weft up never printed {what:?} (exit status: {status:?}); output so far:\n{}\nstderr:\n{stderr}",
-            self.output.join("\n")
+            "weft up never printed {what:?} (exit status: {status:?}); output so far:\n{}\nstderr:\n{stderr}\nthreads:\n{}",
+            self.output.join("\n"),
+            threads_of(self.child.id())
         );
     }
+}
+
+/// What each thread of a live process is doing (name, state, kernel wait channel), for a
+/// failure message about a process that stopped making progress.
+fn threads_of(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "(process gone)".into();
+    };
+    let mut out = String::new();
+    for task in tasks.flatten() {
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or_default()
+            .to_string();
+        out.push_str(&format!(
+            "{} {} {} wchan={}\n",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state,
+            read("wchan")
+        ));
+    }
+    out
 }
 
 impl Drop for Up {
