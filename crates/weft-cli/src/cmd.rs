@@ -1,5 +1,15 @@
 //! The `weft` subcommands, one module each.
 
+/// `println!` for verbs whose output people pipe into readers that may stop early
+/// (`weft analyze DIR | head`): a closed pipe ends the output quietly, where `println!` would
+/// panic. (Restoring SIGPIPE's default would need `unsafe`.)
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod analyze;
 pub mod check;
 pub mod control;

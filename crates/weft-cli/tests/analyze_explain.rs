@@ -415,3 +415,26 @@ spec:
         "{v}"
     );
 }
+
+/// `weft explain ... | head -0`: a reader that is gone before the output is written ends the
+/// output quietly, with the verb's own exit status, instead of a panic (exit 101).
+#[test]
+fn a_closed_output_pipe_is_not_a_crash() {
+    let dir = env!("CARGO_MANIFEST_DIR").to_string() + "/../../examples/bookinfo";
+    for args in [
+        vec!["explain", dir.as_str(), "GET http://reviews:9080/", "-o", "json"],
+        vec!["analyze", dir.as_str()],
+    ] {
+        let mut child = std::process::Command::new(weft_bin())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn weft");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

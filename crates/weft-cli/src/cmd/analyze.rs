@@ -24,15 +24,15 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     }
     let (_translated, findings) = validate::analyze_paths(&args.paths);
     if args.output == "json" {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "findings": findings }))?
         );
     } else if findings.is_empty() {
-        println!("no findings");
+        out!("no findings");
     } else {
         for f in &findings {
-            println!("{f}");
+            out!("{f}");
         }
     }
     Ok(if validate::has_errors(&findings) {

@@ -60,7 +60,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let worst = items.iter().map(|i| i.level).max().unwrap_or(Level::Ok);
     if args.output == "json" {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "stateDir": state_dir.display().to_string(),
@@ -70,8 +70,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }))?
         );
     } else {
-        println!("CA: {}", state_dir.display());
-        println!("{:<8} {:<13} {:<48} DETAIL", "LEVEL", "KIND", "NAME");
+        out!("CA: {}", state_dir.display());
+        out!("{:<8} {:<13} {:<48} DETAIL", "LEVEL", "KIND", "NAME");
         for Item {
             kind,
             name,
@@ -85,10 +85,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 Level::Warning => "WARNING",
                 Level::Error => "ERROR",
             };
-            println!("{level:<8} {kind:<13} {name:<48} {message}");
+            out!("{level:<8} {kind:<13} {name:<48} {message}");
         }
         for n in &notes {
-            println!("note: {n}");
+            out!("note: {n}");
         }
     }
     Ok(if worst == Level::Error {

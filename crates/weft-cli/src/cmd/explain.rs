@@ -61,7 +61,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     };
     let e = explain::explain(&translated.mesh, &req);
     if args.output == "json" {
-        println!("{}", serde_json::to_string_pretty(&e)?);
+        out!("{}", serde_json::to_string_pretty(&e)?);
     } else {
         print_text(&e);
         let errors = findings
@@ -69,7 +69,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             .filter(|f| f.severity == weft_api::finding::Severity::Error)
             .count();
         if errors > 0 {
-            println!("\nnote: `weft analyze` reports {errors} error(s) in these documents");
+            out!("\nnote: `weft analyze` reports {errors} error(s) in these documents");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -77,14 +77,18 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
 
 fn print_text(e: &Explanation) {
     let Some(service) = &e.service else {
-        println!("not a mesh service: the request would leave the mesh unchanged (ALLOW_ANY) or be refused (REGISTRY_ONLY)");
+        out!("not a mesh service: the request would leave the mesh unchanged (ALLOW_ANY) or be refused (REGISTRY_ONLY)");
         return;
     };
-    println!("service:   {service}");
+    out!("service:   {service}");
     for s in &e.skipped {
-        println!(
+        out!(
             "skipped:   {} {}/{} rule {}: {}",
-            s.kind, s.namespace, s.name, s.rule, s.reason
+            s.kind,
+            s.namespace,
+            s.name,
+            s.rule,
+            s.reason
         );
     }
     match &e.matched {
@@ -93,15 +97,18 @@ fn print_text(e: &Explanation) {
                 (Some(f), Some(l)) => format!(" ({f}:{l})"),
                 _ => String::new(),
             };
-            println!(
+            out!(
                 "matched:   {} {}/{} rule {}{place}",
-                m.kind, m.namespace, m.name, m.rule
+                m.kind,
+                m.namespace,
+                m.name,
+                m.rule
             );
         }
-        None if e.decision == "route" => println!("matched:   no routing rules: the service itself"),
+        None if e.decision == "route" => out!("matched:   no routing rules: the service itself"),
         None => {}
     }
-    println!("decision:  {}", e.decision);
+    out!("decision:  {}", e.decision);
     for b in &e.backends {
         let subset = b
             .subset
@@ -109,10 +116,10 @@ fn print_text(e: &Explanation) {
             .map(|s| format!(" subset {s}"))
             .unwrap_or_default();
         let port = b.port.map(|p| format!(":{p}")).unwrap_or_default();
-        println!("backend:   {}{port}{subset} weight {}", b.service, b.weight);
+        out!("backend:   {}{port}{subset} weight {}", b.service, b.weight);
     }
     for (backend, workloads) in &e.endpoints {
-        println!(
+        out!(
             "endpoints: {backend}: {}",
             if workloads.is_empty() {
                 "none".to_string()
@@ -128,17 +135,17 @@ fn print_text(e: &Explanation) {
         } else {
             ""
         };
-        println!("route:     {name}{retryable}");
+        out!("route:     {name}{retryable}");
     }
     if let Some(t) = p.timeout_ms {
-        println!("timeout:   {t} ms");
+        out!("timeout:   {t} ms");
     }
     if let Some(r) = &p.retries {
         let per_try = r
             .per_try_timeout_ms
             .map(|t| format!(", {t} ms per try"))
             .unwrap_or_default();
-        println!(
+        out!(
             "retries:   {} attempts on {}{per_try}",
             r.attempts,
             if r.retry_on.is_empty() {
@@ -149,7 +156,7 @@ fn print_text(e: &Explanation) {
         );
     }
     if let Some(b) = &p.retry_budget {
-        println!(
+        out!(
             "budget:    retries up to {}% of requests + {}/s over {} ms",
             b.ratio * 100.0,
             b.min_per_second,
@@ -159,7 +166,7 @@ fn print_text(e: &Explanation) {
     if let Some(f) = &p.fault {
         let percent = |p: Option<f64>| p.map_or("all".to_string(), |p| format!("{p}%"));
         if let Some(ms) = f.delay_ms {
-            println!(
+            out!(
                 "fault:     delay {ms} ms on {} of requests",
                 percent(f.delay_percent)
             );
@@ -170,7 +177,7 @@ fn print_text(e: &Explanation) {
             (None, None) => None,
         };
         if let Some(abort) = abort {
-            println!(
+            out!(
                 "fault:     abort with {abort} on {} of requests",
                 percent(f.abort_percent)
             );
@@ -178,31 +185,31 @@ fn print_text(e: &Explanation) {
     }
     if let Some(r) = &p.rewrite {
         if let Some(path) = &r.path {
-            println!("rewrite:   path to {path}");
+            out!("rewrite:   path to {path}");
         }
         if let Some(authority) = &r.authority {
-            println!("rewrite:   authority to {authority}");
+            out!("rewrite:   authority to {authority}");
         }
     }
     for (side, ops) in [("request", &p.request_headers), ("response", &p.response_headers)] {
         for (name, value) in &ops.set {
-            println!("headers:   {side} set {name}: {value}");
+            out!("headers:   {side} set {name}: {value}");
         }
         for (name, value) in &ops.add {
-            println!("headers:   {side} add {name}: {value}");
+            out!("headers:   {side} add {name}: {value}");
         }
         for name in &ops.remove {
-            println!("headers:   {side} remove {name}");
+            out!("headers:   {side} remove {name}");
         }
     }
     for m in &p.mirrors {
-        println!("mirror:    {} {}%", m.service, m.percent);
+        out!("mirror:    {} {}%", m.service, m.percent);
     }
     if let Some(r) = &e.redirect {
-        println!("redirect:  {} {}", r.status, r.location);
+        out!("redirect:  {} {}", r.status, r.location);
     }
     if let Some(d) = &e.direct_response {
-        println!("response:  {} {}", d.status, d.body.as_deref().unwrap_or(""));
+        out!("response:  {} {}", d.status, d.body.as_deref().unwrap_or(""));
     }
     if let Some(a) = &e.authorization {
         let kind = a["kind"].as_str().unwrap_or("AuthorizationPolicy");
@@ -216,9 +223,9 @@ fn print_text(e: &Explanation) {
         } else {
             "denied"
         };
-        println!("authz:     {verdict}{by}");
+        out!("authz:     {verdict}{by}");
         if let Some(audit) = a["audit"].as_object() {
-            println!(
+            out!(
                 "audit:     {} {}/{} rule {}",
                 audit["kind"].as_str().unwrap_or("AuthorizationPolicy"),
                 audit["namespace"].as_str().unwrap_or("-"),
@@ -227,8 +234,8 @@ fn print_text(e: &Explanation) {
             );
         }
     }
-    println!("mtls:      {}", e.mtls.mode);
+    out!("mtls:      {}", e.mtls.mode);
     for err in &e.errors {
-        println!("error:     {err}");
+        out!("error:     {err}");
     }
 }

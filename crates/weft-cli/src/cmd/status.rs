@@ -26,12 +26,15 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let v: serde_json::Value =
         serde_json::from_str(&body).context("the control plane's /status is not JSON")?;
     if args.output == "json" {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        out!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    out!(
         "{:<28} {:<24} {:<12} {:<8} VERSION",
-        "PROXY", "WORKLOAD", "NAMESPACE", "SYNC"
+        "PROXY",
+        "WORKLOAD",
+        "NAMESPACE",
+        "SYNC"
     );
     for p in v["proxies"].as_array().into_iter().flatten() {
         let s = |k: &str| p[k].as_str().unwrap_or("-").to_string();
@@ -44,7 +47,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         } else {
             "STALE"
         };
-        println!(
+        out!(
             "{:<28} {:<24} {:<12} {:<8} {}",
             s("instance"),
             s("workload"),
@@ -53,7 +56,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             s("ackedVersion")
         );
         if let Some(nack) = p["nack"].as_str() {
-            println!("    rejected: {nack}");
+            out!("    rejected: {nack}");
         }
     }
     let errors: Vec<&serde_json::Value> = v["findings"]
@@ -63,14 +66,14 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .filter(|f| f["severity"] == "error")
         .collect();
     if !errors.is_empty() {
-        println!("\nconfig errors (these documents are left out; the rest is served):");
+        out!("\nconfig errors (these documents are left out; the rest is served):");
         for f in errors {
             let at = format!(
                 "{}:{}",
                 f["file"].as_str().unwrap_or("?"),
                 f["line"].as_u64().unwrap_or(0)
             );
-            println!(
+            out!(
                 "  {at}: {} {}",
                 f["code"].as_str().unwrap_or(""),
                 f["message"].as_str().unwrap_or("")
