@@ -170,7 +170,7 @@ fn resolve_rules(
                 namespace: rule.rule.origin.namespace.clone(),
                 name: rule.rule.origin.name.clone(),
                 rule: rule.rule.index,
-                reason: miss.to_string(),
+                reason: rule.why_not(req, source, &miss),
             }),
             Err(_) => {}
         }

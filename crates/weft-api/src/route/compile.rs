@@ -193,6 +193,25 @@ impl CompiledRule {
         Err(first.unwrap_or(Miss::Port(0)))
     }
 
+    /// Why the request matches none of the rule's match blocks, for a person (`weft explain`):
+    /// the first block's miss, or each block's when there are several.
+    pub(super) fn why_not(&self, req: &RequestHead<'_>, src: &Source<'_>, first: &Miss<'_>) -> String {
+        if self.matches.len() <= 1 {
+            return first.to_string();
+        }
+        let each: Vec<String> = self
+            .matches
+            .iter()
+            .zip(&self.rule.matches)
+            .enumerate()
+            .filter_map(|(i, (compiled, spec))| {
+                let miss = compiled.check(spec, req, src).err()?;
+                Some(format!("[{i}] {miss}"))
+            })
+            .collect();
+        format!("no match block fits: {}", each.join("; "))
+    }
+
     /// The rule's policies for a request it matched: a prefix rewrite becomes the path this
     /// request is sent with.
     pub(super) fn policies_for(&self, req: &RequestHead<'_>, src: &Source<'_>) -> RoutePolicies {

@@ -689,3 +689,44 @@ spec:
         assert_eq!((rw.path.as_deref(), rw.prefix), (Some(want), None), "{path}");
     }
 }
+
+#[test]
+fn explain_names_why_each_match_block_of_a_rule_missed() {
+    let t = clean(
+        "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers: {end-user: {exact: jason}}
+    - queryParams: {debug: {exact: '1'}}
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{uri: {prefix: /reviews}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+",
+    );
+    let fqdn = format!("reviews.{NS}");
+    let table = CompiledTable::compile(&t.mesh.route_table(&fqdn, 9080), &fqdn).expect("compiles");
+    let headers = BTreeMap::new();
+    let req = RequestHead {
+        method: "GET",
+        path: "/other",
+        query: Some("debug=0"),
+        authority: "reviews",
+        port: 9080,
+        headers: &headers,
+    };
+    let d = route::resolve(&table, &req, &Source::default(), true);
+    let reasons: Vec<&str> = d.skipped.iter().map(|s| s.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "no match block fits: [0] header end-user: want exact jason; [1] query debug: want exact 1",
+            "path: want prefix /reviews",
+        ]
+    );
+}
