@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Resource bodies as `bytes::Bytes`: the control plane renders a shared resource once and
         // every push that carries it shares those bytes instead of copying them.
         .bytes(".weft.discovery.v1.Resource.body")
+        // Small per-stream buffers: the control plane holds one stream per proxy.
+        .codec_path("crate::proto::codec::LeanCodec")
         .compile_fds(fds)?;
     Ok(())
 }

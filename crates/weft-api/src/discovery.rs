@@ -192,13 +192,15 @@ impl Rendered {
 
 /// About how many bytes of resource bodies one message carries. Each HTTP/2 stream's encoder
 /// keeps a buffer as large as the largest message it sent, for as long as the stream lives: a
-/// full state in one message would keep a copy of every shared resource per proxy.
-pub const PART_BYTES: usize = 16 * 1024;
+/// full state in one message would keep a copy of every shared resource per proxy. Parts fit the
+/// encoder's initial buffer ([`crate::proto::codec::ENCODE_BUFFER`]), so it never grows.
+pub const PART_BYTES: usize = 4 * 1024;
 
 /// Splits a push into parts of about `max_bytes` of bodies each (a larger resource travels
 /// alone), all with its nonce and version; every part but the last says `more`. The removals
-/// ride on the last part.
-pub fn split(push: DiscoveryResponse, max_bytes: usize) -> Vec<DiscoveryResponse> {
+/// ride on the last part. Lazily: a part exists only from when it is taken until it is sent, so
+/// the many proxies receiving a full state at once do not each hold all of theirs.
+pub fn split(push: DiscoveryResponse, max_bytes: usize) -> Parts {
     let DiscoveryResponse {
         version,
         nonce,
@@ -207,29 +209,57 @@ pub fn split(push: DiscoveryResponse, max_bytes: usize) -> Vec<DiscoveryResponse
         full_state,
         more: _,
     } = push;
-    let part = |resources: Vec<Resource>| DiscoveryResponse {
-        version: version.clone(),
-        nonce: nonce.clone(),
-        resources,
-        removed: Vec::new(),
+    Parts {
+        version,
+        nonce,
         full_state,
-        more: true,
-    };
-    let mut parts = Vec::new();
-    let (mut current, mut bytes) = (Vec::new(), 0);
-    for r in resources {
-        if !current.is_empty() && bytes + r.body.len() > max_bytes {
-            parts.push(part(std::mem::take(&mut current)));
-            bytes = 0;
-        }
-        bytes += r.body.len();
-        current.push(r);
+        resources: resources.into_iter().peekable(),
+        removed: Some(removed),
+        max_bytes,
     }
-    let mut last = part(current);
-    last.removed = removed;
-    last.more = false;
-    parts.push(last);
-    parts
+}
+
+/// The parts of one push, in order (see [`split`]).
+#[derive(Debug)]
+pub struct Parts {
+    version: String,
+    nonce: String,
+    full_state: bool,
+    resources: std::iter::Peekable<std::vec::IntoIter<Resource>>,
+    /// Taken by the last part.
+    removed: Option<Vec<ResourceKey>>,
+    max_bytes: usize,
+}
+
+impl Iterator for Parts {
+    type Item = DiscoveryResponse;
+
+    fn next(&mut self) -> Option<DiscoveryResponse> {
+        // Gone once the last part is out.
+        self.removed.as_ref()?;
+        let mut resources = Vec::new();
+        let mut bytes = 0;
+        while let Some(r) = self
+            .resources
+            .next_if(|r| resources.is_empty() || bytes + r.body.len() <= self.max_bytes)
+        {
+            bytes += r.body.len();
+            resources.push(r);
+        }
+        let last = self.resources.peek().is_none();
+        Some(DiscoveryResponse {
+            version: self.version.clone(),
+            nonce: self.nonce.clone(),
+            resources,
+            removed: if last {
+                self.removed.take().unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            full_state: self.full_state,
+            more: !last,
+        })
+    }
 }
 
 /// Collects the parts of one push (see [`split`]).

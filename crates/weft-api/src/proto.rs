@@ -4,7 +4,9 @@
 //! `discovery_server::{Discovery, DiscoveryServer}` is what the control plane implements;
 //! `discovery_client::DiscoveryClient` is what a proxy dials. The identity service
 //! (`weft.identity.v1`) is in [`identity`]. The stubs carry no transport: the crates that serve
-//! or dial enable tonic's `server` / `channel` features.
+//! or dial enable tonic's `server` / `channel` features. Both use [`codec::LeanCodec`].
+
+pub mod codec;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
 mod generated {

@@ -296,7 +296,7 @@ impl Inner {
         for e in &shared.errors {
             tracing::warn!("compile: {e}");
         }
-        state.shared_resources = Arc::new(render_shared(&shared));
+        state.shared_resources = Arc::new(render_shared(&shared, &state.shared_resources));
         state.shared = shared;
         if let Err(e) = state.registry.save() {
             tracing::warn!(error = %e, "cannot save the registry");
@@ -324,12 +324,19 @@ impl Inner {
 }
 
 /// Every shared resource, rendered once. A service that does not render is left out (and
-/// logged), the rest still serves.
-fn render_shared(shared: &SharedServices) -> Vec<Arc<Rendered>> {
+/// logged), the rest still serves. A resource equal to one in `previous` (same key and version)
+/// is that one: pushes still in flight hold the previous resources, and during a connect storm
+/// (a recompilation per connecting proxy) each generation would otherwise stay alive as a whole
+/// copy of every service and endpoint set until its last push is sent.
+fn render_shared(shared: &SharedServices, previous: &[Arc<Rendered>]) -> Vec<Arc<Rendered>> {
+    let reuse = |r: Rendered| match previous.binary_search_by(|p| p.key.cmp(&r.key)) {
+        Ok(i) if previous[i].version == r.version => previous[i].clone(),
+        _ => Arc::new(r),
+    };
     let mut out = Vec::new();
     for s in &shared.services {
         match discovery::service_resources(&s.service, &s.endpoints) {
-            Ok(resources) => out.extend(resources.into_iter().map(Arc::new)),
+            Ok(resources) => out.extend(resources.into_iter().map(reuse)),
             Err(e) => {
                 tracing::warn!(service = %s.service.fqdn(), error = %e, "cannot render a service; left out")
             }
@@ -491,6 +498,66 @@ mod tests {
             let (_, assembled) = discovery::assemble(None, &push).expect("assembles");
             assert_eq!(assembled, config);
             assert_eq!(assembled.endpoints[0].endpoints[0].address.port(), 19080);
+            running.stop();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A recompilation keeps the resources that did not change (the same allocation), so pushes
+    /// in flight from earlier changes do not keep whole copies of every service alive.
+    #[test]
+    fn a_recompilation_reuses_the_unchanged_shared_resources() {
+        let docs = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: ratings}\nspec: {selector: {app: ratings}, ports: [{name: http, port: 9080}]}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: reviews-v1}\nspec: {labels: {app: reviews, version: v1}, ports: [{port: 9080}]}\n";
+        let dir = std::env::temp_dir().join(format!("weft-reuse-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("config")).expect("mkdir");
+        std::fs::write(dir.join("config/m.yaml"), docs).expect("write");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let mut options = ControlOptions::new(vec![dir.join("config")], dir.join("state"));
+            options.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            options.admin = SocketAddr::from(([127, 0, 0, 1], 0));
+            let running = start(options).await.expect("start");
+            let sub = |i: u32| Subscribe {
+                instance_id: format!("reviews-v1-{i}"),
+                workload: "reviews-v1".into(),
+                namespace: "default".into(),
+                labels: [
+                    ("app".to_string(), "reviews".to_string()),
+                    ("version".to_string(), "v1".to_string()),
+                ]
+                .into(),
+                ip: "127.0.0.1".into(),
+                mesh_port: 15008 + i,
+                app_ports: [(9080, 19080 + i)].into(),
+                ..Subscribe::default()
+            };
+            let shared = |running: &Running| {
+                let r = running.source.resources_for("reviews-v1-0").expect("render");
+                r.into_iter()
+                    .filter(|r| {
+                        r.key.kind == discovery::ResourceType::MeshService
+                            || r.key.kind == discovery::ResourceType::EndpointSet
+                    })
+                    .collect::<Vec<_>>()
+            };
+            running.source.connected(&sub(0));
+            let before = shared(&running);
+            // A second reviews instance: only the reviews endpoint set changes.
+            running.source.connected(&sub(1));
+            let after = shared(&running);
+            assert_eq!(before.len(), 4, "{before:?}");
+            assert_eq!(after.len(), before.len());
+            for (b, a) in before.iter().zip(&after) {
+                assert_eq!(a.key, b.key);
+                let changed =
+                    a.key.kind == discovery::ResourceType::EndpointSet && a.key.name.starts_with("reviews.");
+                assert_eq!(a.version != b.version, changed, "{}", a.key);
+                assert_eq!(Arc::ptr_eq(a, b), !changed, "{}", a.key);
+            }
             running.stop();
         });
         let _ = std::fs::remove_dir_all(&dir);

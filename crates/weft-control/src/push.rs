@@ -16,6 +16,7 @@ use std::time::SystemTime;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
@@ -287,7 +288,9 @@ impl Discovery for PushServer {
         let stream_id = self.inner.connect(&sub);
         self.inner.source.connected(&sub);
         tracing::info!(instance = %sub.instance_id, workload = %sub.workload, namespace = %sub.namespace, "discovery: proxy subscribed");
-        let (tx, rx) = mpsc::channel(4);
+        // Boxed parts: the channel's slots (allocated in blocks of 32, kept for the stream's
+        // life) then cost a pointer each, not a whole message.
+        let (tx, rx) = mpsc::channel::<Box<DiscoveryResponse>>(4);
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let id = sub.instance_id.clone();
@@ -296,7 +299,9 @@ impl Discovery for PushServer {
             inner.source.disconnected(&id);
             tracing::info!(instance = %id, "discovery: proxy disconnected");
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|part| Ok(*part)),
+        )))
     }
 }
 
@@ -350,7 +355,7 @@ impl Inner {
         id: &str,
         stream: u64,
         mut requests: Streaming<DiscoveryRequest>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        tx: mpsc::Sender<Box<DiscoveryResponse>>,
     ) {
         let mut changes = self.source.subscribe();
         changes.mark_unchanged();
@@ -400,7 +405,7 @@ impl Inner {
         id: &str,
         stream: u64,
         tracker: &mut Tracker,
-        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        tx: &mpsc::Sender<Box<DiscoveryResponse>>,
     ) -> bool {
         let target = match self.source.resources_for(id) {
             Ok(r) => r,
@@ -455,7 +460,7 @@ impl Inner {
         // A large push (a full state) goes in parts: the stream's encoder then keeps a buffer
         // of one part, not of every shared resource.
         for part in weft_api::discovery::split(response, weft_api::discovery::PART_BYTES) {
-            if tx.send(Ok(part)).await.is_err() {
+            if tx.send(Box::new(part)).await.is_err() {
                 return false;
             }
         }

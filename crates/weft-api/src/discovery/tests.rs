@@ -174,7 +174,7 @@ fn a_large_push_travels_in_parts_and_is_whole_again_on_arrival() {
         "gone.default.svc.cluster.local",
     )];
     let whole = push(true, &resources, &removed, &resources);
-    let parts = split(whole.clone(), 150);
+    let parts: Vec<_> = split(whole.clone(), 150).collect();
     assert!(parts.len() > 2, "{} parts", parts.len());
     let (last, rest) = parts.split_last().expect("parts");
     assert!(rest
@@ -190,5 +190,5 @@ fn a_large_push_travels_in_parts_and_is_whole_again_on_arrival() {
     }
     assert_eq!(out, Some(whole.clone()));
     // One small push: one part, as it was.
-    assert_eq!(split(whole.clone(), usize::MAX), [whole]);
+    assert_eq!(split(whole.clone(), usize::MAX).collect::<Vec<_>>(), [whole]);
 }

@@ -7,9 +7,9 @@
 //!   once the answer arrives, diffed against what the proxy then holds. So a NACK needs no undo:
 //!   the next push diffs against the last ACKed state.
 //! - Per proxy only keys (their names shared with the rendered resources) and versions are kept,
-//!   never bodies.
+//!   never bodies, in a sorted slice of exactly their size (a map's nodes cost ~3× as much, per
+//!   proxy, for as long as it is connected).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use weft_api::discovery::{state_version, Key, Rendered};
@@ -43,7 +43,7 @@ pub const LISTED: usize = 16;
 #[derive(Debug, Default)]
 pub struct Tracker {
     /// What the proxy ACKed last on this stream; None until it ACKs a first push.
-    acked: Option<BTreeMap<Key, u64>>,
+    acked: Option<Held>,
     in_flight: Option<InFlight>,
     /// A change arrived while a push was in flight.
     behind: bool,
@@ -52,7 +52,30 @@ pub struct Tracker {
 #[derive(Debug)]
 struct InFlight {
     nonce: String,
-    state: BTreeMap<Key, u64>,
+    state: Held,
+}
+
+/// Keys and versions of a state, sorted by key (as every target is).
+#[derive(Debug)]
+struct Held(Box<[(Key, u64)]>);
+
+impl Held {
+    fn of(target: &[Arc<Rendered>]) -> Self {
+        Self(target.iter().map(|r| (r.key.clone(), r.version)).collect())
+    }
+
+    fn get(&self, key: &Key) -> Option<u64> {
+        let i = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(self.0[i].1)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    fn version(&self) -> String {
+        state_version(self.0.iter().map(|(k, v)| (k, *v)))
+    }
 }
 
 /// What an answer did.
@@ -77,7 +100,7 @@ impl Tracker {
         let acked = self.acked.as_ref();
         let changed: Vec<&Arc<Rendered>> = target
             .iter()
-            .filter(|r| acked.and_then(|a| a.get(&r.key)) != Some(&r.version))
+            .filter(|r| acked.and_then(|a| a.get(&r.key)) != Some(r.version))
             .collect();
         let removed: Vec<&Key> = match acked {
             Some(acked) => acked
@@ -110,7 +133,7 @@ impl Tracker {
         };
         self.in_flight = Some(InFlight {
             nonce,
-            state: target.iter().map(|r| (r.key.clone(), r.version)).collect(),
+            state: Held::of(target),
         });
         Some(Push { response, summary })
     }
@@ -143,9 +166,7 @@ impl Tracker {
 
     /// The version of what the proxy ACKed on this stream.
     pub fn acked_version(&self) -> Option<String> {
-        self.acked
-            .as_ref()
-            .map(|a| state_version(a.iter().map(|(k, v)| (k, *v))))
+        self.acked.as_ref().map(Held::version)
     }
 }
 
