@@ -48,6 +48,9 @@ pub struct ServiceInfo {
     /// The `x-weft-service` header value, built once per config.
     pub fqdn_header: http::HeaderValue,
     pub service: MeshService,
+    /// This service's retry budget from the long-lived map (the budget outlives the push),
+    /// looked up by the first request of this config that needs it rather than by every one.
+    pub retry_budget: std::sync::OnceLock<Arc<crate::http::retry_budget::RetryBudget>>,
 }
 
 /// Where the app behind an inbound port listens.
@@ -103,6 +106,7 @@ impl Snapshot {
                 namespace: Label::new(&svc.namespace),
                 fqdn: fqdn.clone(),
                 service: svc.clone(),
+                retry_budget: std::sync::OnceLock::new(),
             });
             let (n, ns) = (&svc.name, &svc.namespace);
             for alias in [format!("{n}.{ns}"), format!("{n}.{ns}.svc"), fqdn] {
@@ -198,6 +202,16 @@ impl Snapshot {
 // === impl ServiceInfo ===
 
 impl ServiceInfo {
+    /// The service's retry budget with `params` (a service has one budget; its parameters come
+    /// with the config, so the first request under this config sets them).
+    pub fn retry_budget(
+        &self,
+        budgets: &crate::http::retry_budget::RetryBudgets,
+        params: &weft_api::route::RetryBudget,
+    ) -> &crate::http::retry_budget::RetryBudget {
+        self.retry_budget.get_or_init(|| budgets.get(&self.fqdn, params))
+    }
+
     pub fn port_protocol(&self, port: u16) -> Option<Protocol> {
         self.service
             .ports

@@ -122,10 +122,10 @@ async fn send_routed(
     let budget = policies
         .retry_budget
         .as_ref()
-        .map(|params| shared.retry_budgets.get(&svc.fqdn, params));
+        .map(|params| svc.retry_budget(&shared.retry_budgets, params));
     let attempt_all = retry_loop(
         shared,
-        budget.as_deref(),
+        budget,
         &target,
         target_port,
         backend.subset.as_deref(),
