@@ -189,9 +189,10 @@ fn source_matches(s: &AuthzSource, req: &AuthzRequest<'_>) -> bool {
 }
 
 fn operation_matches(o: &AuthzOperation, req: &AuthzRequest<'_>, tcp: bool, deny: bool) -> bool {
-    let port = req.port.to_string();
-    let ports_ok = (o.ports.is_empty() || o.ports.iter().any(|p| p.trim() == port))
-        && (o.not_ports.is_empty() || !o.not_ports.iter().any(|p| p.trim() == port));
+    // Compared as numbers: no string per request.
+    let is_port = |p: &String| p.trim().parse::<u16>() == Ok(req.port);
+    let ports_ok = (o.ports.is_empty() || o.ports.iter().any(is_port))
+        && (o.not_ports.is_empty() || !o.not_ports.iter().any(is_port));
     let http_only = !(o.methods.is_empty()
         && o.not_methods.is_empty()
         && o.paths.is_empty()
@@ -206,7 +207,7 @@ fn operation_matches(o: &AuthzOperation, req: &AuthzRequest<'_>, tcp: bool, deny
         value.is_some_and(|v| {
             patterns.iter().any(|p| {
                 if ci {
-                    string_matches(&p.to_ascii_lowercase(), &v.to_ascii_lowercase())
+                    string_matches_ignore_case(p, v)
                 } else {
                     string_matches(p, v)
                 }
@@ -287,6 +288,25 @@ pub fn string_matches(pattern: &str, value: &str) -> bool {
         return value.ends_with(suffix);
     }
     pattern == value
+}
+
+/// [`string_matches`], ASCII case-insensitively, without lower-casing copies.
+fn string_matches_ignore_case(pattern: &str, value: &str) -> bool {
+    if pattern == "*" {
+        return !value.is_empty();
+    }
+    if let Some(prefix) = pattern.strip_suffix('*') {
+        return value
+            .get(..prefix.len())
+            .is_some_and(|v| v.eq_ignore_ascii_case(prefix));
+    }
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        let start = value.len().checked_sub(suffix.len());
+        return start
+            .and_then(|s| value.get(s..))
+            .is_some_and(|v| v.eq_ignore_ascii_case(suffix));
+    }
+    pattern.eq_ignore_ascii_case(value)
 }
 
 fn strip_scheme(s: &str) -> &str {

@@ -307,3 +307,18 @@ fn port_scoped_policies_apply_only_to_their_ports() {
     // No policy in scope for a port at all: allowed.
     assert!(decide(&p[..1], &other(None)).allowed);
 }
+
+#[test]
+fn host_patterns_match_ignoring_ascii_case() {
+    use super::string_matches_ignore_case as m;
+    assert!(m("Reviews.Example.COM", "reviews.example.com"));
+    assert!(m("*.Example.com", "api.example.COM"));
+    assert!(m("API.*", "api.example.com"));
+    assert!(m("*", "x"));
+    assert!(!m("*", ""));
+    assert!(!m("*.example.com", "example.org"));
+    assert!(!m("api.*", "ap"));
+    // A multi-byte value is compared, not sliced through a character.
+    assert!(!m("ab*", "aé"));
+    assert!(!m("*é", "e"));
+}
