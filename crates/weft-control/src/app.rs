@@ -448,11 +448,9 @@ impl ConfigSource for ControlSource {
 mod tests {
     use super::*;
 
-    /// The resources rendered once per change are exactly those of the proxy's whole config.
-    #[test]
-    fn shared_rendering_gives_the_resources_of_each_config() {
-        let docs = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: reviews-v1}\nspec: {labels: {app: reviews, version: v1}, ports: [{port: 9080}]}\n";
-        let dir = std::env::temp_dir().join(format!("weft-render-{}", std::process::id()));
+    /// Runs `test` against a control plane started on a directory holding `docs`.
+    fn with_control_plane(name: &str, docs: &str, test: impl FnOnce(&Running)) {
+        let dir = std::env::temp_dir().join(format!("weft-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("config")).expect("mkdir");
         std::fs::write(dir.join("config/m.yaml"), docs).expect("write");
@@ -465,20 +463,36 @@ mod tests {
             options.listen = SocketAddr::from(([127, 0, 0, 1], 0));
             options.admin = SocketAddr::from(([127, 0, 0, 1], 0));
             let running = start(options).await.expect("start");
-            let sub = Subscribe {
-                instance_id: "reviews-v1-0".into(),
-                workload: "reviews-v1".into(),
-                namespace: "default".into(),
-                labels: [
-                    ("app".to_string(), "reviews".to_string()),
-                    ("version".to_string(), "v1".to_string()),
-                ]
-                .into(),
-                ip: "127.0.0.1".into(),
-                mesh_port: 15008,
-                app_ports: [(9080, 19080)].into(),
-                ..Subscribe::default()
-            };
+            test(&running);
+            running.stop();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Instance `i` of reviews-v1 subscribing (its own mesh and app ports).
+    fn reviews_v1(i: u32) -> Subscribe {
+        Subscribe {
+            instance_id: format!("reviews-v1-{i}"),
+            workload: "reviews-v1".into(),
+            namespace: "default".into(),
+            labels: [
+                ("app".to_string(), "reviews".to_string()),
+                ("version".to_string(), "v1".to_string()),
+            ]
+            .into(),
+            ip: "127.0.0.1".into(),
+            mesh_port: 15008 + i,
+            app_ports: [(9080, 19080 + i)].into(),
+            ..Subscribe::default()
+        }
+    }
+
+    /// The resources rendered once per change are exactly those of the proxy's whole config.
+    #[test]
+    fn shared_rendering_gives_the_resources_of_each_config() {
+        let docs = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: reviews-v1}\nspec: {labels: {app: reviews, version: v1}, ports: [{port: 9080}]}\n";
+        with_control_plane("render", docs, |running| {
+            let sub = reviews_v1(0);
             running.source.connected(&sub);
             let rendered = running.source.resources_for("reviews-v1-0").expect("render");
             let config = running.source.config_for("reviews-v1-0").expect("config");
@@ -498,9 +512,7 @@ mod tests {
             let (_, assembled) = discovery::assemble(None, &push).expect("assembles");
             assert_eq!(assembled, config);
             assert_eq!(assembled.endpoints[0].endpoints[0].address.port(), 19080);
-            running.stop();
         });
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A recompilation keeps the resources that did not change (the same allocation), so pushes
@@ -508,33 +520,8 @@ mod tests {
     #[test]
     fn a_recompilation_reuses_the_unchanged_shared_resources() {
         let docs = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: ratings}\nspec: {selector: {app: ratings}, ports: [{name: http, port: 9080}]}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: reviews-v1}\nspec: {labels: {app: reviews, version: v1}, ports: [{port: 9080}]}\n";
-        let dir = std::env::temp_dir().join(format!("weft-reuse-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("config")).expect("mkdir");
-        std::fs::write(dir.join("config/m.yaml"), docs).expect("write");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async {
-            let mut options = ControlOptions::new(vec![dir.join("config")], dir.join("state"));
-            options.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-            options.admin = SocketAddr::from(([127, 0, 0, 1], 0));
-            let running = start(options).await.expect("start");
-            let sub = |i: u32| Subscribe {
-                instance_id: format!("reviews-v1-{i}"),
-                workload: "reviews-v1".into(),
-                namespace: "default".into(),
-                labels: [
-                    ("app".to_string(), "reviews".to_string()),
-                    ("version".to_string(), "v1".to_string()),
-                ]
-                .into(),
-                ip: "127.0.0.1".into(),
-                mesh_port: 15008 + i,
-                app_ports: [(9080, 19080 + i)].into(),
-                ..Subscribe::default()
-            };
+        with_control_plane("reuse", docs, |running| {
+            let sub = reviews_v1;
             let shared = |running: &Running| {
                 let r = running.source.resources_for("reviews-v1-0").expect("render");
                 r.into_iter()
@@ -545,10 +532,10 @@ mod tests {
                     .collect::<Vec<_>>()
             };
             running.source.connected(&sub(0));
-            let before = shared(&running);
+            let before = shared(running);
             // A second reviews instance: only the reviews endpoint set changes.
             running.source.connected(&sub(1));
-            let after = shared(&running);
+            let after = shared(running);
             assert_eq!(before.len(), 4, "{before:?}");
             assert_eq!(after.len(), before.len());
             for (b, a) in before.iter().zip(&after) {
@@ -558,8 +545,6 @@ mod tests {
                 assert_eq!(a.version != b.version, changed, "{}", a.key);
                 assert_eq!(Arc::ptr_eq(a, b), !changed, "{}", a.key);
             }
-            running.stop();
         });
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
