@@ -35,13 +35,14 @@ use crate::model::{Mesh, PeerAuthentication};
 use crate::proxy_config::{
     AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, MtlsMode,
 };
+use crate::route::{value_matches, Headers};
 
 /// Namespaces whose unselected policies apply to the whole mesh (Istio's root namespace;
 /// Weft's own namespace).
 pub const ROOT_NAMESPACES: [&str; 2] = ["istio-system", "weft-system"];
 
 /// What the decision sees of one request or connection.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AuthzRequest<'a> {
     /// The peer's SPIFFE ID from its certificate; None for plaintext.
     pub source_principal: Option<&'a str>,
@@ -54,8 +55,21 @@ pub struct AuthzRequest<'a> {
     pub host: Option<&'a str>,
     /// The app port the traffic is for.
     pub port: u16,
-    /// Lower-case header names; the first value of each.
-    pub headers: &'a BTreeMap<String, String>,
+    /// The request's headers, every value of each (see [`Headers`]).
+    pub headers: &'a dyn Headers,
+}
+
+impl std::fmt::Debug for AuthzRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthzRequest")
+            .field("source_principal", &self.source_principal)
+            .field("source_ip", &self.source_ip)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The outcome, with the policy and rule that decided it.
@@ -228,27 +242,38 @@ fn operation_matches(o: &AuthzOperation, req: &AuthzRequest<'_>, tcp: bool, deny
 
 fn condition_holds(c: &AuthzCondition, req: &AuthzRequest<'_>, tcp: bool, deny: bool) -> bool {
     let key = c.key.trim();
-    let value: Option<String> = if let Some(name) = header_key(key) {
+    if let Some(name) = header_key(key) {
         if tcp {
             // HTTP-only: never holds in ALLOW, ignored in DENY.
             return deny;
         }
-        req.headers.get(&name.to_ascii_lowercase()).cloned()
-    } else {
-        match key {
-            "source.ip" => {
-                let ip = req.source_ip;
-                let hit = |v: &[String]| v.iter().any(|b| ip_in_block(ip, b));
-                return (c.values.is_empty() || hit(&c.values))
-                    && (c.not_values.is_empty() || !hit(&c.not_values));
-            }
-            "source.namespace" => req.source_namespace.map(str::to_string),
-            "source.principal" => req.source_principal.map(|p| strip_scheme(p).to_string()),
-            "destination.port" => Some(req.port.to_string()),
-            // Keys Weft cannot evaluate (JWT claims, SNI...) never hold; the translator
-            // reported them.
-            _ => return false,
+        // Every value of the header counts: a value matches when it matches a pattern, the
+        // condition's `values` when some value does, its `notValues` when none does.
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
+        let hit = |patterns: &[String]| {
+            req.headers.any_value(&name, &mut |v| {
+                value_matches(v, |s| patterns.iter().any(|p| string_matches(p, s)))
+            })
+        };
+        return (c.values.is_empty() || hit(&c.values)) && (c.not_values.is_empty() || !hit(&c.not_values));
+    }
+    let value: Option<String> = match key {
+        "source.ip" => {
+            let ip = req.source_ip;
+            let hit = |v: &[String]| v.iter().any(|b| ip_in_block(ip, b));
+            return (c.values.is_empty() || hit(&c.values))
+                && (c.not_values.is_empty() || !hit(&c.not_values));
         }
+        "source.namespace" => req.source_namespace.map(str::to_string),
+        "source.principal" => req.source_principal.map(|p| strip_scheme(p).to_string()),
+        "destination.port" => Some(req.port.to_string()),
+        // Keys Weft cannot evaluate (JWT claims, SNI...) never hold; the translator
+        // reported them.
+        _ => return false,
     };
     let principal = key == "source.principal";
     let hit = |patterns: &[String]| {

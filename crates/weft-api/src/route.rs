@@ -33,10 +33,22 @@ pub struct RequestHead<'a> {
     pub headers: &'a dyn Headers,
 }
 
-/// Request headers as the router reads them.
+/// Request headers as the router and authorization read them: every value of a header, in
+/// the order sent, so a harmless first copy cannot hide the one a rule looks for.
 pub trait Headers {
-    /// The first value of a header (name in lower case), if any.
-    fn get(&self, name: &str) -> Option<&str>;
+    /// Whether `f` holds for some value of the header `name` (lower case). Values are raw
+    /// bytes: one that is not UTF-8 is present, and equal to no string.
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool;
+}
+
+/// Whether `value` matches by `is_match`, which reads strings: a value that is not UTF-8 is
+/// read with its invalid bytes as U+FFFD, so it can match a prefix, a suffix or a regex but
+/// never equal a string the documents spell.
+pub fn value_matches(value: &[u8], is_match: impl Fn(&str) -> bool) -> bool {
+    match std::str::from_utf8(value) {
+        Ok(s) => is_match(s),
+        Err(_) => is_match(&String::from_utf8_lossy(value)),
+    }
 }
 
 /// The calling workload.
@@ -90,14 +102,23 @@ pub struct Skip {
 }
 
 impl Headers for BTreeMap<String, String> {
-    fn get(&self, name: &str) -> Option<&str> {
-        BTreeMap::get(self, name).map(String::as_str)
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.get(name).is_some_and(|v| f(v.as_bytes()))
+    }
+}
+
+/// Several values per name, in order (`weft explain -H` given twice, tests).
+impl Headers for Vec<(String, String)> {
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .any(|(_, v)| f(v.as_bytes()))
     }
 }
 
 impl Headers for http_like::NoHeaders {
-    fn get(&self, _name: &str) -> Option<&str> {
-        None
+    fn any_value(&self, _name: &str, _f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        false
     }
 }
 

@@ -1,6 +1,5 @@
 //! Decision tables from Istio's authorization docs (HTTP traffic, TCP traffic, explicit deny).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::*;
@@ -44,7 +43,8 @@ const fn http(principal: Option<&'static str>, method: &'static str, path: &'sta
 }
 
 fn decide(policies: &[AuthzPolicy], r: &Req) -> AuthzDecision {
-    let headers: BTreeMap<String, String> = r
+    // Every value kept, in order: a header sent twice is two entries.
+    let headers: Vec<(String, String)> = r
         .headers
         .iter()
         .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
@@ -142,6 +142,72 @@ fn deny_beats_allow_and_matches_in_order() {
     let d = decide(&p, &http(None, "POST", "/admin/users"));
     assert_eq!((d.allowed, d.rule), (false, Some(0)));
     assert!(decide(&p, &http(None, "POST", "/ip")).allowed);
+}
+
+#[test]
+fn a_header_condition_sees_every_value_of_the_header() {
+    let p = [policy(serde_json::json!({
+        "name": "deny-evil", "namespace": "foo", "action": "DENY",
+        "rules": [{"when": [{"key": "request.headers[X-Role]", "values": ["evil*"]}]}],
+    }))];
+    let mut r = http(None, "GET", "/");
+    r.headers = &[("x-role", "harmless"), ("x-role", "evil-admin")];
+    assert!(!decide(&p, &r).allowed, "a harmless first copy hid the second");
+    r.headers = &[("x-role", "harmless"), ("x-role", "fine")];
+    assert!(decide(&p, &r).allowed);
+    // notValues holds only when no value is one of them.
+    let p = [policy(serde_json::json!({
+        "name": "deny-non-admin", "namespace": "foo", "action": "DENY",
+        "rules": [{"when": [{"key": "request.headers[x-role]", "notValues": ["admin"]}]}],
+    }))];
+    r.headers = &[("x-role", "admin"), ("x-role", "admin")];
+    assert!(decide(&p, &r).allowed);
+    r.headers = &[("x-role", "admin"), ("x-role", "guest")];
+    assert!(
+        decide(&p, &r).allowed,
+        "one admin value is enough for notValues to fail"
+    );
+    r.headers = &[("x-role", "guest")];
+    assert!(!decide(&p, &r).allowed);
+}
+
+/// Raw header bytes, as a proxy sees them.
+struct Raw(&'static [u8]);
+
+impl Headers for Raw {
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        name == "x-role" && f(self.0)
+    }
+}
+
+#[test]
+fn a_non_utf8_header_value_is_present_and_equal_to_no_string() {
+    let check = |values: serde_json::Value, raw: &'static [u8]| {
+        let p = [policy(serde_json::json!({
+            "name": "deny", "namespace": "foo", "action": "DENY",
+            "rules": [{"when": [{"key": "request.headers[x-role]", "values": values}]}],
+        }))];
+        let req = AuthzRequest {
+            source_principal: None,
+            source_namespace: None,
+            source_ip: "10.0.0.7".parse().expect("ip"),
+            method: Some("GET"),
+            path: Some("/"),
+            host: None,
+            port: 9080,
+            headers: &Raw(raw),
+        };
+        !authorize(&p, &req).allowed
+    };
+    assert!(check(serde_json::json!(["*"]), b"\xffevil"), "present");
+    assert!(
+        check(serde_json::json!(["evil*"]), b"evil\xff"),
+        "prefix still matches"
+    );
+    assert!(
+        !check(serde_json::json!(["evil"]), b"evil\xff"),
+        "never equal to a string"
+    );
 }
 
 #[test]

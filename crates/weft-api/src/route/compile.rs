@@ -280,11 +280,10 @@ impl CompiledMatch {
             }
         }
         for ((name, value, invert), want) in self.headers.iter().zip(&spec.headers) {
-            let holds = match (req.headers.get(name), value) {
-                (None, _) => false,
-                (Some(_), None) => true,
-                (Some(v), Some(m)) => m.is_match(v),
-            };
+            let holds = req.headers.any_value(name, &mut |v| match value {
+                None => true,
+                Some(m) => super::value_matches(v, |s| m.is_match(s)),
+            });
             if holds == *invert {
                 return Err(Miss::Header(want));
             }
