@@ -11,6 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::canonical::PathNormalization;
+
 mod authz;
 mod load;
 mod validate;
@@ -36,6 +38,9 @@ pub struct ProxyConfig {
     /// Limits every listener enforces.
     #[serde(default)]
     pub limits: Limits,
+    /// How HTTP requests are read, at every listener.
+    #[serde(default)]
+    pub http: HttpOptions,
     /// Traffic arriving for the workload.
     #[serde(default)]
     pub inbound: Inbound,
@@ -117,6 +122,38 @@ pub struct Limits {
     /// Idle pooled upstream connections kept per endpoint. Default 64.
     #[serde(default = "default_pool_idle")]
     pub pool_max_idle_per_endpoint: usize,
+    /// HTTP/1 connections open at once to one endpoint (Envoy's circuit-breaker
+    /// `max_connections`); past it a request gets 503 with flag `UO`. Default 1,024.
+    #[serde(default = "default_max_connections_per_endpoint")]
+    pub max_connections_per_endpoint: usize,
+}
+
+/// How every listener reads HTTP requests (shared/ARCHITECTURE.md, "canonical once").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpOptions {
+    /// Istio's `meshConfig.pathNormalization.normalization`: `NONE`, `BASE`, `MERGE_SLASHES`
+    /// or `DECODE_AND_MERGE_SLASHES`. Authorization, routing and the app all see the
+    /// normalized path. Default `BASE`.
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
+    /// The `Upgrade` protocols passed through (Envoy's `upgrade_configs`); any other upgrade is
+    /// refused with 403, and `h2c` is never performed. Default `[websocket]`.
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<String>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            path_normalization: PathNormalization::default(),
+            upgrades: default_upgrades(),
+        }
+    }
+}
+
+fn default_upgrades() -> Vec<String> {
+    vec!["websocket".into()]
 }
 
 /// Traffic arriving for the workload: on the mesh port from other proxies, on app ports from
@@ -386,6 +423,11 @@ impl Protocol {
     pub const SERVER_FIRST_PORTS: [u16; 7] = [25, 587, 3306, 5432, 6379, 11211, 27017];
 
     /// Whether a connection to `port` with this hint must skip detection.
+    /// Declared as HTTP of some version: such a port never falls back to raw TCP.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+
     pub fn skips_detection(self, port: u16) -> bool {
         self == Protocol::Tcp || Self::SERVER_FIRST_PORTS.contains(&port)
     }
@@ -393,6 +435,9 @@ impl Protocol {
 
 // === defaults ===
 
+fn default_max_connections_per_endpoint() -> usize {
+    1024
+}
 fn unknown() -> String {
     "unknown".into()
 }
@@ -478,6 +523,7 @@ impl Default for Limits {
             h2_max_concurrent_streams: default_h2_streams(),
             h2_max_pending_reset_streams: default_h2_resets(),
             pool_max_idle_per_endpoint: default_pool_idle(),
+            max_connections_per_endpoint: default_max_connections_per_endpoint(),
         }
     }
 }

@@ -83,6 +83,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
         Duration::from_millis(limits.connect_timeout_ms),
         Duration::from_millis(limits.idle_timeout_ms),
         limits.pool_max_idle_per_endpoint,
+        limits.max_connections_per_endpoint,
         options.outbound_mark,
         tls.clone().map(MeshConnector::new),
     );
@@ -95,6 +96,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
         ready: AtomicBool::new(false),
         mesh_tls: tls.map(MeshAcceptor::new),
         identity: identity.as_ref().map(|(cell, _)| cell.clone()),
+        http_seen: Default::default(),
     });
     shared.apply(config.clone());
 

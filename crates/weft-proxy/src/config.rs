@@ -74,6 +74,33 @@ pub struct Shared {
     /// The workload's certificate, when the proxy awaits one
     /// ([`Options::await_identity`](crate::app::Options::await_identity)): not ready while empty.
     pub identity: Option<crate::identity::CredentialsCell>,
+    /// Inbound ports that have carried HTTP: from then on they never fall back to raw TCP.
+    pub http_seen: HttpSeen,
+}
+
+/// One bit per port, set once a port carried HTTP (lock-free: read on every connection).
+pub struct HttpSeen(Box<[std::sync::atomic::AtomicU64]>);
+
+impl Default for HttpSeen {
+    fn default() -> Self {
+        Self((0..1024).map(|_| std::sync::atomic::AtomicU64::new(0)).collect())
+    }
+}
+
+impl HttpSeen {
+    pub fn mark(&self, port: u16) {
+        let bit = 1u64 << (port % 64);
+        if let Some(word) = self.0.get(usize::from(port / 64)) {
+            word.fetch_or(bit, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        let bit = 1u64 << (port % 64);
+        self.0
+            .get(usize::from(port / 64))
+            .is_some_and(|w| w.load(std::sync::atomic::Ordering::Relaxed) & bit != 0)
+    }
 }
 
 // === impl Snapshot ===

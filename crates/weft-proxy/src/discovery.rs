@@ -221,6 +221,7 @@ fn handle(
 pub fn overlay(local: &ProxyConfig, mut pushed: ProxyConfig) -> ProxyConfig {
     pushed.admin = local.admin.clone();
     pushed.limits = local.limits.clone();
+    pushed.http = local.http.clone();
     pushed.inbound.mesh = local.inbound.mesh;
     pushed.inbound.capture = local.inbound.capture;
     pushed.outbound = local.outbound.clone();

@@ -18,7 +18,7 @@ use crate::config::{endpoint_peer, ServiceInfo, Shared};
 use crate::http::error::{Flag, ProxyError};
 use crate::http::headers::{self as mesh_headers, strip_hop_by_hop};
 use crate::http::Body;
-use crate::pool::ConnectError;
+use crate::pool::{ConnectError, SendError};
 use crate::telemetry::metered::RequestMeta;
 use crate::telemetry::metrics::Label;
 
@@ -107,6 +107,8 @@ async fn pick_and_connect<'b>(
         let hop = Hop::for_endpoint(slot);
         match hop.ready(shared, h2 || matches!(hop, Hop::Mesh { .. })).await {
             Ok(ready) => return Ok((slot, hop, ready)),
+            // A full endpoint is not a broken one: 503 `UO`, no penalty, no failover.
+            Err(e @ ConnectError::Overflow { .. }) => return Err(connect_error(e)),
             Err(e) => {
                 tracing::info!(service, endpoint = %slot.state.addr, error = %e, "endpoint failed, trying another");
                 slot.state.mark_unreachable(UNREACHABLE_BACKOFF);
@@ -122,11 +124,14 @@ async fn pick_and_connect<'b>(
 }
 
 pub fn connect_error(e: ConnectError) -> ProxyError {
-    ProxyError::new(
-        Flag::UpstreamConnectFailure,
-        StatusCode::SERVICE_UNAVAILABLE,
-        e.to_string(),
-    )
+    let flag = match e {
+        ConnectError::Overflow { .. } => Flag::Overflow,
+        _ => Flag::UpstreamConnectFailure,
+    };
+    let mut err = ProxyError::new(flag, StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    // Nothing of the request went out.
+    err.not_sent = true;
+    err
 }
 
 /// Forwards an HTTP request to one of the endpoints of `svc` (or of its `subset`).
@@ -146,7 +151,9 @@ pub async fn to_service(
             None => ProxyError::no_endpoints(&svc.fqdn),
         })?;
     if mesh_headers::is_upgrade(req.headers()) {
-        let (slot, stream, peer_id) = open_stream_to_service(shared, &balancer, svc, meta).await?;
+        // The peer proxy reads the upgrade request inside the tunnel as HTTP: it is
+        // authorized by its path, headers and method like any request.
+        let (slot, stream, peer_id) = open_stream_to_service(shared, &balancer, svc, meta, true).await?;
         meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
         note_mtls(meta, peer_id.as_ref());
         return upgrade(stream, req).await;
@@ -160,7 +167,7 @@ pub async fn to_service(
     let (slot, hop, ready) = pick_and_connect(shared, &balancer, &svc.fqdn, h2).await?;
     meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
     note_mtls(meta, ready.peer_identity());
-    let authority = request_authority(&req).unwrap_or_else(|| format!("{}:{port}", svc.fqdn));
+    let authority = request_authority(&req).map_or_else(|| format!("{}:{port}", svc.fqdn), str::to_string);
     let in_flight = slot.state.start();
     let req = shape(req.map(|b| meta.count_request(b)), &authority, &hop, meta);
     let resp = send(ready, req).await;
@@ -182,7 +189,7 @@ pub async fn to_addr(
     let hop = Hop::Direct { addr };
     let h2 = req.version() == Version::HTTP_2;
     let ready = hop.ready(shared, h2).await.map_err(connect_error)?;
-    let authority = request_authority(&req).unwrap_or_else(|| addr.to_string());
+    let authority = request_authority(&req).map_or_else(|| addr.to_string(), str::to_string);
     let req = shape(req.map(|b| meta.count_request(b)), &authority, &hop, meta);
     send(ready, req).await
 }
@@ -190,27 +197,47 @@ pub async fn to_addr(
 async fn send(ready: Ready, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     let result = match ready {
         Ready::H1(conn) => conn.send(req).await,
-        Ready::H2(mut sender, _) => sender.send_request(req).await,
+        Ready::H2(mut sender, _) => sender.send_request(req).await.map_err(SendError::from),
     };
     match result {
         Ok(resp) => Ok(shape_response(resp)),
-        Err(e) => Err(ProxyError::new(
-            Flag::UpstreamTerminated,
-            StatusCode::BAD_GATEWAY,
-            format!("upstream failed before responding: {e}"),
-        )),
+        Err(SendError::Connect(e)) => Err(connect_error(e)),
+        Err(SendError::Upstream(e)) => {
+            let mut err = ProxyError::new(
+                Flag::UpstreamTerminated,
+                StatusCode::BAD_GATEWAY,
+                format!("upstream failed before responding: {e}"),
+            );
+            err.not_sent = refused_before_processing(&e);
+            Err(err)
+        }
     }
 }
 
-/// The `Host`/`:authority` the client addressed.
-pub fn request_authority<B>(req: &Request<B>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+/// Whether the upstream provably did not process the request: an HTTP/2 stream it refused
+/// (`REFUSED_STREAM`, which GOAWAY also gives the streams beyond its last id), or a request
+/// hyper never wrote.
+fn refused_before_processing(e: &hyper::Error) -> bool {
+    if e.is_canceled() {
+        return true;
     }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The `Host`/`:authority` the client addressed, in canonical form once the request went
+/// through [`canonicalize`](crate::http::canonical::canonicalize) (URI and `Host` then agree).
+pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str());
+    }
+    req.headers().get(header::HOST).and_then(|h| h.to_str().ok())
 }
 
 /// Shapes a request for its hop: HTTP/2 with an absolute URI towards a peer proxy (plus the
@@ -274,6 +301,7 @@ pub async fn open_stream_to_service<'b>(
     balancer: &'b Balancer,
     svc: &ServiceInfo,
     meta: &RequestMeta,
+    http_upgrade: bool,
 ) -> Result<(&'b Slot, Box<dyn StreamBox>, Option<Arc<str>>), ProxyError> {
     let mut tried = Vec::new();
     let mut last = None;
@@ -282,7 +310,7 @@ pub async fn open_stream_to_service<'b>(
         let opened: Result<Opened, ProxyError> = match Hop::for_endpoint(slot) {
             Hop::Mesh { peer, identity, .. } => {
                 let target = slot.endpoint.address;
-                tunnel(shared, peer, identity.as_deref(), target, meta).await
+                tunnel(shared, peer, identity.as_deref(), target, meta, http_upgrade).await
             }
             Hop::Direct { addr } => match shared.pools.connect_tcp(addr).await {
                 Ok(s) => Ok((Box::new(s), None)),
@@ -312,12 +340,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> StreamBox for T {}
 
 /// An HTTP/2 CONNECT stream through the peer proxy at `peer` (which must present `identity`
 /// on mTLS) to the app at `target`; with the peer's SPIFFE ID when the tunnel rides mTLS.
+/// `http_upgrade`: the stream carries an HTTP/1.1 upgrade request (WebSocket) that the peer
+/// serves as HTTP ([`mesh_headers::UPGRADE_TUNNEL`]), not raw bytes.
 pub async fn tunnel(
     shared: &Shared,
     peer: SocketAddr,
     identity: Option<&str>,
     target: SocketAddr,
     meta: &RequestMeta,
+    http_upgrade: bool,
 ) -> Result<Opened, ProxyError> {
     let conn = shared
         .pools
@@ -332,6 +363,10 @@ pub async fn tunnel(
         .body(crate::http::empty())
         .map_err(|e| ProxyError::new(Flag::BadRequest, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     meta.write_mesh_headers(req.headers_mut());
+    if http_upgrade {
+        req.headers_mut()
+            .insert(mesh_headers::UPGRADE_TUNNEL, HeaderValue::from_static("http/1.1"));
+    }
     let resp = sender.send_request(req).await.map_err(|e| {
         ProxyError::new(
             Flag::UpstreamConnectFailure,

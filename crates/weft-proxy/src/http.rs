@@ -1,6 +1,8 @@
 //! HTTP pieces shared by the inbound and outbound paths: the body type, the errors the proxy
 //! itself answers with, header hygiene and the server-side connection driver.
 
+pub mod canonical;
+pub mod deadline;
 pub mod error;
 pub mod headers;
 pub mod replay;

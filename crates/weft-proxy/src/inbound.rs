@@ -5,7 +5,6 @@
 //! between proxies"). From outside the mesh it arrives on an app port (or redirected there by
 //! iptables to the capture port): detected, mesh headers stripped, passed to the app.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -14,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode, Version as HttpVersion};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version as HttpVersion};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -26,8 +25,9 @@ use weft_api::proxy_config::{MtlsMode, Protocol};
 use crate::config::{InboundTarget, Shared, Snapshot};
 use crate::detect::{detect, Detected};
 use crate::forward;
+use crate::http::canonical::{canonicalize, set_client_identity};
 use crate::http::error::{Flag, ProxyError};
-use crate::http::headers::{self as mesh_headers, is_grpc, strip_mesh};
+use crate::http::headers::{self as mesh_headers, is_grpc, strip_mesh, HeadersView};
 use crate::http::server::{check_request, close_after, serve, Version};
 use crate::http::Body;
 use crate::io::PrefixedIo;
@@ -48,9 +48,8 @@ pub enum Entry {
 enum MeshPeer {
     /// mTLS: the peer's SPIFFE ID and this workload's.
     Mtls { peer: Label, local: Label },
-    /// Plaintext. `trusted`: this proxy has no credentials yet, so nothing can be verified and
-    /// the source header is believed as before identities existed.
-    Plaintext { trusted: bool },
+    /// Plaintext: nothing about the peer is verified.
+    Plaintext,
 }
 
 /// Handles one connection on the mesh port: HTTP/2 from a peer proxy, over mTLS (a ClientHello
@@ -99,9 +98,7 @@ pub async fn handle_mesh(shared: Arc<Shared>, mut stream: TcpStream, drain: Canc
             );
             return;
         }
-        MeshPeer::Plaintext {
-            trusted: tls.is_none(),
-        }
+        MeshPeer::Plaintext
     };
     serve(
         io,
@@ -165,8 +162,7 @@ fn mesh_handler(
 }
 
 /// The request's source: the mesh header is believed only on mTLS whose certificate names the
-/// header's namespace (or on plaintext before this proxy has credentials); otherwise the source
-/// is unknown but for the certificate's principal.
+/// header's namespace; otherwise the source is unknown but for the certificate's principal.
 fn mesh_source(peer: &MeshPeer, header: Option<&str>) -> Peer {
     match peer {
         MeshPeer::Mtls { peer: id, .. } => {
@@ -179,8 +175,8 @@ fn mesh_source(peer: &MeshPeer, header: Option<&str>) -> Peer {
             source.principal = id.clone();
             source
         }
-        MeshPeer::Plaintext { trusted: true } => header.map_or_else(Peer::unknown, Peer::from_source_header),
-        MeshPeer::Plaintext { trusted: false } => Peer::unknown(),
+        // Plaintext proves nothing: a claimed source would let any caller write metric labels.
+        MeshPeer::Plaintext => Peer::unknown(),
     }
 }
 
@@ -207,16 +203,28 @@ async fn mesh_request(
         destination,
         is_grpc(headers),
     );
-    if matches!(peer, MeshPeer::Mtls { .. }) {
+    if let MeshPeer::Mtls { .. } = peer {
         meta.connection_security_policy = crate::tls::MUTUAL_TLS;
-    }
-    if let Some(svc) = headers.get(mesh_headers::SERVICE).and_then(|v| v.to_str().ok()) {
-        meta.set_service_from_header(svc);
+        // Believed from a verified peer only: plaintext callers could fill the series cap.
+        if let Some(svc) = headers.get(mesh_headers::SERVICE).and_then(|v| v.to_str().ok()) {
+            meta.set_service_from_header(svc);
+        }
+    } else {
+        meta.outside = true;
     }
     let who = Caller::of(peer, remote);
-    if req.method() == Method::CONNECT {
-        return mesh_connect(shared, req, meta, &who).await;
+    if let Err(e) = canonicalize(&mut req, &snap.config.http) {
+        return meta.fail(&e);
     }
+    let verified = match peer {
+        MeshPeer::Mtls { peer, local } => Some((&*peer.0, &*local.0)),
+        MeshPeer::Plaintext => None,
+    };
+    set_client_identity(req.headers_mut(), verified);
+    if req.method() == Method::CONNECT {
+        return mesh_connect(shared, req, meta, &who, verified).await;
+    }
+    let headers = req.headers();
     let port = headers
         .get(mesh_headers::TARGET_PORT)
         .and_then(|v| v.to_str().ok())
@@ -253,12 +261,14 @@ async fn mesh_request(
     to_app(shared, target, req, meta).await
 }
 
-/// A CONNECT stream from a peer: TCP (or an upgraded HTTP/1 connection) for an app port.
+/// A CONNECT stream from a peer: TCP for an app port, or an HTTP/1.1 upgrade request
+/// (WebSocket) that is served as HTTP (see [`tunnelled_http`]).
 async fn mesh_connect(
     shared: &Arc<Shared>,
     mut req: Request<Incoming>,
     meta: RequestMeta,
     who: &Caller,
+    verified: Option<(&str, &str)>,
 ) -> Response<Body> {
     let snap = shared.snapshot.load_full();
     let port = req.uri().authority().and_then(|a| a.port_u16());
@@ -272,6 +282,10 @@ async fn mesh_connect(
         shared.metrics.connection_rejected("mesh", "plaintext_strict");
         tracing::info!(port, "plaintext CONNECT refused (mTLS STRICT on this port)");
         return refused_stream(&meta, "DPE", StatusCode::SERVICE_UNAVAILABLE);
+    }
+    if req.headers().contains_key(mesh_headers::UPGRADE_TUNNEL) {
+        let verified = verified.map(|(p, l)| (p.to_string(), l.to_string()));
+        return tunnelled_http(shared, req, meta, who.clone(), verified, target, port);
     }
     if let Err(d) = check(&snap, Some(&shared.metrics), who, port, None) {
         tracing::info!(port, flags = "RBAC", policy = %d.describe(), "TCP connection denied by authorization policy");
@@ -292,6 +306,51 @@ async fn mesh_connect(
             }
             Err(e) => tracing::debug!(error = %e, "CONNECT stream ended before upgrade"),
         }
+    });
+    Response::new(crate::http::empty())
+}
+
+/// A CONNECT stream carrying an HTTP/1.1 upgrade request (WebSocket): accepted, then served
+/// as HTTP/1 so the request inside is canonicalized, authorized (by its path, method and
+/// headers, as the peer's verified identity) and forwarded like any other — a path-scoped
+/// policy applies to it, and only configured upgrades reach the app.
+fn tunnelled_http(
+    shared: &Arc<Shared>,
+    mut req: Request<Incoming>,
+    meta: RequestMeta,
+    who: Caller,
+    verified: Option<(String, String)>,
+    target: InboundTarget,
+    port: u16,
+) -> Response<Body> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let shared = shared.clone();
+    let source = meta.source.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => return tracing::debug!(error = %e, "upgrade tunnel ended before it opened"),
+        };
+        let limits = shared.snapshot.load().config.limits.clone();
+        let handler = move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            let who = who.clone();
+            let source = source.clone();
+            let verified = verified.clone();
+            async move {
+                let verified = verified.as_ref().map(|(p, l)| (p.as_str(), l.as_str()));
+                app_request(&shared, target, port, &who, source, verified, req).await
+            }
+        };
+        // The tunnel lives inside a mesh connection that drains on its own.
+        serve(
+            TokioIo::new(upgraded),
+            Version::Http1,
+            &limits,
+            CancellationToken::new(),
+            handler,
+        )
+        .await;
     });
     Response::new(crate::http::empty())
 }
@@ -323,7 +382,7 @@ pub async fn handle_app_port(
         tracing::warn!(?remote, port, "connection on an app port refused (mTLS STRICT)");
         return;
     }
-    let who = Caller::of(&MeshPeer::Plaintext { trusted: false }, remote);
+    let who = Caller::of(&MeshPeer::Plaintext, remote);
     let limits = snap.config.limits.clone();
     let (detected, prefix) = if target.protocol.skips_detection(port) {
         (Detected::Opaque, bytes::Bytes::new())
@@ -354,6 +413,21 @@ pub async fn handle_app_port(
         _ => prefix,
     };
     let io = PrefixedIo::new(prefix, stream);
+    // A port declared HTTP, or one that has carried HTTP, is never a raw pipe to the app: a
+    // client that stays silent past the detect timeout or sends other bytes meets the HTTP
+    // server, its limits and its 400.
+    let http_port = target.protocol.is_http() || shared.http_seen.contains(port);
+    let detected = match detected {
+        Detected::Tls | Detected::Opaque if http_port => match target.protocol {
+            Protocol::Http2 | Protocol::Grpc => Detected::Http2,
+            _ => Detected::Http1,
+        },
+        Detected::Http1 | Detected::Http2 => {
+            shared.http_seen.mark(port);
+            detected
+        }
+        other => other,
+    };
     let version = match detected {
         Detected::Http1 => Version::Http1,
         Detected::Http2 => Version::Http2,
@@ -400,20 +474,43 @@ async fn outside_request(
     target: InboundTarget,
     port: u16,
     who: &Caller,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    app_request(shared, target, port, who, Peer::unknown(), None, req).await
+}
+
+/// One HTTP request for an app port, from outside the mesh or (`verified`: the peer's and this
+/// workload's SPIFFE IDs) from a peer through an upgrade tunnel: limits, canonical form, header
+/// hygiene, authorization, then the app.
+async fn app_request(
+    shared: &Shared,
+    target: InboundTarget,
+    port: u16,
+    who: &Caller,
+    source: Peer,
+    verified: Option<(&str, &str)>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let snap = shared.snapshot.load_full();
-    let meta = RequestMeta::new(
+    let mut meta = RequestMeta::new(
         shared.metrics.clone(),
         "destination",
-        Peer::unknown(),
+        source,
         snap.local.clone(),
         is_grpc(req.headers()),
     );
+    meta.outside = verified.is_none();
+    if verified.is_some() {
+        meta.connection_security_policy = crate::tls::MUTUAL_TLS;
+    }
     if let Err(e) = check_request(&req, &snap.config.limits) {
         return close_after(meta.fail(&e));
     }
+    if let Err(e) = canonicalize(&mut req, &snap.config.http) {
+        return close_after(meta.fail(&e));
+    }
     strip_mesh(req.headers_mut());
+    set_client_identity(req.headers_mut(), verified);
     if let Err(d) = check(&snap, Some(&shared.metrics), who, port, Some(&req)) {
         return meta.fail(&denied(&d));
     }
@@ -439,7 +536,7 @@ impl Caller {
                 ip,
                 mtls: true,
             },
-            MeshPeer::Plaintext { .. } => Self {
+            MeshPeer::Plaintext => Self {
                 principal: None,
                 namespace: None,
                 ip,
@@ -484,22 +581,10 @@ fn check(
     if policies.is_empty() {
         return Ok(());
     }
-    let mut headers = BTreeMap::new();
-    if let Some(r) = req {
-        for (name, value) in r.headers() {
-            if let Ok(v) = value.to_str() {
-                headers
-                    .entry(name.as_str().to_string())
-                    .or_insert_with(|| v.to_string());
-            }
-        }
-    }
-    let host = req.and_then(|r| {
-        r.uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| headers.get("host").cloned())
-    });
+    let no_headers = HeaderMap::new();
+    let headers = HeadersView(req.map_or(&no_headers, |r| r.headers()));
+    // Canonical by now: the URI's authority and `Host` agree.
+    let host = req.and_then(forward::request_authority);
     let decision = authorize(
         policies,
         &AuthzRequest {
@@ -508,7 +593,7 @@ fn check(
             source_ip: who.ip,
             method: req.map(|r| r.method().as_str()),
             path: req.map(|r| r.uri().path()),
-            host: host.as_deref(),
+            host,
             port: declared_port(snap, port),
             headers: &headers,
         },
@@ -542,8 +627,10 @@ fn check(
     }
 }
 
-fn denied(d: &AuthzDecision) -> ProxyError {
-    ProxyError::unauthorized(format!("RBAC: access denied ({})", d.describe()))
+/// The answer to a denied request names no policy (as Envoy's RBAC filter): the deciding policy
+/// is in the log line `check` wrote, in `weft_authz_decisions_total` and in `weft explain`.
+fn denied(_: &AuthzDecision) -> ProxyError {
+    ProxyError::unauthorized("RBAC: access denied")
 }
 
 /// A CONNECT stream refused before it opened: counted as a TCP connection with `flags`.
@@ -647,9 +734,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Revocable<T> {
 async fn to_app(
     shared: &Shared,
     target: InboundTarget,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     meta: RequestMeta,
 ) -> Response<Body> {
+    // An app declared HTTP/1 gets HTTP/1.1 whatever the client spoke (gRPC excepted).
+    if target.protocol == Protocol::Http && !meta.grpc {
+        *req.version_mut() = HttpVersion::HTTP_11;
+    }
     match forward::to_addr(shared, target.app, req.map(crate::http::boxed), &meta).await {
         Ok(resp) => meta.meter(resp),
         Err(e) => {

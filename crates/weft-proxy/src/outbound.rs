@@ -15,11 +15,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use weft_api::canonical::parse_authority;
 use weft_api::proxy_config::{OutboundTrafficPolicy, Protocol};
 
 use crate::config::{endpoint_peer, ServiceInfo, Shared, Snapshot};
 use crate::detect::{detect, Detected};
 use crate::forward;
+use crate::http::canonical::canonicalize;
 use crate::http::error::{Flag, ProxyError};
 use crate::http::headers::{is_grpc, strip_mesh};
 use crate::http::server::{check_request, close_after, serve, Version};
@@ -87,6 +89,13 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, entry: Entry, drain:
         }
     };
     let io = PrefixedIo::new(prefix, stream);
+    // A service port declared HTTP is never a raw pipe: silence or other bytes meet the HTTP
+    // server, its limits and its 400.
+    let detected = match (detected, hint) {
+        (Detected::Tls | Detected::Opaque, Protocol::Http) => Detected::Http1,
+        (Detected::Tls | Detected::Opaque, Protocol::Http2 | Protocol::Grpc) => Detected::Http2,
+        (d, _) => d,
+    };
     let version = match detected {
         Detected::Http1 => Version::Http1,
         Detected::Http2 => Version::Http2,
@@ -121,6 +130,9 @@ async fn request(shared: &Shared, dest: Option<Dest>, mut req: Request<Incoming>
     if let Err(e) = check_request(&req, &snap.config.limits) {
         return close_after(meta.fail(&e));
     }
+    if let Err(e) = canonicalize(&mut req, &snap.config.http) {
+        return close_after(meta.fail(&e));
+    }
     // Mesh headers are believed only between proxies: an app cannot forge them.
     strip_mesh(req.headers_mut());
     let dest = match dest {
@@ -152,12 +164,11 @@ async fn request(shared: &Shared, dest: Option<Dest>, mut req: Request<Incoming>
 async fn dest_from_authority(snap: &Snapshot, req: &Request<Incoming>) -> Result<Dest, ProxyError> {
     let authority = forward::request_authority(req)
         .ok_or_else(|| ProxyError::bad_request(StatusCode::BAD_REQUEST, "request names no host"))?;
-    let authority: http::uri::Authority = authority
-        .parse()
-        .map_err(|_| ProxyError::bad_request(StatusCode::BAD_REQUEST, "malformed host"))?;
+    let authority = parse_authority(authority)
+        .map_err(|e| ProxyError::bad_request(StatusCode::BAD_REQUEST, format!("malformed host: {e}")))?;
     let default_port = if req.method() == Method::CONNECT { 443 } else { 80 };
-    let port = authority.port_u16().unwrap_or(default_port);
-    let host = authority.host();
+    let port = authority.port.unwrap_or(default_port);
+    let host = authority.bare_host();
     if let Some(svc) = snap.service_by_host(host) {
         if svc.port_protocol(port).is_none() {
             return Err(ProxyError::no_route(format!(
@@ -167,7 +178,7 @@ async fn dest_from_authority(snap: &Snapshot, req: &Request<Incoming>) -> Result
         }
         return Ok(Dest::Service(svc.clone(), port));
     }
-    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
+    if let Ok(ip) = host.parse() {
         let addr = SocketAddr::new(ip, port);
         if let Some(svc) = snap.service_by_vip(addr) {
             return Ok(Dest::Service(svc.clone(), port));
@@ -209,7 +220,7 @@ async fn connect(
             let Some(balancer) = shared.balancers.get(&svc.fqdn, *port) else {
                 return meta.fail(&ProxyError::no_endpoints(&svc.fqdn));
             };
-            match forward::open_stream_to_service(shared, &balancer, svc, &meta).await {
+            match forward::open_stream_to_service(shared, &balancer, svc, &meta, false).await {
                 Ok((slot, s, peer_id)) => {
                     meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
                     forward::note_mtls(&mut meta, peer_id.as_ref());
@@ -254,7 +265,7 @@ async fn relay(shared: &Shared, snap: &Snapshot, dest: Dest, io: PrefixedIo<TcpS
                 meta.metrics().tcp_closed(&meta.tcp_labels("UH"), 0, 0);
                 return;
             };
-            match forward::open_stream_to_service(shared, &balancer, &svc, &meta).await {
+            match forward::open_stream_to_service(shared, &balancer, &svc, &meta, false).await {
                 Ok((slot, upstream, peer_id)) => {
                     meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
                     forward::note_mtls(&mut meta, peer_id.as_ref());

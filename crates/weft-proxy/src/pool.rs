@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +33,10 @@ pub enum ConnectError {
     Handshake { addr: SocketAddr, source: hyper::Error },
     #[error("mTLS handshake with {addr} failed: {source}")]
     Tls { addr: SocketAddr, source: io::Error },
+    /// The endpoint already has as many connections as the limit allows (Envoy's circuit
+    /// breaker `max_connections`): the request gets 503 with flag `UO`.
+    #[error("{addr} has {limit} connections open (the per-endpoint limit)")]
+    Overflow { addr: SocketAddr, limit: usize },
 }
 
 /// A pooled HTTP/2 connection to a peer proxy's mesh port.
@@ -52,8 +57,24 @@ struct H2Key {
     tls: bool,
 }
 
-/// Idle HTTP/1 connections per endpoint, each with the time it went idle.
-type IdleH1 = HashMap<SocketAddr, Vec<(Instant, http1::SendRequest<Body>)>>;
+/// HTTP/1 connections per endpoint: the idle ones, each with the time it went idle, and how
+/// many are open in all (idle or busy).
+#[derive(Default)]
+struct EndpointH1 {
+    idle: Vec<(Instant, http1::SendRequest<Body>)>,
+    open: Arc<AtomicUsize>,
+}
+
+type IdleH1 = HashMap<SocketAddr, EndpointH1>;
+
+/// Counts one open connection until dropped (with the connection's task).
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Connection settings and the pools themselves.
 pub struct Pools {
@@ -61,6 +82,8 @@ pub struct Pools {
     idle_timeout: Duration,
     max_idle: usize,
     mark: Option<u32>,
+    /// HTTP/1 connections open at once per endpoint.
+    max_per_endpoint: usize,
     h1: Mutex<IdleH1>,
     h2: Mutex<HashMap<H2Key, MeshH2>>,
     /// Credentials for mesh hops; None (or an empty cell) keeps them plaintext.
@@ -72,6 +95,21 @@ pub struct H1Conn {
     addr: SocketAddr,
     sender: http1::SendRequest<Body>,
     pools: Arc<Pools>,
+    /// Taken from the pool (not opened for this request): it may have been closed by the
+    /// server while idle.
+    reused: bool,
+}
+
+/// Why a request on a pooled HTTP/1 connection got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The connection failed after the request may have been written.
+    #[error("{0}")]
+    Upstream(#[from] hyper::Error),
+    /// The pooled connection was closed before the request went out, and a new one could not
+    /// be opened: nothing reached the upstream.
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
 }
 
 // === impl Pools ===
@@ -83,7 +121,7 @@ impl Pools {
         max_idle: usize,
         mark: Option<u32>,
     ) -> Arc<Self> {
-        Self::with_tls(connect_timeout, idle_timeout, max_idle, mark, None)
+        Self::with_tls(connect_timeout, idle_timeout, max_idle, usize::MAX, mark, None)
     }
 
     /// As [`Pools::new`], dialing mTLS to peers' mesh ports whenever `tls` holds credentials.
@@ -91,6 +129,7 @@ impl Pools {
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
+        max_per_endpoint: usize,
         mark: Option<u32>,
         tls: Option<MeshConnector>,
     ) -> Arc<Self> {
@@ -98,6 +137,7 @@ impl Pools {
             connect_timeout,
             idle_timeout,
             max_idle,
+            max_per_endpoint,
             mark,
             h1: Mutex::default(),
             h2: Mutex::default(),
@@ -193,7 +233,7 @@ impl Pools {
         let now = Instant::now();
         {
             let mut pools = self.lock_h1();
-            if let Some(idle) = pools.get_mut(&addr) {
+            if let Some(idle) = pools.get_mut(&addr).map(|e| &mut e.idle) {
                 // Connections still reading an earlier response stay (they become ready once it
                 // ends); closed and long-idle ones go.
                 idle.retain(|(since, sender)| {
@@ -205,16 +245,32 @@ impl Pools {
                         addr,
                         sender,
                         pools: self.clone(),
+                        reused: true,
                     });
                 }
             }
         }
+        self.new_h1(addr).await
+    }
+
+    /// A new HTTP/1 connection to `addr`.
+    async fn new_h1(self: &Arc<Self>, addr: SocketAddr) -> Result<H1Conn, ConnectError> {
+        let open = self.lock_h1().entry(addr).or_default().open.clone();
+        if open.fetch_add(1, Ordering::Relaxed) >= self.max_per_endpoint {
+            open.fetch_sub(1, Ordering::Relaxed);
+            return Err(ConnectError::Overflow {
+                addr,
+                limit: self.max_per_endpoint,
+            });
+        }
+        let guard = OpenGuard(open);
         let stream = self.connect_tcp(addr).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ConnectError::Handshake { addr, source })?;
         tokio::spawn(async move {
+            let _counted = guard;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
             }
@@ -223,12 +279,13 @@ impl Pools {
             addr,
             sender,
             pools: self.clone(),
+            reused: false,
         })
     }
 
     fn put_h1(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
         let mut pools = self.lock_h1();
-        let idle = pools.entry(addr).or_default();
+        let idle = &mut pools.entry(addr).or_default().idle;
         if idle.len() < self.max_idle {
             idle.push((Instant::now(), sender));
         }
@@ -277,21 +334,128 @@ where
 
 impl H1Conn {
     /// Sends one request; the connection goes back to the pool once its response has been read
-    /// to the end (unless it was upgraded or closed).
-    pub async fn send(self, req: Request<Body>) -> hyper::Result<Response<Incoming>> {
+    /// to the end (unless it was upgraded or closed). A pooled connection found closed before
+    /// the request was written (the server closed it while idle) costs nothing: the request
+    /// goes out at once on a new connection, which is not a retry — nothing reached the app.
+    pub async fn send(self, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
         let H1Conn {
             addr,
             mut sender,
             pools,
+            reused,
         } = self;
         // A fresh connection becomes ready once its task runs; an idle one already is.
-        sender.ready().await?;
-        let resp = sender.send_request(req).await?;
+        let ready = sender.ready().await;
+        let sent = match ready {
+            Ok(()) => sender.try_send_request(req).await,
+            Err(_) if reused => return Box::pin(pools.new_h1(addr).await?.send(req)).await,
+            Err(e) => return Err(e.into()),
+        };
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(mut e) => match (reused, e.take_message()) {
+                (true, Some(req)) => {
+                    tracing::debug!(%addr, "pooled connection closed before the request went out; sending on a new one");
+                    return Box::pin(pools.new_h1(addr).await?.send(req)).await;
+                }
+                _ => return Err(e.into_error().into()),
+            },
+        };
         // Back in the pool at once (no task per request): it is handed out again only once
         // `is_ready`, i.e. after this response has been read to the end.
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             pools.put_h1(addr, sender);
         }
         Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that closes its first connection at once (as one that closed an idle
+    /// keep-alive connection) and answers `ok` on the next.
+    async fn closes_first_then_answers() -> (SocketAddr, tokio::task::JoinHandle<u32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (first, _) = listener.accept().await.expect("accept");
+            drop(first);
+            let (mut second, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 1024];
+            let n = second.read(&mut buf).await.expect("read");
+            assert!(buf[..n].starts_with(b"GET /x HTTP/1.1"));
+            second
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .expect("write");
+            2
+        });
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_found_closed_sends_the_request_on_a_new_one() {
+        let (addr, server) = closes_first_then_answers().await;
+        let pools = Pools::new(Duration::from_secs(1), Duration::from_secs(60), 8, None);
+        let mut conn = pools.new_h1(addr).await.expect("connect");
+        // It sat idle in the pool while the server closed it.
+        conn.reused = true;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let req = Request::get("/x")
+            .header("host", "x")
+            .body(crate::http::empty())
+            .expect("request");
+        let resp = conn.send(req).await.expect("sent on a new connection");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            server.await.expect("server"),
+            2,
+            "the second connection served it"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_per_endpoint_limit_overflow() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let pools = Pools::with_tls(Duration::from_secs(1), Duration::from_secs(60), 8, 2, None, None);
+        let a = pools.new_h1(addr).await.expect("first");
+        let _b = pools.new_h1(addr).await.expect("second");
+        assert!(matches!(
+            pools.new_h1(addr).await,
+            Err(ConnectError::Overflow { limit: 2, .. })
+        ));
+        // A closed connection frees its place.
+        drop(a);
+        for _ in 0..50 {
+            if pools.new_h1(addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("a closed connection never freed its place");
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_that_fails_is_an_error_not_a_second_try() {
+        let (addr, server) = closes_first_then_answers().await;
+        let pools = Pools::new(Duration::from_secs(1), Duration::from_secs(60), 8, None);
+        let conn = pools.new_h1(addr).await.expect("connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let req = Request::get("/x")
+            .header("host", "x")
+            .body(crate::http::empty())
+            .expect("request");
+        assert!(matches!(conn.send(req).await, Err(SendError::Upstream(_))));
+        server.abort();
     }
 }

@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
+use weft_api::canonical::parse_authority;
 use weft_api::route::{self, Backend, Decision, DecisionKind, HeaderOps, RequestHead, RoutePolicies, Source};
 
 use crate::config::Shared;
 use crate::config::{ServiceInfo, Snapshot};
 use crate::forward;
 use crate::http::error::{Flag, ProxyError};
+use crate::http::headers::HeadersView;
 use crate::http::replay::{ReplayBody, MAX_REPLAY_BYTES};
 use crate::http::retry_budget::RetryBudget;
 use crate::http::{full, Body};
@@ -32,15 +34,6 @@ const DEFAULT_RETRY_ON: &[&str] = &[
 /// First pause between attempts; doubles each time (Envoy's 25 ms base).
 const RETRY_BACKOFF: Duration = Duration::from_millis(25);
 
-/// Request headers as the router reads them.
-struct HeadersView<'a>(&'a HeaderMap);
-
-impl route::Headers for HeadersView<'_> {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
 /// Routes one request for `svc:port` and sends it.
 pub async fn route(
     shared: &Shared,
@@ -53,8 +46,8 @@ pub async fn route(
     let decision = match snap.route_table(&svc.fqdn, port) {
         None => None,
         Some(table) => {
-            let authority = forward::request_authority(&req).unwrap_or_default();
-            let host = authority.rsplit_once(':').map_or(authority.as_str(), |(h, _)| h);
+            let authority = forward::request_authority(&req).and_then(|a| parse_authority(a).ok());
+            let host = authority.as_ref().map_or("", |a| a.bare_host());
             let head = RequestHead {
                 method: req.method().as_str(),
                 path: req.uri().path(),
@@ -133,16 +126,22 @@ async fn send_routed(
         meta,
         &policies,
     );
+    // The route timeout covers the whole exchange: the head within it (else 504 `UT`), and
+    // the body ends with an error when it passes.
     let mut resp = match policies.timeout_ms {
-        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), attempt_all)
-            .await
-            .map_err(|_| {
-                ProxyError::new(
-                    Flag::UpstreamTimeout,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("upstream request timeout ({ms} ms)"),
-                )
-            })??,
+        Some(ms) => {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+            let resp = tokio::time::timeout_at(deadline, attempt_all)
+                .await
+                .map_err(|_| {
+                    ProxyError::new(
+                        Flag::UpstreamTimeout,
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("upstream request timeout ({ms} ms)"),
+                    )
+                })??;
+            resp.map(|body| crate::http::deadline::until(body, deadline))
+        }
         None => attempt_all.await?,
     };
     apply_header_ops(resp.headers_mut(), &policies.response_headers);
@@ -236,8 +235,13 @@ fn retryable(result: &Result<Response<Body>, ProxyError>, retry_on: &[&str]) -> 
             Flag::UpstreamConnectFailure | Flag::NoHealthyUpstream => {
                 has("connect-failure") || has("5xx") || has("gateway-error") || in_range(e.status.as_u16())
             }
+            // A reset after the request went out may have run it: retried only when the policy
+            // says so (`reset`, `5xx`, a status range); `refused-stream` only when it was one.
             Flag::UpstreamTerminated => {
-                has("reset") || has("5xx") || has("refused-stream") || in_range(e.status.as_u16())
+                (e.not_sent && has("refused-stream"))
+                    || has("reset")
+                    || has("5xx")
+                    || in_range(e.status.as_u16())
             }
             Flag::UpstreamTimeout => has("5xx") || has("gateway-error") || in_range(e.status.as_u16()),
             _ => false,
@@ -342,11 +346,11 @@ fn redirect(decision: &Decision, req: &Request<Body>) -> Response<Body> {
     let Some(r) = &decision.redirect else {
         return direct_response(decision);
     };
-    let authority = forward::request_authority(req).unwrap_or_default();
-    let (host, req_port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h.to_string(), Some(p.to_string())),
-        None => (authority.clone(), None),
-    };
+    let authority = forward::request_authority(req).and_then(|a| parse_authority(a).ok());
+    let host = authority
+        .as_ref()
+        .map_or_else(String::new, |a| a.host.to_string());
+    let req_port = authority.as_ref().and_then(|a| a.port).map(|p| p.to_string());
     let scheme = r.scheme.clone().unwrap_or_else(|| "http".to_string());
     let host = r.authority.clone().unwrap_or(host);
     let port = r
@@ -437,5 +441,12 @@ mod tests {
         assert!(!retryable(&resp(200), &["100-199"]));
         assert!(retryable(&refused, &["503-503"]));
         assert!(!retryable(&refused, &["500-502"]));
+        // A reset after the request went out is retried only when the policy asks for resets;
+        // the default (`refused-stream`) retries only a stream the upstream refused.
+        let mut reset = ProxyError::new(Flag::UpstreamTerminated, StatusCode::BAD_GATEWAY, "x");
+        assert!(!retryable(&Err(reset.clone()), DEFAULT_RETRY_ON));
+        assert!(retryable(&Err(reset.clone()), &["reset"]));
+        reset.not_sent = true;
+        assert!(retryable(&Err(reset), DEFAULT_RETRY_ON));
     }
 }

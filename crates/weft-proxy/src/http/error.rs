@@ -41,6 +41,9 @@ pub struct ProxyError {
     pub flag: Flag,
     pub status: StatusCode,
     pub message: String,
+    /// The upstream provably did not process the request (a refused stream, a request never
+    /// written): a retry cannot run it twice.
+    pub not_sent: bool,
 }
 
 pub const FLAGS_HEADER: &str = "x-weft-response-flags";
@@ -93,6 +96,7 @@ impl ProxyError {
             flag,
             status,
             message: message.into(),
+            not_sent: false,
         }
     }
 
@@ -117,11 +121,36 @@ impl ProxyError {
         Self::new(Flag::BadRequest, status, message)
     }
 
-    /// The response a client gets. gRPC clients get a trailers-only response (HTTP 200 with
-    /// `grpc-status`), never a bare 5xx.
-    pub fn to_response(&self, grpc: bool) -> Response<Body> {
+    /// What a caller outside the mesh is told: the flag's fixed words, never the detailed
+    /// message (which may name a policy or an internal address). A malformed request's own
+    /// fault is described, as it names only what the caller sent.
+    pub fn public_message(&self) -> &str {
+        match self.flag {
+            Flag::Unauthorized => "RBAC: access denied",
+            Flag::BadRequest => &self.message,
+            Flag::NoHealthyUpstream => "no healthy upstream",
+            Flag::UpstreamConnectFailure => "upstream connect error",
+            Flag::UpstreamTimeout => "upstream request timeout",
+            Flag::Overflow => "upstream overflow",
+            Flag::NoRoute => "no route",
+            Flag::DownstreamTerminated => "downstream terminated",
+            Flag::UpstreamTerminated => "upstream reset",
+            Flag::Passthrough => "passthrough",
+            Flag::FaultInjected => "fault filter abort",
+        }
+    }
+
+    /// The response a client gets; `outside` (a caller outside the mesh) gets only
+    /// [`public_message`](Self::public_message). gRPC clients get a trailers-only response
+    /// (HTTP 200 with `grpc-status`), never a bare 5xx.
+    pub fn to_response(&self, grpc: bool, outside: bool) -> Response<Body> {
+        let message = if outside {
+            self.public_message()
+        } else {
+            &self.message
+        };
         let mut builder = Response::builder().header(FLAGS_HEADER, self.flag.code());
-        if let Ok(v) = HeaderValue::from_str(&sanitize(&self.message)) {
+        if let Ok(v) = HeaderValue::from_str(&sanitize(message)) {
             builder = builder.header(ERROR_HEADER, v.clone());
             if grpc {
                 builder = builder.header("grpc-message", v);
@@ -137,7 +166,11 @@ impl ProxyError {
             builder
                 .status(self.status)
                 .header(http::header::CONTENT_TYPE, "text/plain")
-                .body(super::full(format!("{}: {}\n", self.flag.code(), self.message)))
+                .body(super::full(match self.flag {
+                    // Envoy's RBAC body, word for word.
+                    Flag::Unauthorized => format!("{}\n", sanitize(message)),
+                    _ => format!("{}: {}\n", self.flag.code(), sanitize(message)),
+                }))
         };
         built.unwrap_or_else(|_| {
             let mut r = Response::new(super::empty());
@@ -168,11 +201,11 @@ mod tests {
     #[test]
     fn grpc_errors_are_trailers_only() {
         let e = ProxyError::no_endpoints("reviews");
-        let r = e.to_response(true);
+        let r = e.to_response(true, false);
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["grpc-status"], "14");
         assert_eq!(r.headers()[FLAGS_HEADER], "UH");
-        let r = e.to_response(false);
+        let r = e.to_response(false, false);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[ERROR_HEADER], "no endpoints for reviews");
     }
@@ -180,12 +213,12 @@ mod tests {
     #[test]
     fn authorization_denials_are_403_rbac_or_grpc_permission_denied() {
         let e = ProxyError::unauthorized("RBAC: access denied");
-        let r = e.to_response(false);
+        let r = e.to_response(false, true);
         assert_eq!(
             (r.status(), &r.headers()[FLAGS_HEADER]),
             (StatusCode::FORBIDDEN, &HeaderValue::from_static("RBAC"))
         );
-        let r = e.to_response(true);
+        let r = e.to_response(true, true);
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["grpc-status"], "7");
     }
@@ -193,6 +226,22 @@ mod tests {
     #[test]
     fn control_characters_never_reach_a_header() {
         let e = ProxyError::no_route("bad\r\nhost");
-        assert_eq!(e.to_response(false).headers()[ERROR_HEADER], "bad  host");
+        assert_eq!(e.to_response(false, false).headers()[ERROR_HEADER], "bad  host");
+    }
+
+    #[test]
+    fn a_caller_outside_the_mesh_learns_no_address_or_policy() {
+        let e = ProxyError::new(
+            Flag::UpstreamConnectFailure,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "app at 10.1.2.3:9080: connection refused",
+        );
+        let r = e.to_response(false, true);
+        assert_eq!(r.headers()[ERROR_HEADER], "upstream connect error");
+        let r = e.to_response(false, false);
+        assert_eq!(
+            r.headers()[ERROR_HEADER],
+            "app at 10.1.2.3:9080: connection refused"
+        );
     }
 }

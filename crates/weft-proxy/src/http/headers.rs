@@ -13,6 +13,9 @@ pub const ORIG_PROTO: &str = "x-weft-orig-proto";
 pub const SOURCE: &str = "x-weft-source";
 /// The mesh service the request was sent to (for the server's `destination_service` label).
 pub const SERVICE: &str = "x-weft-service";
+/// On a CONNECT stream between proxies: the stream carries an HTTP/1.1 upgrade request
+/// (WebSocket), which the server proxy reads, authorizes and routes as HTTP.
+pub const UPGRADE_TUNNEL: &str = "x-weft-upgrade-tunnel";
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -56,6 +59,15 @@ pub fn strip_mesh(headers: &mut HeaderMap) {
         .collect();
     for name in mesh {
         headers.remove(name);
+    }
+}
+
+/// A header map as routing and authorization read it: every value of a header, in order.
+pub struct HeadersView<'a>(pub &'a HeaderMap);
+
+impl weft_api::route::Headers for HeadersView<'_> {
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.0.get_all(name).iter().any(|v| f(v.as_bytes()))
     }
 }
 

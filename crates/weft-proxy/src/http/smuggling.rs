@@ -108,7 +108,9 @@ impl<T> FramingGuard<T> {
                     };
                 }
                 State::Head | State::ChunkSize | State::ChunkCrlf | State::Trailers => {
-                    let Some(end) = self.input.windows(2).position(|w| w == b"\r\n") else {
+                    // A line ends at LF, with or without CR before it: hyper (httparse) accepts
+                    // a bare LF, so the guard must see the same lines hyper will.
+                    let Some(end) = self.input.iter().position(|b| *b == b'\n') else {
                         if self.input.len() > self.max_line {
                             // Too long for us: hyper answers it (431/414).
                             self.state = State::Passthrough;
@@ -116,7 +118,7 @@ impl<T> FramingGuard<T> {
                         }
                         return;
                     };
-                    let line = self.input.split_to(end + 2);
+                    let line = self.input.split_to(end + 1);
                     self.on_line(line);
                 }
             }
@@ -124,7 +126,7 @@ impl<T> FramingGuard<T> {
     }
 
     fn on_line(&mut self, line: BytesMut) {
-        let text = &line[..line.len() - 2];
+        let text = &line[..text_len(&line)];
         match self.state {
             State::Head => self.on_head_line(line),
             State::ChunkSize => {
@@ -158,7 +160,7 @@ impl<T> FramingGuard<T> {
     }
 
     fn on_head_line(&mut self, line: BytesMut) {
-        let text_len = line.len() - 2;
+        let text_len = text_len(&line);
         if text_len == 0 {
             if !self.head.started {
                 // Stray CRLF before a request line: RFC 9112 lets servers ignore it.
@@ -193,6 +195,12 @@ impl<T> FramingGuard<T> {
             "transfer-encoding" => {
                 let chunked_last = value.rsplit(',').next().is_some_and(|v| v.trim() == "chunked");
                 self.head.te = Some(self.head.te.unwrap_or(true) && chunked_last);
+                if self.held.len() + line.len() > self.max_line {
+                    self.flush_held();
+                    self.output.extend_from_slice(&line);
+                    self.state = State::Passthrough;
+                    return;
+                }
                 self.held.extend_from_slice(&line);
                 return;
             }
@@ -209,6 +217,12 @@ impl<T> FramingGuard<T> {
         }
         if self.held.is_empty() {
             self.output.extend_from_slice(&line);
+        } else if self.held.len() + line.len() > self.max_line {
+            // Held lines never grow past the head limit: past it the head is too large for
+            // hyper too, which answers 431 and closes.
+            self.flush_held();
+            self.output.extend_from_slice(&line);
+            self.state = State::Passthrough;
         } else {
             self.held.extend_from_slice(&line);
         }
@@ -247,14 +261,23 @@ impl<T> FramingGuard<T> {
     }
 }
 
+/// The length of a line without its ending (CRLF or a bare LF).
+fn text_len(line: &[u8]) -> usize {
+    match line {
+        [.., b'\r', b'\n'] => line.len() - 2,
+        [.., b'\n'] => line.len() - 1,
+        _ => line.len(),
+    }
+}
+
 /// Renames every `Transfer-Encoding` header name in `held` to the marker, in place.
 fn rename_transfer_encoding(held: &mut BytesMut) {
     let mut start = 0;
     while start < held.len() {
         let end = held[start..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map_or(held.len(), |p| start + p + 2);
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(held.len(), |p| start + p + 1);
         let line = &mut held[start..end];
         if line.len() > CONFLICT_HEADER.len()
             && line[..CONFLICT_HEADER.len()].eq_ignore_ascii_case(b"transfer-encoding")
@@ -373,6 +396,32 @@ GET /last HTTP/1.1\r\nHost: a\r\n\r\n";
                 assert_eq!(out.len(), head.len(), "same length, nothing shifts");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn bare_lf_line_endings_do_not_hide_transfer_encoding() {
+        // hyper reads bare LF as a line end; so must the guard, or CL+TE slips past it.
+        let head =
+            b"POST / HTTP/1.1\r\nHost: a\nContent-Length: 4\nTransfer-Encoding: chunked\n\r\n0\r\n\r\n";
+        for step in [1, 1000] {
+            let out = String::from_utf8(through(head, step).await).expect("utf-8");
+            assert!(out.contains("x-weft-cl-plus-te: chunked"), "{out}");
+            assert_eq!(out.len(), head.len());
+        }
+    }
+
+    #[test]
+    fn held_lines_stop_at_the_head_limit() {
+        let mut g = FramingGuard::new(tokio::io::empty(), 8192);
+        g.input
+            .extend_from_slice(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n");
+        for _ in 0..1000 {
+            g.input
+                .extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        g.process();
+        assert!(g.held.len() <= 8192, "held {} bytes", g.held.len());
+        assert_eq!(g.state, State::Passthrough);
     }
 
     #[test]

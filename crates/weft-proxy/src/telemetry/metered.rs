@@ -33,6 +33,9 @@ pub struct RequestMeta {
     pub service_value: Option<http::HeaderValue>,
     /// The named route the request took (a ServiceProfile route), for `weft_route_requests`.
     pub route: Option<Label>,
+    /// The caller is outside the mesh (not this proxy's app, not a peer verified by mTLS): the
+    /// errors it gets name no policy and no internal address.
+    pub outside: bool,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
 }
@@ -77,6 +80,7 @@ impl RequestMeta {
             source_value: None,
             service_value: None,
             route: None,
+            outside: false,
         }
     }
 
@@ -174,7 +178,7 @@ impl RequestMeta {
 
     /// Records a request the proxy answered itself, and logs why.
     pub fn fail(self, err: &ProxyError) -> Response<Body> {
-        let resp = err.to_response(self.grpc);
+        let resp = err.to_response(self.grpc, self.outside);
         let grpc_status = if self.grpc {
             resp.headers()
                 .get("grpc-status")
