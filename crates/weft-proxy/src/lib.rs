@@ -1,7 +1,9 @@
 //! Weft's data plane: the sidecar proxy.
 //!
 //! Read [`app`] first: it wires the whole process top to bottom. Then [`outbound`] (what
-//! happens to a request the app sends) and [`inbound`] (what happens to one it receives).
+//! happens to a request the app sends) and [`inbound`] (what happens to one it receives); both
+//! turn each request into its canonical form first ([`http::canonical`]) and reach their
+//! upstream through [`forward`].
 
 pub mod admin;
 pub mod app;
@@ -19,7 +21,6 @@ pub mod io;
 pub mod listen;
 pub mod outbound;
 pub mod pool;
-pub mod routing;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;

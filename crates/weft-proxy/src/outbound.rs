@@ -3,8 +3,10 @@
 //! It arrives three ways (shared/ARCHITECTURE.md, "Addresses"): on a per-service port (the
 //! listener names the service), on the outbound port dialled as an HTTP proxy (the
 //! `Host`/`:authority` names it), or redirected to the outbound port by iptables (the original
-//! destination VIP:port names it). Then: detect the protocol, and forward HTTP requests or
-//! relay TCP to the service's endpoints.
+//! destination VIP:port names it). Then: detect the protocol, canonicalize each HTTP request,
+//! apply the routing decision and its policies ([`route`]: split, fault, rewrite, timeout,
+//! retries) and send it through [`forward`](crate::forward) to an endpoint the balancer picks;
+//! or relay TCP to the service's endpoints.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +31,8 @@ use crate::http::Body;
 use crate::io::PrefixedIo;
 use crate::telemetry::metered::RequestMeta;
 use crate::telemetry::metrics::Peer;
+
+mod route;
 
 /// How a connection reached the outbound side.
 #[derive(Debug, Clone)]
@@ -150,7 +154,7 @@ async fn request(shared: &Shared, dest: Option<Dest>, mut req: Request<Incoming>
     }
     let result = match &dest {
         Dest::Service(svc, port) => {
-            crate::routing::route(shared, &snap, svc, *port, req.map(crate::http::boxed), &mut meta).await
+            route::route(shared, &snap, svc, *port, req.map(crate::http::boxed), &mut meta).await
         }
         Dest::Passthrough(addr) => forward::to_addr(shared, *addr, req.map(crate::http::boxed), &meta).await,
     };
