@@ -31,6 +31,8 @@ pub struct Slot {
     pub endpoint: Endpoint,
     /// Its state, shared with the balancers of earlier and later pushes.
     pub state: Arc<EndpointState>,
+    /// Its `destination_*` metric labels, built once (on first use) rather than per request.
+    peer: std::sync::OnceLock<crate::telemetry::metrics::Peer>,
 }
 
 /// Chooses among the endpoints of one service port under one [`LoadBalancer`] policy.
@@ -59,7 +61,24 @@ impl Slot {
     /// A slot with fresh state, for an endpoint the proxy has not seen before.
     pub fn new(endpoint: Endpoint) -> Self {
         let state = Arc::new(EndpointState::new(endpoint.address));
-        Self { endpoint, state }
+        Self::with_state(endpoint, state)
+    }
+
+    /// A slot for `endpoint` sharing `state` with earlier slots of the same address.
+    pub fn with_state(endpoint: Endpoint, state: Arc<EndpointState>) -> Self {
+        Self {
+            endpoint,
+            state,
+            peer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The endpoint as the `destination_*` labels name it (`svc_ns`: its service's namespace,
+    /// the same on every call for one slot).
+    pub fn peer(&self, svc_ns: &crate::telemetry::metrics::Label) -> crate::telemetry::metrics::Peer {
+        self.peer
+            .get_or_init(|| crate::config::endpoint_peer(&self.endpoint, svc_ns))
+            .clone()
     }
 
     fn weight(&self) -> u64 {

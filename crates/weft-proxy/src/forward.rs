@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use weft_api::proxy_config::Protocol;
 
 use crate::balance::{Balancer, Slot};
-use crate::config::{endpoint_peer, ServiceInfo, Shared};
+use crate::config::{ServiceInfo, Shared};
 use crate::http::error::{Flag, ProxyError};
 use crate::http::headers::{self as mesh_headers, strip_hop_by_hop};
 use crate::http::Body;
@@ -154,7 +154,7 @@ pub async fn to_service(
         // The peer proxy reads the upgrade request inside the tunnel as HTTP: it is
         // authorized by its path, headers and method like any request.
         let (slot, stream, peer_id) = open_stream_to_service(shared, &balancer, svc, meta, true).await?;
-        meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
+        meta.destination = slot.peer(&svc.namespace);
         note_mtls(meta, peer_id.as_ref());
         return upgrade(stream, req).await;
     }
@@ -165,11 +165,11 @@ pub async fn to_service(
     }
     let h2 = req.version() == Version::HTTP_2;
     let (slot, hop, ready) = pick_and_connect(shared, &balancer, &svc.fqdn, h2).await?;
-    meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
+    meta.destination = slot.peer(&svc.namespace);
     note_mtls(meta, ready.peer_identity());
-    let authority = request_authority(&req).map_or_else(|| format!("{}:{port}", svc.fqdn), str::to_string);
     let in_flight = slot.state.start();
-    let req = shape(req.map(|b| meta.count_request(b)), &authority, &hop, meta);
+    let fallback = || format!("{}:{port}", svc.fqdn);
+    let req = shape(req.map(|b| meta.count_request(b)), &fallback, &hop, meta);
     let resp = send(ready, req).await;
     in_flight.finish_now();
     resp
@@ -189,8 +189,8 @@ pub async fn to_addr(
     let hop = Hop::Direct { addr };
     let h2 = req.version() == Version::HTTP_2;
     let ready = hop.ready(shared, h2).await.map_err(connect_error)?;
-    let authority = request_authority(&req).map_or_else(|| addr.to_string(), str::to_string);
-    let req = shape(req.map(|b| meta.count_request(b)), &authority, &hop, meta);
+    let fallback = || addr.to_string();
+    let req = shape(req.map(|b| meta.count_request(b)), &fallback, &hop, meta);
     send(ready, req).await
 }
 
@@ -243,7 +243,13 @@ pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
 /// Shapes a request for its hop: HTTP/2 with an absolute URI towards a peer proxy (plus the
 /// mesh headers naming the app port, the app's protocol and the source), or the app's own
 /// version towards an app.
-fn shape(mut req: Request<Body>, authority: &str, hop: &Hop, meta: &RequestMeta) -> Request<Body> {
+/// `fallback` names the authority when the request carries none (built only then).
+fn shape(
+    mut req: Request<Body>,
+    fallback: &dyn Fn() -> String,
+    hop: &Hop,
+    meta: &RequestMeta,
+) -> Request<Body> {
     let was_h1 = req.version() != Version::HTTP_2;
     strip_hop_by_hop(req.headers_mut());
     let path = req
@@ -264,22 +270,34 @@ fn shape(mut req: Request<Body>, authority: &str, hop: &Hop, meta: &RequestMeta)
         Hop::Direct { .. } => !was_h1,
     };
     if to_h2 {
+        // `:authority` from the URI (an HTTP/2 request already has it), else from `Host`.
+        let authority = match req.uri().authority() {
+            Some(a) => Some(a.clone()),
+            None => {
+                let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+                Authority::try_from(host.map_or_else(fallback, str::to_string)).ok()
+            }
+        };
         *req.version_mut() = Version::HTTP_2;
         req.headers_mut().remove(header::HOST);
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Authority::try_from(authority).ok();
+        parts.authority = authority;
         parts.path_and_query = Some(path);
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
     } else {
-        *req.version_mut() = Version::HTTP_11;
-        if !req.headers().contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(authority) {
-                req.headers_mut().insert(header::HOST, v);
-            }
+        // Canonical already: `Host` equals the URI's authority when both exist.
+        let host = match (req.headers().contains_key(header::HOST), req.uri().authority()) {
+            (true, _) => None,
+            (false, Some(a)) => HeaderValue::from_str(a.as_str()).ok(),
+            (false, None) => HeaderValue::from_str(&fallback()).ok(),
+        };
+        if let Some(v) = host {
+            req.headers_mut().insert(header::HOST, v);
         }
+        *req.version_mut() = Version::HTTP_11;
         *req.uri_mut() = Uri::from(path);
     }
     req

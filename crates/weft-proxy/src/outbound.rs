@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use weft_api::canonical::parse_authority;
 use weft_api::proxy_config::{OutboundTrafficPolicy, Protocol};
 
-use crate::config::{endpoint_peer, ServiceInfo, Shared, Snapshot};
+use crate::config::{ServiceInfo, Shared, Snapshot};
 use crate::detect::{detect, Detected};
 use crate::forward;
 use crate::http::canonical::canonicalize;
@@ -226,7 +226,7 @@ async fn connect(
             };
             match forward::open_stream_to_service(shared, &balancer, svc, &meta, false).await {
                 Ok((slot, s, peer_id)) => {
-                    meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
+                    meta.destination = slot.peer(&svc.namespace);
                     forward::note_mtls(&mut meta, peer_id.as_ref());
                     s
                 }
@@ -271,7 +271,7 @@ async fn relay(shared: &Shared, snap: &Snapshot, dest: Dest, io: PrefixedIo<TcpS
             };
             match forward::open_stream_to_service(shared, &balancer, &svc, &meta, false).await {
                 Ok((slot, upstream, peer_id)) => {
-                    meta.destination = endpoint_peer(&slot.endpoint, &svc.namespace);
+                    meta.destination = slot.peer(&svc.namespace);
                     forward::note_mtls(&mut meta, peer_id.as_ref());
                     let in_flight = slot.state.start();
                     crate::tcp::relay(io, upstream, idle, &meta, "-").await;

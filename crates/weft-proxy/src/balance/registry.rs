@@ -179,10 +179,7 @@ fn carry_state(states: &mut HashMap<SocketAddr, Arc<EndpointState>>, endpoints: 
             let state = states
                 .entry(endpoint.address)
                 .or_insert_with(|| Arc::new(EndpointState::new(endpoint.address)));
-            Slot {
-                state: Arc::clone(state),
-                endpoint,
-            }
+            Slot::with_state(endpoint, Arc::clone(state))
         })
         .collect()
 }
