@@ -123,7 +123,8 @@ pub fn explain(mesh: &Mesh, req: &ExplainRequest) -> Explanation {
         DecisionKind::DirectResponse => "direct_response",
         DecisionKind::NotFound => "not_found",
     };
-    out.matched = decision.matched.map(|m| Matched {
+    let decision = decision.into_owned();
+    out.matched = decision.matched.map(|m| m.into_owned()).map(|m| Matched {
         kind: m.origin.kind,
         namespace: m.origin.namespace,
         name: m.origin.name,
@@ -134,6 +135,7 @@ pub fn explain(mesh: &Mesh, req: &ExplainRequest) -> Explanation {
     out.skipped = decision.skipped;
     out.backends = decision
         .backends
+        .into_owned()
         .into_iter()
         .map(|mut b| {
             b.port = b.port.or(Some(req.port));
@@ -147,7 +149,7 @@ pub fn explain(mesh: &Mesh, req: &ExplainRequest) -> Explanation {
         };
         out.endpoints.insert(key, endpoints_of(mesh, b));
     }
-    out.policies = decision.policies;
+    out.policies = decision.policies.into_owned();
     out.redirect = decision.redirect.map(|r| {
         let host = r.authority.clone().unwrap_or_else(|| req.host.clone());
         let port = match (r.port, &r.authority) {
@@ -162,7 +164,7 @@ pub fn explain(mesh: &Mesh, req: &ExplainRequest) -> Explanation {
             location: format!("{scheme}://{host}{port}{path}"),
         }
     });
-    out.direct_response = decision.direct_response;
+    out.direct_response = decision.direct_response.map(|d| d.into_owned());
     authorize_for(mesh, req, caller, &mut out);
     out
 }

@@ -13,6 +13,7 @@ pub use compile::{CompileError, CompiledTable, Miss};
 pub use profile::PROFILE_RETRY_LIMIT;
 pub use table::*;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -58,19 +59,22 @@ pub struct Source<'a> {
     pub labels: Option<&'a BTreeMap<String, String>>,
 }
 
-/// The decision for one request.
+/// The decision for one request. It borrows from the table it was resolved against (the
+/// proxy resolves every request and copies nothing on a match); a policy changed for this
+/// request (a rewrite resolved against its path, a ServiceProfile's defaults) is its own copy.
+/// [`Decision::into_owned`] detaches it from the table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Decision {
+pub struct Decision<'t> {
     pub kind: DecisionKind,
     /// The rule that matched, or none (no rules: the default route; rules but no match:
     /// not found).
-    pub matched: Option<RuleRef>,
+    pub matched: Option<Cow<'t, RuleRef>>,
     /// Rules tried before the match and why each did not match (only when asked).
     pub skipped: Vec<Skip>,
-    pub backends: Vec<Backend>,
-    pub policies: RoutePolicies,
-    pub redirect: Option<Redirect>,
-    pub direct_response: Option<DirectResponse>,
+    pub backends: Cow<'t, [Backend]>,
+    pub policies: Cow<'t, RoutePolicies>,
+    pub redirect: Option<Cow<'t, Redirect>>,
+    pub direct_response: Option<Cow<'t, DirectResponse>>,
 }
 
 /// What happens to the request.
@@ -130,7 +134,12 @@ pub mod http_like {
 
 /// Resolves a request against a compiled table. `explain` collects why earlier rules were
 /// skipped (for `weft explain`); the proxy passes false and pays nothing for it.
-pub fn resolve(table: &CompiledTable, req: &RequestHead<'_>, source: &Source<'_>, explain: bool) -> Decision {
+pub fn resolve<'t>(
+    table: &'t CompiledTable,
+    req: &RequestHead<'_>,
+    source: &Source<'_>,
+    explain: bool,
+) -> Decision<'t> {
     let mut decision = resolve_rules(table, req, source, explain);
     if let (Some(profile), DecisionKind::Route) = (&table.profile, decision.kind) {
         profile.annotate(req, &mut decision);
@@ -139,50 +148,45 @@ pub fn resolve(table: &CompiledTable, req: &RequestHead<'_>, source: &Source<'_>
 }
 
 /// The rules' decision alone.
-fn resolve_rules(
-    table: &CompiledTable,
+fn resolve_rules<'t>(
+    table: &'t CompiledTable,
     req: &RequestHead<'_>,
     source: &Source<'_>,
     explain: bool,
-) -> Decision {
+) -> Decision<'t> {
     let mut skipped = Vec::new();
     if table.rules.is_empty() {
         return Decision::forward(
             None,
-            table.default_backends.clone(),
-            RoutePolicies::default(),
+            &table.default_backends,
+            Cow::Borrowed(&NO_POLICIES),
             skipped,
         );
     }
     for rule in &table.rules {
         match rule.matches(req, source) {
             Ok(()) => {
-                let r = &rule.rule;
-                let matched = Some(RuleRef {
-                    origin: r.origin.clone(),
-                    rule: r.index,
-                });
-                return match &r.action {
-                    Action::Forward(backends) => {
-                        Decision::forward(matched, backends.clone(), rule.policies_for(req, source), skipped)
-                    }
+                let matched = Some(Cow::Borrowed(&rule.rule_ref));
+                let policies = rule.policies_for(req, source);
+                return match &rule.rule.action {
+                    Action::Forward(backends) => Decision::forward(matched, backends, policies, skipped),
                     Action::Redirect(redirect) => Decision {
                         kind: DecisionKind::Redirect,
                         matched,
                         skipped,
-                        backends: Vec::new(),
-                        policies: rule.policies_for(req, source),
-                        redirect: Some(redirect.clone()),
+                        backends: Cow::Borrowed(&[]),
+                        policies,
+                        redirect: Some(Cow::Borrowed(redirect)),
                         direct_response: None,
                     },
                     Action::DirectResponse(resp) => Decision {
                         kind: DecisionKind::DirectResponse,
                         matched,
                         skipped,
-                        backends: Vec::new(),
-                        policies: rule.policies_for(req, source),
+                        backends: Cow::Borrowed(&[]),
+                        policies,
                         redirect: None,
-                        direct_response: Some(resp.clone()),
+                        direct_response: Some(Cow::Borrowed(resp)),
                     },
                 };
             }
@@ -200,28 +204,55 @@ fn resolve_rules(
         kind: DecisionKind::NotFound,
         matched: None,
         skipped,
-        backends: Vec::new(),
-        policies: RoutePolicies::default(),
+        backends: Cow::Borrowed(&[]),
+        policies: Cow::Borrowed(&NO_POLICIES),
         redirect: None,
         direct_response: None,
     }
 }
 
-impl Decision {
+/// The policies of a route that has none.
+static NO_POLICIES: RoutePolicies = RoutePolicies {
+    timeout_ms: None,
+    retries: None,
+    retry_budget: None,
+    fault: None,
+    mirrors: Vec::new(),
+    rewrite: None,
+    request_headers: HeaderOps::EMPTY,
+    response_headers: HeaderOps::EMPTY,
+    route_name: None,
+    retryable: None,
+};
+
+impl<'t> Decision<'t> {
     fn forward(
-        matched: Option<RuleRef>,
-        backends: Vec<Backend>,
-        policies: RoutePolicies,
+        matched: Option<Cow<'t, RuleRef>>,
+        backends: &'t [Backend],
+        policies: Cow<'t, RoutePolicies>,
         skipped: Vec<Skip>,
     ) -> Self {
         Decision {
             kind: DecisionKind::Route,
             matched,
             skipped,
-            backends,
+            backends: Cow::Borrowed(backends),
             policies,
             redirect: None,
             direct_response: None,
+        }
+    }
+
+    /// The same decision, owning everything it holds.
+    pub fn into_owned(self) -> Decision<'static> {
+        Decision {
+            kind: self.kind,
+            matched: self.matched.map(|m| Cow::Owned(m.into_owned())),
+            skipped: self.skipped,
+            backends: Cow::Owned(self.backends.into_owned()),
+            policies: Cow::Owned(self.policies.into_owned()),
+            redirect: self.redirect.map(|r| Cow::Owned(r.into_owned())),
+            direct_response: self.direct_response.map(|d| Cow::Owned(d.into_owned())),
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct CompiledTable {
 #[derive(Debug, Clone)]
 pub(super) struct CompiledRule {
     pub(super) rule: Rule,
+    /// What a decision names as the matched rule, built once.
+    pub(super) rule_ref: super::RuleRef,
     matches: Vec<CompiledMatch>,
 }
 
@@ -172,6 +174,10 @@ impl CompiledRule {
         }
         Ok(Self {
             rule: rule.clone(),
+            rule_ref: super::RuleRef {
+                origin: rule.origin.clone(),
+                rule: rule.index,
+            },
             matches,
         })
     }
@@ -214,20 +220,30 @@ impl CompiledRule {
 
     /// The rule's policies for a request it matched: a prefix rewrite becomes the path this
     /// request is sent with.
-    pub(super) fn policies_for(&self, req: &RequestHead<'_>, src: &Source<'_>) -> RoutePolicies {
-        let mut policies = self.rule.policies.clone();
+    /// The rule's policies, borrowed; copied only when a prefix rewrite must be resolved
+    /// against this request's path.
+    pub(super) fn policies_for(
+        &self,
+        req: &RequestHead<'_>,
+        src: &Source<'_>,
+    ) -> std::borrow::Cow<'_, RoutePolicies> {
+        let policies = &self.rule.policies;
+        let Some(replacement) = policies.rewrite.as_ref().and_then(|rw| rw.prefix.as_ref()) else {
+            return std::borrow::Cow::Borrowed(policies);
+        };
+        let matched = self
+            .matches
+            .iter()
+            .zip(&self.rule.matches)
+            .find(|(compiled, spec)| compiled.check(spec, req, src).is_ok())
+            .and_then(|(_, spec)| spec.path.as_ref());
+        let path = replace_prefix(matched, req.path, replacement);
+        let mut policies = policies.clone();
         if let Some(rw) = policies.rewrite.as_mut() {
-            if let Some(replacement) = rw.prefix.take() {
-                let matched = self
-                    .matches
-                    .iter()
-                    .zip(&self.rule.matches)
-                    .find(|(compiled, spec)| compiled.check(spec, req, src).is_ok())
-                    .and_then(|(_, spec)| spec.path.as_ref());
-                rw.path = Some(replace_prefix(matched, req.path, &replacement));
-            }
+            rw.prefix = None;
+            rw.path = Some(path);
         }
-        policies
+        std::borrow::Cow::Owned(policies)
     }
 }
 

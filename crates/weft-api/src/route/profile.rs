@@ -63,8 +63,8 @@ impl CompiledProfile {
 
     /// Adds what the profile says about this request to `decision`; fields the matched rule
     /// set itself are kept.
-    pub(super) fn annotate(&self, req: &RequestHead<'_>, decision: &mut Decision) {
-        let p = &mut decision.policies;
+    pub(super) fn annotate(&self, req: &RequestHead<'_>, decision: &mut Decision<'_>) {
+        let p = decision.policies.to_mut();
         let route = self.route(req);
         if let Some(route) = route {
             p.route_name = Some(route.name.clone());

@@ -282,6 +282,15 @@ pub struct HeaderOps {
     pub remove: Vec<String>,
 }
 
+impl HeaderOps {
+    /// No header changes.
+    pub const EMPTY: HeaderOps = HeaderOps {
+        set: BTreeMap::new(),
+        add: BTreeMap::new(),
+        remove: Vec::new(),
+    };
+}
+
 /// A service's Linkerd profile: a ServiceProfile's named routes with their timeouts and retry
 /// policy and its retry budget; or, for a Service without a ServiceProfile, the service-wide
 /// timeout and retries of Linkerd's annotations on it.

@@ -68,7 +68,7 @@ impl Req {
         self.headers.insert(k.into(), v.into());
         self
     }
-    fn resolve(&self, table: &CompiledTable) -> Decision {
+    fn resolve<'t>(&self, table: &'t CompiledTable) -> Decision<'t> {
         let head = RequestHead {
             method: self.method,
             path: self.path,
@@ -97,17 +97,18 @@ fn compile(rules: Vec<Rule>) -> CompiledTable {
     .expect("compiles")
 }
 
-fn subset_of(d: &Decision) -> Option<&str> {
+fn subset_of<'a>(d: &'a Decision<'_>) -> Option<&'a str> {
     d.backends.first().and_then(|b| b.subset.as_deref())
 }
 
 #[test]
 fn no_rules_routes_to_the_service_itself() {
-    let d = req("GET", "/").resolve(&compile(vec![]));
+    let table = compile(vec![]);
+    let d = req("GET", "/").resolve(&table);
     assert_eq!(d.kind, DecisionKind::Route);
     assert_eq!(d.matched, None);
     assert_eq!(
-        d.backends,
+        d.backends[..],
         [Backend {
             service: "reviews.default.svc.cluster.local".into(),
             subset: None,

@@ -81,7 +81,7 @@ async fn send_routed(
     snap: &Snapshot,
     svc: &Arc<ServiceInfo>,
     port: u16,
-    decision: Decision,
+    decision: Decision<'_>,
     mut req: Request<Body>,
     meta: &mut RequestMeta,
 ) -> Result<Response<Body>, ProxyError> {
@@ -342,7 +342,7 @@ fn rewrite(req: &mut Request<Body>, policies: &RoutePolicies) {
     }
 }
 
-fn redirect(decision: &Decision, req: &Request<Body>) -> Response<Body> {
+fn redirect(decision: &Decision<'_>, req: &Request<Body>) -> Response<Body> {
     let Some(r) = &decision.redirect else {
         return direct_response(decision);
     };
@@ -376,7 +376,7 @@ fn redirect(decision: &Decision, req: &Request<Body>) -> Response<Body> {
     resp
 }
 
-fn direct_response(decision: &Decision) -> Response<Body> {
+fn direct_response(decision: &Decision<'_>) -> Response<Body> {
     let (status, body) = decision
         .direct_response
         .as_ref()

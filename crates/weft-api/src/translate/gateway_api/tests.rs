@@ -64,7 +64,7 @@ impl<'a> Req<'a> {
         self.from = ns;
         self
     }
-    fn resolve(&self, mesh: &Mesh, fqdn: &str, port: u16) -> Decision {
+    fn resolve(&self, mesh: &Mesh, fqdn: &str, port: u16) -> Decision<'static> {
         let table = CompiledTable::compile(&mesh.route_table(fqdn, port), fqdn).expect("compiles");
         let (path, query) = match self.target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
@@ -82,13 +82,13 @@ impl<'a> Req<'a> {
             namespace: self.from,
             labels: None,
         };
-        route::resolve(&table, &head, &source, true)
+        route::resolve(&table, &head, &source, true).into_owned()
     }
 }
 
 /// Where a request ends: the short name of the first backend with weight, or what the proxy
 /// answers itself.
-fn outcome(d: &Decision) -> String {
+fn outcome(d: &Decision<'_>) -> String {
     match d.kind {
         DecisionKind::Route => d
             .backends
@@ -533,7 +533,7 @@ fn redirects_hostname_scheme_port_status_full_path() {
     for (path, want) in cases {
         let d = get(path).resolve(&mesh, REVIEWS, 9080);
         assert_eq!(d.kind, DecisionKind::Redirect, "{path}");
-        assert_eq!(d.redirect.as_ref(), Some(&want), "{path}");
+        assert_eq!(d.redirect.as_deref(), Some(&want), "{path}");
         assert!(d.backends.is_empty(), "{path}");
     }
 }
@@ -562,7 +562,7 @@ fn rewrites_hostname_full_path_and_prefix() {
     let rewritten = |path: &str| {
         let d = get(path).resolve(&mesh, REVIEWS, 9080);
         assert_eq!(outcome(&d), "v1", "{path}");
-        d.policies.rewrite.and_then(|r| r.path)
+        d.policies.rewrite.clone().and_then(|r| r.path)
     };
     assert_eq!(rewritten("/prefix/x").as_deref(), Some("/other/x"));
     assert_eq!(rewritten("/prefix").as_deref(), Some("/other"));
@@ -585,7 +585,7 @@ fn replace_prefix_match_after_a_regex_match_is_an_error() {
     assert_eq!((f.code, f.line), (codes::SCHEMA, Some(11)), "{f}");
     assert!(f.message.contains("ReplacePrefixMatch needs PathPrefix"), "{f}");
     let d = get("/api/x").resolve(&t.mesh, REVIEWS, 9080);
-    assert_eq!((outcome(&d).as_str(), d.policies.rewrite), ("v1", None));
+    assert_eq!((outcome(&d).as_str(), d.policies.rewrite.clone()), ("v1", None));
 }
 
 #[test]
@@ -616,7 +616,7 @@ fn replace_prefix_match_follows_the_spec_table() {
         );
         let mesh = clean(&yaml);
         let d = get(path).resolve(&mesh, REVIEWS, 9080);
-        let got = d.policies.rewrite.and_then(|r| r.path);
+        let got = d.policies.rewrite.clone().and_then(|r| r.path);
         assert_eq!(got.as_deref(), Some(want), "{prefix} {path} {replacement:?}");
     }
 }

@@ -685,7 +685,7 @@ spec:
             headers: &headers,
         };
         let d = route::resolve(&table, &req, &Source::default(), false);
-        let rw = d.policies.rewrite.expect("rewrite");
+        let rw = d.policies.rewrite.clone().expect("rewrite");
         assert_eq!((rw.path.as_deref(), rw.prefix), (Some(want), None), "{path}");
     }
 }

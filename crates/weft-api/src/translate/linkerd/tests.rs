@@ -81,7 +81,7 @@ fn analyze(yaml: &str) -> Vec<Finding> {
     validate::analyze(&loaded, &t)
 }
 
-fn decide(t: &Translated, method: &str, path: &str) -> Decision {
+fn decide(t: &Translated, method: &str, path: &str) -> Decision<'static> {
     let table = CompiledTable::compile(&t.mesh.route_table(BOOKS, 7000), BOOKS).expect("compiles");
     let headers = BTreeMap::new();
     let req = RequestHead {
@@ -92,7 +92,7 @@ fn decide(t: &Translated, method: &str, path: &str) -> Decision {
         port: 7000,
         headers: &headers,
     };
-    route::resolve(&table, &req, &Source::default(), false)
+    route::resolve(&table, &req, &Source::default(), false).into_owned()
 }
 
 fn codes_at(findings: &[Finding]) -> Vec<(&'static str, Option<usize>)> {
@@ -476,7 +476,7 @@ spec:
     );
     let d = decide(&t, "GET", "/anything");
     assert_eq!(d.policies.timeout_ms, Some(3000));
-    let r = d.policies.retries.expect("retries");
+    let r = d.policies.retries.clone().expect("retries");
     assert_eq!(r.attempts, 2);
     assert_eq!(r.per_try_timeout_ms, Some(250));
     assert_eq!(r.retry_on, ["cancelled", "unavailable", "5xx", "429"]);
@@ -563,7 +563,7 @@ spec:
     );
     let d = decide(&t2, "GET", "/slow");
     assert_eq!(
-        d.policies.retries.map(|r| r.retry_on),
+        d.policies.retries.clone().map(|r| r.retry_on),
         Some(vec!["gateway-error".to_string()])
     );
     let d = decide(&t, "GET", "/fast");
@@ -571,7 +571,7 @@ spec:
     let d = decide(&t, "GET", "/slow");
     assert_eq!(d.policies.timeout_ms, Some(700));
     assert_eq!(
-        d.policies.retries.map(|r| r.retry_on),
+        d.policies.retries.clone().map(|r| r.retry_on),
         Some(vec!["gateway-error".to_string()])
     );
 }
