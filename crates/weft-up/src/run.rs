@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use nix::sys::signal::Signal;
 use weft_api::finding::Severity;
 use weft_control::app::{self as control, ControlOptions};
+use weft_control::tokens::{Grant, TOKEN_ENV};
 
 use crate::netns::{self, Network};
 use crate::plan::{InstancePlan, Plan};
@@ -130,9 +131,12 @@ pub async fn up(
             net.add_instances(&instances, &options.exe)?;
         }
         for inst in &plan.instances {
-            let key = (inst.namespace.clone(), inst.service_account.clone());
+            // One token per workload, bound to it: replicas share it, no other workload can
+            // use it to claim their labels, endpoints or instance ids.
+            let key = (inst.namespace.clone(), inst.workload.clone());
             if !tokens.contains_key(&key) {
-                tokens.insert(key.clone(), cp.source.tokens().create(&key.0, &key.1)?);
+                let grant = Grant::new(&inst.workload, &inst.namespace, &inst.service_account);
+                tokens.insert(key.clone(), cp.source.tokens().create(&grant)?);
             }
             let token = &tokens[&key];
             started.push(start_instance(&run, inst, &options.exe, cp.listen, token)?);
@@ -223,11 +227,12 @@ fn start_instance(
         .args([
             "--control",
             &format!("http://{control}"),
-            "--token",
-            token,
             "--instance-id",
             &inst.id,
         ])
+        // The token in the environment, never in the arguments: /proc/PID/cmdline is readable
+        // by every local user, /proc/PID/environ only by the process's own user.
+        .env(TOKEN_ENV, token)
         // The trust anchor out of band: the control plane's roots, as a file (re-read by the
         // sidecar, so a root rotation reaches it).
         .arg("--trust-anchor")
