@@ -20,21 +20,26 @@ pub struct Control {
 
 impl Control {
     pub fn start(config: &Path, state: &Path, discovery: &str, admin: &str) -> Control {
+        Self::start_with(config, state, &["--tls", "--listen", discovery, "--admin", admin])
+    }
+
+    /// `weft control` without `--tls`, on loopback ports of its choosing.
+    pub fn start_plaintext(config: &Path, state: &Path) -> Control {
+        Self::start_with(
+            config,
+            state,
+            &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        )
+    }
+
+    fn start_with(config: &Path, state: &Path, args: &[&str]) -> Control {
         let mut child = Command::new(weft_bin())
-            .args(["control", "--tls", "--config-dir"])
+            .args(["control", "--config-dir"])
             .arg(config)
             .arg("--state-dir")
             .arg(state)
-            .args([
-                "--listen",
-                discovery,
-                "--admin",
-                admin,
-                "--poll-ms",
-                "100",
-                "--endpoint-grace-ms",
-                "2000",
-            ])
+            .args(args)
+            .args(["--poll-ms", "100", "--endpoint-grace-ms", "2000"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
