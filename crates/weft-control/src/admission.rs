@@ -1,8 +1,9 @@
 //! Who a subscribing proxy is, decided by the control plane (shared/ARCHITECTURE.md, "Trust from
 //! the first packet"): the workload, namespace and service account its bootstrap token was minted
-//! for; the labels and declared ports of that `Workload` document; the address it connects from.
-//! What the proxy says about itself is at most a claim: a claim that contradicts what the control
-//! plane knows is refused with a status that says which one, never silently believed.
+//! for; the labels and declared ports of that `Workload` document; the address it connects from
+//! (or the one the Workload declares, for a workload on a VM). What the proxy says about itself
+//! is at most a claim: a claim that contradicts what the control plane knows is refused with a
+//! status that says which one, never silently believed.
 //!
 //! The proxy still tells what only it can know: the mesh port it bound, and for each declared app
 //! port the port its app really listens on (they differ in the no-root mode, where every replica
@@ -52,14 +53,36 @@ pub enum AdmitError {
         document: String,
         token: String,
     },
-    #[error("the subscription claims address {claimed:?}, but it connects from {peer}")]
-    Address { claimed: String, peer: IpAddr },
+    #[error("the subscription claims address {claimed:?}, but {via} {address}")]
+    Address {
+        claimed: String,
+        address: IpAddr,
+        via: AddressSource,
+    },
     #[error("the connection's peer address is unknown, and the Workload declares none")]
     NoAddress,
     #[error("instance id {id:?} belongs to workload {owner}; choose another --instance-id")]
     InstanceOwned { id: String, owner: String },
     #[error("instance id {id:?} is held by another live connection")]
     InstanceLive { id: String },
+}
+
+/// Where an instance's address comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressSource {
+    /// The Workload document's `address`.
+    Declared,
+    /// The connection's peer address.
+    Peer,
+}
+
+impl std::fmt::Display for AddressSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Declared => "its Workload document declares",
+            Self::Peer => "it connects from",
+        })
+    }
 }
 
 // === impl AdmitError ===
@@ -150,7 +173,7 @@ pub fn admit(
             claimed: show(&claimed),
         });
     }
-    let ip = address(sub, peer)?;
+    let ip = address(sub, peer, document.and_then(|w| w.address))?;
     if let Some(owner) = registry.instance(&sub.instance_id) {
         if owner.workload != grant.workload || owner.namespace != grant.namespace {
             return Err(AdmitError::InstanceOwned {
@@ -175,17 +198,23 @@ pub fn admit(
     })
 }
 
-/// The connection's peer address; a claimed address must be that one.
-fn address(sub: &Subscribe, peer: Option<IpAddr>) -> Result<IpAddr, AdmitError> {
-    let peer = peer.map(|p| p.to_canonical()).ok_or(AdmitError::NoAddress)?;
+/// The address the Workload document declares, else the connection's peer address; a claimed
+/// address must be that one.
+fn address(sub: &Subscribe, peer: Option<IpAddr>, declared: Option<IpAddr>) -> Result<IpAddr, AdmitError> {
+    let (address, via) = match (declared, peer) {
+        (Some(d), _) => (d.to_canonical(), AddressSource::Declared),
+        (None, Some(p)) => (p.to_canonical(), AddressSource::Peer),
+        (None, None) => return Err(AdmitError::NoAddress),
+    };
     if sub.ip.is_empty() {
-        return Ok(peer);
+        return Ok(address);
     }
     match sub.ip.parse::<IpAddr>() {
-        Ok(claimed) if claimed.to_canonical() == peer => Ok(peer),
+        Ok(claimed) if claimed.to_canonical() == address => Ok(address),
         _ => Err(AdmitError::Address {
             claimed: sub.ip.clone(),
-            peer,
+            address,
+            via,
         }),
     }
 }

@@ -2,7 +2,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::*;
 
-const DOCS: &str = "apiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: reviews-v1}\nspec: {labels: {app: reviews, version: v1}, serviceAccount: reviews, ports: [{port: 9080}]}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: ratings-v1}\nspec: {labels: {app: ratings, version: v1}, serviceAccount: ratings, ports: [{port: 9080}]}\n";
+const DOCS: &str = "apiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: reviews-v1}\nspec: {labels: {app: reviews, version: v1}, serviceAccount: reviews, ports: [{port: 9080}]}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: ratings-v1}\nspec: {labels: {app: ratings, version: v1}, serviceAccount: ratings, ports: [{port: 9080}]}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: db-vm}\nspec: {labels: {app: db}, address: 192.0.2.10, ports: [{port: 5432}]}\n";
 
 fn mesh() -> Mesh {
     let mut loaded = weft_api::resources::Loaded::default();
@@ -125,8 +125,13 @@ fn claims_beyond_the_token_are_refused_by_name() {
         e,
         AdmitError::Address {
             claimed: "10.9.9.9".into(),
-            peer: PEER
+            address: PEER,
+            via: AddressSource::Peer,
         }
+    );
+    assert_eq!(
+        e.to_string(),
+        "the subscription claims address \"10.9.9.9\", but it connects from 10.0.0.7"
     );
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     let e = with(&|s| s.ip = "not-an-ip".into()).expect_err("bad ip");
@@ -213,4 +218,26 @@ fn an_instance_id_of_another_workload_cannot_be_taken() {
     )
     .expect("mapped");
     assert_eq!(i.ip, PEER);
+}
+
+#[test]
+fn a_workload_that_declares_its_address_is_reached_there_whatever_the_peer() {
+    let registry = Registry::load(None).expect("registry");
+    let vm = Grant::new("db-vm", "default", "");
+    let declared: IpAddr = "192.0.2.10".parse().expect("ip");
+    let i = admit_plain(&registry, vm.clone(), &plain("db-vm-0")).expect("admitted");
+    assert_eq!(i.ip, declared, "not the peer {PEER}");
+    let mut agreeing = plain("db-vm-0");
+    agreeing.ip = "192.0.2.10".into();
+    assert_eq!(
+        admit_plain(&registry, vm.clone(), &agreeing).map(|i| i.ip),
+        Ok(declared)
+    );
+    let mut peer_claim = plain("db-vm-0");
+    peer_claim.ip = PEER.to_string();
+    let e = admit_plain(&registry, vm, &peer_claim).expect_err("not the declared address");
+    assert_eq!(
+        e.to_string(),
+        "the subscription claims address \"10.0.0.7\", but its Workload document declares 192.0.2.10"
+    );
 }
