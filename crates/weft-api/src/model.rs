@@ -102,6 +102,10 @@ pub struct Workload {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub replicas: u32,
+    /// Where its instances are reached, when the document says (a workload on a VM, as Istio's
+    /// `WorkloadEntry.address`); None: each instance's proxy's address as the control plane
+    /// sees its connection.
+    pub address: Option<std::net::IpAddr>,
     pub origin: Origin,
 }
 

@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{curl, metric_sum, run, tempdir, weft_bin, Proxy};
+use common::control::{ready_status, sidecar, sidecar_with, sidecar_yaml, wait_ready, Control};
+use common::{curl, metric_sum, run, tempdir, weft_bin};
 use weft_test_support::HttpEcho;
 
 const MESH: &str = r#"
@@ -52,106 +50,6 @@ fn route_to(subset: &str) -> String {
     )
 }
 
-/// A running `weft control`, killed on drop.
-struct Control {
-    child: Child,
-    discovery: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Control {
-    fn start(config: &Path, state: &Path, discovery: &str, admin: &str) -> Control {
-        let mut child = Command::new(weft_bin())
-            .args(["control", "--config-dir"])
-            .arg(config)
-            .arg("--state-dir")
-            .arg(state)
-            .args([
-                "--listen",
-                discovery,
-                "--admin",
-                admin,
-                "--poll-ms",
-                "100",
-                "--endpoint-grace-ms",
-                "2000",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn weft control");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(json) = line.strip_prefix("weft control listening ") {
-                    let _ = tx.send(json.to_string());
-                }
-            }
-        });
-        let json = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("weft control started");
-        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
-        let addr = |k: &str| v[k].as_str().and_then(|s| s.parse().ok()).expect("address");
-        Control {
-            child,
-            discovery: addr("discovery"),
-            admin: addr("admin"),
-        }
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let out = run(
-            weft_bin(),
-            &["status", "--control-admin", &self.admin.to_string(), "-o", "json"],
-        );
-        serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("status ({e}): {} {}", out.stdout, out.stderr))
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sidecar(control: &Control, token: &str, name: &str, labels: &str, inbound: &str, outbound: &str) -> Proxy {
-    let yaml = format!(
-        "workload: {{name: {name}, labels: {labels}}}\nadmin: {{address: \"127.0.0.1:0\"}}\ninbound:\n  mesh: \"127.0.0.1:0\"\n  listeners: [{inbound}]\noutbound:\n  listen: null\n  ports: [{outbound}]\n"
-    );
-    Proxy::start_with(
-        &yaml,
-        &[
-            "--control",
-            &format!("http://{}", control.discovery),
-            "--token",
-            token,
-        ],
-    )
-}
-
-fn wait_ready(p: &Proxy) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let out = curl(&[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://{}/ready", p.bound.admin),
-        ]);
-        if out.stdout == "200" {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("proxy never became ready:\n{}", p.logs());
-}
-
 fn served_by(url: &str) -> String {
     let out = curl(&["-sS", "-i", url]);
     out.stdout
@@ -178,43 +76,16 @@ async fn live_config_from_documents_to_traffic() {
     let state = tempdir::Dir::new("weft-cp-state");
     std::fs::write(config.path.join("mesh.yaml"), MESH).expect("write");
     std::fs::write(config.path.join("reviews-vs.yaml"), route_to("v1")).expect("write");
-    let token = run(
-        weft_bin(),
-        &[
-            "token",
-            "create",
-            "--state-dir",
-            state.path.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(token.status.success(), "{}", token.stderr);
-    let token = token.stdout.trim().to_string();
 
     let control = Control::start(&config.path, &state.path, "127.0.0.1:0", "127.0.0.1:0");
     let v1 = HttpEcho::start("reviews-v1").await.expect("v1");
     let v2 = HttpEcho::start("reviews-v2").await.expect("v2");
     let inbound = |app: SocketAddr| format!("{{port: 9080, app: \"{app}\"}}");
-    let s1 = sidecar(
-        &control,
-        &token,
-        "reviews-v1",
-        "{app: reviews, version: v1}",
-        &inbound(v1.addr()),
-        "",
-    );
-    let s2 = sidecar(
-        &control,
-        &token,
-        "reviews-v2",
-        "{app: reviews, version: v2}",
-        &inbound(v2.addr()),
-        "",
-    );
+    let s1 = sidecar(&control, "reviews-v1", &inbound(v1.addr()), "");
+    let s2 = sidecar(&control, "reviews-v2", &inbound(v2.addr()), "");
     let client = sidecar(
         &control,
-        &token,
         "productpage-v1",
-        "{app: productpage, version: v1}",
         "",
         "{listen: \"127.0.0.1:0\", service: reviews, port: 9080}",
     );
@@ -225,17 +96,19 @@ async fn live_config_from_documents_to_traffic() {
     until_all(&url, "reviews-v1", Duration::from_secs(5));
 
     // A wrong token is refused: that proxy never becomes ready.
-    let intruder = sidecar(&control, "not-a-token", "evil", "{app: evil}", "", "");
+    let intruder = sidecar_with(
+        &control,
+        "not-a-token",
+        &sidecar_yaml("evil", "default", "", ""),
+        &[],
+    );
     std::thread::sleep(Duration::from_millis(500));
-    let out = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("http://{}/ready", intruder.bound.admin),
-    ]);
-    assert_eq!(out.stdout, "503");
+    assert_eq!(ready_status(&intruder), "503");
+    assert!(
+        intruder.logs().contains("wrong bootstrap token"),
+        "{}",
+        intruder.logs()
+    );
     drop(intruder);
 
     // Editing a file moves live traffic, well within a second.
@@ -339,17 +212,6 @@ async fn a_service_profile_retries_within_its_budget_and_times_out_live() {
     let state = tempdir::Dir::new("weft-sp-state");
     std::fs::write(config.path.join("mesh.yaml"), MESH).expect("write");
     std::fs::write(config.path.join("profile.yaml"), reviews_profile("300ms")).expect("write");
-    let token = run(
-        weft_bin(),
-        &[
-            "token",
-            "create",
-            "--state-dir",
-            state.path.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(token.status.success(), "{}", token.stderr);
-    let token = token.stdout.trim().to_string();
 
     // What explain says is what the proxies will do.
     let explained = run(
@@ -372,17 +234,13 @@ async fn a_service_profile_retries_within_its_budget_and_times_out_live() {
     let v1 = HttpEcho::start("reviews-v1").await.expect("v1");
     let server = sidecar(
         &control,
-        &token,
         "reviews-v1",
-        "{app: reviews, version: v1}",
         &format!("{{port: 9080, app: \"{}\"}}", v1.addr()),
         "",
     );
     let client = sidecar(
         &control,
-        &token,
         "productpage-v1",
-        "{app: productpage, version: v1}",
         "",
         "{listen: \"127.0.0.1:0\", service: reviews, port: 9080}",
     );
@@ -515,32 +373,17 @@ async fn a_virtual_service_change_sends_only_its_mesh_service() {
     let ratings = "---\napiVersion: v1\nkind: Service\nmetadata: {name: ratings}\nspec:\n  selector: {app: ratings}\n  ports: [{name: http, port: 9080}]\n";
     std::fs::write(config.path.join("mesh.yaml"), format!("{MESH}{ratings}")).expect("write");
     std::fs::write(config.path.join("reviews-vs.yaml"), route_to("v1")).expect("write");
-    let token = run(
-        weft_bin(),
-        &[
-            "token",
-            "create",
-            "--state-dir",
-            state.path.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(token.status.success(), "{}", token.stderr);
-    let token = token.stdout.trim().to_string();
     let control = Control::start(&config.path, &state.path, "127.0.0.1:0", "127.0.0.1:0");
     let v1 = HttpEcho::start("reviews-v1").await.expect("v1");
     let s1 = sidecar(
         &control,
-        &token,
         "reviews-v1",
-        "{app: reviews, version: v1}",
         &format!("{{port: 9080, app: \"{}\"}}", v1.addr()),
         "",
     );
     let client = sidecar(
         &control,
-        &token,
         "productpage-v1",
-        "{app: productpage, version: v1}",
         "",
         "{listen: \"127.0.0.1:0\", service: reviews, port: 9080}",
     );

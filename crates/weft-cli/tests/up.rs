@@ -7,7 +7,10 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::up::{bookinfo_copy, processes_of, recorded_pids, routing, still_running, versions_seen, Up};
+use common::up::{
+    assert_tokens_only_in_environment, bookinfo_copy, processes_of, recorded_pids, routing, still_running,
+    versions_seen, Up,
+};
 use common::{curl, run, tempdir, weft_bin};
 
 /// Two replicas of a real HTTP server (python's), each answering with its own directory
@@ -54,6 +57,9 @@ fn up_serves_through_sidecars_then_down_leaves_nothing() {
         table[0].contains("spiffe://cluster.local/ns/default/sa/default"),
         "{table:?}"
     );
+
+    // Each sidecar got its own workload's token in its environment, none in its arguments.
+    assert_tokens_only_in_environment(&run_dir.path);
 
     // Through the sidecar's front door to the app.
     let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);

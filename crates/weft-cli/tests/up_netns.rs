@@ -13,7 +13,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::up::{bookinfo_copy, processes_of, recorded_pids, routing, still_running, versions_seen, Up};
+use common::up::{
+    assert_tokens_only_in_environment, bookinfo_copy, processes_of, recorded_pids, routing, still_running,
+    versions_seen, Up,
+};
 use common::{curl, metric_sum, run, tempdir, weft_bin};
 
 fn is_root() -> bool {
@@ -29,6 +32,28 @@ fn namespaces_in_table(output: &[String]) -> Vec<String> {
         .filter(|w| w.starts_with("weft-"))
         .map(str::to_string)
         .collect()
+}
+
+/// The `/metrics` of `instance`'s sidecar, fetched from inside its namespace (the table's last
+/// column), where its admin port listens on loopback.
+fn metrics_in_namespace(output: &[String], instance: &str) -> String {
+    let ns = output
+        .iter()
+        .find(|l| l.starts_with(&format!("{instance} ")))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("{instance}'s namespace in the table: {}", output.join("\n")));
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-sS",
+            "http://127.0.0.1:15000/metrics",
+        ],
+    )
+    .stdout
 }
 
 /// What of a run's network is still there: its namespaces, its links (`weft<run>v<n>`,
@@ -116,6 +141,8 @@ fn bookinfo_in_namespaces_through_captured_mtls_with_live_routing() {
     }
     let pids = recorded_pids(&run_dir.path);
     assert_eq!(pids.len(), 13, "weft up, six apps and six sidecars");
+    // `ip netns exec` passes the token on in the environment, never in the arguments.
+    assert_tokens_only_in_environment(&run_dir.path);
 
     // The app knows only service names and its own port: no sidecar port, no proxy variable.
     let rec: serde_json::Value =
@@ -145,10 +172,26 @@ fn bookinfo_in_namespaces_through_captured_mtls_with_live_routing() {
     let seen = versions_seen(&url, 30);
     assert_eq!(seen.len(), 3, "{seen:?}");
 
+    // Admin ports listen on their namespace's loopback only: not from the host on the
+    // namespace's address, but from inside the namespace.
+    let outside = url.trim_end_matches("/productpage").replace(":9080", ":15000");
+    let refused = curl(&["-sS", "--max-time", "3", &format!("{outside}/metrics")]);
+    assert!(
+        !refused.status.success() && refused.stdout.is_empty(),
+        "the admin port answered on the namespace's address: {}",
+        refused.stdout
+    );
+    let note = up.wait_for(
+        "Admin ports listen on each namespace's loopback",
+        Duration::from_secs(5),
+    );
+    assert!(
+        note.contains("ip netns exec NETNS curl http://127.0.0.1:15000/metrics"),
+        "{note}"
+    );
     // productpage's sidecar caught the app's plain connections to `reviews` (a VIP) and sent
     // every request on as mutual TLS to the reviews identity.
-    let admin = url.trim_end_matches("/productpage").replace(":9080", ":15000");
-    let metrics = curl(&["-sS", &format!("{admin}/metrics")]).stdout;
+    let metrics = metrics_in_namespace(&up.output, "productpage-v1-0");
     let to_reviews = [
         ("reporter", "source"),
         ("destination_service", "reviews.default.svc.cluster.local"),
@@ -183,17 +226,7 @@ fn bookinfo_in_namespaces_through_captured_mtls_with_live_routing() {
     assert!(inbound >= 30.0, "{metrics}");
 
     // And reviews' sidecar, in its own namespace, saw productpage's identity on mTLS.
-    let reviews_row = up
-        .output
-        .iter()
-        .find(|l| l.starts_with("reviews-v2-0 "))
-        .expect("reviews-v2-0 in the table")
-        .clone();
-    let reviews_metrics = reviews_row
-        .split_whitespace()
-        .find(|w| w.ends_with("/metrics"))
-        .expect("metrics URL");
-    let server = curl(&["-sS", reviews_metrics]).stdout;
+    let server = metrics_in_namespace(&up.output, "reviews-v2-0");
     let from_productpage = metric_sum(
         &server,
         "istio_requests_total",

@@ -487,15 +487,16 @@ async fn bench_one(args: &Args, n: usize) -> anyhow::Result<Row> {
         std::fs::write(config.join(format!("svc-{i:03}.yaml")), service_docs(i))?;
         std::fs::write(config.join(format!("vs-{i:03}.yaml")), virtual_service(i, 90))?;
     }
-    let out = Command::new(&args.weft)
-        .args(["token", "create", "--state-dir"])
-        .arg(&state)
-        .output()
-        .context("weft token create")?;
-    if !out.status.success() {
-        bail!("weft token create: {}", String::from_utf8_lossy(&out.stderr));
+    // One bootstrap token per workload, bound to it (as `weft token create --workload` mints).
+    let tokens = weft_control::tokens::TokenStore::new(&state);
+    let mut token_of = HashMap::new();
+    for i in 0..args.services {
+        for version in ["v1", "v2"] {
+            let workload = format!("svc-{i:03}-{version}");
+            let grant = weft_control::tokens::Grant::new(&workload, "default", "default");
+            token_of.insert(workload, tokens.create(&grant)?);
+        }
     }
-    let token = String::from_utf8(out.stdout)?.trim().to_string();
 
     let control = Control::start(&args.weft, &config, &state, args.poll_ms)?;
     // Let it load and compile the documents, then read its idle footprint.
@@ -511,18 +512,17 @@ async fn bench_one(args: &Args, n: usize) -> anyhow::Result<Row> {
         let svc = (idx / 2) % args.services;
         let version = if idx % 2 == 0 { "v1" } else { "v2" };
         let app = format!("svc-{svc:03}");
+        let workload = format!("{app}-{version}");
+        // Labels and address are the control plane's to decide (the Workload document, the
+        // connection's peer): a proxy claims neither.
         let sub = Subscribe {
             instance_id: format!("{app}-{version}-{idx}"),
-            token: token.clone(),
-            workload: format!("{app}-{version}"),
+            token: token_of.get(&workload).cloned().unwrap_or_default(),
+            workload,
             namespace: "default".into(),
-            labels: [
-                ("app".to_string(), app.clone()),
-                ("version".to_string(), version.into()),
-            ]
-            .into(),
+            labels: HashMap::new(),
             service_account: "default".into(),
-            ip: "127.0.0.1".into(),
+            ip: String::new(),
             mesh_port: 20_000 + u32::try_from(idx)?,
             app_ports: [(8080, 40_000 + u32::try_from(idx)?)].into(),
         };

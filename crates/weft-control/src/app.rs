@@ -3,7 +3,7 @@
 //! discovery port.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -19,6 +19,7 @@ use weft_api::proto::Subscribe;
 use weft_api::proxy_config::ProxyConfig;
 use weft_api::{translate, validate};
 
+use crate::admission::AdmitError;
 use crate::compile::{compile_services, compile_with, ProxyRef, SharedServices};
 use crate::identity::{CertificateAuthority, IdentityService};
 use crate::push::{ConfigSource, PushServer};
@@ -303,24 +304,6 @@ impl Inner {
         }
         self.changes.send_modify(|v| *v += 1);
     }
-
-    fn instance_of(sub: &Subscribe) -> Option<Instance> {
-        let ip = sub.ip.parse().ok()?;
-        Some(Instance {
-            id: sub.instance_id.clone(),
-            workload: sub.workload.clone(),
-            namespace: sub.namespace.clone(),
-            labels: sub.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            service_account: sub.service_account.clone(),
-            ip,
-            app_ports: sub
-                .app_ports
-                .iter()
-                .filter_map(|(k, v)| Some((u16::try_from(*k).ok()?, u16::try_from(*v).ok()?)))
-                .collect(),
-            mesh_port: u16::try_from(sub.mesh_port).ok().filter(|p| *p != 0),
-        })
-    }
 }
 
 /// Every shared resource, rendered once. A service that does not render is left out (and
@@ -390,26 +373,19 @@ impl ConfigSource for ControlSource {
         self.inner.changes.subscribe()
     }
 
-    fn authorize(&self, sub: &Subscribe) -> bool {
-        let sa = if sub.service_account.is_empty() {
-            "default"
-        } else {
-            &sub.service_account
-        };
-        self.inner.tokens.check(&sub.token, &sub.namespace, sa)
+    fn admit(&self, sub: &Subscribe, peer: Option<IpAddr>) -> Result<Instance, AdmitError> {
+        let grant = self.inner.tokens.lookup(&sub.token);
+        let state = self.inner.lock();
+        crate::admission::admit(&state.mesh, &state.registry, grant, sub, peer)
     }
 
-    fn connected(&self, sub: &Subscribe) {
-        let Some(instance) = Inner::instance_of(sub) else {
-            tracing::warn!(instance = %sub.instance_id, ip = %sub.ip, "subscription without a usable IP: not an endpoint");
-            return;
-        };
+    fn connected(&self, instance: &Instance) {
         {
             let mut sessions = self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            *sessions.entry(sub.instance_id.clone()).or_default() += 1;
+            *sessions.entry(instance.id.clone()).or_default() += 1;
         }
         let mut state = self.inner.lock();
-        if state.registry.upsert(instance) {
+        if state.registry.upsert(instance.clone()) {
             self.inner.recompile(&mut state);
         }
     }
@@ -469,22 +445,26 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Instance `i` of reviews-v1 subscribing (its own mesh and app ports).
-    fn reviews_v1(i: u32) -> Subscribe {
-        Subscribe {
+    /// Instance `i` of reviews-v1 subscribing from loopback (its own mesh and app ports), with
+    /// a token bound to reviews-v1: admitted and connected.
+    fn connect_reviews_v1(running: &Running, i: u32) {
+        let token = running
+            .source
+            .tokens()
+            .create(&crate::tokens::Grant::new("reviews-v1", "default", ""))
+            .expect("token");
+        let sub = Subscribe {
             instance_id: format!("reviews-v1-{i}"),
-            workload: "reviews-v1".into(),
-            namespace: "default".into(),
-            labels: [
-                ("app".to_string(), "reviews".to_string()),
-                ("version".to_string(), "v1".to_string()),
-            ]
-            .into(),
-            ip: "127.0.0.1".into(),
+            token,
             mesh_port: 15008 + i,
             app_ports: [(9080, 19080 + i)].into(),
             ..Subscribe::default()
-        }
+        };
+        let instance = running
+            .source
+            .admit(&sub, Some(IpAddr::from([127, 0, 0, 1])))
+            .expect("admitted");
+        running.source.connected(&instance);
     }
 
     /// The resources rendered once per change are exactly those of the proxy's whole config.
@@ -492,8 +472,7 @@ mod tests {
     fn shared_rendering_gives_the_resources_of_each_config() {
         let docs = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: reviews-v1}\nspec: {labels: {app: reviews, version: v1}, ports: [{port: 9080}]}\n";
         with_control_plane("render", docs, |running| {
-            let sub = reviews_v1(0);
-            running.source.connected(&sub);
+            connect_reviews_v1(running, 0);
             let rendered = running.source.resources_for("reviews-v1-0").expect("render");
             let config = running.source.config_for("reviews-v1-0").expect("config");
             let whole = discovery::resources_of(&config).expect("resources");
@@ -521,7 +500,6 @@ mod tests {
     fn a_recompilation_reuses_the_unchanged_shared_resources() {
         let docs = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: ratings}\nspec: {selector: {app: ratings}, ports: [{name: http, port: 9080}]}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: reviews-v1}\nspec: {labels: {app: reviews, version: v1}, ports: [{port: 9080}]}\n";
         with_control_plane("reuse", docs, |running| {
-            let sub = reviews_v1;
             let shared = |running: &Running| {
                 let r = running.source.resources_for("reviews-v1-0").expect("render");
                 r.into_iter()
@@ -531,10 +509,10 @@ mod tests {
                     })
                     .collect::<Vec<_>>()
             };
-            running.source.connected(&sub(0));
+            connect_reviews_v1(running, 0);
             let before = shared(running);
             // A second reviews instance: only the reviews endpoint set changes.
-            running.source.connected(&sub(1));
+            connect_reviews_v1(running, 1);
             let after = shared(running);
             assert_eq!(before.len(), 4, "{before:?}");
             assert_eq!(after.len(), before.len());

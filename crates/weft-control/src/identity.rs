@@ -668,19 +668,24 @@ impl IdentityService {
 impl Identity for IdentityService {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
         let req = request.into_inner();
+        let Some(grant) = self.tokens.lookup(&req.token) else {
+            tracing::warn!(namespace = %req.namespace, service_account = %req.service_account, "identity: refused a wrong token");
+            return Err(Status::unauthenticated("wrong bootstrap token"));
+        };
+        // The identity is the token's; a request naming another one is refused rather than
+        // answered with a certificate the proxy did not expect.
         let sa = if req.service_account.is_empty() {
             "default"
         } else {
             &req.service_account
         };
-        if !self.tokens.check(&req.token, &req.namespace, sa) {
-            tracing::warn!(namespace = %req.namespace, service_account = %sa, "identity: refused a wrong token");
-            return Err(Status::unauthenticated("wrong bootstrap token"));
+        if (!req.namespace.is_empty() && req.namespace != grant.namespace) || sa != grant.service_account {
+            tracing::warn!(namespace = %req.namespace, service_account = %sa, "identity: refused a request for another identity than its token's");
+            return Err(Status::permission_denied(format!(
+                "the bootstrap token is bound to namespace {:?}, service account {:?}; the request names {:?}, {sa:?}",
+                grant.namespace, grant.service_account, req.namespace
+            )));
         }
-        let grant = Grant {
-            namespace: req.namespace.clone(),
-            service_account: sa.to_string(),
-        };
         let signed = self
             .ca
             .sign(&req.csr_pem, &grant, self.ttl)
@@ -724,10 +729,7 @@ mod tests {
     }
 
     fn grant(ns: &str, sa: &str) -> Grant {
-        Grant {
-            namespace: ns.into(),
-            service_account: sa.into(),
-        }
+        Grant::new("w", ns, sa)
     }
 
     /// A CSR asking for names the token does not grant.

@@ -5,6 +5,8 @@
 //!   workloads.
 //! - [`compile`]: the model plus the registry -> the `ProxyConfig` of one proxy; each service
 //!   compiled once and shared by every proxy that sees it. Pure.
+//! - [`admission`]: who a subscribing proxy is: its token's workload and that workload's
+//!   documents, never its own claims.
 //! - [`push`]: the discovery stream's server end (`weft.discovery.v1.Discovery`): pushes each
 //!   proxy its config and records its ACKs and NACKs for `weft status`.
 //!
@@ -12,6 +14,7 @@
 //!   discovery port.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod check;
 pub mod compile;

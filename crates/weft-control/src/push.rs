@@ -8,6 +8,7 @@
 //! across control-plane restarts too.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,7 +28,9 @@ use weft_api::proto::identity::identity_server::IdentityServer;
 use weft_api::proto::{Ack, DiscoveryRequest, DiscoveryResponse, Subscribe};
 use weft_api::proxy_config::ProxyConfig;
 
+use crate::admission::AdmitError;
 use crate::identity::IdentityService;
+use crate::registry::Instance;
 
 pub mod delta;
 
@@ -48,10 +51,13 @@ pub trait ConfigSource: Send + Sync + 'static {
         let resources = weft_api::discovery::resources_of(&config).map_err(|e| e.to_string())?;
         Ok(resources.into_iter().map(Arc::new).collect())
     }
-    /// Whether the subscription's token is a bootstrap token for the workload it names.
-    fn authorize(&self, sub: &Subscribe) -> bool;
-    /// An authorized proxy connected: the instance it describes can become an endpoint.
-    fn connected(&self, _sub: &Subscribe) {}
+    /// Who the subscribing proxy is, from its token (and, for a real control plane, the
+    /// documents: see [`crate::admission`]), `peer` being the address it connects from; or why
+    /// it is refused. Nothing in `sub` but the token, the instance id and its own ports is
+    /// believed.
+    fn admit(&self, sub: &Subscribe, peer: Option<IpAddr>) -> Result<Instance, AdmitError>;
+    /// An admitted proxy connected: its instance can become an endpoint.
+    fn connected(&self, _instance: &Instance) {}
     /// A proxy's stream ended (its endpoint may be removed after a grace period).
     fn disconnected(&self, _instance_id: &str) {}
 }
@@ -271,6 +277,7 @@ impl Discovery for PushServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let mut requests = request.into_inner();
         let sub = match requests.message().await? {
             Some(DiscoveryRequest {
@@ -278,22 +285,20 @@ impl Discovery for PushServer {
             }) => sub,
             _ => return Err(Status::invalid_argument("the first message must be Subscribe")),
         };
-        if sub.instance_id.is_empty() {
-            return Err(Status::invalid_argument("Subscribe.instance_id is empty"));
-        }
-        if !self.inner.source.authorize(&sub) {
-            tracing::warn!(instance = %sub.instance_id, "discovery: refused a wrong token");
-            return Err(Status::unauthenticated("wrong bootstrap token"));
-        }
-        let stream_id = self.inner.connect(&sub);
-        self.inner.source.connected(&sub);
-        tracing::info!(instance = %sub.instance_id, workload = %sub.workload, namespace = %sub.namespace, "discovery: proxy subscribed");
+        let refused = |e: AdmitError| {
+            tracing::warn!(instance = %sub.instance_id, peer = ?peer, error = %e, "discovery: refused a subscription");
+            Status::from(e)
+        };
+        let instance = self.inner.source.admit(&sub, peer).map_err(refused)?;
+        let stream_id = self.inner.connect(&instance).map_err(refused)?;
+        self.inner.source.connected(&instance);
+        tracing::info!(instance = %instance.id, workload = %instance.workload, namespace = %instance.namespace, ip = %instance.ip, "discovery: proxy subscribed");
         // Boxed parts: the channel's slots (allocated in blocks of 32, kept for the stream's
         // life) then cost a pointer each, not a whole message.
         let (tx, rx) = mpsc::channel::<Box<DiscoveryResponse>>(4);
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let id = sub.instance_id.clone();
+            let id = instance.id;
             inner.session(&id, stream_id, requests, tx).await;
             inner.disconnect(&id, stream_id);
             inner.source.disconnected(&id);
@@ -313,30 +318,35 @@ impl Inner {
         self.proxies.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn connect(&self, sub: &Subscribe) -> u64 {
+    /// Records a new stream for `instance`; refused while another stream serves the same
+    /// instance id (a second proxy, or a copy of one, cannot take over a live instance).
+    fn connect(&self, instance: &Instance) -> Result<u64, AdmitError> {
         let stream = self.streams.fetch_add(1, Ordering::Relaxed);
         let mut proxies = self.proxies();
-        let p = proxies
-            .entry(sub.instance_id.clone())
-            .or_insert_with(|| ProxyState {
-                workload: String::new(),
-                namespace: String::new(),
-                sent: None,
-                acked_version: None,
-                nack: None,
-                connected_since: SystemTime::now(),
-                stream: None,
-                last_push: None,
-                pushes: 0,
-                resources_sent: 0,
+        let p = proxies.entry(instance.id.clone()).or_insert_with(|| ProxyState {
+            workload: String::new(),
+            namespace: String::new(),
+            sent: None,
+            acked_version: None,
+            nack: None,
+            connected_since: SystemTime::now(),
+            stream: None,
+            last_push: None,
+            pushes: 0,
+            resources_sent: 0,
+        });
+        if p.stream.is_some() {
+            return Err(AdmitError::InstanceLive {
+                id: instance.id.clone(),
             });
-        p.workload.clone_from(&sub.workload);
-        p.namespace.clone_from(&sub.namespace);
+        }
+        p.workload.clone_from(&instance.workload);
+        p.namespace.clone_from(&instance.namespace);
         p.connected_since = SystemTime::now();
         p.stream = Some(stream);
         // A new stream starts from scratch: the first push goes out whatever was sent before.
         p.sent = None;
-        stream
+        Ok(stream)
     }
 
     fn disconnect(&self, id: &str, stream: u64) {

@@ -116,8 +116,16 @@ pub fn server_config(
 pub struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
 
 impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
+    // The TCP addresses, as over plaintext: discovery takes an instance's address from its
+    // connection's peer (`Request::remote_addr`).
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        let tcp = self.0.get_ref().0;
+        tonic::transport::server::TcpConnectInfo {
+            local_addr: tcp.local_addr().ok(),
+            remote_addr: tcp.peer_addr().ok(),
+        }
+    }
 }
 
 impl AsyncRead for TlsConn {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use weft_api::proto::identity::identity_client::IdentityClient;
 use weft_api::proto::identity::SignRequest;
 use weft_control::app::{self, ControlOptions, Running};
+use weft_control::tokens::Grant;
 use weft_proxy::identity::{self, Credentials, IdentityMetrics, IdentityRequest};
 
 struct Control {
@@ -111,7 +112,7 @@ async fn sign_over_grpc_refuses_a_wrong_token_and_issues_only_the_granted_identi
         .running
         .source
         .tokens()
-        .create("shop", "reviews")
+        .create(&Grant::new("reviews-v1", "shop", "reviews"))
         .expect("token");
     let mut client = IdentityClient::new(channel(&cp.endpoint).await);
     let greedy = csr_asking_for("spiffe://cluster.local/ns/kube-system/sa/admin");
@@ -123,17 +124,32 @@ async fn sign_over_grpc_refuses_a_wrong_token_and_issues_only_the_granted_identi
         instance_id: String::new(),
     };
 
-    for (t, ns, sa) in [
-        ("wrong", "shop", "reviews"),
-        (token.as_str(), "shop", "ratings"),
-        (token.as_str(), "kube-system", "reviews"),
-        ("", "shop", "reviews"),
-    ] {
+    for (t, ns, sa) in [("wrong", "shop", "reviews"), ("", "shop", "reviews")] {
         let status = client.sign(req(t, ns, sa)).await.expect_err("refused");
         assert_eq!(
             status.code(),
             tonic::Code::Unauthenticated,
             "{t} {ns} {sa}: {status}"
+        );
+    }
+    // A real token asking for another identity than the one it is bound to: refused, naming
+    // the identity the token grants.
+    for (ns, sa) in [
+        ("shop", "ratings"),
+        ("kube-system", "reviews"),
+        ("kube-system", "admin"),
+    ] {
+        let status = client.sign(req(&token, ns, sa)).await.expect_err("refused");
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{ns} {sa}: {status}"
+        );
+        assert!(
+            status
+                .message()
+                .contains("bound to namespace \"shop\", service account \"reviews\""),
+            "{status}"
         );
     }
     let status = client
@@ -189,7 +205,7 @@ async fn a_proxy_gets_its_certificate_and_is_ready_only_once_it_has_one() {
         .running
         .source
         .tokens()
-        .create("default", "default")
+        .create(&Grant::new("reviews-v1", "default", "default"))
         .expect("token");
     let config: weft_api::proxy_config::ProxyConfig = serde_json::from_value(serde_json::json!({
         "workload": { "name": "reviews-v1" },
@@ -213,7 +229,7 @@ async fn a_proxy_gets_its_certificate_and_is_ready_only_once_it_has_one() {
         "reviews-v1.default",
         &token,
         &config,
-        "127.0.0.1".parse().expect("ip"),
+        Some("127.0.0.1".parse().expect("ip")),
         proxy.bound.mesh.port(),
     );
     tokio::spawn(weft_proxy::discovery::run(
@@ -308,7 +324,7 @@ async fn a_short_lived_certificate_is_replaced_before_it_expires() {
         .running
         .source
         .tokens()
-        .create("shop", "reviews")
+        .create(&Grant::new("reviews-v1", "shop", "reviews"))
         .expect("token");
     let cell = identity::new_cell();
     let metrics = IdentityMetrics::default();

@@ -2,7 +2,7 @@
 //! (`weft_proxy::app`) subscribed through `weft_proxy::discovery::run`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,9 @@ use weft_api::proto::discovery_client::DiscoveryClient;
 use weft_api::proto::discovery_request::Kind;
 use weft_api::proto::{DiscoveryRequest, Subscribe};
 use weft_api::proxy_config::ProxyConfig;
+use weft_control::admission::AdmitError;
 use weft_control::push::{ConfigSource, ProxyStatus, PushServer};
+use weft_control::registry::Instance;
 use weft_proxy::app::{self, Options, Running};
 use weft_proxy::discovery::{self, Subscription};
 
@@ -56,8 +58,20 @@ impl ConfigSource for TableSource {
         self.changes.subscribe()
     }
 
-    fn authorize(&self, sub: &Subscribe) -> bool {
-        self.tokens.get(&sub.instance_id).is_some_and(|t| *t == sub.token)
+    fn admit(&self, sub: &Subscribe, peer: Option<IpAddr>) -> Result<Instance, AdmitError> {
+        if self.tokens.get(&sub.instance_id) != Some(&sub.token) {
+            return Err(AdmitError::UnknownToken);
+        }
+        Ok(Instance {
+            id: sub.instance_id.clone(),
+            workload: "reviews-v1".into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            service_account: "default".into(),
+            ip: peer.ok_or(AdmitError::NoAddress)?,
+            app_ports: Default::default(),
+            mesh_port: None,
+        })
     }
 }
 

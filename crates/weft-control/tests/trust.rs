@@ -89,7 +89,11 @@ async fn anchored_proxy(
         .running
         .source
         .tokens()
-        .create("default", "default")
+        .create(&weft_control::tokens::Grant::new(
+            "reviews-v1",
+            "default",
+            "default",
+        ))
         .expect("token");
     let config = bootstrap();
     let proxy = weft_proxy::app::start(
@@ -107,7 +111,7 @@ async fn anchored_proxy(
         "reviews-v1.default",
         &token,
         &config,
-        "127.0.0.1".parse().expect("ip"),
+        Some("127.0.0.1".parse().expect("ip")),
         proxy.bound.mesh.port(),
     );
     tokio::spawn(weft_proxy::discovery::run_anchored(
@@ -268,7 +272,16 @@ async fn meshed(
     sa: &str,
     stop: &CancellationToken,
 ) -> (weft_proxy::app::Running, CredentialsCell, IdentityMetrics) {
-    let token = cp.running.source.tokens().create("default", sa).expect("token");
+    let token = cp
+        .running
+        .source
+        .tokens()
+        .create(&weft_control::tokens::Grant::new(
+            &format!("{sa}-v1"),
+            "default",
+            sa,
+        ))
+        .expect("token");
     let cell = identity::new_cell();
     let metrics = IdentityMetrics::default();
     tokio::spawn(identity::run(

@@ -7,7 +7,10 @@
 //!   state directory) is picked up without a restart.
 //! - [`connect`]: a gRPC channel to the control plane. With an anchor, TLS (ring) verifying the
 //!   control plane's server certificate against the anchor and the host of the address
-//!   (`127.0.0.1` or `localhost` as `weft control --tls` issues it); without one, plaintext.
+//!   (`127.0.0.1` or `localhost` as `weft control --tls` issues it); without one, plaintext
+//!   (which `weft proxy` allows only with `--insecure-plaintext-control-plane`).
+//! - [`read_token_file`]: the bootstrap token from a file only its owner can read; tokens never
+//!   travel in a process's arguments.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -62,6 +65,43 @@ impl TrustAnchor {
         }
         Ok(store)
     }
+}
+
+/// Why a token file was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("token file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "token file {path} is readable by its group or others (mode {mode:04o}); a bootstrap token lets its holder join the mesh as this workload: `chmod 600 {path}`"
+    )]
+    Readable { path: String, mode: u32 },
+    #[error("token file {path} is empty")]
+    Empty { path: String },
+}
+
+/// The bootstrap token in `path` (surrounding whitespace trimmed). Refused when the file's
+/// group or others may read it (mode 0600 or stricter is wanted), as ssh refuses a private key.
+pub fn read_token_file(path: &Path) -> Result<String, TokenFileError> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display().to_string();
+    let io = |source| TokenFileError::Io {
+        path: shown.clone(),
+        source,
+    };
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(TokenFileError::Readable { path: shown, mode });
+    }
+    let token = std::fs::read_to_string(path).map_err(io)?.trim().to_string();
+    if token.is_empty() {
+        return Err(TokenFileError::Empty { path: shown });
+    }
+    Ok(token)
 }
 
 /// A channel to the control plane at `endpoint` (`http://HOST:PORT`; `https://` is the same with
@@ -158,5 +198,48 @@ impl tower_service::Service<http::Uri> for TlsConnector {
             })?;
             Ok(TokioIo::new(tls))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_token_file_must_be_private() {
+        let dir = std::env::temp_dir().join(format!("weft-token-file-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("token");
+        std::fs::write(&path, "abc123\n").expect("write");
+        let chmod =
+            |mode| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        chmod(0o600);
+        assert_eq!(read_token_file(&path).expect("private file"), "abc123");
+        chmod(0o400);
+        assert_eq!(read_token_file(&path).expect("read-only file"), "abc123");
+        for mode in [0o640, 0o604, 0o644] {
+            chmod(mode);
+            match read_token_file(&path) {
+                Err(e @ TokenFileError::Readable { .. }) => {
+                    assert!(e.to_string().contains("chmod 600"), "{e}");
+                    assert!(e.to_string().contains(&format!("{mode:04o}")), "{e}");
+                }
+                other => panic!("mode {mode:o}: {other:?}"),
+            }
+        }
+        chmod(0o600);
+        std::fs::write(&path, " \n").expect("write");
+        assert!(matches!(
+            read_token_file(&path),
+            Err(TokenFileError::Empty { .. })
+        ));
+        assert!(matches!(
+            read_token_file(&dir.join("missing")),
+            Err(TokenFileError::Io { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

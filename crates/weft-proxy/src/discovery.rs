@@ -46,13 +46,16 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Describes the instance a bootstrap config runs: workload identity from `workload`, the
-    /// app ports from its inbound listeners, the mesh port it bound.
+    /// Describes the instance a bootstrap config runs: the workload, namespace and service
+    /// account it expects to be (the control plane refuses the subscription if its token says
+    /// otherwise), the app ports from its inbound listeners, the mesh port it bound, and `ip`
+    /// only when given (the control plane takes the connection's address, and refuses a claim
+    /// that differs). Labels are never claimed: they are the Workload document's.
     pub fn for_instance(
         instance_id: &str,
         token: &str,
         config: &ProxyConfig,
-        ip: std::net::IpAddr,
+        ip: Option<std::net::IpAddr>,
         mesh_port: u16,
     ) -> Self {
         let w = &config.workload;
@@ -61,9 +64,9 @@ impl Subscription {
             token: token.to_string(),
             workload: w.name.clone(),
             namespace: w.namespace.clone(),
-            labels: w.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            labels: std::collections::HashMap::new(),
             service_account: w.service_account.clone(),
-            ip: ip.to_string(),
+            ip: ip.map(|ip| ip.to_string()).unwrap_or_default(),
             mesh_port,
             app_ports: config
                 .inbound

@@ -9,9 +9,10 @@
 //! bridged packets cross when br_netfilter is loaded). What a run creates is recorded in the run directory before it is created, so that a later
 //! `weft up` or `weft down` removes what a killed run left behind.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
@@ -285,6 +286,28 @@ pub fn clean_leftovers(run_root: &Path) -> anyhow::Result<bool> {
 /// Whether the namespace of process `pid` has a TCP socket listening on `port` (any address).
 /// Read from `/proc/PID/net/tcp{,6}`, which list the sockets of the process's namespace: a
 /// connection would not do, since capture hands it to the sidecar before the app sees it.
+/// A TCP connection to `addr` made from inside network namespace `netns`, e.g. to a sidecar's
+/// admin port on that namespace's loopback. Only a short-lived thread enters the namespace; the
+/// socket stays in it and is used from anywhere.
+pub fn connect_in(netns: &str, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let path = Path::new("/run/netns").join(netns);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let ns = std::fs::File::open(&path)?;
+                // Affects this thread only, which ends right after.
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                TcpStream::connect_timeout(&addr, timeout)
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::other(
+                    "the thread entering the namespace panicked",
+                ))
+            })
+    })
+}
+
 pub fn listening(pid: u32, port: u16) -> bool {
     const LISTEN: &str = "0A";
     ["tcp", "tcp6"].iter().any(|table| {

@@ -308,11 +308,12 @@ impl InstancePlan {
         };
         if self.net.is_some() {
             // A pod: peers and people reach the namespace's address; capture brings inbound
-            // connections to 15006 and the app's outbound ones to 15001.
+            // connections to 15006 and the app's outbound ones to 15001. The admin port stays on
+            // the namespace's loopback, as in every mode (`ip netns exec NS curl ...` reaches it).
             return ProxyConfig {
                 workload,
                 admin: Admin {
-                    address: any(self.sidecar.admin),
+                    address: local(self.sidecar.admin),
                 },
                 inbound: weft_api::proxy_config::Inbound {
                     mesh: any(self.sidecar.mesh),
@@ -367,9 +368,10 @@ impl InstancePlan {
         }
     }
 
-    /// The sidecar's admin address, as the host reaches it.
+    /// The sidecar's admin address: always on loopback; with `--netns`, the loopback of the
+    /// instance's namespace (reach it from there: [`crate::netns::connect_in`]).
     pub fn admin(&self) -> SocketAddr {
-        SocketAddr::new(self.ip(), self.sidecar.admin)
+        SocketAddr::from(([127, 0, 0, 1], self.sidecar.admin))
     }
 
     /// Where a person opens the app through its sidecar: the front port on loopback; in a
@@ -481,8 +483,13 @@ spec:
         assert_eq!(b.env["POD_IP"], "10.233.1.3");
         assert!(!a.env.contains_key("HTTP_PROXY"), "{:?}", a.env);
         assert_eq!(a.open_url().as_deref(), Some("http://10.233.1.2:9080/"));
-        assert_eq!(a.admin().to_string(), "10.233.1.2:15000");
+        assert_eq!(a.admin().to_string(), "127.0.0.1:15000", "in its namespace");
         let boot = a.bootstrap();
+        assert_eq!(
+            boot.admin.address.to_string(),
+            "127.0.0.1:15000",
+            "admin on loopback"
+        );
         assert!(boot.validate().is_empty(), "{:?}", boot.validate());
         assert_eq!(boot.inbound.mesh.to_string(), "0.0.0.0:15008");
         assert_eq!(

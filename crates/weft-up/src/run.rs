@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use nix::sys::signal::Signal;
 use weft_api::finding::Severity;
 use weft_control::app::{self as control, ControlOptions};
+use weft_control::tokens::{Grant, TOKEN_ENV};
 
 use crate::netns::{self, Network};
 use crate::plan::{InstancePlan, Plan};
@@ -130,9 +131,12 @@ pub async fn up(
             net.add_instances(&instances, &options.exe)?;
         }
         for inst in &plan.instances {
-            let key = (inst.namespace.clone(), inst.service_account.clone());
+            // One token per workload, bound to it: replicas share it, no other workload can
+            // use it to claim their labels, endpoints or instance ids.
+            let key = (inst.namespace.clone(), inst.workload.clone());
             if !tokens.contains_key(&key) {
-                tokens.insert(key.clone(), cp.source.tokens().create(&key.0, &key.1)?);
+                let grant = Grant::new(&inst.workload, &inst.namespace, &inst.service_account);
+                tokens.insert(key.clone(), cp.source.tokens().create(&grant)?);
             }
             let token = &tokens[&key];
             started.push(start_instance(&run, inst, &options.exe, cp.listen, token)?);
@@ -223,11 +227,12 @@ fn start_instance(
         .args([
             "--control",
             &format!("http://{control}"),
-            "--token",
-            token,
             "--instance-id",
             &inst.id,
         ])
+        // The token in the environment, never in the arguments: /proc/PID/cmdline is readable
+        // by every local user, /proc/PID/environ only by the process's own user.
+        .env(TOKEN_ENV, token)
         // The trust anchor out of band: the control plane's roots, as a file (re-read by the
         // sidecar, so a root rotation reaches it).
         .arg("--trust-anchor")
@@ -341,7 +346,11 @@ async fn wait_ready(run: &RunDir, started: &mut [Started], timeout: Duration) ->
                     &log
                 ));
             }
-            if !http_ok(s.plan.admin(), "/ready") {
+            let admin = match &s.plan.net {
+                Some(net) => netns::connect_in(&net.netns, s.plan.admin(), Duration::from_millis(200)),
+                None => TcpStream::connect_timeout(&s.plan.admin(), Duration::from_millis(200)),
+            };
+            if !admin.is_ok_and(|conn| http_ok(conn, "/ready")) {
                 waiting.push(format!("{} sidecar", s.plan.id));
             }
             for port in s.plan.app_ports.values() {
@@ -439,6 +448,7 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
             p.identity(),
             app,
             front.clone().unwrap_or_else(|| "-".into()),
+            // On loopback; with --netns in the instance's namespace (see the note below).
             format!("http://{}/metrics", p.admin()),
         );
         println!("{}", line.trim_end());
@@ -460,6 +470,12 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
             ""
         };
         println!("\nOpen the application: {}{path}", e.url);
+    }
+    if netns_column {
+        println!(
+            "\nAdmin ports listen on each namespace's loopback: `sudo ip netns exec NETNS curl http://127.0.0.1:{}/metrics`",
+            netns::ADMIN_PORT
+        );
     }
     println!(
         "Control plane: `weft status --control-admin {control_admin}`; logs: `weft logs WORKLOAD` (in {})",
@@ -554,12 +570,9 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-/// A tiny blocking GET for readiness probes.
-fn http_ok(addr: SocketAddr, path: &str) -> bool {
+/// A tiny blocking GET on `s` for readiness probes.
+fn http_ok(mut s: TcpStream, path: &str) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     if write!(s, "GET {path} HTTP/1.0\r\n\r\n").is_err() {
         return false;

@@ -93,6 +93,10 @@ pub struct WorkloadSpec {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub replicas: Option<u32>,
+    /// The IP its instances are reached at (a workload on a VM). Default: the address its proxy
+    /// connects to the control plane from; a proxy cannot claim another.
+    #[serde(default)]
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// One entry of `Workload.spec.ports`.

@@ -128,6 +128,7 @@ pub(super) fn workload(doc: &Document, _seen: usize, out: &mut Translated) {
         command: spec.command,
         env: spec.env,
         replicas: spec.replicas.unwrap_or(1),
+        address: spec.address,
         origin: origin(doc),
     });
 }

@@ -45,7 +45,8 @@ pub struct ControlArgs {
     pub cert_ttl_secs: u64,
     /// Serve discovery and identity over TLS, with a server certificate from the CA
     /// (spiffe://<td>/ns/weft-system/sa/weft-control, localhost, 127.0.0.1). Proxies then need
-    /// `--trust-anchor <state-dir>/trust-bundle.pem`.
+    /// `--trust-anchor <state-dir>/trust-bundle.pem`. Without it, bootstrap tokens travel in
+    /// clear and proxies must be started with `--insecure-plaintext-control-plane`.
     #[arg(long)]
     pub tls: bool,
 }
@@ -82,6 +83,11 @@ pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
         cert_ttl: Duration::from_secs(args.cert_ttl_secs),
         tls: args.tls,
     };
+    if !options.tls {
+        tracing::warn!(
+            "discovery and identity without --tls: bootstrap tokens travel in clear; proxies must pass --insecure-plaintext-control-plane"
+        );
+    }
     super::runtime(None)?.block_on(async move {
         let running = app::start(options).await?;
         println!(

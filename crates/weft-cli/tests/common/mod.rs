@@ -201,6 +201,7 @@ pub fn peer_script(name: &str) -> String {
     format!("{}/tests/peers/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+pub mod control;
 pub mod up;
 
 pub mod tempdir {

@@ -171,3 +171,38 @@ pub fn versions_seen(url: &str, n: usize) -> std::collections::BTreeSet<String> 
     }
     seen
 }
+
+/// Every sidecar a running `weft up` recorded holds its bootstrap token in its environment
+/// (`WEFT_TOKEN`, readable only by its own user) and nowhere in its arguments (readable by every
+/// local user through `ps` and /proc/PID/cmdline); each workload has its own token.
+pub fn assert_tokens_only_in_environment(run_dir: &Path) {
+    let tokens: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(run_dir.join("control/tokens.json")).expect("the run's tokens.json"),
+    )
+    .expect("json");
+    let tokens = tokens.as_object().expect("token map");
+    assert!(!tokens.is_empty());
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("up.json")).expect("up.json")).expect("json");
+    for i in rec["instances"].as_array().expect("instances") {
+        let pid = i["sidecarPid"].as_u64().expect("sidecar pid");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(cmdline.contains(" proxy "), "not the sidecar: {cmdline}");
+        assert!(!cmdline.contains("--token"), "{cmdline}");
+        for token in tokens.keys() {
+            assert!(
+                !cmdline.contains(token.as_str()),
+                "a token in the arguments: {cmdline}"
+            );
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+        let environ = String::from_utf8_lossy(&environ);
+        let token = environ
+            .split('\0')
+            .find_map(|kv| kv.strip_prefix("WEFT_TOKEN="))
+            .unwrap_or_else(|| panic!("no WEFT_TOKEN in the sidecar's environment: {environ}"));
+        let grant = &tokens[token];
+        assert_eq!(grant["workload"], i["workload"], "{grant}");
+    }
+}

@@ -66,6 +66,7 @@ fn workload(name: &str, app: &str, version: &str) -> Workload {
         command: Vec::new(),
         env: BTreeMap::new(),
         replicas: 1,
+        address: None,
         origin: origin("Workload", name),
     }
 }
