@@ -7,7 +7,8 @@
 #             two processes, each --threads 1; CPU and RSS are the sum of both
 # Knobs (passed through to the peers script): DUR=5 REPS=3 CONNS=32 RATE=4800 WARM=2 FIXED=auto
 #   RESULTS=/tmp/weft-bench (each invocation writes RESULTS/<timestamp>/{weft,weft2hop})
-#   ONLY=weft|weft2hop runs one of the two.  CARGO_TARGET_DIR (default $HOME/.cache/weft/target).
+#   ONLY=weft|weft2hop runs one of the two; ONLY=routes runs the one-proxy path with 100 and
+#   1,000 routes configured.  CARGO_TARGET_DIR (default $HOME/.cache/weft/target).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -40,7 +41,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-command -v oha >/dev/null || echo "note: oha not installed; the fixed-rate run uses h2load, which reports no latency percentiles"
+# oha gives open-loop percentiles with coordinated-omission correction (BENCHMARKS.md). Built
+# once from crates.io (~10 minutes) and kept in ~/.cargo/bin; never rebuilt per run.
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v oha >/dev/null; then
+  echo "installing oha (cargo install oha --locked; once, kept in ~/.cargo/bin)"
+  cargo install oha --locked --quiet || echo "note: oha did not install; the fixed-rate run falls back to h2load (no percentiles)"
+fi
 
 cargo build --release --locked -p weft-cli
 WEFT="$CARGO_TARGET_DIR/release/weft"
@@ -64,6 +71,35 @@ if [ -z "$ONLY" ] || [ "$ONLY" = weft ]; then
   # `exec`: the proxy replaces the shell, so the measured process is the proxy itself.
   run_one weft http://127.0.0.1:18083/ \
     "exec '$WEFT' proxy --threads 1 --config '$B/weft-peer.yaml'"
+fi
+# The same one-proxy path with 100 and 1,000 routes on the service (BENCHMARKS.md: RSS with 100
+# and 1,000 routes): each rule a path prefix and a header match, the request matching only the
+# last one, so every request walks the whole table. Run with ONLY=routes (not in the default set).
+routes_config() {  # $1 rule count -> a config file
+  local n=$1 out="$BASE/weft-peer-$1-routes.yaml"
+  python3 - "$n" "$B/weft-peer.yaml" > "$out" <<'PY'
+import json, sys
+n, base = int(sys.argv[1]), open(sys.argv[2]).read()
+fqdn = "backend.default.svc.cluster.local"
+rules = [{"origin": {"kind": "VirtualService", "namespace": "default", "name": "backend"},
+          "index": i,
+          "matches": [{"path": {"prefix": {"value": f"/r{i}/"}},
+                       "headers": [{"name": "x-tenant", "value": {"exact": f"t{i}"}}]}],
+          "action": {"forward": [{"service": fqdn, "weight": 100}]}}
+         for i in range(n - 1)]
+rules.append({"origin": {"kind": "VirtualService", "namespace": "default", "name": "backend"},
+              "index": n - 1, "action": {"forward": [{"service": fqdn, "weight": 100}]}})
+table = json.dumps({"port": 80, "table": {"rules": rules}})
+print(base.replace("    ports: [{port: 80, protocol: http}]",
+                   "    ports: [{port: 80, protocol: http}]\n    routes: [" + table + "]"))
+PY
+  echo "$out"
+}
+if [ "$ONLY" = routes ]; then
+  for n in 100 1000; do
+    run_one "weft$n" http://127.0.0.1:18083/ \
+      "exec '$WEFT' proxy --threads 1 --config '$(routes_config "$n")'"
+  done
 fi
 if [ -z "$ONLY" ] || [ "$ONLY" = weft2hop ]; then
   # The server sidecar is started in the background by the shell, which then becomes the client
