@@ -11,7 +11,7 @@ use http::{HeaderMap, Response};
 use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 
-use super::metrics::{Label, Metrics, Peer, RequestLabels};
+use super::metrics::{Label, Metrics, Peer, RequestLabels, SeriesKey};
 use crate::http::error::ProxyError;
 use crate::http::{Body, BoxError};
 
@@ -134,6 +134,14 @@ impl RequestMeta {
         })
     }
 
+    fn protocol(&self) -> &'static str {
+        if self.grpc {
+            "grpc"
+        } else {
+            "http"
+        }
+    }
+
     fn labels(&self, code: u16, grpc_status: Label, flags: &'static str) -> RequestLabels {
         RequestLabels {
             reporter: self.reporter,
@@ -150,7 +158,7 @@ impl RequestMeta {
             destination_service: self.service.clone(),
             destination_service_name: self.service_name.clone(),
             destination_service_namespace: self.service_namespace.clone(),
-            request_protocol: if self.grpc { "grpc" } else { "http" },
+            request_protocol: self.protocol(),
             response_code: code,
             grpc_response_status: grpc_status,
             response_flags: flags,
@@ -159,7 +167,6 @@ impl RequestMeta {
     }
 
     fn record(&self, code: u16, grpc_status: Label, flags: &'static str, response_bytes: u64) {
-        let labels = self.labels(code, grpc_status, flags);
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
         if let Some(route) = &self.route {
             self.metrics.route_request(&super::metrics::RouteLabels {
@@ -168,8 +175,35 @@ impl RequestMeta {
                 response_code: code,
             });
         }
-        self.metrics.request(
-            &labels,
+        let (s, d) = (&self.source, &self.destination);
+        let key = SeriesKey::new(
+            [
+                &s.workload,
+                &s.namespace,
+                &s.principal,
+                &s.app,
+                &s.version,
+                &d.workload,
+                &d.namespace,
+                &d.principal,
+                &d.app,
+                &d.version,
+                &self.service,
+                &self.service_name,
+                &self.service_namespace,
+                &grpc_status,
+            ],
+            [
+                self.reporter,
+                self.protocol(),
+                flags,
+                self.connection_security_policy,
+            ],
+            code,
+        );
+        self.metrics.request_keyed(
+            key,
+            || self.labels(code, grpc_status.clone(), flags),
             ms,
             self.request_bytes.load(Ordering::Relaxed),
             response_bytes,
@@ -185,7 +219,7 @@ impl RequestMeta {
                 .and_then(|v| v.to_str().ok())
                 .map_or_else(Label::unknown, Label::new)
         } else {
-            Label::new("-")
+            Label::none()
         };
         tracing::info!(reporter = self.reporter, service = %self.service.0, flags = err.flag.code(), status = err.status.as_u16(), "{}", err.message);
         self.record(resp.status().as_u16(), grpc_status, err.flag.code(), 0);
@@ -219,7 +253,7 @@ impl MeteredBody {
             let grpc = match (&self.grpc_status, meta.grpc) {
                 (Some(s), _) => s.clone(),
                 (None, true) => Label::unknown(),
-                (None, false) => Label::new("-"),
+                (None, false) => Label::none(),
             };
             meta.record(code, grpc, "-", self.bytes);
         }

@@ -124,6 +124,9 @@ pub struct Metrics {
     /// Each label set's four request metrics, found with one hash per request rather than
     /// one per family (the families' own maps hash all 19 labels under a lock each time).
     request_series: RwLock<HashMap<RequestLabels, Arc<RequestSeries>, FxBuildHasher>>,
+    /// The same series found by where the label values live ([`SeriesKey`]): no string is
+    /// hashed or compared on the hot path. Cleared when it holds [`FAST_SERIES_CAP`] entries.
+    fast_series: RwLock<HashMap<SeriesKey, FastEntry, FxBuildHasher>>,
     overflow: Counter,
     tcp_sent: Capped<TcpLabels, Counter>,
     tcp_received: Capped<TcpLabels, Counter>,
@@ -151,6 +154,27 @@ struct RequestSeries {
     response_bytes: Histogram,
 }
 
+/// A request label set named by where its values live. Labels are built once per target (the
+/// workload's own, an endpoint's, a service's) and shared as `Arc`s, so the addresses of their
+/// text name them without hashing it. A [`FastEntry`] keeps its labels alive, so no address in
+/// a key can be reused for another value while the key is in the map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SeriesKey {
+    labels: [usize; 14],
+    statics: [(usize, usize); 4],
+    code: u16,
+}
+
+/// A [`SeriesKey`]'s series, with the labels whose addresses the key holds.
+struct FastEntry {
+    _labels: RequestLabels,
+    series: Arc<RequestSeries>,
+}
+
+/// Entries in the fast map before it is cleared (label sets that churn, such as callers'
+/// principals, cannot grow it without bound).
+const FAST_SERIES_CAP: usize = 4096;
+
 /// Distinct label sets kept per family before folding into `overflow`.
 pub const LABEL_SET_CAP: usize = 10_000;
 
@@ -170,6 +194,20 @@ fn size_histogram() -> Histogram {
     ))
 }
 
+// === impl SeriesKey ===
+
+impl SeriesKey {
+    /// The key of a label set: its fourteen label values (in [`RequestLabels`] order), its four
+    /// fixed strings (reporter, protocol, flags, security policy) and the response code.
+    pub fn new(labels: [&Label; 14], statics: [&'static str; 4], code: u16) -> Self {
+        Self {
+            labels: labels.map(|l| Arc::as_ptr(&l.0) as *const u8 as usize),
+            statics: statics.map(|s| (s.as_ptr() as usize, s.len())),
+            code,
+        }
+    }
+}
+
 // === impl Label ===
 
 impl Label {
@@ -177,8 +215,16 @@ impl Label {
         Label(Arc::from(s))
     }
 
+    /// `unknown`: one shared value, not an allocation per request.
     pub fn unknown() -> Self {
-        Label::new("unknown")
+        static UNKNOWN: std::sync::LazyLock<Label> = std::sync::LazyLock::new(|| Label::new("unknown"));
+        UNKNOWN.clone()
+    }
+
+    /// `-` (no gRPC status, no flag): one shared value.
+    pub fn none() -> Self {
+        static NONE: std::sync::LazyLock<Label> = std::sync::LazyLock::new(|| Label::new("-"));
+        NONE.clone()
     }
 }
 
@@ -298,6 +344,7 @@ impl Metrics {
         Arc::new(Self {
             request_families,
             request_series: RwLock::default(),
+            fast_series: RwLock::default(),
             overflow: overflow.clone(),
             tcp_sent: Capped::register(
                 registry,
@@ -386,6 +433,47 @@ impl Metrics {
     /// Records one finished request.
     pub fn request(&self, labels: &RequestLabels, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
         let series = self.request_series(labels);
+        series.requests.inc();
+        series.duration_ms.observe(duration_ms);
+        series.request_bytes.observe(request_bytes as f64);
+        series.response_bytes.observe(response_bytes as f64);
+    }
+
+    /// [`Metrics::request`] for a label set known by its [`SeriesKey`]; `labels` is called only
+    /// the first time the key is seen.
+    pub fn request_keyed(
+        &self,
+        key: SeriesKey,
+        labels: impl FnOnce() -> RequestLabels,
+        duration_ms: f64,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        let found = self
+            .fast_series
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .map(|e| e.series.clone());
+        let series = match found {
+            Some(series) => series,
+            None => {
+                let labels = labels();
+                let series = self.request_series(&labels);
+                let mut fast = self.fast_series.write().unwrap_or_else(|p| p.into_inner());
+                if fast.len() >= FAST_SERIES_CAP {
+                    fast.clear();
+                }
+                fast.insert(
+                    key,
+                    FastEntry {
+                        _labels: labels,
+                        series: series.clone(),
+                    },
+                );
+                series
+            }
+        };
         series.requests.inc();
         series.duration_ms.observe(duration_ms);
         series.request_bytes.observe(request_bytes as f64);
@@ -529,6 +617,69 @@ mod tests {
         l.request_protocol = "http";
         l.response_code = 200;
         l
+    }
+
+    fn key(l: &RequestLabels) -> SeriesKey {
+        SeriesKey::new(
+            [
+                &l.source_workload,
+                &l.source_workload_namespace,
+                &l.source_principal,
+                &l.source_app,
+                &l.source_version,
+                &l.destination_workload,
+                &l.destination_workload_namespace,
+                &l.destination_principal,
+                &l.destination_app,
+                &l.destination_version,
+                &l.destination_service,
+                &l.destination_service_name,
+                &l.destination_service_namespace,
+                &l.grpc_response_status,
+            ],
+            [
+                l.reporter,
+                l.request_protocol,
+                l.response_flags,
+                l.connection_security_policy,
+            ],
+            l.response_code,
+        )
+    }
+
+    fn count(registry: &Registry, service: &str) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text.lines()
+            .find(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains(&format!("destination_service=\"{service}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("none")
+            .to_string()
+    }
+
+    #[test]
+    fn a_label_set_found_by_address_counts_on_the_series_of_its_text() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        // Same text in separate allocations: two keys, one series.
+        let (a, b) = (labels("svc"), labels("svc"));
+        assert_ne!(key(&a), key(&b));
+        for l in [&a, &b, &a, &a] {
+            m.request_keyed(key(l), || l.clone(), 1.0, 0, 0);
+        }
+        assert_eq!(count(&registry, "svc"), "4");
+        assert_eq!(m.fast_series.read().expect("lock").len(), 2);
+        // Past its cap the fast map starts again; the counts do not.
+        for i in 0..FAST_SERIES_CAP + 1 {
+            let l = labels(&format!("svc-{i}"));
+            m.request_keyed(key(&l), || l.clone(), 1.0, 0, 0);
+        }
+        assert!(m.fast_series.read().expect("lock").len() <= FAST_SERIES_CAP);
+        m.request_keyed(key(&a), || a.clone(), 1.0, 0, 0);
+        assert_eq!(count(&registry, "svc"), "5");
     }
 
     #[test]
