@@ -60,8 +60,12 @@ pub enum Entry {
 /// What the mesh port knows of the peer on one connection.
 #[derive(Debug, Clone)]
 pub(crate) enum MeshPeer {
-    /// mTLS: the peer's SPIFFE ID and this workload's.
-    Mtls { peer: Label, local: Label },
+    /// mTLS: the peer's SPIFFE ID and this workload's, and what its mesh headers claimed.
+    Mtls {
+        peer: Label,
+        local: Label,
+        claims: Arc<mesh::Claims>,
+    },
     /// Plaintext: nothing about the peer is verified.
     Plaintext,
 }

@@ -2,6 +2,10 @@
 //! it); requests name their app port, TCP and upgrades arrive as CONNECT streams.
 
 use super::app_port::app_request;
+use std::sync::Mutex;
+
+use http::HeaderValue;
+
 use super::*;
 
 /// Handles one connection on the mesh port: HTTP/2 from a peer proxy, over mTLS (a ClientHello
@@ -80,6 +84,7 @@ pub(super) async fn serve_mesh_tls<IO>(
             let peer = MeshPeer::Mtls {
                 peer: Label::new(&id),
                 local: Label::new(&local),
+                claims: Arc::default(),
             };
             serve(
                 tls_io,
@@ -113,23 +118,56 @@ pub(super) fn mesh_handler(
     }
 }
 
+/// What a verified peer's mesh headers said last on one connection, parsed once: a peer sends
+/// the same source, and mostly the same service, on every stream, and labels reused from here
+/// keep metrics on their fast path (found by address, not by hashing text).
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    source: Mutex<Option<(HeaderValue, Peer)>>,
+    service: Mutex<Option<(HeaderValue, [Label; 3])>>,
+}
+
 /// The request's source: the mesh header is believed only on mTLS whose certificate names the
 /// header's namespace; otherwise the source is unknown but for the certificate's principal.
-pub(super) fn mesh_source(peer: &MeshPeer, header: Option<&str>) -> Peer {
-    match peer {
-        MeshPeer::Mtls { peer: id, .. } => {
-            let claimed = header.map(Peer::from_source_header);
-            let cert_ns = crate::tls::spiffe_namespace(&id.0);
-            let mut source = match claimed {
-                Some(p) if cert_ns.is_some_and(|ns| *p.namespace.0 == *ns) => p,
-                _ => Peer::unknown(),
-            };
-            source.principal = id.clone();
-            source
-        }
+pub(super) fn mesh_source(peer: &MeshPeer, header: Option<&HeaderValue>) -> Peer {
+    let MeshPeer::Mtls { peer: id, claims, .. } = peer else {
         // Plaintext proves nothing: a claimed source would let any caller write metric labels.
-        MeshPeer::Plaintext => Peer::unknown(),
+        return Peer::unknown();
+    };
+    let parse = |h: Option<&HeaderValue>| {
+        let claimed = h.and_then(|v| v.to_str().ok()).map(Peer::from_source_header);
+        let cert_ns = crate::tls::spiffe_namespace(&id.0);
+        let mut source = match claimed {
+            Some(p) if cert_ns.is_some_and(|ns| *p.namespace.0 == *ns) => p,
+            _ => Peer::unknown(),
+        };
+        source.principal = id.clone();
+        source
+    };
+    let Some(h) = header else { return parse(None) };
+    let mut last = claims.source.lock().unwrap_or_else(|p| p.into_inner());
+    match last.as_ref() {
+        Some((v, p)) if v == h => p.clone(),
+        _ => {
+            let p = parse(Some(h));
+            *last = Some((h.clone(), p.clone()));
+            p
+        }
     }
+}
+
+/// The `destination_service` labels a verified peer's service header names, parsed once per
+/// connection while it names the same one.
+fn claimed_service(claims: &Claims, header: &HeaderValue) -> Option<[Label; 3]> {
+    let mut last = claims.service.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((v, labels)) = last.as_ref() {
+        if v == header {
+            return Some(labels.clone());
+        }
+    }
+    let labels = RequestMeta::service_labels(header.to_str().ok()?)?;
+    *last = Some((header.clone(), labels.clone()));
+    Some(labels)
 }
 
 pub(super) async fn mesh_request(
@@ -140,10 +178,7 @@ pub(super) async fn mesh_request(
 ) -> Response<Body> {
     let snap = shared.snapshot.load_full();
     let headers = req.headers();
-    let source = mesh_source(
-        peer,
-        headers.get(mesh_headers::SOURCE).and_then(|v| v.to_str().ok()),
-    );
+    let source = mesh_source(peer, headers.get(mesh_headers::SOURCE));
     let mut destination = snap.local.clone();
     if let MeshPeer::Mtls { local, .. } = peer {
         destination.principal = local.clone();
@@ -155,11 +190,14 @@ pub(super) async fn mesh_request(
         destination,
         is_grpc(headers),
     );
-    if let MeshPeer::Mtls { .. } = peer {
+    if let MeshPeer::Mtls { claims, .. } = peer {
         meta.connection_security_policy = crate::tls::MUTUAL_TLS;
         // Believed from a verified peer only: plaintext callers could fill the series cap.
-        if let Some(svc) = headers.get(mesh_headers::SERVICE).and_then(|v| v.to_str().ok()) {
-            meta.set_service_from_header(svc);
+        if let Some(labels) = headers
+            .get(mesh_headers::SERVICE)
+            .and_then(|v| claimed_service(claims, v))
+        {
+            meta.set_service_labels(labels);
         }
     } else {
         meta.outside = true;
@@ -169,7 +207,7 @@ pub(super) async fn mesh_request(
         return meta.fail(&e);
     }
     let verified = match peer {
-        MeshPeer::Mtls { peer, local } => Some((&*peer.0, &*local.0)),
+        MeshPeer::Mtls { peer, local, .. } => Some((&*peer.0, &*local.0)),
         MeshPeer::Plaintext => None,
     };
     set_client_identity(req.headers_mut(), verified);

@@ -110,14 +110,19 @@ impl RequestMeta {
         }
     }
 
-    /// The service named by a mesh header from a peer proxy: `name.namespace.svc.<domain>`.
-    pub fn set_service_from_header(&mut self, fqdn: &str) {
+    /// The labels of the service a mesh header from a peer proxy names
+    /// (`name.namespace.svc.<domain>`): the full name, the name and the namespace.
+    pub fn service_labels(fqdn: &str) -> Option<[Label; 3]> {
         let mut parts = fqdn.split('.');
-        if let (Some(name), Some(ns)) = (parts.next(), parts.next()) {
-            self.service_name = Label::new(name);
-            self.service_namespace = Label::new(ns);
-            self.service = Label::new(fqdn);
-        }
+        let (name, ns) = (parts.next()?, parts.next()?);
+        Some([Label::new(fqdn), Label::new(name), Label::new(ns)])
+    }
+
+    /// Sets the `destination_service*` labels from [`RequestMeta::service_labels`].
+    pub fn set_service_labels(&mut self, [service, name, namespace]: [Label; 3]) {
+        self.service = service;
+        self.service_name = name;
+        self.service_namespace = namespace;
     }
 
     /// The mesh header naming this request's source workload.
@@ -217,7 +222,7 @@ impl RequestMeta {
             resp.headers()
                 .get("grpc-status")
                 .and_then(|v| v.to_str().ok())
-                .map_or_else(Label::unknown, Label::new)
+                .map_or_else(Label::unknown, grpc_label)
         } else {
             Label::none()
         };
@@ -242,7 +247,21 @@ impl RequestMeta {
 }
 
 fn grpc_status(h: &HeaderMap) -> Option<Label> {
-    h.get("grpc-status").and_then(|v| v.to_str().ok()).map(Label::new)
+    h.get("grpc-status").and_then(|v| v.to_str().ok()).map(grpc_label)
+}
+
+/// A gRPC status as a label: the seventeen codes are shared values (no allocation, and the
+/// metrics' fast path finds them by address); anything else is its own.
+fn grpc_label(status: &str) -> Label {
+    static CODES: std::sync::LazyLock<Vec<Label>> =
+        std::sync::LazyLock::new(|| (0..=16).map(|c: u8| Label::new(&c.to_string())).collect());
+    status
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| CODES.get(n))
+        .filter(|l| *l.0 == *status)
+        .cloned()
+        .unwrap_or_else(|| Label::new(status))
 }
 
 // === impl MeteredBody ===
