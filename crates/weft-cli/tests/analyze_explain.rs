@@ -25,17 +25,26 @@ fn analyze_reports_a_missing_subset_as_an_error_with_file_line_and_fix() {
         .expect("missing subset finding");
     assert_eq!(missing["severity"], "error");
     assert_eq!(missing["file"], "mesh.yaml");
-    assert_eq!(missing["line"], 22);
+    // At the `subset:` field of the destination, not the start of the VirtualService.
+    assert_eq!(
+        (&missing["line"], &missing["column"]),
+        (&serde_json::json!(36), &serde_json::json!(36))
+    );
     assert!(missing["fix"].as_str().is_some_and(|f| f.contains("subset v3")));
     let weights = findings
         .iter()
         .find(|f| f["code"] == "WEFT0105")
         .expect("weights finding");
     assert_eq!(weights["severity"], "warning");
+    // At the `route:` list of rule 1.
+    assert_eq!(
+        (&weights["line"], &weights["column"]),
+        (&serde_json::json!(33), &serde_json::json!(5))
+    );
     // The text form, as istioctl prints it.
     let out = run(weft_bin(), &["analyze", &fixture()]);
     assert!(
-        out.stdout.contains("mesh.yaml:22: error WEFT0102:"),
+        out.stdout.contains("mesh.yaml:36:36: error WEFT0102:"),
         "{}",
         out.stdout
     );
@@ -218,7 +227,11 @@ spec:
         .find(|f| f["code"] == "WEFT0108")
         .unwrap_or_else(|| panic!("no STRICT/plaintext finding: {v}"));
     assert_eq!(f["severity"], "error");
-    assert_eq!(f["line"], 16, "the DestinationRule's line");
+    assert_eq!(
+        (&f["line"], &f["column"]),
+        (&serde_json::json!(21), &serde_json::json!(25)),
+        "the DestinationRule's tls.mode"
+    );
     assert!(
         f["message"].as_str().is_some_and(|m| m.contains("ledger-v1")),
         "{f}"

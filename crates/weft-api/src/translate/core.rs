@@ -147,7 +147,7 @@ pub(crate) fn locate(doc: &Document, path: &[&str]) -> Location {
                 v
             }),
             Node::Sequence(seq) => step.parse::<usize>().ok().and_then(|i| seq.get(i)).inspect(|v| {
-                at = doc.location_of(v);
+                at = item_location(doc, v);
             }),
             Node::Scalar(_) => None,
         };
@@ -157,6 +157,37 @@ pub(crate) fn locate(doc: &Document, path: &[&str]) -> Location {
         }
     }
     at
+}
+
+/// Where a list item starts: a block mapping's own mark lies after its first key (the parser
+/// marks it late), so the first key is the item's first character.
+fn item_location(doc: &Document, item: &Node) -> Location {
+    let own = doc.location_of(item);
+    let first_key = item
+        .as_mapping()
+        .and_then(|m| m.keys().next())
+        .map(|k| doc.location_of(&Node::Scalar(k.clone())));
+    match first_key {
+        Some(key) if (key.line, key.column) < (own.line, own.column) => key,
+        _ => own,
+    }
+}
+
+/// Whether the document has a node at `path` (mapping keys and sequence indexes).
+pub(crate) fn has_path(doc: &Document, path: &[&str]) -> bool {
+    let mut node: &Node = &doc.node;
+    for step in path {
+        let next = match node {
+            Node::Mapping(map) => map.iter().find(|(k, _)| k.as_str() == *step).map(|(_, v)| v),
+            Node::Sequence(seq) => step.parse::<usize>().ok().and_then(|i| seq.get(i)),
+            Node::Scalar(_) => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    true
 }
 
 /// `spec.http[0].corsPolicy` from `["spec", "http", "0", "corsPolicy"]`.
