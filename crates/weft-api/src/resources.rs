@@ -17,6 +17,7 @@ pub mod gateway_api;
 pub mod istio;
 pub mod linkerd;
 pub mod linkerd_policy;
+mod schema;
 pub mod security;
 pub mod smi;
 
@@ -280,9 +281,11 @@ impl Document {
         self.node.as_mapping()?.get_node("spec")
     }
 
-    /// Deserializes `spec` into `T` (with `deny_unknown_fields`, an unknown field is an error
-    /// naming the field and its line). A missing spec deserializes from an empty mapping.
-    pub fn spec<T: DeserializeOwned>(&self) -> Result<T, Finding> {
+    /// Deserializes `spec` into `T`, or every schema error in it (with `deny_unknown_fields`,
+    /// an unknown field is one, with a "did you mean"): type errors, unknown and missing
+    /// fields, values out of range, each at its line and column. A missing spec deserializes
+    /// from an empty mapping.
+    pub fn spec<T: DeserializeOwned>(&self) -> Result<T, Vec<Finding>> {
         let empty;
         let node = match self.spec_node() {
             Some(n) => n,
@@ -293,26 +296,7 @@ impl Document {
                 &empty
             }
         };
-        marked_yaml::from_node(node).map_err(|e| {
-            let mark = e.start_mark();
-            let at = Location {
-                file: Some(self.file.clone()),
-                line: mark.map(|m| m.line()).or(Some(self.line)),
-                column: mark.map(|m| m.column()),
-            };
-            let path = e.path().map(|p| format!("spec.{p}: ")).unwrap_or_default();
-            let inner = e.into_inner();
-            let code = if matches!(inner, marked_yaml::spanned_serde::Error::UnknownFieldError(..)) {
-                codes::UNKNOWN_FIELD
-            } else {
-                codes::SCHEMA
-            };
-            Finding::error(
-                code,
-                format!("{} {}/{}: {path}{inner}", self.kind, self.namespace, self.name),
-                &at,
-            )
-        })
+        schema::read_all(self, node)
     }
 }
 
@@ -362,7 +346,8 @@ kind: Broken
         assert_eq!(vs.line, 9);
         assert_eq!(vs.group(), "networking.istio.io");
         assert_eq!(vs.namespace, "shop");
-        let err = vs.spec::<VsSpec>().expect_err("unknown field");
+        let errs = vs.spec::<VsSpec>().expect_err("unknown field");
+        let err = &errs[0];
         assert_eq!(err.code, codes::UNKNOWN_FIELD);
         assert_eq!(err.line, Some(14), "{err}");
         assert!(err.message.contains("bogus"), "{err}");

@@ -451,3 +451,39 @@ fn a_closed_output_pipe_is_not_a_crash() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// Issue 18's example: one bad field does not hide the next; every schema error of the
+/// document in one run, each at its line and column, and the document stays out (exit 1).
+#[test]
+fn analyze_reports_every_schema_error_of_a_document_in_one_run() {
+    let dir = tempdir::Dir::new("weft-analyze-schema");
+    std::fs::write(
+        dir.path.join("vs.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n      weight: \"ten\"\n    retries: {attempts: three}\n    timeot: 2s\n",
+    )
+    .expect("write");
+    let out = run(
+        weft_bin(),
+        &["analyze", dir.path.to_str().expect("utf-8"), "-o", "json"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    let v = json(&out);
+    let placed: Vec<(&str, i64, i64)> = v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["file"] == "vs.yaml")
+        .map(|f| {
+            (
+                f["code"].as_str().unwrap_or(""),
+                f["line"].as_i64().unwrap_or(0),
+                f["column"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        placed,
+        [("WEFT0002", 9, 15), ("WEFT0002", 10, 25), ("WEFT0003", 11, 5)],
+        "{v}"
+    );
+}

@@ -14,7 +14,7 @@ use crate::resources::Document;
 pub(super) fn service(doc: &Document, _seen: usize, out: &mut Translated) {
     let spec: ServiceSpec = match doc.spec() {
         Ok(spec) => spec,
-        Err(finding) => return out.findings.push(finding),
+        Err(f) => return out.findings.extend(f),
     };
     let mut ports = Vec::with_capacity(spec.ports.len());
     for (i, p) in spec.ports.iter().enumerate() {
@@ -79,7 +79,7 @@ pub(super) fn service(doc: &Document, _seen: usize, out: &mut Translated) {
 pub(super) fn workload(doc: &Document, _seen: usize, out: &mut Translated) {
     let spec: WorkloadSpec = match doc.spec() {
         Ok(spec) => spec,
-        Err(finding) => return out.findings.push(finding),
+        Err(f) => return out.findings.extend(f),
     };
     let mut ports = Vec::with_capacity(spec.ports.len());
     for (i, p) in spec.ports.iter().enumerate() {

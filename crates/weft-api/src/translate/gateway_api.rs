@@ -84,7 +84,7 @@ fn specificity(rule: &Rule) -> (bool, u8, Reverse<usize>, bool, Reverse<usize>, 
 pub fn translate_http_route(doc: &Document, seen: usize, out: &mut Translated) {
     let spec: HttpRouteSpec = match doc.spec() {
         Ok(s) => s,
-        Err(f) => return out.findings.push(f),
+        Err(f) => return out.findings.extend(f),
     };
     let mut rules = Vec::new();
     for (index, r) in spec.rules.iter().enumerate() {
@@ -158,7 +158,7 @@ fn prefix_rewrite_needs_prefix_matches(
 pub fn translate_grpc_route(doc: &Document, seen: usize, out: &mut Translated) {
     let spec: GrpcRouteSpec = match doc.spec() {
         Ok(s) => s,
-        Err(f) => return out.findings.push(f),
+        Err(f) => return out.findings.extend(f),
     };
     let mut rules = Vec::new();
     let default_rules = [GrpcRouteRule::default()];

@@ -19,7 +19,7 @@ use crate::route::{
 pub(super) fn virtual_service(doc: &Document, seen: usize, out: &mut Translated) {
     let spec: vs::VirtualServiceSpec = match doc.spec() {
         Ok(spec) => spec,
-        Err(finding) => return out.findings.push(finding),
+        Err(f) => return out.findings.extend(f),
     };
     let mut cx = Cx::new(doc);
     if let Some(export) = &spec.export_to {
@@ -84,7 +84,7 @@ pub(super) fn virtual_service(doc: &Document, seen: usize, out: &mut Translated)
 pub(super) fn destination_rule(doc: &Document, _seen: usize, out: &mut Translated) {
     let spec: vs::DestinationRuleSpec = match doc.spec() {
         Ok(spec) => spec,
-        Err(finding) => return out.findings.push(finding),
+        Err(f) => return out.findings.extend(f),
     };
     let mut cx = Cx::new(doc);
     if let Some(export) = &spec.export_to {

@@ -14,7 +14,7 @@ use crate::route::{Action, Backend, RoutePolicies, Rule};
 pub fn translate_traffic_split(doc: &Document, seen: usize, out: &mut Translated) {
     let spec: TrafficSplitSpec = match doc.spec() {
         Ok(s) => s,
-        Err(f) => return out.findings.push(f),
+        Err(f) => return out.findings.extend(f),
     };
     let qualify = |name: &str| {
         mesh_host(name, &doc.namespace).unwrap_or_else(|| ProxyConfig::fqdn(name, &doc.namespace))
