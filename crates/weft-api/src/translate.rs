@@ -12,6 +12,7 @@ pub mod security;
 pub mod smi;
 pub mod spans;
 
+pub(crate) use self::core::locate;
 use crate::finding::{codes, Finding};
 use crate::model::Mesh;
 use crate::proxy_config::{split_host, ProxyConfig};

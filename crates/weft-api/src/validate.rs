@@ -4,6 +4,8 @@
 //! Reading (YAML syntax) and translation (schema, unknown fields and kinds, not implemented)
 //! report their own findings; this module adds the checks that need the whole model.
 
+mod istio;
+mod istio_docs;
 mod routes;
 
 use crate::finding::{codes, Finding, Severity};
@@ -28,6 +30,7 @@ pub fn analyze(loaded: &Loaded, translated: &Translated) -> Vec<Finding> {
         .cloned()
         .collect();
     check_mesh(&translated.mesh, &translated.spans, &mut findings);
+    istio_docs::check(&loaded.documents, &translated.mesh, &mut findings);
     findings.sort_by(|a, b| (&a.file, a.line, a.column, a.code).cmp(&(&b.file, b.line, b.column, b.code)));
     findings.dedup();
     findings
@@ -40,7 +43,9 @@ pub fn check_mesh(mesh: &Mesh, spans: &Spans, out: &mut Vec<Finding>) {
         routes::check_regexes(spans, r, out);
         routes::check_weights(spans, r, out);
         routes::check_shadowed(spans, r, out);
+        istio::check_routes(mesh, spans, r, out);
     }
+    istio::check_destination_rules(mesh, spans, out);
     routes::check_conflicts(mesh, spans, out);
     check_strict_plaintext(mesh, spans, out);
     translate::linkerd::check_profiles(mesh, out);
@@ -90,5 +95,7 @@ pub fn has_errors(findings: &[Finding]) -> bool {
     findings.iter().any(|f| f.severity == Severity::Error)
 }
 
+#[cfg(test)]
+mod istio_tests;
 #[cfg(test)]
 mod tests;

@@ -267,6 +267,7 @@ impl<'a> Cx<'a> {
                 dropped += 1;
                 continue;
             }
+            self.record(Part::Match(i, matches.len()), p!("match", ms.as_str()));
             matches.push(self.request_match(p!("match", ms.as_str()), want));
         }
         if dropped > 0 && matches.is_empty() {

@@ -28,6 +28,8 @@ pub enum Part {
     Subset(usize, usize),
     /// The port selector of backend `j` of rule `i`.
     BackendPort(usize, usize),
+    /// Match `m` of rule `i` (numbered as the model keeps them).
+    Match(usize, usize),
     /// Mirror `k` of rule `i` (`mirror:` is 0, `mirrors[k]` follow).
     Mirror(usize, usize),
     /// The value of a regex written in rule `i`.

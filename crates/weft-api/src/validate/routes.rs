@@ -34,6 +34,14 @@ fn host_at(spans: &Spans, routes: &HostRoutes) -> Location {
     spans.locate(&routes.origin, [Part::Host(routes.host.clone())])
 }
 
+/// The document named in a reference finding, after Istio's code for an Istio document.
+fn ist0101(routes: &HostRoutes) -> String {
+    match routes.dialect {
+        Dialect::Istio => format!("IST0101: {}", describe(routes)),
+        _ => describe(routes),
+    }
+}
+
 pub(super) fn describe(routes: &HostRoutes) -> String {
     // A ServiceProfile routes only through its dstOverrides; the rest of it still applies.
     let part = if routes.dialect == Dialect::LinkerdDstOverrides {
@@ -72,7 +80,7 @@ pub(super) fn check_references(mesh: &Mesh, spans: &Spans, routes: &HostRoutes, 
             if !seen.insert((b.service.clone(), b.subset.clone())) {
                 continue;
             }
-            let (i, what) = (rule.index, describe(routes));
+            let (i, what) = (rule.index, ist0101(routes));
             if mesh.service(&b.service).is_none() {
                 let at = part_at(spans, routes, rule, &[Part::BackendHost(i, j)]);
                 out.push(
@@ -182,7 +190,7 @@ pub(super) fn check_shadowed(spans: &Spans, routes: &HostRoutes, out: &mut Vec<F
                 Finding::warning(
                     codes::SHADOWED_RULE,
                     format!(
-                        "{} rule {} can never match: rule {} before it matches every request",
+                        "IST0130: {} rule {} can never match: rule {} before it matches every request",
                         describe(routes),
                         later.index,
                         routes.rules[i].index
