@@ -7,6 +7,7 @@
 mod istio;
 mod istio_docs;
 mod routes;
+pub mod suppress;
 
 use crate::finding::{codes, Finding, Severity};
 use crate::model::Mesh;
@@ -15,13 +16,32 @@ use crate::translate::{self, Part, Spans, Translated};
 
 /// Reads, translates and checks `paths`; every finding, sorted by file and line.
 pub fn analyze_paths(paths: &[std::path::PathBuf]) -> (Translated, Vec<Finding>) {
+    analyze_paths_suppressing(paths, &[])
+}
+
+/// As [`analyze_paths`], without the findings that `suppressions` silence.
+pub fn analyze_paths_suppressing(
+    paths: &[std::path::PathBuf],
+    suppressions: &[suppress::Suppression],
+) -> (Translated, Vec<Finding>) {
     let loaded = resources::load_paths(paths);
     let translated = translate::translate(&loaded.documents);
     let findings = analyze(&loaded, &translated);
+    let findings = suppress::apply(findings, &loaded.documents, suppressions);
     (translated, findings)
 }
 
-/// Every finding for loaded and translated documents.
+/// The findings as YAML, `findings:` holding the same objects as the JSON form.
+pub fn findings_yaml(findings: &[Finding]) -> Result<String, serde_norway::Error> {
+    #[derive(serde::Serialize)]
+    struct Out<'a> {
+        findings: &'a [Finding],
+    }
+    serde_norway::to_string(&Out { findings })
+}
+
+/// Every finding for loaded and translated documents, without those the documents' own
+/// `weft.dev/analyze-suppress` annotations silence.
 pub fn analyze(loaded: &Loaded, translated: &Translated) -> Vec<Finding> {
     let mut findings: Vec<Finding> = loaded
         .findings
@@ -33,7 +53,7 @@ pub fn analyze(loaded: &Loaded, translated: &Translated) -> Vec<Finding> {
     istio_docs::check(&loaded.documents, &translated.mesh, &mut findings);
     findings.sort_by(|a, b| (&a.file, a.line, a.column, a.code).cmp(&(&b.file, b.line, b.column, b.code)));
     findings.dedup();
-    findings
+    suppress::apply(findings, &loaded.documents, &[])
 }
 
 /// The checks that need the whole model.

@@ -487,3 +487,44 @@ fn analyze_reports_every_schema_error_of_a_document_in_one_run() {
         "{v}"
     );
 }
+
+/// `--suppress CODE=KIND/NS/NAME` silences a finding (exit status from what is left), `-o yaml`
+/// prints the same objects as JSON, and a malformed `--suppress` is a usage error.
+#[test]
+fn analyze_suppresses_findings_and_prints_yaml() {
+    let fixture = fixture();
+    let out = run(
+        weft_bin(),
+        &[
+            "analyze",
+            &fixture,
+            "--suppress",
+            "IST0101=VirtualService/default/reviews",
+            "-o",
+            "json",
+        ],
+    );
+    // The missing subset (an error) is silenced; the weights warning is left: exit 0.
+    assert_eq!(out.status.code(), Some(0), "{}", out.stdout);
+    let codes: Vec<String> = json(&out)["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| f["code"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(codes, ["WEFT0105"]);
+
+    let out = run(weft_bin(), &["analyze", &fixture, "-o", "yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    assert!(out.stdout.starts_with("findings:\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("  code: WEFT0102\n"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("  line: 36\n  column: 36\n"),
+        "{}",
+        out.stdout
+    );
+
+    let out = run(weft_bin(), &["analyze", &fixture, "--suppress", "IST0101"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("CODE=KIND/NAMESPACE/NAME"), "{}", out.stderr);
+}

@@ -249,3 +249,74 @@ spec:
         findings(yaml)
     );
 }
+
+const SUPPRESSIBLE: &str = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  annotations:
+    weft.dev/analyze-suppress: \"WEFT0105, IST0130\"
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews}, weight: 50}
+    - {destination: {host: reviews, subset: v9}, weight: 40}
+  - route: [{destination: {host: reviews}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ghost, namespace: shop}
+spec: {host: ghost}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews}
+spec: {ports: [{port: 9080}]}
+";
+
+#[test]
+fn the_annotation_silences_its_own_documents_codes_weft_or_istio() {
+    let codes: Vec<_> = findings(SUPPRESSIBLE).iter().map(|f| (f.code, f.line)).collect();
+    // Weights (WEFT0105) and the shadowed rule (IST0130 in its message) are silenced; the
+    // missing subset and the other document's finding are not.
+    assert_eq!(
+        codes,
+        [("WEFT0102", Some(12)), ("WEFT0111", Some(18))],
+        "{codes:?}"
+    );
+}
+
+#[test]
+fn suppress_rules_match_code_kind_namespace_and_name_with_wildcards() {
+    use super::suppress::{apply, BadSuppression, Suppression};
+    let mut loaded = Loaded::default();
+    parse_file("mesh.yaml", SUPPRESSIBLE, &mut loaded);
+    let all = findings(SUPPRESSIBLE);
+    let kept = |rules: &[&str]| -> Vec<&'static str> {
+        let rules: Vec<Suppression> = rules.iter().map(|r| r.parse().expect("valid")).collect();
+        apply(all.clone(), &loaded.documents, &rules)
+            .iter()
+            .map(|f| f.code)
+            .collect()
+    };
+    assert_eq!(kept(&[]), ["WEFT0102", "WEFT0111"]);
+    assert_eq!(kept(&["IST0101=VirtualService/default/reviews"]), ["WEFT0111"]);
+    assert_eq!(kept(&["WEFT0102=*/*/rev*"]), ["WEFT0111"]);
+    assert_eq!(kept(&["IST0174=DestinationRule/shop/*"]), ["WEFT0102"]);
+    // Another namespace or kind silences nothing.
+    assert_eq!(
+        kept(&["IST0174=DestinationRule/default/ghost"]),
+        ["WEFT0102", "WEFT0111"]
+    );
+    for bad in ["IST0101", "IST0101=VirtualService/reviews", "=a/b/c", "X=a/b/c/d"] {
+        assert_eq!(
+            bad.parse::<Suppression>(),
+            Err(BadSuppression {
+                given: bad.to_string()
+            }),
+            "{bad}"
+        );
+    }
+}
