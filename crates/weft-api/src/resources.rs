@@ -20,6 +20,7 @@ pub mod linkerd_policy;
 mod schema;
 pub mod security;
 pub mod smi;
+pub mod yaml;
 
 /// One document with where it came from.
 #[derive(Debug, Clone)]
@@ -166,17 +167,24 @@ pub fn parse_file(file: &str, text: &str, out: &mut Loaded) {
         }) {
             continue;
         }
-        // Blank lines in front keep the parser's line numbers those of the file.
-        let padded = format!("{}{}", "\n".repeat(start_line - 1), body);
         let at = Location {
             file: Some(file.to_string()),
             line: Some(start_line),
             column: None,
         };
-        let node = match marked_yaml::parse_yaml(0, &padded) {
+        // Each document is parsed alone, its marks placed at the file's lines as they are made:
+        // padding it with the lines before it made reading a file quadratic in its documents.
+        let offset = start_line - 1;
+        let node = match yaml::parse_document(&body, offset) {
             Ok(node) => node,
             Err(e) => {
-                out.findings.push(syntax_finding(file, start_line, &e));
+                let at = Location {
+                    file: Some(file.to_string()),
+                    line: Some(e.line),
+                    column: Some(e.column),
+                };
+                out.findings
+                    .push(Finding::error(codes::YAML_SYNTAX, format!("YAML: {e}"), &at));
                 continue;
             }
         };
@@ -185,21 +193,6 @@ pub fn parse_file(file: &str, text: &str, out: &mut Loaded) {
             Err(message) => out.findings.push(Finding::error(codes::SCHEMA, message, &at)),
         }
     }
-}
-
-fn syntax_finding(file: &str, start_line: usize, e: &marked_yaml::LoadError) -> Finding {
-    use marked_yaml::LoadError as E;
-    let mark = match e {
-        E::TopLevelMustBeMapping(m) | E::TopLevelMustBeSequence(m) | E::UnexpectedAnchor(m) => Some(*m),
-        E::MappingKeyMustBeScalar(m) | E::UnexpectedTag(m) | E::ScanError(m, _) => Some(*m),
-        E::DuplicateKey(d) => d.key.span().start().copied(),
-    };
-    let at = Location {
-        file: Some(file.to_string()),
-        line: mark.map(|m| m.line()).or(Some(start_line)),
-        column: mark.map(|m| m.column()),
-    };
-    Finding::error(codes::YAML_SYNTAX, format!("YAML: {e}"), &at)
 }
 
 /// Yields (1-based first line, text) for each `---`-separated document.
