@@ -9,8 +9,10 @@ mod istio_docs;
 mod routes;
 pub mod suppress;
 
+use std::collections::HashMap;
+
 use crate::finding::{codes, Finding, Severity};
-use crate::model::Mesh;
+use crate::model::{DestinationPolicy, Mesh, Service};
 use crate::resources::{self, Loaded};
 use crate::translate::{self, Part, Spans, Translated};
 
@@ -58,29 +60,31 @@ pub fn analyze(loaded: &Loaded, translated: &Translated) -> Vec<Finding> {
 
 /// The checks that need the whole model.
 pub fn check_mesh(mesh: &Mesh, spans: &Spans, out: &mut Vec<Finding>) {
+    let ix = Index::new(mesh);
     for r in &mesh.routes {
-        routes::check_references(mesh, spans, r, out);
+        routes::check_references(&ix, spans, r, out);
         routes::check_regexes(spans, r, out);
         routes::check_weights(spans, r, out);
         routes::check_shadowed(spans, r, out);
-        istio::check_routes(mesh, spans, r, out);
+        istio::check_routes(&ix, spans, r, out);
     }
-    istio::check_destination_rules(mesh, spans, out);
-    routes::check_conflicts(mesh, spans, out);
-    check_strict_plaintext(mesh, spans, out);
+    istio::check_destination_rules(&ix, spans, out);
+    routes::check_conflicts(&ix, spans, out);
+    check_strict_plaintext(&ix, spans, out);
     translate::linkerd::check_profiles(mesh, out);
 }
 
 /// A client told to send plaintext (DestinationRule `tls.mode: DISABLE`) to a port whose
 /// workloads require STRICT mTLS: every such request fails — Istio's classic 503.
-fn check_strict_plaintext(mesh: &Mesh, spans: &Spans, out: &mut Vec<Finding>) {
+fn check_strict_plaintext(ix: &Index<'_>, spans: &Spans, out: &mut Vec<Finding>) {
+    let mesh = ix.mesh;
     use crate::proxy_config::MtlsMode;
     for dr in mesh
         .destinations
         .iter()
         .filter(|d| d.tls_mode.as_deref() == Some("DISABLE"))
     {
-        let Some(svc) = mesh.service(&dr.host) else {
+        let Some(svc) = ix.service(&dr.host) else {
             continue;
         };
         for w in mesh
@@ -107,6 +111,42 @@ fn check_strict_plaintext(mesh: &Mesh, spans: &Spans, out: &mut Vec<Finding>) {
                 );
             }
         }
+    }
+}
+
+/// Services and DestinationRules by host, so that each check looks a host up in constant time
+/// (`Mesh::service` scans, which made analyzing many documents quadratic).
+pub(crate) struct Index<'a> {
+    pub mesh: &'a Mesh,
+    services: HashMap<String, &'a Service>,
+    destinations: HashMap<&'a str, &'a DestinationPolicy>,
+}
+
+impl<'a> Index<'a> {
+    fn new(mesh: &'a Mesh) -> Self {
+        let mut services = HashMap::with_capacity(mesh.services.len());
+        for s in &mesh.services {
+            services.entry(s.fqdn()).or_insert(s);
+        }
+        let mut destinations = HashMap::with_capacity(mesh.destinations.len());
+        for d in &mesh.destinations {
+            destinations.entry(d.host.as_str()).or_insert(d);
+        }
+        Self {
+            mesh,
+            services,
+            destinations,
+        }
+    }
+
+    /// As `Mesh::service`: the first Service with this fully qualified name.
+    pub fn service(&self, fqdn: &str) -> Option<&'a Service> {
+        self.services.get(fqdn).copied()
+    }
+
+    /// As `Mesh::destination`: the first DestinationRule for this host.
+    pub fn destination(&self, fqdn: &str) -> Option<&'a DestinationPolicy> {
+        self.destinations.get(fqdn).copied()
     }
 }
 

@@ -4,33 +4,34 @@
 //! matches (IST0130, IST0131).
 
 use crate::finding::{codes, Finding};
-use crate::model::{Dialect, HostRoutes, Mesh};
+use crate::model::{Dialect, HostRoutes};
 use crate::route::{Action, Rule};
 use crate::translate::{Part, Spans};
 
 use super::routes::{describe, matches_everything};
+use super::Index;
 
 /// The checks on one Istio VirtualService's routes.
-pub(super) fn check_routes(mesh: &Mesh, spans: &Spans, routes: &HostRoutes, out: &mut Vec<Finding>) {
+pub(super) fn check_routes(ix: &Index<'_>, spans: &Spans, routes: &HostRoutes, out: &mut Vec<Finding>) {
     if routes.dialect != Dialect::Istio {
         return;
     }
     for rule in &routes.rules {
-        check_ports(mesh, spans, routes, rule, out);
-        check_mirrors(mesh, spans, routes, rule, out);
+        check_ports(ix, spans, routes, rule, out);
+        check_mirrors(ix, spans, routes, rule, out);
     }
     check_unreachable(spans, routes, out);
 }
 
 /// A destination without a port to a multi-port service (IST0112); a port the service does
 /// not expose (IST0101).
-fn check_ports(mesh: &Mesh, spans: &Spans, routes: &HostRoutes, rule: &Rule, out: &mut Vec<Finding>) {
+fn check_ports(ix: &Index<'_>, spans: &Spans, routes: &HostRoutes, rule: &Rule, out: &mut Vec<Finding>) {
     let Action::Forward(backends) = &rule.action else {
         return;
     };
     let i = rule.index;
     for (j, b) in backends.iter().enumerate() {
-        let Some(svc) = mesh.service(&b.service) else {
+        let Some(svc) = ix.service(&b.service) else {
             continue;
         };
         let ports: Vec<String> = svc.ports.iter().map(|p| p.port.to_string()).collect();
@@ -76,11 +77,11 @@ fn check_ports(mesh: &Mesh, spans: &Spans, routes: &HostRoutes, rule: &Rule, out
 }
 
 /// A mirror to a host that is not a service, or to a subset no DestinationRule defines.
-fn check_mirrors(mesh: &Mesh, spans: &Spans, routes: &HostRoutes, rule: &Rule, out: &mut Vec<Finding>) {
+fn check_mirrors(ix: &Index<'_>, spans: &Spans, routes: &HostRoutes, rule: &Rule, out: &mut Vec<Finding>) {
     let i = rule.index;
     for (k, m) in rule.policies.mirrors.iter().enumerate() {
         let at = spans.locate(&routes.origin, [Part::Mirror(i, k), Part::Rule(i)]);
-        if mesh.service(&m.service).is_none() {
+        if ix.service(&m.service).is_none() {
             out.push(
                 Finding::error(
                     codes::MISSING_SERVICE,
@@ -99,7 +100,7 @@ fn check_mirrors(mesh: &Mesh, spans: &Spans, routes: &HostRoutes, rule: &Rule, o
             continue;
         }
         if let Some(subset) = &m.subset {
-            let defined = mesh
+            let defined = ix
                 .destination(&m.service)
                 .is_some_and(|d| d.subsets.iter().any(|s| &s.name == subset));
             if !defined {
@@ -171,9 +172,9 @@ fn check_unreachable(spans: &Spans, routes: &HostRoutes, out: &mut Vec<Finding>)
 
 /// A DestinationRule for a host that is not a service in the mesh: its subsets and policy
 /// apply to nothing (IST0174).
-pub(super) fn check_destination_rules(mesh: &Mesh, spans: &Spans, out: &mut Vec<Finding>) {
-    for dr in &mesh.destinations {
-        if mesh.service(&dr.host).is_none() {
+pub(super) fn check_destination_rules(ix: &Index<'_>, spans: &Spans, out: &mut Vec<Finding>) {
+    for dr in &ix.mesh.destinations {
+        if ix.service(&dr.host).is_none() {
             let at = spans.locate(&dr.origin, [Part::Host(dr.host.clone())]);
             out.push(
                 Finding::warning(

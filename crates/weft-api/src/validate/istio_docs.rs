@@ -42,16 +42,41 @@ pub(super) fn check(docs: &[Document], mesh: &Mesh, out: &mut Vec<Finding>) {
                 .map(|d| d.name.as_str()),
         )
         .collect();
+    let cx = Cx {
+        mesh,
+        namespaces,
+        gateways: docs
+            .iter()
+            .filter(|d| is(d, ISTIO_NETWORKING, "Gateway"))
+            .map(|d| (d.namespace.as_str(), d.name.as_str()))
+            .collect(),
+        authn_namespaces: docs
+            .iter()
+            .filter(|d| is(d, ISTIO_SECURITY, "RequestAuthentication"))
+            .map(|d| d.namespace.as_str())
+            .collect(),
+    };
     for doc in docs {
         if is(doc, ISTIO_NETWORKING, "VirtualService") {
-            virtual_service(doc, docs, out);
+            virtual_service(doc, &cx, out);
         } else if is(doc, ISTIO_SECURITY, "AuthorizationPolicy") {
-            authorization_policy(doc, docs, mesh, &namespaces, out);
+            authorization_policy(doc, &cx, out);
         }
     }
 }
 
-fn virtual_service(doc: &Document, docs: &[Document], out: &mut Vec<Finding>) {
+/// What the checks look up, gathered once (per document it would be quadratic).
+struct Cx<'a> {
+    mesh: &'a Mesh,
+    /// Every namespace a document is in or a Namespace declares.
+    namespaces: BTreeSet<&'a str>,
+    /// Istio Gateways, (namespace, name).
+    gateways: BTreeSet<(&'a str, &'a str)>,
+    /// Namespaces with a RequestAuthentication.
+    authn_namespaces: BTreeSet<&'a str>,
+}
+
+fn virtual_service(doc: &Document, cx: &Cx<'_>, out: &mut Vec<Finding>) {
     let Some(spec) = doc.spec_node() else {
         return;
     };
@@ -79,10 +104,7 @@ fn virtual_service(doc: &Document, docs: &[Document], out: &mut Vec<Finding>) {
                 continue;
             }
             let (ns, gw) = name.split_once('/').unwrap_or((doc.namespace.as_str(), name));
-            let exists = docs
-                .iter()
-                .any(|d| is(d, ISTIO_NETWORKING, "Gateway") && d.namespace == ns && d.name == gw);
-            if !exists {
+            if !cx.gateways.contains(&(ns, gw)) {
                 out.push(Finding::error(
                     codes::MISSING_GATEWAY,
                     format!("IST0101: {}: referenced gateway not found: {ns}/{gw}", who(doc)),
@@ -130,13 +152,8 @@ fn deprecated(doc: &Document, spec: &Node, out: &mut Vec<Finding>) {
     }
 }
 
-fn authorization_policy(
-    doc: &Document,
-    docs: &[Document],
-    mesh: &Mesh,
-    namespaces: &BTreeSet<&str>,
-    out: &mut Vec<Finding>,
-) {
+fn authorization_policy(doc: &Document, cx: &Cx<'_>, out: &mut Vec<Finding>) {
+    let mesh = cx.mesh;
     // A policy that does not read is reported by translation.
     let Ok(spec) = doc.spec::<AuthorizationPolicySpec>() else {
         return;
@@ -181,10 +198,9 @@ fn authorization_policy(
             &at,
         ));
     }
-    let authn = docs.iter().any(|d| {
-        is(d, ISTIO_SECURITY, "RequestAuthentication")
-            && (d.namespace == doc.namespace || d.namespace == ROOT_NAMESPACE)
-    });
+    let authn = [doc.namespace.as_str(), ROOT_NAMESPACE]
+        .iter()
+        .any(|ns| cx.authn_namespaces.contains(ns));
     for (i, rule) in spec.rules.iter().enumerate() {
         let i = i.to_string();
         for (j, from) in rule.from.iter().enumerate() {
@@ -195,7 +211,7 @@ fn authorization_policy(
                 ("notNamespaces", &from.source.not_namespaces),
             ] {
                 for (k, ns) in list.iter().enumerate() {
-                    if namespace_exists(ns, namespaces) {
+                    if namespace_exists(ns, &cx.namespaces) {
                         continue;
                     }
                     let k = k.to_string();

@@ -5,9 +5,11 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::finding::{codes, Finding, Location, Severity};
-use crate::model::{Dialect, HostRoutes, Mesh};
+use crate::model::{Dialect, HostRoutes};
 use crate::route::{Action, CompiledTable, RouteTable, Rule};
 use crate::translate::{Part, Spans};
+
+use super::Index;
 
 /// The rule itself: its own line (every dialect records it in `Rule::origin`), a column when
 /// the translator recorded one.
@@ -56,8 +58,8 @@ pub(super) fn describe(routes: &HostRoutes) -> String {
 }
 
 /// Backends naming a service or subset that does not exist: the classic 503.
-pub(super) fn check_references(mesh: &Mesh, spans: &Spans, routes: &HostRoutes, out: &mut Vec<Finding>) {
-    if mesh.service(&routes.host).is_none() {
+pub(super) fn check_references(ix: &Index<'_>, spans: &Spans, routes: &HostRoutes, out: &mut Vec<Finding>) {
+    if ix.service(&routes.host).is_none() {
         out.push(
             Finding::warning(
                 codes::MISSING_SERVICE,
@@ -81,7 +83,7 @@ pub(super) fn check_references(mesh: &Mesh, spans: &Spans, routes: &HostRoutes, 
                 continue;
             }
             let (i, what) = (rule.index, ist0101(routes));
-            if mesh.service(&b.service).is_none() {
+            if ix.service(&b.service).is_none() {
                 let at = part_at(spans, routes, rule, &[Part::BackendHost(i, j)]);
                 out.push(
                     Finding::error(
@@ -100,7 +102,7 @@ pub(super) fn check_references(mesh: &Mesh, spans: &Spans, routes: &HostRoutes, 
                 continue;
             }
             if let Some(subset) = &b.subset {
-                let defined = mesh
+                let defined = ix
                     .destination(&b.service)
                     .is_some_and(|d| d.subsets.iter().any(|s| &s.name == subset));
                 if !defined {
@@ -224,9 +226,9 @@ pub(super) fn matches_everything(rule: &Rule) -> bool {
 
 /// Two documents routing one host: dialect precedence decides, and the loser is reported at
 /// the entry naming the host.
-pub(super) fn check_conflicts(mesh: &Mesh, spans: &Spans, out: &mut Vec<Finding>) {
+pub(super) fn check_conflicts(ix: &Index<'_>, spans: &Spans, out: &mut Vec<Finding>) {
     let mut by_host: BTreeMap<&str, Vec<&HostRoutes>> = BTreeMap::new();
-    for r in &mesh.routes {
+    for r in &ix.mesh.routes {
         by_host.entry(r.host.as_str()).or_default().push(r);
     }
     for (host, routes) in by_host {
