@@ -102,7 +102,7 @@ fn check_strict_plaintext(ix: &Index<'_>, spans: &Spans, out: &mut Vec<Finding>)
                     Finding::error(
                         codes::STRICT_PLAINTEXT,
                         format!(
-                            "DestinationRule {}/{} sends plaintext (tls.mode DISABLE) to {} port {}, but PeerAuthentication requires STRICT mTLS on workload {}: requests fail",
+                            "IST0113: DestinationRule {}/{} sends plaintext (tls.mode DISABLE) to {} port {}, but PeerAuthentication requires STRICT mTLS on workload {}: requests fail",
                             dr.origin.namespace, dr.origin.name, dr.host, p.port, w.name
                         ),
                         &at,

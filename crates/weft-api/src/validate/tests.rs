@@ -208,6 +208,13 @@ spec:
       mode: DISABLE
 ";
     assert_eq!(at(yaml, "WEFT0108"), [(23, 7)], "{:?}", findings(yaml));
+    // Istio's MTLSPolicyConflict.
+    let f = findings(yaml);
+    assert!(
+        f.iter()
+            .any(|f| f.code == "WEFT0108" && f.message.starts_with("IST0113: ")),
+        "{f:?}"
+    );
 }
 
 #[test]
