@@ -38,8 +38,13 @@ pub struct Document {
     pub creation_timestamp: Option<String>,
     pub labels: std::collections::BTreeMap<String, String>,
     pub annotations: std::collections::BTreeMap<String, String>,
-    /// The whole document, positions absolute within the file.
-    pub node: Node,
+    /// 1-based last line of the document in its file.
+    pub end_line: usize,
+    /// The document's text and the number of lines before it in its file. Its positioned tree
+    /// is parsed again when asked for ([`Document::node`]): keeping every document's tree
+    /// made 100,000 small documents take 750 MB.
+    text: std::sync::Arc<str>,
+    offset: usize,
 }
 
 /// The documents of a set of files, and what could not be read.
@@ -188,7 +193,7 @@ pub fn parse_file(file: &str, text: &str, out: &mut Loaded) {
                 continue;
             }
         };
-        match document(file, start_line, node) {
+        match document(file, start_line, node, &body) {
             Ok(doc) => out.documents.push(doc),
             Err(message) => out.findings.push(Finding::error(codes::SCHEMA, message, &at)),
         }
@@ -214,7 +219,7 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
-fn document(file: &str, line: usize, node: Node) -> Result<Document, String> {
+fn document(file: &str, line: usize, node: Node, body: &str) -> Result<Document, String> {
     let map = node.as_mapping().ok_or("a document must be a mapping")?;
     let text = |key: &str| map.get_scalar(key).map(|s| s.as_str().to_string());
     let api_version = text("apiVersion").ok_or("missing apiVersion")?;
@@ -225,7 +230,9 @@ fn document(file: &str, line: usize, node: Node) -> Result<Document, String> {
     };
     let name = metadata.name.ok_or("missing metadata.name")?;
     // The document's own position: its first key.
+    let offset = line - 1;
     let line = node.span().start().map_or(line, |m| m.line());
+    let end_line = node.span().end().map_or(line, |m| m.line());
     Ok(Document {
         file: file.to_string(),
         line,
@@ -236,7 +243,9 @@ fn document(file: &str, line: usize, node: Node) -> Result<Document, String> {
         creation_timestamp: metadata.creation_timestamp,
         labels: metadata.labels,
         annotations: metadata.annotations,
-        node,
+        end_line,
+        text: std::sync::Arc::from(body),
+        offset,
     })
 }
 
@@ -269,9 +278,22 @@ impl Document {
         }
     }
 
+    /// The whole document, positions absolute within its file (parsed from its text again;
+    /// it parsed when loaded, so this cannot fail: a failure would give an empty mapping).
+    pub fn node(&self) -> Node {
+        yaml::parse_document(&self.text, self.offset).unwrap_or_else(|_| {
+            Node::from(marked_yaml::types::MarkedMappingNode::new_empty(
+                marked_yaml::Span::new_blank(),
+            ))
+        })
+    }
+
     /// The `spec` node, if any.
-    pub fn spec_node(&self) -> Option<&Node> {
-        self.node.as_mapping()?.get_node("spec")
+    pub fn spec_node(&self) -> Option<Node> {
+        match self.node() {
+            Node::Mapping(mut map) => map.remove("spec"),
+            _ => None,
+        }
     }
 
     /// Deserializes `spec` into `T`, or every schema error in it (with `deny_unknown_fields`,
@@ -279,17 +301,12 @@ impl Document {
     /// fields, values out of range, each at its line and column. A missing spec deserializes
     /// from an empty mapping.
     pub fn spec<T: DeserializeOwned>(&self) -> Result<T, Vec<Finding>> {
-        let empty;
-        let node = match self.spec_node() {
-            Some(n) => n,
-            None => {
-                empty = Node::from(marked_yaml::types::MarkedMappingNode::new_empty(
-                    marked_yaml::Span::new_blank(),
-                ));
-                &empty
-            }
-        };
-        schema::read_all(self, node)
+        let node = self.spec_node().unwrap_or_else(|| {
+            Node::from(marked_yaml::types::MarkedMappingNode::new_empty(
+                marked_yaml::Span::new_blank(),
+            ))
+        });
+        schema::read_all(self, &node)
     }
 }
 

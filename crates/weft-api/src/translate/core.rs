@@ -138,7 +138,12 @@ pub(super) fn workload(doc: &Document, _seen: usize, out: &mut Translated) {
 /// "corsPolicy"]`; a number indexes a sequence). The key's own position when the last step is
 /// a key; the deepest node found when the path does not go all the way.
 pub(crate) fn locate(doc: &Document, path: &[&str]) -> Location {
-    let mut node: &Node = &doc.node;
+    locate_in(doc, &doc.node(), path)
+}
+
+/// As [`locate`], in the document's tree already parsed (`root`).
+pub(crate) fn locate_in(doc: &Document, root: &Node, path: &[&str]) -> Location {
+    let mut node: &Node = root;
     let mut at = doc.location_of(node);
     for step in path {
         let next = match node {
@@ -173,9 +178,9 @@ fn item_location(doc: &Document, item: &Node) -> Location {
     }
 }
 
-/// Whether the document has a node at `path` (mapping keys and sequence indexes).
-pub(crate) fn has_path(doc: &Document, path: &[&str]) -> bool {
-    let mut node: &Node = &doc.node;
+/// Whether the document's tree (`root`) has a node at `path` (mapping keys and list indexes).
+pub(crate) fn has_path_in(root: &Node, path: &[&str]) -> bool {
+    let mut node: &Node = root;
     for step in path {
         let next = match node {
             Node::Mapping(map) => map.iter().find(|(k, _)| k.as_str() == *step).map(|(_, v)| v),

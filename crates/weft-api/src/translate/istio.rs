@@ -181,6 +181,8 @@ struct Cx<'a> {
     spans: Vec<(Part, Location)>,
     /// The index of the rule being read.
     rule: usize,
+    /// The document's tree, parsed once for every part recorded.
+    root: marked_yaml::Node,
 }
 
 impl<'a> Cx<'a> {
@@ -190,13 +192,15 @@ impl<'a> Cx<'a> {
             findings: Vec::new(),
             spans: Vec::new(),
             rule: 0,
+            root: doc.node(),
         }
     }
 
     /// Records `part` at `path` when the document has that field.
     fn record(&mut self, part: Part, path: &[&str]) {
-        if super::core::has_path(self.doc, path) {
-            self.spans.push((part, locate(self.doc, path)));
+        if super::core::has_path_in(&self.root, path) {
+            self.spans
+                .push((part, super::core::locate_in(self.doc, &self.root, path)));
         }
     }
 

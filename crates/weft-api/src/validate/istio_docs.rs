@@ -80,6 +80,7 @@ fn virtual_service(doc: &Document, cx: &Cx<'_>, out: &mut Vec<Finding>) {
     let Some(spec) = doc.spec_node() else {
         return;
     };
+    let spec = &spec;
     let hosts = child(spec, "hosts").and_then(Node::as_sequence);
     if hosts.is_none_or(|h| h.is_empty()) {
         let at = locate(doc, &["spec", "hosts"]);

@@ -103,8 +103,7 @@ pub fn apply(findings: Vec<Finding>, docs: &[Document], rules: &[Suppression]) -
         let i = starts.partition_point(|(start, _)| *start <= line);
         let doc = starts.get(i.checked_sub(1)?).map(|(_, d)| *d)?;
         // Past the document's last line: a later document that did not load.
-        let end = doc.node.span().end().map_or(usize::MAX, |m| m.line());
-        (line <= end).then_some(doc)
+        (line <= doc.end_line).then_some(doc)
     };
     findings
         .into_iter()

@@ -72,9 +72,10 @@ spec:
     let mut out = Loaded::default();
     parse_file("mesh.yaml", text, &mut out);
     assert_eq!(out.documents.len(), 1, "{:?}", out.findings);
-    let selector = out.documents[0]
-        .spec_node()
-        .and_then(|s| s.as_mapping()?.get_mapping("selector"))
+    let spec = out.documents[0].spec_node().expect("spec");
+    let selector = spec
+        .as_mapping()
+        .and_then(|s| s.get_mapping("selector"))
         .and_then(|s| s.get_scalar("app"))
         .map(|s| s.as_str().to_string());
     assert_eq!(selector.as_deref(), Some("reviews"));

@@ -5,7 +5,7 @@ use marked_yaml::{Node, Spanned};
 use super::at;
 use crate::resources::gateway_api::BackendRef;
 use crate::resources::Document;
-use crate::translate::core::{has_path, locate};
+use crate::translate::core::{has_path_in, locate_in};
 use crate::translate::{Part, Translated};
 
 /// Where rule `index`, its backendRefs (numbered as the model numbers them: Service refs
@@ -16,20 +16,23 @@ pub(super) fn record_rule(
     backend_refs: &[Spanned<BackendRef>],
     out: &mut Translated,
 ) {
+    let root = doc.node();
     let i = index.to_string();
     let rule = ["spec", "rules", i.as_str()];
-    out.spans.record(doc, Part::Rule(index), locate(doc, &rule));
+    out.spans
+        .record(doc, Part::Rule(index), locate_in(doc, &root, &rule));
     let refs = [&rule[..], &["backendRefs"]].concat();
-    if has_path(doc, &refs) {
-        out.spans.record(doc, Part::Routes(index), locate(doc, &refs));
+    if has_path_in(&root, &refs) {
+        out.spans
+            .record(doc, Part::Routes(index), locate_in(doc, &root, &refs));
     }
     for (j, b) in backend_refs.iter().filter(|b| b.is_service()).enumerate() {
         out.spans
             .record(doc, Part::BackendHost(index, j), at(doc, b.span()));
     }
     // `type: RegularExpression` values under the rule's matches (path, headers, queryParams).
-    let Some(matches) = doc.spec_node().and_then(|s| {
-        s.as_mapping()?
+    let Some(matches) = root.as_mapping().and_then(|r| {
+        r.get_mapping("spec")?
             .get_sequence("rules")?
             .get(index)?
             .as_mapping()?
