@@ -528,3 +528,45 @@ fn analyze_suppresses_findings_and_prints_yaml() {
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("CODE=KIND/NAMESPACE/NAME"), "{}", out.stderr);
 }
+
+/// Helm-style anchors and aliases read as written; a "billion laughs" is refused with a YAML
+/// finding at the alias that crosses the bound, and the other documents still load.
+#[test]
+fn analyze_reads_anchors_and_refuses_a_billion_laughs() {
+    let dir = tempdir::Dir::new("weft-analyze-anchors");
+    std::fs::write(
+        dir.path.join("svc.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, labels: &app {app: reviews}}\nspec:\n  selector: *app\n  ports: [{port: 9080}]\n",
+    )
+    .expect("write");
+    let path = dir.path.to_str().expect("utf-8");
+    let out = run(weft_bin(), &["analyze", path, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stdout);
+    assert_eq!(json(&out)["findings"], serde_json::json!([]));
+
+    let mut laughs = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\ndata:\n  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        laughs.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+    }
+    std::fs::write(dir.path.join("laughs.yaml"), laughs).expect("write");
+    let out = run(weft_bin(), &["analyze", path, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    let v = json(&out);
+    let f = &v["findings"][0];
+    assert_eq!(
+        (&f["file"], &f["code"], &f["line"], &f["column"]),
+        (
+            &serde_json::json!("laughs.yaml"),
+            &serde_json::json!("WEFT0001"),
+            &serde_json::json!(9),
+            &serde_json::json!(47)
+        ),
+        "{v}"
+    );
+    assert!(
+        f["message"].as_str().is_some_and(|m| m.contains("100000 nodes")),
+        "{v}"
+    );
+    assert_eq!(v["findings"].as_array().map(Vec::len), Some(1), "{v}");
+}
