@@ -48,6 +48,8 @@ pub mod codes {
     pub const NOT_IMPLEMENTED: &str = "WEFT0005";
     pub const MISSING_FIELD: &str = "WEFT0006";
     pub const DUPLICATE: &str = "WEFT0007";
+    /// A field Istio deprecated (IST0002).
+    pub const DEPRECATED: &str = "WEFT0008";
     pub const MISSING_SERVICE: &str = "WEFT0101";
     pub const MISSING_SUBSET: &str = "WEFT0102";
     pub const MISSING_GATEWAY: &str = "WEFT0103";
@@ -56,6 +58,20 @@ pub mod codes {
     pub const BAD_REGEX: &str = "WEFT0106";
     pub const SHADOWED_RULE: &str = "WEFT0107";
     pub const STRICT_PLAINTEXT: &str = "WEFT0108";
+    /// A destination without a port to a service with several (IST0112).
+    pub const PORT_REQUIRED: &str = "WEFT0109";
+    /// A destination port the service does not expose (IST0101 host:port).
+    pub const MISSING_PORT: &str = "WEFT0110";
+    /// A DestinationRule for a host that is not a service (IST0174).
+    pub const UNKNOWN_RULE_HOST: &str = "WEFT0111";
+    /// A match that an earlier rule's match already takes (IST0131).
+    pub const INEFFECTIVE_MATCH: &str = "WEFT0112";
+    /// A namespace named by a policy that no document is in (IST0101 namespace).
+    pub const MISSING_NAMESPACE: &str = "WEFT0113";
+    /// A workload selector that selects no Workload (IST0127).
+    pub const NO_MATCHING_WORKLOADS: &str = "WEFT0114";
+    /// `request.auth` conditions without a RequestAuthentication (IST0172).
+    pub const NO_REQUEST_AUTHENTICATION: &str = "WEFT0115";
     /// A Linkerd policy names a Server, HTTPRoute or authentication that is in no document.
     pub const MISSING_POLICY_REF: &str = "WEFT0120";
     /// A Linkerd `Server` selects no workload port.
@@ -83,6 +99,10 @@ impl Finding {
 
     pub fn warning(code: &'static str, message: impl Into<String>, at: &Location) -> Self {
         Self::new(Severity::Warning, code, message, at)
+    }
+
+    pub fn info(code: &'static str, message: impl Into<String>, at: &Location) -> Self {
+        Self::new(Severity::Info, code, message, at)
     }
 
     pub fn with_fix(mut self, fix: impl Into<String>) -> Self {

@@ -17,8 +17,10 @@ pub mod gateway_api;
 pub mod istio;
 pub mod linkerd;
 pub mod linkerd_policy;
+mod schema;
 pub mod security;
 pub mod smi;
+pub mod yaml;
 
 /// One document with where it came from.
 #[derive(Debug, Clone)]
@@ -36,8 +38,13 @@ pub struct Document {
     pub creation_timestamp: Option<String>,
     pub labels: std::collections::BTreeMap<String, String>,
     pub annotations: std::collections::BTreeMap<String, String>,
-    /// The whole document, positions absolute within the file.
-    pub node: Node,
+    /// 1-based last line of the document in its file.
+    pub end_line: usize,
+    /// The document's text and the number of lines before it in its file. Its positioned tree
+    /// is parsed again when asked for ([`Document::node`]): keeping every document's tree
+    /// made 100,000 small documents take 750 MB.
+    text: std::sync::Arc<str>,
+    offset: usize,
 }
 
 /// The documents of a set of files, and what could not be read.
@@ -165,40 +172,32 @@ pub fn parse_file(file: &str, text: &str, out: &mut Loaded) {
         }) {
             continue;
         }
-        // Blank lines in front keep the parser's line numbers those of the file.
-        let padded = format!("{}{}", "\n".repeat(start_line - 1), body);
         let at = Location {
             file: Some(file.to_string()),
             line: Some(start_line),
             column: None,
         };
-        let node = match marked_yaml::parse_yaml(0, &padded) {
+        // Each document is parsed alone, its marks placed at the file's lines as they are made:
+        // padding it with the lines before it made reading a file quadratic in its documents.
+        let offset = start_line - 1;
+        let node = match yaml::parse_document(&body, offset) {
             Ok(node) => node,
             Err(e) => {
-                out.findings.push(syntax_finding(file, start_line, &e));
+                let at = Location {
+                    file: Some(file.to_string()),
+                    line: Some(e.line),
+                    column: Some(e.column),
+                };
+                out.findings
+                    .push(Finding::error(codes::YAML_SYNTAX, format!("YAML: {e}"), &at));
                 continue;
             }
         };
-        match document(file, start_line, node) {
+        match document(file, start_line, node, &body) {
             Ok(doc) => out.documents.push(doc),
             Err(message) => out.findings.push(Finding::error(codes::SCHEMA, message, &at)),
         }
     }
-}
-
-fn syntax_finding(file: &str, start_line: usize, e: &marked_yaml::LoadError) -> Finding {
-    use marked_yaml::LoadError as E;
-    let mark = match e {
-        E::TopLevelMustBeMapping(m) | E::TopLevelMustBeSequence(m) | E::UnexpectedAnchor(m) => Some(*m),
-        E::MappingKeyMustBeScalar(m) | E::UnexpectedTag(m) | E::ScanError(m, _) => Some(*m),
-        E::DuplicateKey(d) => d.key.span().start().copied(),
-    };
-    let at = Location {
-        file: Some(file.to_string()),
-        line: mark.map(|m| m.line()).or(Some(start_line)),
-        column: mark.map(|m| m.column()),
-    };
-    Finding::error(codes::YAML_SYNTAX, format!("YAML: {e}"), &at)
 }
 
 /// Yields (1-based first line, text) for each `---`-separated document.
@@ -220,7 +219,7 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
-fn document(file: &str, line: usize, node: Node) -> Result<Document, String> {
+fn document(file: &str, line: usize, node: Node, body: &str) -> Result<Document, String> {
     let map = node.as_mapping().ok_or("a document must be a mapping")?;
     let text = |key: &str| map.get_scalar(key).map(|s| s.as_str().to_string());
     let api_version = text("apiVersion").ok_or("missing apiVersion")?;
@@ -231,7 +230,9 @@ fn document(file: &str, line: usize, node: Node) -> Result<Document, String> {
     };
     let name = metadata.name.ok_or("missing metadata.name")?;
     // The document's own position: its first key.
+    let offset = line - 1;
     let line = node.span().start().map_or(line, |m| m.line());
+    let end_line = node.span().end().map_or(line, |m| m.line());
     Ok(Document {
         file: file.to_string(),
         line,
@@ -242,7 +243,9 @@ fn document(file: &str, line: usize, node: Node) -> Result<Document, String> {
         creation_timestamp: metadata.creation_timestamp,
         labels: metadata.labels,
         annotations: metadata.annotations,
-        node,
+        end_line,
+        text: std::sync::Arc::from(body),
+        offset,
     })
 }
 
@@ -275,44 +278,35 @@ impl Document {
         }
     }
 
-    /// The `spec` node, if any.
-    pub fn spec_node(&self) -> Option<&Node> {
-        self.node.as_mapping()?.get_node("spec")
+    /// The whole document, positions absolute within its file (parsed from its text again;
+    /// it parsed when loaded, so this cannot fail: a failure would give an empty mapping).
+    pub fn node(&self) -> Node {
+        yaml::parse_document(&self.text, self.offset).unwrap_or_else(|_| {
+            Node::from(marked_yaml::types::MarkedMappingNode::new_empty(
+                marked_yaml::Span::new_blank(),
+            ))
+        })
     }
 
-    /// Deserializes `spec` into `T` (with `deny_unknown_fields`, an unknown field is an error
-    /// naming the field and its line). A missing spec deserializes from an empty mapping.
-    pub fn spec<T: DeserializeOwned>(&self) -> Result<T, Finding> {
-        let empty;
-        let node = match self.spec_node() {
-            Some(n) => n,
-            None => {
-                empty = Node::from(marked_yaml::types::MarkedMappingNode::new_empty(
-                    marked_yaml::Span::new_blank(),
-                ));
-                &empty
-            }
-        };
-        marked_yaml::from_node(node).map_err(|e| {
-            let mark = e.start_mark();
-            let at = Location {
-                file: Some(self.file.clone()),
-                line: mark.map(|m| m.line()).or(Some(self.line)),
-                column: mark.map(|m| m.column()),
-            };
-            let path = e.path().map(|p| format!("spec.{p}: ")).unwrap_or_default();
-            let inner = e.into_inner();
-            let code = if matches!(inner, marked_yaml::spanned_serde::Error::UnknownFieldError(..)) {
-                codes::UNKNOWN_FIELD
-            } else {
-                codes::SCHEMA
-            };
-            Finding::error(
-                code,
-                format!("{} {}/{}: {path}{inner}", self.kind, self.namespace, self.name),
-                &at,
-            )
-        })
+    /// The `spec` node, if any.
+    pub fn spec_node(&self) -> Option<Node> {
+        match self.node() {
+            Node::Mapping(mut map) => map.remove("spec"),
+            _ => None,
+        }
+    }
+
+    /// Deserializes `spec` into `T`, or every schema error in it (with `deny_unknown_fields`,
+    /// an unknown field is one, with a "did you mean"): type errors, unknown and missing
+    /// fields, values out of range, each at its line and column. A missing spec deserializes
+    /// from an empty mapping.
+    pub fn spec<T: DeserializeOwned>(&self) -> Result<T, Vec<Finding>> {
+        let node = self.spec_node().unwrap_or_else(|| {
+            Node::from(marked_yaml::types::MarkedMappingNode::new_empty(
+                marked_yaml::Span::new_blank(),
+            ))
+        });
+        schema::read_all(self, &node)
     }
 }
 
@@ -362,7 +356,8 @@ kind: Broken
         assert_eq!(vs.line, 9);
         assert_eq!(vs.group(), "networking.istio.io");
         assert_eq!(vs.namespace, "shop");
-        let err = vs.spec::<VsSpec>().expect_err("unknown field");
+        let errs = vs.spec::<VsSpec>().expect_err("unknown field");
+        let err = &errs[0];
         assert_eq!(err.code, codes::UNKNOWN_FIELD);
         assert_eq!(err.line, Some(14), "{err}");
         assert!(err.message.contains("bogus"), "{err}");

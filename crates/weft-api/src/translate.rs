@@ -10,18 +10,23 @@ pub mod linkerd;
 pub mod linkerd_policy;
 pub mod security;
 pub mod smi;
+pub mod spans;
 
+pub(crate) use self::core::locate;
 use crate::finding::{codes, Finding};
 use crate::model::Mesh;
 use crate::proxy_config::{split_host, ProxyConfig};
 use crate::resources::Document;
 use crate::route::Origin;
+pub use spans::{Part, Spans};
 
 /// The model and what translation found on the way.
 #[derive(Debug, Default)]
 pub struct Translated {
     pub mesh: Mesh,
     pub findings: Vec<Finding>,
+    /// Where the model's parts were written, for findings at the causing field.
+    pub spans: Spans,
     /// Linkerd policy documents read but not yet compiled (they name each other).
     linkerd_policy: linkerd_policy::Pending,
 }

@@ -25,17 +25,26 @@ fn analyze_reports_a_missing_subset_as_an_error_with_file_line_and_fix() {
         .expect("missing subset finding");
     assert_eq!(missing["severity"], "error");
     assert_eq!(missing["file"], "mesh.yaml");
-    assert_eq!(missing["line"], 22);
+    // At the `subset:` field of the destination, not the start of the VirtualService.
+    assert_eq!(
+        (&missing["line"], &missing["column"]),
+        (&serde_json::json!(36), &serde_json::json!(36))
+    );
     assert!(missing["fix"].as_str().is_some_and(|f| f.contains("subset v3")));
     let weights = findings
         .iter()
         .find(|f| f["code"] == "WEFT0105")
         .expect("weights finding");
     assert_eq!(weights["severity"], "warning");
+    // At the `route:` list of rule 1.
+    assert_eq!(
+        (&weights["line"], &weights["column"]),
+        (&serde_json::json!(33), &serde_json::json!(5))
+    );
     // The text form, as istioctl prints it.
     let out = run(weft_bin(), &["analyze", &fixture()]);
     assert!(
-        out.stdout.contains("mesh.yaml:22: error WEFT0102:"),
+        out.stdout.contains("mesh.yaml:36:36: error WEFT0102:"),
         "{}",
         out.stdout
     );
@@ -218,7 +227,11 @@ spec:
         .find(|f| f["code"] == "WEFT0108")
         .unwrap_or_else(|| panic!("no STRICT/plaintext finding: {v}"));
     assert_eq!(f["severity"], "error");
-    assert_eq!(f["line"], 16, "the DestinationRule's line");
+    assert_eq!(
+        (&f["line"], &f["column"]),
+        (&serde_json::json!(21), &serde_json::json!(25)),
+        "the DestinationRule's tls.mode"
+    );
     assert!(
         f["message"].as_str().is_some_and(|m| m.contains("ledger-v1")),
         "{f}"
@@ -437,4 +450,123 @@ fn a_closed_output_pipe_is_not_a_crash() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// Issue 18's example: one bad field does not hide the next; every schema error of the
+/// document in one run, each at its line and column, and the document stays out (exit 1).
+#[test]
+fn analyze_reports_every_schema_error_of_a_document_in_one_run() {
+    let dir = tempdir::Dir::new("weft-analyze-schema");
+    std::fs::write(
+        dir.path.join("vs.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n      weight: \"ten\"\n    retries: {attempts: three}\n    timeot: 2s\n",
+    )
+    .expect("write");
+    let out = run(
+        weft_bin(),
+        &["analyze", dir.path.to_str().expect("utf-8"), "-o", "json"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    let v = json(&out);
+    let placed: Vec<(&str, i64, i64)> = v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["file"] == "vs.yaml")
+        .map(|f| {
+            (
+                f["code"].as_str().unwrap_or(""),
+                f["line"].as_i64().unwrap_or(0),
+                f["column"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        placed,
+        [("WEFT0002", 9, 15), ("WEFT0002", 10, 25), ("WEFT0003", 11, 5)],
+        "{v}"
+    );
+}
+
+/// `--suppress CODE=KIND/NS/NAME` silences a finding (exit status from what is left), `-o yaml`
+/// prints the same objects as JSON, and a malformed `--suppress` is a usage error.
+#[test]
+fn analyze_suppresses_findings_and_prints_yaml() {
+    let fixture = fixture();
+    let out = run(
+        weft_bin(),
+        &[
+            "analyze",
+            &fixture,
+            "--suppress",
+            "IST0101=VirtualService/default/reviews",
+            "-o",
+            "json",
+        ],
+    );
+    // The missing subset (an error) is silenced; the weights warning is left: exit 0.
+    assert_eq!(out.status.code(), Some(0), "{}", out.stdout);
+    let codes: Vec<String> = json(&out)["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| f["code"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(codes, ["WEFT0105"]);
+
+    let out = run(weft_bin(), &["analyze", &fixture, "-o", "yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    assert!(out.stdout.starts_with("findings:\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("  code: WEFT0102\n"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("  line: 36\n  column: 36\n"),
+        "{}",
+        out.stdout
+    );
+
+    let out = run(weft_bin(), &["analyze", &fixture, "--suppress", "IST0101"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("CODE=KIND/NAMESPACE/NAME"), "{}", out.stderr);
+}
+
+/// Helm-style anchors and aliases read as written; a "billion laughs" is refused with a YAML
+/// finding at the alias that crosses the bound, and the other documents still load.
+#[test]
+fn analyze_reads_anchors_and_refuses_a_billion_laughs() {
+    let dir = tempdir::Dir::new("weft-analyze-anchors");
+    std::fs::write(
+        dir.path.join("svc.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, labels: &app {app: reviews}}\nspec:\n  selector: *app\n  ports: [{port: 9080}]\n",
+    )
+    .expect("write");
+    let path = dir.path.to_str().expect("utf-8");
+    let out = run(weft_bin(), &["analyze", path, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stdout);
+    assert_eq!(json(&out)["findings"], serde_json::json!([]));
+
+    let mut laughs = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\ndata:\n  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        laughs.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+    }
+    std::fs::write(dir.path.join("laughs.yaml"), laughs).expect("write");
+    let out = run(weft_bin(), &["analyze", path, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    let v = json(&out);
+    let f = &v["findings"][0];
+    assert_eq!(
+        (&f["file"], &f["code"], &f["line"], &f["column"]),
+        (
+            &serde_json::json!("laughs.yaml"),
+            &serde_json::json!("WEFT0001"),
+            &serde_json::json!(9),
+            &serde_json::json!(47)
+        ),
+        "{v}"
+    );
+    assert!(
+        f["message"].as_str().is_some_and(|m| m.contains("100000 nodes")),
+        "{v}"
+    );
+    assert_eq!(v["findings"].as_array().map(Vec::len), Some(1), "{v}");
 }

@@ -14,7 +14,7 @@ use crate::resources::Document;
 pub(super) fn service(doc: &Document, _seen: usize, out: &mut Translated) {
     let spec: ServiceSpec = match doc.spec() {
         Ok(spec) => spec,
-        Err(finding) => return out.findings.push(finding),
+        Err(f) => return out.findings.extend(f),
     };
     let mut ports = Vec::with_capacity(spec.ports.len());
     for (i, p) in spec.ports.iter().enumerate() {
@@ -79,7 +79,7 @@ pub(super) fn service(doc: &Document, _seen: usize, out: &mut Translated) {
 pub(super) fn workload(doc: &Document, _seen: usize, out: &mut Translated) {
     let spec: WorkloadSpec = match doc.spec() {
         Ok(spec) => spec,
-        Err(finding) => return out.findings.push(finding),
+        Err(f) => return out.findings.extend(f),
     };
     let mut ports = Vec::with_capacity(spec.ports.len());
     for (i, p) in spec.ports.iter().enumerate() {
@@ -139,7 +139,12 @@ pub(super) fn workload(doc: &Document, _seen: usize, out: &mut Translated) {
 /// "corsPolicy"]`; a number indexes a sequence). The key's own position when the last step is
 /// a key; the deepest node found when the path does not go all the way.
 pub(crate) fn locate(doc: &Document, path: &[&str]) -> Location {
-    let mut node: &Node = &doc.node;
+    locate_in(doc, &doc.node(), path)
+}
+
+/// As [`locate`], in the document's tree already parsed (`root`).
+pub(crate) fn locate_in(doc: &Document, root: &Node, path: &[&str]) -> Location {
+    let mut node: &Node = root;
     let mut at = doc.location_of(node);
     for step in path {
         let next = match node {
@@ -148,7 +153,7 @@ pub(crate) fn locate(doc: &Document, path: &[&str]) -> Location {
                 v
             }),
             Node::Sequence(seq) => step.parse::<usize>().ok().and_then(|i| seq.get(i)).inspect(|v| {
-                at = doc.location_of(v);
+                at = item_location(doc, v);
             }),
             Node::Scalar(_) => None,
         };
@@ -158,6 +163,37 @@ pub(crate) fn locate(doc: &Document, path: &[&str]) -> Location {
         }
     }
     at
+}
+
+/// Where a list item starts: a block mapping's own mark lies after its first key (the parser
+/// marks it late), so the first key is the item's first character.
+fn item_location(doc: &Document, item: &Node) -> Location {
+    let own = doc.location_of(item);
+    let first_key = item
+        .as_mapping()
+        .and_then(|m| m.keys().next())
+        .map(|k| doc.location_of(&Node::Scalar(k.clone())));
+    match first_key {
+        Some(key) if (key.line, key.column) < (own.line, own.column) => key,
+        _ => own,
+    }
+}
+
+/// Whether the document's tree (`root`) has a node at `path` (mapping keys and list indexes).
+pub(crate) fn has_path_in(root: &Node, path: &[&str]) -> bool {
+    let mut node: &Node = root;
+    for step in path {
+        let next = match node {
+            Node::Mapping(map) => map.iter().find(|(k, _)| k.as_str() == *step).map(|(_, v)| v),
+            Node::Sequence(seq) => step.parse::<usize>().ok().and_then(|i| seq.get(i)),
+            Node::Scalar(_) => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    true
 }
 
 /// `spec.http[0].corsPolicy` from `["spec", "http", "0", "corsPolicy"]`.

@@ -9,7 +9,7 @@ use std::cmp::{Ordering, Reverse};
 
 use marked_yaml::{Span, Spanned};
 
-use super::{origin, Translated};
+use super::{origin, Part, Translated};
 use crate::finding::{codes, Finding, Location};
 use crate::model::{Dialect, HostRoutes};
 use crate::proxy_config::ProxyConfig;
@@ -19,6 +19,7 @@ use crate::route::{
     Action, Backend, DirectResponse, HeaderMatch, Mirror, PathMatch, QueryMatch, Redirect, RequestMatch,
     Retries, Rewrite, RoutePolicies, Rule, StringMatch,
 };
+use positions::record_rule;
 
 /// A rule with its document's tie-breaks: (rule, creationTimestamp, load order).
 pub type Ranked = (Rule, Option<String>, usize);
@@ -83,11 +84,12 @@ fn specificity(rule: &Rule) -> (bool, u8, Reverse<usize>, bool, Reverse<usize>, 
 pub fn translate_http_route(doc: &Document, seen: usize, out: &mut Translated) {
     let spec: HttpRouteSpec = match doc.spec() {
         Ok(s) => s,
-        Err(f) => return out.findings.push(f),
+        Err(f) => return out.findings.extend(f),
     };
     let mut rules = Vec::new();
     for (index, r) in spec.rules.iter().enumerate() {
         let (action, policies) = rule_parts(doc, &r.filters, &r.backend_refs, false, out);
+        record_rule(doc, index, &r.backend_refs, out);
         let mut policies = policies;
         prefix_rewrite_needs_prefix_matches(doc, index, r, &mut policies, out);
         timeouts_and_retries(doc, r.timeouts.as_ref(), r.retry.as_ref(), &mut policies, out);
@@ -156,7 +158,7 @@ fn prefix_rewrite_needs_prefix_matches(
 pub fn translate_grpc_route(doc: &Document, seen: usize, out: &mut Translated) {
     let spec: GrpcRouteSpec = match doc.spec() {
         Ok(s) => s,
-        Err(f) => return out.findings.push(f),
+        Err(f) => return out.findings.extend(f),
     };
     let mut rules = Vec::new();
     let default_rules = [GrpcRouteRule::default()];
@@ -167,6 +169,7 @@ pub fn translate_grpc_route(doc: &Document, seen: usize, out: &mut Translated) {
     };
     for (index, r) in spec_rules.iter().enumerate() {
         let (action, policies) = rule_parts(doc, &r.filters, &r.backend_refs, true, out);
+        record_rule(doc, index, &r.backend_refs, out);
         if let Some(sp) = &r.session_persistence {
             not_implemented(doc, sp.span(), "sessionPersistence is not applied yet", out);
         }
@@ -233,6 +236,7 @@ fn attach(
             continue;
         }
         attached.push((host.clone(), p.port));
+        out.spans.record(doc, Part::Host(host.clone()), at(doc, p.span()));
         // A route in another namespace than its Service is a consumer route: it applies
         // only to callers in the route's own namespace (GAMMA).
         let consumer = ns != doc.namespace;
@@ -662,5 +666,6 @@ fn at(doc: &Document, span: &Span) -> Location {
     }
 }
 
+mod positions;
 #[cfg(test)]
 mod tests;

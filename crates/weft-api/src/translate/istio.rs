@@ -5,10 +5,9 @@
 //! duration, a string match with two kinds) is a `SCHEMA` error and that value is left out.
 
 use super::core::{locate, not_implemented};
-use super::{mesh_host, origin, Translated};
-use crate::finding::{codes, Finding};
+use super::{mesh_host, origin, Part, Translated};
+use crate::finding::{codes, Finding, Location};
 use crate::model::{self, DestinationPolicy, Dialect, HostRoutes};
-use crate::proxy_config::LoadBalancer;
 use crate::resources::istio as vs;
 use crate::resources::Document;
 use crate::route::{
@@ -20,12 +19,9 @@ use crate::route::{
 pub(super) fn virtual_service(doc: &Document, seen: usize, out: &mut Translated) {
     let spec: vs::VirtualServiceSpec = match doc.spec() {
         Ok(spec) => spec,
-        Err(finding) => return out.findings.push(finding),
+        Err(f) => return out.findings.extend(f),
     };
-    let mut cx = Cx {
-        doc,
-        findings: Vec::new(),
-    };
+    let mut cx = Cx::new(doc);
     if let Some(export) = &spec.export_to {
         if export.iter().any(|e| e != "*") {
             cx.not_implemented(&["spec", "exportTo"], "every namespace sees it");
@@ -62,15 +58,18 @@ pub(super) fn virtual_service(doc: &Document, seen: usize, out: &mut Translated)
     if for_mesh && !rules.is_empty() {
         for (i, host) in spec.hosts.iter().enumerate() {
             match mesh_host(host, &doc.namespace).filter(|_| !host.contains('*')) {
-                Some(fqdn) => out.mesh.routes.push(HostRoutes {
-                    dialect: Dialect::Istio,
-                    host: fqdn,
-                    port: None,
-                    origin: origin(doc),
-                    rules: rules.clone(),
-                    creation_timestamp: doc.creation_timestamp.clone(),
-                    seen,
-                }),
+                Some(fqdn) => {
+                    cx.record(Part::Host(fqdn.clone()), &["spec", "hosts", &i.to_string()]);
+                    out.mesh.routes.push(HostRoutes {
+                        dialect: Dialect::Istio,
+                        host: fqdn,
+                        port: None,
+                        origin: origin(doc),
+                        rules: rules.clone(),
+                        creation_timestamp: doc.creation_timestamp.clone(),
+                        seen,
+                    })
+                }
                 None => cx.not_implemented(
                     &["spec", "hosts", &i.to_string()],
                     &format!("host {host} is not a mesh service name; routes for it are not applied"),
@@ -78,19 +77,16 @@ pub(super) fn virtual_service(doc: &Document, seen: usize, out: &mut Translated)
             }
         }
     }
-    out.findings.append(&mut cx.findings);
+    cx.finish(out);
 }
 
 /// `DestinationRule` -> `DestinationPolicy`.
 pub(super) fn destination_rule(doc: &Document, _seen: usize, out: &mut Translated) {
     let spec: vs::DestinationRuleSpec = match doc.spec() {
         Ok(spec) => spec,
-        Err(finding) => return out.findings.push(finding),
+        Err(f) => return out.findings.extend(f),
     };
-    let mut cx = Cx {
-        doc,
-        findings: Vec::new(),
-    };
+    let mut cx = Cx::new(doc);
     if let Some(export) = &spec.export_to {
         if export.iter().any(|e| e != "*") {
             cx.not_implemented(&["spec", "exportTo"], "every namespace sees it");
@@ -120,16 +116,20 @@ pub(super) fn destination_rule(doc: &Document, _seen: usize, out: &mut Translate
         })
         .collect();
     match mesh_host(&spec.host, &doc.namespace).filter(|_| !spec.host.contains('*')) {
-        Some(host) => out.mesh.destinations.push(DestinationPolicy {
-            host,
-            origin: origin(doc),
-            load_balancer,
-            subsets,
-            tls_mode: spec
-                .traffic_policy
-                .as_ref()
-                .and_then(|tp| tp.tls.as_ref()?.mode.clone()),
-        }),
+        Some(host) => {
+            cx.record(Part::Host(host.clone()), &["spec", "host"]);
+            cx.record(Part::TlsMode, &["spec", "trafficPolicy", "tls", "mode"]);
+            out.mesh.destinations.push(DestinationPolicy {
+                host,
+                origin: origin(doc),
+                load_balancer,
+                subsets,
+                tls_mode: spec
+                    .traffic_policy
+                    .as_ref()
+                    .and_then(|tp| tp.tls.as_ref()?.mode.clone()),
+            })
+        }
         None => cx.not_implemented(
             &["spec", "host"],
             &format!(
@@ -138,7 +138,7 @@ pub(super) fn destination_rule(doc: &Document, _seen: usize, out: &mut Translate
             ),
         ),
     }
-    out.findings.append(&mut cx.findings);
+    cx.finish(out);
 }
 
 /// Parses an Istio duration (`2s`, `500ms`, `1.5s`, `1m30s`, `1h`) into milliseconds
@@ -177,9 +177,40 @@ pub fn parse_duration(text: &str) -> Option<u64> {
 struct Cx<'a> {
     doc: &'a Document,
     findings: Vec<Finding>,
+    /// Parts of the document the checks on the whole model point at.
+    spans: Vec<(Part, Location)>,
+    /// The index of the rule being read.
+    rule: usize,
+    /// The document's tree, parsed once for every part recorded.
+    root: marked_yaml::Node,
 }
 
-impl Cx<'_> {
+impl<'a> Cx<'a> {
+    fn new(doc: &'a Document) -> Self {
+        Self {
+            doc,
+            findings: Vec::new(),
+            spans: Vec::new(),
+            rule: 0,
+            root: doc.node(),
+        }
+    }
+
+    /// Records `part` at `path` when the document has that field.
+    fn record(&mut self, part: Part, path: &[&str]) {
+        if super::core::has_path_in(&self.root, path) {
+            self.spans
+                .push((part, super::core::locate_in(self.doc, &self.root, path)));
+        }
+    }
+
+    fn finish(self, out: &mut Translated) {
+        out.findings.extend(self.findings);
+        for (part, at) in self.spans {
+            out.spans.record(self.doc, part, at);
+        }
+    }
+
     fn not_implemented(&mut self, path: &[&str], what: &str) {
         self.findings.push(not_implemented(self.doc, path, what));
     }
@@ -213,8 +244,11 @@ impl Cx<'_> {
         macro_rules! p {
             ($($seg:expr),*) => { &["spec", "http", idx.as_str(), $($seg),*] };
         }
+        self.rule = i;
         let mut origin = origin(self.doc);
         origin.line = locate(self.doc, p!()).line.or(origin.line);
+        self.record(Part::Rule(i), p!());
+        self.record(Part::Routes(i), p!("route"));
 
         if http.delegate.is_some() {
             self.not_implemented(p!("delegate"), "delegation; this rule is left out");
@@ -237,6 +271,7 @@ impl Cx<'_> {
                 dropped += 1;
                 continue;
             }
+            self.record(Part::Match(i, matches.len()), p!("match", ms.as_str()));
             matches.push(self.request_match(p!("match", ms.as_str()), want));
         }
         if dropped > 0 && matches.is_empty() {
@@ -358,7 +393,12 @@ impl Cx<'_> {
         } else if let Some(v) = &m.prefix {
             Some(route::StringMatch::Prefix(v.clone()))
         } else {
-            m.regex.clone().map(route::StringMatch::Regex)
+            let regex = m.regex.clone()?;
+            self.record(
+                Part::Regex(self.rule, regex.clone()),
+                &[path, &["regex"]].concat(),
+            );
+            Some(route::StringMatch::Regex(regex))
         }
     }
 
@@ -392,6 +432,11 @@ impl Cx<'_> {
             else {
                 continue;
             };
+            let (rule, j) = (self.rule, out.len());
+            let dest = [path, &["destination"]].concat();
+            self.record(Part::BackendHost(rule, j), &[&dest[..], &["host"]].concat());
+            self.record(Part::Subset(rule, j), &[&dest[..], &["subset"]].concat());
+            self.record(Part::BackendPort(rule, j), &[&dest[..], &["port"]].concat());
             let weight = match r.weight {
                 Some(w) => w,
                 None if single => 100,
@@ -454,6 +499,10 @@ impl Cx<'_> {
                 (None, None) => 100.0,
             };
             if let Some((service, _port)) = self.destination(&p(&["mirror"]), m) {
+                self.record(
+                    Part::Mirror(self.rule, out.mirrors.len()),
+                    &p(&["mirror", "host"]),
+                );
                 out.mirrors.push(Mirror {
                     service,
                     subset: m.subset.clone(),
@@ -466,6 +515,8 @@ impl Cx<'_> {
             let at = p(&["mirrors"]);
             let at = [&at[..], &[ks.as_str(), "destination"]].concat();
             if let Some((service, _port)) = self.destination(&at, &m.destination) {
+                let host = [&at[..], &["host"]].concat();
+                self.record(Part::Mirror(self.rule, out.mirrors.len()), &host);
                 out.mirrors.push(Mirror {
                     service,
                     subset: m.destination.subset.clone(),
@@ -537,76 +588,8 @@ impl Cx<'_> {
         let any = out.delay_ms.is_some() || out.abort_status.is_some() || out.abort_grpc_status.is_some();
         any.then_some(out)
     }
-
-    /// The load balancer of a traffic policy; everything else in it is reported.
-    fn traffic_policy(&mut self, tp: &vs::TrafficPolicy, path: &[&str]) -> Option<LoadBalancer> {
-        let sub = |rest: &[&'static str]| [path, rest].concat();
-        for (set, field, why) in [
-            (
-                tp.connection_pool.is_some(),
-                "connectionPool",
-                "connections are not limited",
-            ),
-            (
-                tp.outlier_detection.is_some(),
-                "outlierDetection",
-                "endpoints are not ejected",
-            ),
-            (tp.tls.is_some(), "tls", "mesh traffic uses the mesh's own mTLS"),
-            (
-                tp.port_level_settings.is_some(),
-                "portLevelSettings",
-                "the policy applies to every port",
-            ),
-            (tp.tunnel.is_some(), "tunnel", "no tunnel is used"),
-            (
-                tp.proxy_protocol.is_some(),
-                "proxyProtocol",
-                "no PROXY protocol header is sent",
-            ),
-            (
-                tp.retry_budget.is_some(),
-                "retryBudget",
-                "retries are not budgeted",
-            ),
-        ] {
-            if set {
-                self.not_implemented(&sub(&[field]), why);
-            }
-        }
-        let lb = tp.load_balancer.as_ref()?;
-        for (set, field) in [
-            (lb.consistent_hash.is_some(), "consistentHash"),
-            (lb.locality_lb_setting.is_some(), "localityLbSetting"),
-            (lb.warmup_duration_secs.is_some(), "warmupDurationSecs"),
-            (lb.warmup.is_some(), "warmup"),
-        ] {
-            if set {
-                self.not_implemented(&sub(&["loadBalancer", field]), "the default balancer is used");
-            }
-        }
-        match lb.simple.as_deref()? {
-            "ROUND_ROBIN" => Some(LoadBalancer::RoundRobin),
-            "LEAST_REQUEST" | "LEAST_CONN" => Some(LoadBalancer::LeastRequest),
-            "RANDOM" => Some(LoadBalancer::Random),
-            "UNSPECIFIED" => None,
-            "PASSTHROUGH" => {
-                self.not_implemented(
-                    &sub(&["loadBalancer", "simple"]),
-                    "PASSTHROUGH; the default is used",
-                );
-                None
-            }
-            other => {
-                self.schema(
-                    &sub(&["loadBalancer", "simple"]),
-                    &format!("unknown load balancer {other} (ROUND_ROBIN, LEAST_REQUEST, RANDOM, ...)"),
-                );
-                None
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests;
+mod traffic_policy;

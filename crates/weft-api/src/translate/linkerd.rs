@@ -33,7 +33,7 @@ pub const DEFAULT_RETRY_BUDGET: RetryBudget = RetryBudget {
 pub(super) fn service_profile(doc: &Document, seen: usize, out: &mut Translated) {
     let spec: ServiceProfileSpec = match doc.spec() {
         Ok(s) => s,
-        Err(f) => return out.findings.push(f),
+        Err(f) => return out.findings.extend(f),
     };
     // Read on even when the name applies to nothing: every bad field is reported at once.
     let host = profile_host(doc, out);

@@ -86,7 +86,7 @@ pub struct Pending {
 pub(super) fn server(doc: &Document, _seen: usize, out: &mut Translated) {
     let spec: lp::ServerSpec = match doc.spec() {
         Ok(s) => s,
-        Err(f) => return out.findings.push(f),
+        Err(f) => return out.findings.extend(f),
     };
     if spec.external_workload_selector.is_some() {
         out.findings.push(not_implemented(
@@ -119,7 +119,7 @@ pub(super) fn server(doc: &Document, _seen: usize, out: &mut Translated) {
 pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Translated) {
     match doc.spec() {
         Ok(spec) => out.linkerd_policy.policies.push((doc.clone(), spec)),
-        Err(f) => out.findings.push(f),
+        Err(f) => out.findings.extend(f),
     }
 }
 
@@ -135,7 +135,7 @@ pub(super) fn mesh_tls_authentication(doc: &Document, _seen: usize, out: &mut Tr
             }
             out.linkerd_policy.mesh_tls.push((doc.clone(), spec));
         }
-        Err(f) => out.findings.push(f),
+        Err(f) => out.findings.extend(f),
     }
 }
 
@@ -158,7 +158,7 @@ pub(super) fn network_authentication(doc: &Document, _seen: usize, out: &mut Tra
             }
             out.linkerd_policy.networks.push((doc.clone(), spec));
         }
-        Err(f) => out.findings.push(f),
+        Err(f) => out.findings.extend(f),
     }
 }
 
@@ -168,7 +168,7 @@ pub(super) fn network_authentication(doc: &Document, _seen: usize, out: &mut Tra
 pub(super) fn http_route(doc: &Document, seen: usize, out: &mut Translated) {
     let spec: HttpRouteSpec = match doc.spec() {
         Ok(s) => s,
-        Err(f) => return out.findings.push(f),
+        Err(f) => return out.findings.extend(f),
     };
     // Without parents the Gateway API translator says it routes nothing.
     if spec.parent_refs.is_empty() || spec.parent_refs.iter().any(|p| !is_server(p)) {

@@ -25,7 +25,7 @@ use crate::resources::Document;
 pub(super) fn peer_authentication(doc: &Document, _seen: usize, out: &mut Translated) {
     let spec: sec::PeerAuthenticationSpec = match doc.spec() {
         Ok(spec) => spec,
-        Err(finding) => return out.findings.push(finding),
+        Err(f) => return out.findings.extend(f),
     };
     let selector = spec.selector.map(|s| s.match_labels);
     let mode = match spec.mtls.as_ref().and_then(|m| m.mode.as_deref()) {
@@ -110,7 +110,7 @@ fn bad_mode(doc: &Document, path: &[&str], m: &str) -> Finding {
 pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Translated) {
     let spec: sec::AuthorizationPolicySpec = match doc.spec() {
         Ok(spec) => spec,
-        Err(finding) => return out.findings.push(finding),
+        Err(f) => return out.findings.extend(f),
     };
     if spec.target_ref.is_some() || spec.target_refs.is_some() {
         out.findings.push(not_implemented(

@@ -1,7 +1,8 @@
 //! SMI `TrafficSplit` -> `HostRoutes { dialect: Smi }`: one rule forwarding to the weighted
 //! backends (weights in milli-units, `900m` = 900).
 
-use super::{mesh_host, origin, Translated};
+use super::core::locate;
+use super::{mesh_host, origin, Part, Translated};
 use crate::finding::{codes, Finding};
 use crate::model::{Dialect, HostRoutes};
 use crate::proxy_config::ProxyConfig;
@@ -13,7 +14,7 @@ use crate::route::{Action, Backend, RoutePolicies, Rule};
 pub fn translate_traffic_split(doc: &Document, seen: usize, out: &mut Translated) {
     let spec: TrafficSplitSpec = match doc.spec() {
         Ok(s) => s,
-        Err(f) => return out.findings.push(f),
+        Err(f) => return out.findings.extend(f),
     };
     let qualify = |name: &str| {
         mesh_host(name, &doc.namespace).unwrap_or_else(|| ProxyConfig::fqdn(name, &doc.namespace))
@@ -46,9 +47,18 @@ pub fn translate_traffic_split(doc: &Document, seen: usize, out: &mut Translated
             weight: b.weight.0,
         })
         .collect();
+    let host = qualify(&spec.service);
+    out.spans
+        .record(doc, Part::Host(host.clone()), locate(doc, &["spec", "service"]));
+    out.spans
+        .record(doc, Part::Routes(0), locate(doc, &["spec", "backends"]));
+    for j in 0..spec.backends.len() {
+        let at = locate(doc, &["spec", "backends", &j.to_string(), "service"]);
+        out.spans.record(doc, Part::BackendHost(0, j), at);
+    }
     out.mesh.routes.push(HostRoutes {
         dialect: Dialect::Smi,
-        host: qualify(&spec.service),
+        host,
         port: None,
         origin: origin(doc),
         rules: vec![Rule {
