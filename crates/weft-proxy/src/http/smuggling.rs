@@ -23,6 +23,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// `transfer-encoding`.
 pub const CONFLICT_HEADER: &str = "x-weft-cl-plus-te";
 
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 8192;
+
 /// Wraps a server-side HTTP/1 stream.
 pub struct FramingGuard<T> {
     io: T,
@@ -89,7 +92,7 @@ impl<T> FramingGuard<T> {
                 State::Passthrough => {
                     self.flush_held();
                     let all = self.input.split();
-                    self.output.extend_from_slice(&all);
+                    self.emit(all);
                     return;
                 }
                 State::Body(n) | State::ChunkData(n) => {
@@ -98,7 +101,7 @@ impl<T> FramingGuard<T> {
                     }
                     let take = (self.input.len() as u64).min(n) as usize;
                     let part = self.input.split_to(take);
-                    self.output.extend_from_slice(&part);
+                    self.emit(part);
                     let left = n - take as u64;
                     self.state = match (self.state, left) {
                         (State::Body(_), 0) => State::Head,
@@ -122,6 +125,15 @@ impl<T> FramingGuard<T> {
                     self.on_line(line);
                 }
             }
+        }
+    }
+
+    /// Hands `bytes` to hyper: moved when nothing is waiting before them, copied otherwise.
+    fn emit(&mut self, bytes: BytesMut) {
+        if self.output.is_empty() {
+            self.output = bytes;
+        } else {
+            self.output.extend_from_slice(&bytes);
         }
     }
 
@@ -306,22 +318,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
-            let mut chunk = [0u8; 8192];
-            let mut rb = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+            // Straight into the input buffer's spare capacity: no zeroed scratch buffer and no
+            // copy per read.
+            this.input.reserve(READ_CHUNK);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.input) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                Poll::Ready(Ok(0)) => {
                     // End of stream: whatever is held or unexamined goes to hyper as it is.
                     this.eof = true;
                     this.flush_held();
                     let rest = this.input.split();
                     this.output.extend_from_slice(&rest);
                 }
-                Poll::Ready(Ok(())) => {
-                    this.input.extend_from_slice(rb.filled());
-                    this.process();
-                }
+                Poll::Ready(Ok(_)) => this.process(),
             }
         }
     }
