@@ -31,6 +31,23 @@ pub struct Problem {
 impl ProxyConfig {
     /// Parses YAML (JSON is YAML too) and validates it. `source_name` names the input in errors.
     pub fn from_yaml(source_name: &str, text: &str) -> Result<Self, ConfigError> {
+        // A file with nothing in it is a mistake (the wrong path, a truncated write), not a
+        // request for every default: refused, as `{}` is the way to ask for those.
+        let blank = text.lines().all(|l| {
+            let t = l.trim();
+            t.is_empty() || t.starts_with('#') || t == "---" || t == "..."
+        });
+        if blank {
+            return Err(ConfigError {
+                source_name: source_name.to_string(),
+                problems: vec![Problem {
+                    line: None,
+                    column: None,
+                    field: None,
+                    message: "the config is empty (only blank lines or comments); write `{}` to run on every default".into(),
+                }],
+            });
+        }
         // Enums as one-key maps (`{exact: /a}`), as in JSON, rather than YAML tags (`!exact`).
         let de = serde_norway::Deserializer::from_str(text);
         let parsed: Result<ProxyConfig, _> = serde_norway::with::singleton_map_recursive::deserialize(de);
@@ -130,6 +147,18 @@ endpoints:
       - {address: "127.0.0.1:9081", meshPort: 15008, weight: 2, labels: {version: v1}}
       - {address: "127.0.0.1:9082"}
 "#;
+
+    #[test]
+    fn an_empty_or_comment_only_config_is_refused_not_defaulted() {
+        for text in ["", "\n  \n", "# just a comment\n---\n# another\n"] {
+            let err = ProxyConfig::from_yaml("p.yaml", text).expect_err("refused");
+            assert!(err.problems[0].message.contains("the config is empty"), "{err:?}");
+        }
+        assert!(
+            ProxyConfig::from_yaml("p.yaml", "{}").is_ok(),
+            "an explicit {{}} is every default"
+        );
+    }
 
     #[test]
     fn parses_a_full_config() {
