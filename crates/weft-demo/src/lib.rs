@@ -12,6 +12,7 @@
 
 mod apps;
 mod client;
+pub mod echo;
 mod load;
 mod page;
 

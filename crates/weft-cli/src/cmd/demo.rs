@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
 use weft_api::proxy_config::{
     Endpoint, EndpointSet, InboundListener, LoadBalancer, MeshService, OutboundPort, Protocol, ProxyConfig,
     ServicePort, WorkloadInfo,
 };
 use weft_proxy::app::{self, Options, Running};
-use weft_test_support::HttpEcho;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -25,17 +25,17 @@ const LOOPBACK_ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     super::runtime(None)?.block_on(async move {
-        let mut backends = Vec::new();
+        let stop_backends = CancellationToken::new();
         let mut sidecars = Vec::new();
         let mut endpoints = Vec::new();
         for version in ["v1", "v2"] {
             let name = format!("reviews-{version}");
-            let app = HttpEcho::start(&name).await?;
-            let sidecar = app::start(server_sidecar(&name, version, app.addr()), Options::default())
+            let app = weft_demo::echo::start(&name, stop_backends.clone()).await?;
+            let sidecar = app::start(server_sidecar(&name, version, app), Options::default())
                 .await
                 .with_context(|| format!("starting the {name} sidecar"))?;
             endpoints.push(Endpoint {
-                address: app.addr(),
+                address: app,
                 mesh_port: Some(sidecar.bound.mesh.port()),
                 weight: 1,
                 labels: [
@@ -46,7 +46,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 workload: Some(name),
                 identity: None,
             });
-            backends.push(app);
             sidecars.push(sidecar);
         }
         let client = app::start(client_sidecar(endpoints, args.port), Options::default())
@@ -59,7 +58,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         for s in sidecars {
             s.drain().await;
         }
-        drop(backends);
+        stop_backends.cancel();
         Ok(ExitCode::SUCCESS)
     })
 }
