@@ -192,7 +192,9 @@ impl<T> FramingGuard<T> {
             return;
         }
         let Some(colon) = line[..text_len].iter().position(|b| *b == b':') else {
-            // Not a header line: let hyper refuse it.
+            // Not a header line: let hyper refuse it, with every byte in its order (lines held
+            // back from a Transfer-Encoding line on go first).
+            self.flush_held();
             self.output.extend_from_slice(&line);
             self.state = State::Passthrough;
             return;
@@ -417,6 +419,16 @@ GET /last HTTP/1.1\r\nHost: a\r\n\r\n";
             let out = String::from_utf8(through(head, step).await).expect("utf-8");
             assert!(out.contains("x-weft-cl-plus-te: chunked"), "{out}");
             assert_eq!(out.len(), head.len());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_line_hyper_must_refuse_after_a_held_line_keeps_its_place() {
+        // Found by the framing_guard fuzz target: the colon-less line overtook the held
+        // Transfer-Encoding line.
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nnot a header\r\n\r\n";
+        for step in [1, 1000] {
+            assert_eq!(through(head, step).await, head.to_vec(), "step {step}");
         }
     }
 
