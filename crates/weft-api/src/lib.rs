@@ -10,6 +10,7 @@
 //! - [`identity`]: workload identities (SPIFFE IDs), parsed and printed.
 
 pub mod authz;
+pub mod canonical;
 pub mod discovery;
 pub mod explain;
 pub mod finding;
