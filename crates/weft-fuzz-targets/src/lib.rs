@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod canonical;
 mod csr;
 mod detect;
 mod discovery;
@@ -15,6 +16,7 @@ mod framing;
 mod pieces;
 mod proxy_config;
 
+pub use canonical::{authority, path};
 pub use csr::csr;
 pub use detect::detect;
 pub use discovery::discovery;
@@ -33,4 +35,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("mesh_documents", mesh_documents),
     ("discovery", discovery),
     ("csr", csr),
+    ("path", path),
+    ("authority", authority),
 ];

@@ -47,7 +47,9 @@ corpus_tests!(
     proxy_config,
     mesh_documents,
     discovery,
-    csr
+    csr,
+    path,
+    authority,
 );
 
 /// Every target has its test above and its directory of corpus files.
