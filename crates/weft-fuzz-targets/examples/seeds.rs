@@ -105,6 +105,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )?;
 
+    // proxy_config and discovery: the example sidecar with the Bookinfo services as the control
+    // plane compiles them under each routing variant (faults, weights, retry budgets...).
+    let bookinfo = repo.join("examples/bookinfo");
+    for variant in [
+        "fault-delay",
+        "fault-abort",
+        "80-20",
+        "linkerd-profiles",
+        "gateway-api-80-20",
+    ] {
+        let loaded = weft_api::resources::load_paths_excluding(
+            &[bookinfo.clone(), bookinfo.join("routing").join(variant)],
+            &[bookinfo.join("routing")],
+        );
+        let translated = weft_api::translate::translate(&loaded.documents);
+        let mut registry = weft_control::registry::Registry::default();
+        let shared = weft_control::compile::compile_services(&translated.mesh, &mut registry);
+        let mut compiled = config.clone();
+        compiled.services = shared.services.iter().map(|s| s.service.clone()).collect();
+        compiled.endpoints = shared.services.iter().flat_map(|s| s.endpoints.clone()).collect();
+        compiled.outbound.ports.clear();
+        let problems = compiled.validate();
+        assert!(problems.is_empty(), "{variant}: {problems:?}");
+        let name = format!("seed-bookinfo-{variant}.json");
+        write(
+            &root,
+            "proxy_config",
+            &name,
+            serde_json::to_string_pretty(&compiled)?.as_bytes(),
+        )?;
+        let rendered = resources_of(&compiled)?;
+        let push = DiscoveryResponse {
+            version: state_version(rendered.iter().map(|r| (&r.key, r.version))),
+            nonce: variant.into(),
+            resources: rendered.iter().map(|r| r.to_proto()).collect(),
+            removed: Vec::new(),
+            full_state: true,
+            more: false,
+        };
+        assemble(None, &push)?;
+        write(
+            &root,
+            "discovery",
+            &format!("seed-bookinfo-{variant}"),
+            &push.encode_length_delimited_to_vec(),
+        )?;
+    }
+
     // csr: what a proxy sends (P-256), one asking for more than it may have, one not P-256.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let plain = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
