@@ -15,7 +15,8 @@ pub fn mesh_documents(data: &[u8]) {
     let findings = validate::analyze(&loaded, &translated);
 
     // Every finding points into the file it is about (a `file:line:col` an editor can open).
-    let lines = text.lines().count().max(1);
+    // Lines as YAML counts them: LF, CRLF or a lone CR ends one.
+    let lines = text.replace("\r\n", "\n").split(['\n', '\r']).count();
     for f in &findings {
         assert!(f.file.as_deref().is_none_or(|file| file == FILE), "{f}");
         if let Some(line) = f.line {
