@@ -165,7 +165,8 @@ fn collect(dir: &Path, exclude: &[PathBuf], files: &mut Vec<PathBuf>, findings: 
 
 /// Splits a file into documents at `---` lines and parses each, keeping absolute positions.
 pub fn parse_file(file: &str, text: &str, out: &mut Loaded) {
-    for (start_line, body) in split_documents(text) {
+    let text = yaml_line_breaks(text);
+    for (start_line, body) in split_documents(&text) {
         if body.lines().all(|l| {
             let t = l.trim();
             t.is_empty() || t.starts_with('#')
@@ -198,6 +199,30 @@ pub fn parse_file(file: &str, text: &str, out: &mut Loaded) {
             Err(message) => out.findings.push(Finding::error(codes::SCHEMA, message, &at)),
         }
     }
+}
+
+/// `text` with every lone CR made a LF. YAML reads a lone CR as a line break (as many editors
+/// do), `str::lines` does not: without this, a file with old Mac line endings was split into
+/// documents by one count of lines and located by the parser with the other, and its findings
+/// pointed past the end of the file.
+fn yaml_line_breaks(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text
+        .bytes()
+        .enumerate()
+        .any(|(i, b)| b == b'\r' && text.as_bytes().get(i + 1) != Some(&b'\n'))
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\r' && chars.peek() != Some(&'\n') {
+            '\n'
+        } else {
+            c
+        });
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Yields (1-based first line, text) for each `---`-separated document.
@@ -333,6 +358,28 @@ spec:
 kind: Broken
   indentation: wrong: here
 ";
+
+    /// Found by the `mesh_documents` fuzz target: lone CRs counted as line breaks by the YAML
+    /// parser but not by the document splitter.
+    #[test]
+    fn lone_carriage_returns_are_line_breaks_as_for_the_yaml_parser() {
+        let mut out = Loaded::default();
+        let text = FILE.replace('\n', "\r");
+        parse_file("mac.yaml", &text, &mut out);
+        assert_eq!(out.documents.len(), 2, "{:?}", out.findings);
+        assert_eq!((out.documents[0].line, out.documents[1].line), (2, 9));
+        assert_eq!(out.findings.len(), 1);
+        let lines = FILE.lines().count();
+        assert!(
+            out.findings[0].line.is_some_and(|l| (16..=lines).contains(&l)),
+            "{}",
+            out.findings[0]
+        );
+        // CRLF stays one line break.
+        let mut crlf = Loaded::default();
+        parse_file("dos.yaml", &FILE.replace('\n', "\r\n"), &mut crlf);
+        assert_eq!((crlf.documents[0].line, crlf.documents[1].line), (2, 9));
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -36,6 +36,11 @@ impl ProxyConfig {
                         e.to_string(),
                     ));
                 }
+                check_fractions(
+                    &pr.table,
+                    &format!("services[{i}].routes[{j}].table"),
+                    &mut problems,
+                );
             }
             let mut ports = HashSet::new();
             for (j, p) in svc.ports.iter().enumerate() {
@@ -134,6 +139,61 @@ impl ProxyConfig {
     }
 }
 
+/// Percentages between 0 and 100 and retry-budget ratios of at least 0, and every one a finite
+/// number: JSON, which carries the config to a proxy, has no NaN or infinity (they would arrive
+/// as `null`, a different config, or not at all).
+fn check_fractions(table: &crate::route::RouteTable, at: &str, problems: &mut Vec<Problem>) {
+    let mut percent = |field: String, v: f64| {
+        if !(0.0..=100.0).contains(&v) {
+            problems.push(Problem::field(
+                field,
+                format!("{v} is not a percentage from 0 to 100"),
+            ));
+        }
+    };
+    for (k, rule) in table.rules.iter().enumerate() {
+        let p = &rule.policies;
+        if let Some(fault) = &p.fault {
+            if let Some(v) = fault.delay_percent {
+                percent(format!("{at}.rules[{k}].policies.fault.delay_percent"), v);
+            }
+            if let Some(v) = fault.abort_percent {
+                percent(format!("{at}.rules[{k}].policies.fault.abort_percent"), v);
+            }
+        }
+        for (m, mirror) in p.mirrors.iter().enumerate() {
+            percent(
+                format!("{at}.rules[{k}].policies.mirrors[{m}].percent"),
+                mirror.percent,
+            );
+        }
+    }
+    let budgets = table
+        .rules
+        .iter()
+        .enumerate()
+        .filter_map(|(k, r)| {
+            Some((
+                format!("{at}.rules[{k}].policies.retry_budget"),
+                r.policies.retry_budget.as_ref()?,
+            ))
+        })
+        .chain(
+            table
+                .profile
+                .as_ref()
+                .and_then(|p| Some((format!("{at}.profile.retry_budget"), p.retry_budget.as_ref()?))),
+        );
+    for (field, budget) in budgets {
+        if !(budget.ratio.is_finite() && budget.ratio >= 0.0) {
+            problems.push(Problem::field(
+                format!("{field}.ratio"),
+                format!("{} is not a ratio of at least 0", budget.ratio),
+            ));
+        }
+    }
+}
+
 /// Splits a mesh host name into (service, namespace): `reviews` (in `default_ns`),
 /// `reviews.ns`, `reviews.ns.svc`, `reviews.ns.svc.cluster.local`. None for other names.
 pub fn split_host<'a>(host: &'a str, default_ns: &'a str) -> Option<(&'a str, &'a str)> {
@@ -173,5 +233,58 @@ mod tests {
         );
         assert_eq!(split_host("www.example.com", "x"), None);
         assert_eq!(split_host("", "x"), None);
+    }
+
+    /// A service whose one rule has these policies.
+    fn with_policies(policies: &str) -> String {
+        format!(
+            r#"
+services:
+  - name: reviews
+    ports: [{{port: 9080}}]
+    routes:
+      - port: 9080
+        table:
+          rules:
+            - origin: {{kind: VirtualService, namespace: default, name: reviews}}
+              index: 0
+              action: {{forward: [{{service: reviews.default.svc.cluster.local, weight: 1}}]}}
+              policies: {policies}
+"#
+        )
+    }
+
+    /// Found by the `proxy_config` fuzz target: `.nan` was accepted, then read back from the
+    /// JSON a proxy receives as `null` (a fault injected on every request instead of none).
+    #[test]
+    fn percentages_and_ratios_are_finite_and_in_range() {
+        let good = "{fault: {delay_ms: 5, delay_percent: 0.5, abort_status: 503, abort_percent: 100}, \
+                    mirrors: [{service: a, percent: 0}], retry_budget: {ratio: 2.5, min_per_second: 1, ttl_ms: 10}}";
+        ProxyConfig::from_yaml("good.yaml", &with_policies(good)).unwrap_or_else(|e| panic!("{e}"));
+        for (bad, field) in [
+            (
+                "{fault: {delay_ms: 5, delay_percent: .nan}}",
+                "fault.delay_percent",
+            ),
+            (
+                "{fault: {abort_status: 503, abort_percent: 100.5}}",
+                "fault.abort_percent",
+            ),
+            ("{mirrors: [{service: a, percent: -1}]}", "mirrors[0].percent"),
+            (
+                "{retry_budget: {ratio: .inf, min_per_second: 1, ttl_ms: 10}}",
+                "retry_budget.ratio",
+            ),
+            (
+                "{retry_budget: {ratio: -0.1, min_per_second: 1, ttl_ms: 10}}",
+                "retry_budget.ratio",
+            ),
+        ] {
+            let Err(e) = ProxyConfig::from_yaml("bad.yaml", &with_policies(bad)) else {
+                panic!("{bad} was accepted");
+            };
+            let want = format!("services[0].routes[0].table.rules[0].policies.{field}");
+            assert_eq!(e.problems[0].field.as_deref(), Some(want.as_str()), "{e}");
+        }
     }
 }
