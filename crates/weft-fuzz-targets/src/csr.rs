@@ -16,10 +16,7 @@ pub fn csr(data: &[u8]) {
     } else {
         pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", data.to_vec()))
     };
-    let grant = Grant {
-        namespace: "shop".into(),
-        service_account: "reviews".into(),
-    };
+    let grant = Grant::new("reviews-v1", "shop", "reviews");
     match ca().sign(&text, &grant, DEFAULT_CERT_TTL) {
         Ok(signed) => {
             // Whatever the CSR asked for, the certificate names exactly the granted identity,
