@@ -67,6 +67,11 @@ fn canonical_authority<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
         // HTTP/1 absolute-form: the target's authority wins over Host.
         (_, Some(a), _) => a,
         (_, None, Some(h)) => h,
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused (HTTP/1.0 may omit it,
+        // and HTTP/2 may carry no authority).
+        (false, None, None) if req.version() == Version::HTTP_11 => {
+            return Err(malformed("HTTP/1.1 request without Host"));
+        }
         (_, None, None) => return Ok(()),
     };
     let value = canonical(raw)?;

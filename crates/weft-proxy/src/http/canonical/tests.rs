@@ -62,6 +62,12 @@ fn conflicting_or_duplicate_hosts_are_refused() {
     assert!(r.headers().get("host").is_none());
     let bad = run(req(Version::HTTP_11, "/", &[("host", "a b")]));
     assert_eq!(bad.err(), Some(StatusCode::BAD_REQUEST));
+    let hostless = run(req(Version::HTTP_11, "/", &[]));
+    assert_eq!(hostless.err(), Some(StatusCode::BAD_REQUEST));
+    assert!(
+        run(req(Version::HTTP_10, "/", &[])).is_ok(),
+        "HTTP/1.0 may omit Host"
+    );
 }
 
 #[test]
