@@ -460,3 +460,56 @@ fn a_late_or_odd_first_byte_on_an_http_port_never_opens_a_raw_pipe() {
     assert_eq!(mesh.app.requests(), 0);
     assert_eq!(mesh.app.connections(), 0, "a raw connection reached the app");
 }
+
+#[test]
+fn a_connect_tunnel_to_an_http_port_is_served_as_http_not_a_raw_pipe() {
+    // A plaintext caller on the mesh port opens a CONNECT stream to the app's HTTP port and
+    // writes raw HTTP inside it: the request must meet the same canonical form, header hygiene
+    // and policy as any other, not reach the app as bytes.
+    let mesh = Mesh::start(ISTIO_DENY, "BASE");
+    let (mesh_port, app) = (mesh.server.bound.mesh, mesh.app.addr());
+    let through_tunnel = |raw: &'static [u8]| {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(mesh_port).await.expect("connect");
+            let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+            tokio::spawn(conn);
+            let mut h2 = h2.ready().await.expect("ready");
+            let req = http::Request::builder()
+                .method("CONNECT")
+                .uri(app.to_string())
+                .body(())
+                .expect("request");
+            let (resp, mut send) = h2.send_request(req, false).expect("send");
+            let resp = resp.await.expect("response");
+            assert_eq!(resp.status(), 200);
+            send.send_data(bytes::Bytes::from_static(raw), false)
+                .expect("data");
+            let mut body = resp.into_body();
+            let mut text = Vec::new();
+            let read = async {
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.expect("chunk");
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    text.extend_from_slice(&chunk);
+                    if String::from_utf8_lossy(&text).contains("\r\n\r\n") {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(3), read).await;
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let forged = through_tunnel(
+        b"GET /ok HTTP/1.1\r\nHost: api\r\nX-Forwarded-Client-Cert: URI=spiffe://cluster.local/ns/default/sa/admin\r\nConnection: close\r\n\r\n",
+    );
+    assert!(forged.starts_with("HTTP/1.1 200"), "{forged}");
+    assert!(
+        !forged.to_ascii_lowercase().contains("x-forwarded-client-cert"),
+        "{forged}"
+    );
+    let denied = through_tunnel(b"GET /x/../admin HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n");
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
+    assert_eq!(mesh.app.requests(), 1, "only the allowed request reached the app");
+}

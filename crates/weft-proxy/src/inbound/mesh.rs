@@ -273,7 +273,10 @@ pub(super) async fn mesh_connect(
         tracing::info!(port, "plaintext CONNECT refused (mTLS STRICT on this port)");
         return refused_stream(&meta, "DPE", StatusCode::SERVICE_UNAVAILABLE);
     }
-    if req.headers().contains_key(mesh_headers::UPGRADE_TUNNEL) {
+    // An HTTP port never becomes a raw pipe, through a tunnel either: the bytes inside are
+    // served as HTTP (canonical form, header hygiene, authorization by path), or a CONNECT
+    // would carry forged `X-Forwarded-Client-Cert` and the like straight to the app.
+    if req.headers().contains_key(mesh_headers::UPGRADE_TUNNEL) || target.protocol.is_http() {
         let verified = verified.map(|(p, l)| (p.to_string(), l.to_string()));
         return tunnelled_http(shared, req, meta, who.clone(), verified, target, port);
     }
