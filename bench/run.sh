@@ -5,9 +5,13 @@
 #   weft      one proxy (bench/weft-peer.yaml, 127.0.0.1:18083 -> backend), --threads 1
 #   weft2hop  client sidecar (18084) -> HTTP/2 mesh hop -> server sidecar (18085) -> backend,
 #             two processes, each --threads 1; CPU and RSS are the sum of both
+#   weft2hop-mtls  the same two sidecars as a real mesh: a `weft control --tls` (started before
+#             the run, not measured: it is idle once it has pushed) issues both certificates and
+#             pushes the config (bench/mtls/); the hop is mTLS (STRICT), L7 routing and metrics on
+# Then bench/targets.py prints each figure of issue 12 / BENCHMARKS.md beside its target: met / missed.
 # Knobs (passed through to the peers script): DUR=5 REPS=3 CONNS=32 RATE=4800 WARM=2 FIXED=auto
 #   RESULTS=/tmp/weft-bench (each invocation writes RESULTS/<timestamp>/{weft,weft2hop})
-#   ONLY=weft|weft2hop runs one of the two; ONLY=routes runs the one-proxy path with 100 and
+#   ONLY=weft|weft2hop|weft2hop-mtls runs one of them; ONLY=routes runs the one-proxy path with 100 and
 #   1,000 routes configured.  CARGO_TARGET_DIR (default $HOME/.cache/weft/target).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,7 +58,7 @@ WEFT="$CARGO_TARGET_DIR/release/weft"
 [ -x "$WEFT" ] || { echo "no binary at $WEFT" >&2; exit 1; }
 
 # The peers script checks its own ports and the candidate's; the others Weft binds are checked here.
-for p in 18083 18084 18085 18090 18091 18092; do
+for p in 18083 18084 18085 18086 18087 18090 18091 18092 18093 18094 18095 18096; do
   if ss -Hltn "sport = :$p" | grep -q .; then echo "port $p already in use" >&2; exit 1; fi
 done
 
@@ -109,6 +113,29 @@ if [ -z "$ONLY" ] || [ "$ONLY" = weft2hop ]; then
     "'$WEFT' proxy --threads 1 --config '$B/weft-two-hop-server.yaml' & exec '$WEFT' proxy --threads 1 --config '$B/weft-two-hop.yaml'"
 fi
 
+if [ -z "$ONLY" ] || [ "$ONLY" = weft2hop-mtls ]; then
+  # The control plane runs beside the measured processes: its CPU is spent before the load starts
+  # (issuing two certificates, one push) and it is not part of the data path.
+  M="$BASE/mtls"
+  mkdir -p "$M/state"
+  "$WEFT" control --tls --config-dir "$B/mtls/mesh" --state-dir "$M/state" \
+    --listen 127.0.0.1:18095 --admin 127.0.0.1:18096 >"$M/control.log" 2>&1 &
+  CONTROL_PID=$!
+  trap 'kill $CONTROL_PID 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do [ -f "$M/state/trust-bundle.pem" ] && grep -q listening "$M/control.log" && break; sleep 0.1; done
+  for w in backend bench-client; do
+    (umask 077; "$WEFT" token create --workload "$w" --service-account "$w" --state-dir "$M/state" >"$M/$w.token")
+  done
+  sidecar() {  # $1 bootstrap yaml, $2 workload
+    echo "'$WEFT' proxy --threads 1 --config '$B/mtls/$1' --control http://127.0.0.1:18095 --token-file '$M/$2.token' --trust-anchor '$M/state/trust-bundle.pem'"
+  }
+  run_one weft2hop-mtls http://127.0.0.1:18086/ \
+    "$(sidecar server.yaml backend) & exec $(sidecar client.yaml bench-client)"
+  kill "$CONTROL_PID" 2>/dev/null || true
+fi
+
 echo
 echo "results in $BASE"
 for d in "$BASE"/*/; do [ -f "$d/summary.md" ] && echo "  $d/summary.md"; done
+echo
+python3 "$B/targets.py" "$BASE" | tee "$BASE/targets.md"
