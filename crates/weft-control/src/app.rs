@@ -204,6 +204,11 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
     ));
 
     tokio::spawn(watch_store(source.clone(), options.poll, shutdown.clone()));
+    tokio::spawn(keep_registry(
+        source.clone(),
+        options.endpoint_grace,
+        shutdown.clone(),
+    ));
     Ok(Running {
         listen,
         admin,
@@ -223,6 +228,35 @@ async fn watch_store(source: Arc<ControlSource>, poll: Duration, shutdown: Cance
         let current = source.inner.store.fingerprint();
         if current != source.inner.lock().fingerprint {
             source.reload();
+        }
+    }
+}
+
+/// The registry's upkeep: instances restored from the state file whose proxy has not come back
+/// within the endpoint grace period after the start are removed, as if their proxy had left at the
+/// restart; and instance changes the registry held back (it writes them at most once a second)
+/// are written.
+async fn keep_registry(source: Arc<ControlSource>, grace: Duration, shutdown: CancellationToken) {
+    let expire_at = tokio::time::Instant::now() + grace;
+    let mut expired = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(expire_at), if !expired => {
+                expired = true;
+                let mut state = source.inner.lock();
+                let gone = state.registry.expire_restored();
+                if !gone.is_empty() {
+                    tracing::info!(instances = %gone.join(","), "endpoints restored at start removed: their proxies did not come back");
+                    source.inner.recompile(&mut state);
+                }
+            }
+            _ = tick.tick() => {
+                if let Err(e) = source.inner.lock().registry.save() {
+                    tracing::warn!(error = %e, "cannot save the registry");
+                }
+            }
         }
     }
 }

@@ -7,8 +7,16 @@
 //!   gets the same VIPs on any host in any order; collisions probe linearly. The fqdn -> VIP map
 //!   is persisted as JSON in the state file (written atomically: temp file, then rename), so
 //!   VIPs survive restarts.
-//! - **Instances**: registered by proxies or by `weft up`; they live in memory only (a restarted
-//!   control plane learns them again when proxies reconnect).
+//! - **Instances**: registered by proxies when they connect. They are kept in the same state file,
+//!   so a restarted control plane serves the endpoints it knew at once instead of empty sets:
+//!   without them, the first proxies to reconnect were pushed services with no endpoints and
+//!   answered 503 `UH` until every other proxy was back. An instance read from the file is
+//!   *restored*: it serves until its proxy reconnects (then it is live again) or until the
+//!   control plane's endpoint grace period passes without it (`expire_restored`), as if its proxy
+//!   had disconnected at the restart. A restored id still belongs to its workload (admission).
+//!   Instance changes are written at most once a second (`save`) and without fsync: a killed
+//!   process loses nothing (the page cache has it), a crash of the host loses at most the last
+//!   changes, which reconnecting proxies rebuild; VIP changes are written at once and synced.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -16,6 +24,7 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -141,7 +150,13 @@ struct State {
     /// Names whose service is gone; their VIPs stay reserved for them (see `release_missing`).
     #[serde(default)]
     released: BTreeSet<String>,
+    /// id -> instance, every instance registered when the file was written.
+    #[serde(default)]
+    instances: BTreeMap<String, Instance>,
 }
+
+/// How often instance changes alone are written to the state file.
+const INSTANCES_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Services' virtual IPs and workloads' instances.
 #[derive(Debug, Default)]
@@ -153,7 +168,12 @@ pub struct Registry {
     taken: BTreeMap<Ipv4Addr, String>,
     /// The VIP map changed since the last load or save.
     dirty: bool,
-    instances: BTreeMap<String, Instance>,
+    /// The instances changed since the last save.
+    instances_dirty: bool,
+    /// When the file was last written.
+    written_at: Option<Instant>,
+    /// Instances read from the state file whose proxy has not connected since.
+    restored: BTreeSet<String>,
     /// The trust domain of the identities endpoints must present.
     trust_domain: String,
 }
@@ -216,25 +236,38 @@ impl Registry {
         });
         let vips = &state.vips;
         state.released.retain(|f| vips.contains_key(f));
+        // An entry whose key is not its id (a hand-edited file) is dropped, not trusted.
+        state.instances.retain(|id, i| *id == i.id);
+        let restored = state.instances.keys().cloned().collect();
         Ok(Self {
             range,
             state_file: state_file.map(Path::to_path_buf),
             state,
             taken,
             dirty,
-            instances: BTreeMap::new(),
+            instances_dirty: false,
+            written_at: None,
+            restored,
             trust_domain: weft_api::identity::DEFAULT_TRUST_DOMAIN.to_string(),
         })
     }
 
-    /// Writes the VIP map to the state file if it changed (temp file in the same directory,
-    /// then rename, so a crash leaves the old file or the new one, never half of one). Without
-    /// a state file, does nothing.
+    /// Writes the state file if it changed (temp file in the same directory, then rename, so a
+    /// crash leaves the old file or the new one, never half of one): at once, synced, when VIPs
+    /// changed; when only instances changed, at most once per second and not synced (see the
+    /// module comment), so a connect storm of thousands of proxies is not thousands of writes.
+    /// Call it again later (the control plane does, every second) to write what was held back.
+    /// Without a state file, does nothing.
     pub fn save(&mut self) -> Result<(), RegistryError> {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
-        if !self.dirty && path.exists() {
+        let sync = self.dirty || !path.exists();
+        let instances_due = self.instances_dirty
+            && self
+                .written_at
+                .is_none_or(|t| t.elapsed() >= INSTANCES_WRITE_INTERVAL);
+        if !sync && !instances_due {
             return Ok(());
         }
         let io = |source| RegistryError::Io {
@@ -255,7 +288,9 @@ impl Registry {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&json)?;
             f.write_all(b"\n")?;
-            f.sync_all()?;
+            if sync {
+                f.sync_all()?;
+            }
             std::fs::rename(&tmp, path)
         };
         if let Err(e) = write() {
@@ -263,6 +298,8 @@ impl Registry {
             return Err(io(e));
         }
         self.dirty = false;
+        self.instances_dirty = false;
+        self.written_at = Some(Instant::now());
         Ok(())
     }
 
@@ -337,12 +374,15 @@ impl Registry {
 
     // === instances ===
 
-    /// Adds or replaces an instance (by id). Returns whether anything changed.
+    /// Adds or replaces an instance (by id): its proxy connected, so it is live (no longer
+    /// restored). Returns whether anything changed.
     pub fn upsert(&mut self, instance: Instance) -> bool {
-        match self.instances.get(&instance.id) {
+        self.restored.remove(&instance.id);
+        match self.state.instances.get(&instance.id) {
             Some(old) if *old == instance => false,
             _ => {
-                self.instances.insert(instance.id.clone(), instance);
+                self.state.instances.insert(instance.id.clone(), instance);
+                self.instances_dirty = true;
                 true
             }
         }
@@ -350,17 +390,37 @@ impl Registry {
 
     /// Removes an instance; returns it if it was there.
     pub fn remove(&mut self, id: &str) -> Option<Instance> {
-        self.instances.remove(id)
+        self.restored.remove(id);
+        let removed = self.state.instances.remove(id);
+        self.instances_dirty |= removed.is_some();
+        removed
+    }
+
+    /// Removes every instance still restored (read from the state file, its proxy not
+    /// reconnected since): called once the endpoint grace period after a start has passed.
+    /// Returns their ids.
+    pub fn expire_restored(&mut self) -> Vec<String> {
+        let ids: Vec<String> = std::mem::take(&mut self.restored).into_iter().collect();
+        for id in &ids {
+            self.state.instances.remove(id);
+        }
+        self.instances_dirty |= !ids.is_empty();
+        ids
+    }
+
+    /// Whether `id` was read from the state file and its proxy has not reconnected since.
+    pub fn is_restored(&self, id: &str) -> bool {
+        self.restored.contains(id)
     }
 
     /// One instance by id.
     pub fn instance(&self, id: &str) -> Option<&Instance> {
-        self.instances.get(id)
+        self.state.instances.get(id)
     }
 
     /// Every instance, in id order.
     pub fn instances(&self) -> impl Iterator<Item = &Instance> + '_ {
-        self.instances.values()
+        self.state.instances.values()
     }
 }
 
@@ -458,5 +518,65 @@ mod tests {
         assert_eq!(r.instances().count(), 1);
         assert_eq!(r.remove("x-0"), Some(i));
         assert_eq!(r.instances().count(), 0);
+    }
+
+    fn instance(id: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            workload: "x".into(),
+            namespace: "default".into(),
+            labels: BTreeMap::new(),
+            service_account: "default".into(),
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            app_ports: [(80, 8080)].into(),
+            mesh_port: Some(15008),
+        }
+    }
+
+    #[test]
+    fn instances_survive_a_restart_as_restored_until_their_proxy_reconnects_or_they_expire() {
+        let dir = std::env::temp_dir().join(format!("weft-registry-restore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file = dir.join("registry.json");
+        let mut r = Registry::load(Some(&file)).expect("registry");
+        r.upsert(instance("a-0"));
+        r.upsert(instance("b-0"));
+        r.vip_for("a.default.svc.cluster.local");
+        r.save().expect("save");
+        drop(r);
+
+        let mut r = Registry::load(Some(&file)).expect("reload");
+        assert_eq!(
+            r.instances().count(),
+            2,
+            "instances are served at once after a restart"
+        );
+        assert!(r.is_restored("a-0") && r.is_restored("b-0"));
+        // a's proxy reconnects with the same registration: live again, nothing changed.
+        assert!(!r.upsert(instance("a-0")));
+        assert!(!r.is_restored("a-0"));
+        // b's never does: it goes when the grace period is over; a stays.
+        assert_eq!(r.expire_restored(), vec!["b-0".to_string()]);
+        assert_eq!(r.instances().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["a-0"]);
+        assert!(r.expire_restored().is_empty(), "expiry happens once");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn instance_changes_alone_are_written_at_most_once_a_second() {
+        let dir = std::env::temp_dir().join(format!("weft-registry-debounce-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file = dir.join("registry.json");
+        let mut r = Registry::load(Some(&file)).expect("registry");
+        r.upsert(instance("a-0"));
+        r.save().expect("first save writes");
+        r.upsert(instance("b-0"));
+        r.save().expect("held back");
+        let on_disk = || Registry::load(Some(&file)).expect("read").instances().count();
+        assert_eq!(on_disk(), 1, "a second write within the interval is held back");
+        r.written_at = r.written_at.and_then(|t| t.checked_sub(INSTANCES_WRITE_INTERVAL));
+        r.save().expect("due now");
+        assert_eq!(on_disk(), 2);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }
