@@ -4,6 +4,7 @@
 //! Reading (YAML syntax) and translation (schema, unknown fields and kinds, not implemented)
 //! report their own findings; this module adds the checks that need the whole model.
 
+mod covers;
 mod istio;
 mod istio_docs;
 mod routes;

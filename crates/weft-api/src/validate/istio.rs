@@ -8,6 +8,7 @@ use crate::model::{Dialect, HostRoutes};
 use crate::route::{Action, Rule};
 use crate::translate::{Part, Spans};
 
+use super::covers::covers;
 use super::routes::{describe, matches_everything};
 use super::Index;
 
@@ -119,7 +120,8 @@ fn check_mirrors(ix: &Index<'_>, spans: &Spans, routes: &HostRoutes, rule: &Rule
 }
 
 /// A rule no request reaches (IST0130): an earlier rule matches every request, or each of its
-/// matches is one an earlier rule already has. A single match already taken is IST0131.
+/// matches is covered by (the same as, or broader than) a match of an earlier rule. A single
+/// match covered by an earlier rule's, or by an earlier match of its own rule, is IST0131.
 /// (A rule after a match-all is also SHADOWED_RULE, which says so; this adds the duplicates.)
 fn check_unreachable(spans: &Spans, routes: &HostRoutes, out: &mut Vec<Finding>) {
     let catch_all = routes.rules.iter().position(matches_everything);
@@ -135,13 +137,19 @@ fn check_unreachable(spans: &Spans, routes: &HostRoutes, out: &mut Vec<Finding>)
             .map(|(m, want)| {
                 let by = earlier
                     .iter()
-                    .find(|r| r.matches.iter().any(|x| x == want))
-                    .map(|r| r.index);
+                    .find(|r| r.matches.iter().any(|x| covers(x, want)))
+                    .map(|r| r.index)
+                    .or_else(|| {
+                        rule.matches[..m]
+                            .iter()
+                            .any(|x| covers(x, want))
+                            .then_some(rule.index)
+                    });
                 (m, by)
             })
             .collect();
         let i = rule.index;
-        if taken.iter().all(|(_, by)| by.is_some()) {
+        if taken.iter().all(|(_, by)| by.is_some_and(|by| by != i)) {
             out.push(
                 Finding::warning(
                     codes::SHADOWED_RULE,
@@ -160,7 +168,7 @@ fn check_unreachable(spans: &Spans, routes: &HostRoutes, out: &mut Vec<Finding>)
                 out.push(Finding::info(
                     codes::INEFFECTIVE_MATCH,
                     format!(
-                        "IST0131: {} rule {i} match {m} is not used: rule {by} has the same match",
+                        "IST0131: {} rule {i} match {m} is not used: rule {by} has the same match or a broader one before it",
                         describe(routes)
                     ),
                     &spans.locate(&routes.origin, [Part::Match(i, m), Part::Rule(i)]),
