@@ -121,7 +121,7 @@ async fn a_stolen_token_cannot_take_over_a_live_instance_and_the_real_one_keeps_
     );
 
     // The reported attack: ratings' identity and token, reviews' instance id, endpoints pointed
-    // at the attacker's server. Refused: the id belongs to reviews-v1.
+    // at the attacker's server. Refused: the id is named after reviews-v1, not ratings-v1.
     let ratings_yaml = sidecar_yaml("ratings-v1", "ratings", &inbound(attacker_app.addr()), "");
     let thief = sidecar_with(
         &control,
@@ -129,7 +129,7 @@ async fn a_stolen_token_cannot_take_over_a_live_instance_and_the_real_one_keeps_
         &ratings_yaml,
         &["--instance-id", "reviews-v1-0"],
     );
-    refused_with(&thief, "belongs to workload default/reviews-v1");
+    refused_with(&thief, "is not named after workload");
     // The same token claiming to be reviews: refused as a contradiction of the token.
     let liar_yaml = sidecar_yaml("reviews-v1", "ratings", &inbound(attacker_app.addr()), "");
     let liar = sidecar_with(

@@ -63,6 +63,10 @@ pub enum AdmitError {
     NoAddress,
     #[error("instance id {id:?} belongs to workload {owner}; choose another --instance-id")]
     InstanceOwned { id: String, owner: String },
+    #[error(
+        "instance id {id:?} is not named after workload {workload:?}: an id is the workload's name, or starts with it and '-' or '.' (the default is {workload}.NAMESPACE; `weft up` names replicas {workload}-0, {workload}-1 …)"
+    )]
+    InstanceName { id: String, workload: String },
     #[error("instance id {id:?} is held by another live connection")]
     InstanceLive { id: String },
 }
@@ -100,7 +104,8 @@ impl AdmitError {
             | Self::Labels { .. }
             | Self::ServiceAccount { .. }
             | Self::Address { .. }
-            | Self::InstanceOwned { .. } => tonic::Code::PermissionDenied,
+            | Self::InstanceOwned { .. }
+            | Self::InstanceName { .. } => tonic::Code::PermissionDenied,
             Self::InstanceLive { .. } => tonic::Code::AlreadyExists,
         }
     }
@@ -142,6 +147,12 @@ pub fn admit(
     ];
     if let Some(e) = claims.into_iter().flatten().next() {
         return Err(e);
+    }
+    if !names_instance_of(&sub.instance_id, &grant.workload, mesh) {
+        return Err(AdmitError::InstanceName {
+            id: sub.instance_id.clone(),
+            workload: grant.workload.clone(),
+        });
     }
     // Without a document the workload has no labels: no service selects it, it is no endpoint.
     let document = mesh
@@ -221,3 +232,21 @@ fn address(sub: &Subscribe, peer: Option<IpAddr>, declared: Option<IpAddr>) -> R
 
 #[cfg(test)]
 mod tests;
+
+/// Whether instance id `id` is named after `workload`: the workload's name itself, or the name
+/// followed by '-' or '.' and more (`reviews-v1-0`, `reviews-v1.default`). Of the workloads whose
+/// names prefix the id that way, the longest owns it, so the token of workload `reviews` cannot
+/// take `reviews-v1-0` from workload `reviews-v1`. Without the rule a token for any workload could
+/// register the id of another's replica before that replica started (the id is then held, and
+/// the real replica refused: `InstanceOwned`), and keep it across control-plane restarts.
+fn names_instance_of(id: &str, workload: &str, mesh: &Mesh) -> bool {
+    let named_after = |name: &str| {
+        id.strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.']))
+    };
+    named_after(workload)
+        && !mesh
+            .workloads
+            .iter()
+            .any(|w| w.name.len() > workload.len() && named_after(&w.name))
+}

@@ -131,7 +131,7 @@ async fn a_stolen_token_with_false_claims_is_refused_or_gets_only_its_own_docume
             addr,
             Subscribe {
                 labels: [("app".into(), "reviews".into())].into(),
-                ..sub("ratings-x", &ratings)
+                ..sub("ratings-v1-x", &ratings)
             },
         )
         .await,
@@ -147,7 +147,7 @@ async fn a_stolen_token_with_false_claims_is_refused_or_gets_only_its_own_docume
             addr,
             Subscribe {
                 workload: "reviews-v1".into(),
-                ..sub("ratings-x", &ratings)
+                ..sub("ratings-v1-x", &ratings)
             },
         )
         .await,
@@ -159,7 +159,7 @@ async fn a_stolen_token_with_false_claims_is_refused_or_gets_only_its_own_docume
             addr,
             Subscribe {
                 service_account: "reviews".into(),
-                ..sub("ratings-x", &ratings)
+                ..sub("ratings-v1-x", &ratings)
             },
         )
         .await,
@@ -174,7 +174,7 @@ async fn a_stolen_token_with_false_claims_is_refused_or_gets_only_its_own_docume
             addr,
             Subscribe {
                 ip: "10.1.2.3".into(),
-                ..sub("ratings-x", &ratings)
+                ..sub("ratings-v1-x", &ratings)
             },
         )
         .await,
@@ -186,6 +186,31 @@ async fn a_stolen_token_with_false_claims_is_refused_or_gets_only_its_own_docume
     );
     // Reviews' instance id, with ratings' token, and with reviews' own (a copy).
     let s = refusal(subscribe(addr, sub("reviews-v1-0", &ratings)).await);
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s}");
+    assert!(
+        s.message()
+            .contains("instance id \"reviews-v1-0\" is not named after workload \"ratings-v1\""),
+        "{s}"
+    );
+    // Squatting: an id of a reviews replica that has not started yet, taken first by another
+    // workload's token, would lock the real replica out. Refused by name: ids are named after
+    // their workload, and the longest workload name that prefixes an id owns it.
+    let s = refusal(subscribe(addr, sub("reviews-v1-7", &ratings)).await);
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s}");
+    let short = tokens
+        .create(&Grant::new("reviews", "default", "reviews"))
+        .expect("token");
+    let s = refusal(subscribe(addr, sub("reviews-v1-3", &short)).await);
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s}");
+    assert!(
+        s.message().contains("not named after workload \"reviews\""),
+        "{s}"
+    );
+    // The same workload name in another namespace: named after it, but the id is held.
+    let other = tokens
+        .create(&Grant::new("reviews-v1", "other", "reviews"))
+        .expect("token");
+    let s = refusal(subscribe(addr, sub("reviews-v1-0", &other)).await);
     assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s}");
     assert!(
         s.message().contains("belongs to workload default/reviews-v1"),

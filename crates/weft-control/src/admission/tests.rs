@@ -69,7 +69,12 @@ fn the_instance_is_what_the_token_and_its_workload_document_say() {
 #[test]
 fn a_token_without_a_document_gets_no_labels() {
     let registry = Registry::load(None).expect("registry");
-    let i = admit_plain(&registry, Grant::new("details-v1", "default", ""), &plain("d-0")).expect("admitted");
+    let i = admit_plain(
+        &registry,
+        Grant::new("details-v1", "default", ""),
+        &plain("details-v1-0"),
+    )
+    .expect("admitted");
     assert!(i.labels.is_empty());
     assert_eq!(i.service_account, "default");
 }
@@ -78,7 +83,7 @@ fn a_token_without_a_document_gets_no_labels() {
 fn claims_beyond_the_token_are_refused_by_name() {
     let registry = Registry::load(None).expect("registry");
     let with = |f: &dyn Fn(&mut Subscribe)| {
-        let mut s = plain("x-0");
+        let mut s = plain("ratings-v1-0");
         f(&mut s);
         admit_plain(&registry, ratings(), &s)
     };
@@ -141,7 +146,7 @@ fn claims_beyond_the_token_are_refused_by_name() {
 #[test]
 fn wrong_unbound_and_missing_tokens() {
     let registry = Registry::load(None).expect("registry");
-    let e = admit(&mesh(), &registry, None, &plain("x-0"), Some(PEER)).expect_err("no token");
+    let e = admit(&mesh(), &registry, None, &plain("reviews-v1-0"), Some(PEER)).expect_err("no token");
     assert_eq!(
         (e.clone(), e.code()),
         (AdmitError::UnknownToken, tonic::Code::Unauthenticated)
@@ -151,12 +156,12 @@ fn wrong_unbound_and_missing_tokens() {
         namespace: "default".into(),
         service_account: "reviews".into(),
     };
-    let e = admit_plain(&registry, old, &plain("x-0")).expect_err("unbound");
+    let e = admit_plain(&registry, old, &plain("reviews-v1-0")).expect_err("unbound");
     assert_eq!(e, AdmitError::Unbound);
     assert!(e.to_string().contains("weft token create --workload"), "{e}");
     let e = admit_plain(&registry, reviews(), &plain("")).expect_err("no id");
     assert_eq!(e, AdmitError::NoInstanceId);
-    let e = admit(&mesh(), &registry, Some(reviews()), &plain("x-0"), None).expect_err("no peer");
+    let e = admit(&mesh(), &registry, Some(reviews()), &plain("reviews-v1-0"), None).expect_err("no peer");
     assert_eq!(e, AdmitError::NoAddress);
 }
 
@@ -166,7 +171,7 @@ fn a_token_for_another_service_account_than_the_document_is_refused() {
     let e = admit_plain(
         &registry,
         Grant::new("reviews-v1", "default", "ratings"),
-        &plain("x-0"),
+        &plain("reviews-v1-0"),
     )
     .expect_err("sa");
     assert_eq!(
@@ -185,8 +190,22 @@ fn an_instance_id_of_another_workload_cannot_be_taken() {
     let mut registry = Registry::load(None).expect("registry");
     let real = admit_plain(&registry, reviews(), &plain("reviews-v1-0")).expect("admitted");
     registry.upsert(real.clone());
-    // A ratings token claiming reviews' instance id.
+    // A ratings token claiming reviews' instance id: not named after ratings-v1.
     let e = admit_plain(&registry, ratings(), &plain("reviews-v1-0")).expect_err("taken");
+    assert_eq!(
+        e,
+        AdmitError::InstanceName {
+            id: "reviews-v1-0".into(),
+            workload: "ratings-v1".into()
+        }
+    );
+    // A workload of the same name in another namespace: named after it, but the id is held.
+    let e = admit_plain(
+        &registry,
+        Grant::new("reviews-v1", "other", "reviews"),
+        &plain("reviews-v1-0"),
+    )
+    .expect_err("held");
     assert_eq!(
         e,
         AdmitError::InstanceOwned {
@@ -207,7 +226,7 @@ fn an_instance_id_of_another_workload_cannot_be_taken() {
     assert_eq!(again.ip, IpAddr::V6(Ipv6Addr::LOCALHOST));
     // An IPv4 peer seen as IPv4-mapped IPv6 is the IPv4 address.
     let mapped = Ipv4Addr::new(10, 0, 0, 7).to_ipv6_mapped();
-    let mut claimed = plain("y-0");
+    let mut claimed = plain("reviews-v1-1");
     claimed.ip = "10.0.0.7".into();
     let i = admit(
         &mesh(),
@@ -240,4 +259,25 @@ fn a_workload_that_declares_its_address_is_reached_there_whatever_the_peer() {
         e.to_string(),
         "the subscription claims address \"10.0.0.7\", but its Workload document declares 192.0.2.10"
     );
+}
+
+#[test]
+fn an_id_not_yet_held_cannot_be_squatted_by_another_workload() {
+    let registry = Registry::load(None).expect("registry");
+    // Unheld ids of reviews' replicas: ratings' token may not take them before they start.
+    for id in ["reviews-v1-3", "reviews-v1", "reviews-v1.default"] {
+        let e = admit_plain(&registry, ratings(), &plain(id)).expect_err(id);
+        assert!(matches!(e, AdmitError::InstanceName { .. }), "{id}: {e}");
+    }
+    // A workload whose name prefixes a longer one's does not own that one's ids.
+    let short = Grant::new("reviews", "default", "reviews");
+    let e = admit_plain(&registry, short.clone(), &plain("reviews-v1-3")).expect_err("longer owner");
+    assert!(matches!(e, AdmitError::InstanceName { .. }), "{e}");
+    admit_plain(&registry, short, &plain("reviews-2")).expect("its own");
+    // Names are whole: `ratings-v10` is not named after `ratings-v1`.
+    let e = admit_plain(&registry, ratings(), &plain("ratings-v10")).expect_err("not a delimiter");
+    assert!(matches!(e, AdmitError::InstanceName { .. }), "{e}");
+    for id in ["ratings-v1", "ratings-v1-0", "ratings-v1.default"] {
+        admit_plain(&registry, ratings(), &plain(id)).expect(id);
+    }
 }
