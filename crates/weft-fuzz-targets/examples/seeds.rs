@@ -172,6 +172,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
     let other = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&ed)?;
     write(&root, "csr", "seed-ed25519.pem", other.pem()?.as_bytes())?;
+
+    // admission: a choice byte (grant and peer), then a Subscribe as a proxy sends it, and as
+    // one claiming what is not its own.
+    use weft_api::proto::Subscribe;
+    let honest = Subscribe {
+        instance_id: "reviews-v1-1".into(),
+        token: "t".into(),
+        mesh_port: 15008,
+        app_ports: [(9080, 19080)].into(),
+        ..Subscribe::default()
+    };
+    let squat = Subscribe {
+        instance_id: "reviews-v1-7".into(),
+        ..honest.clone()
+    };
+    let liar = Subscribe {
+        workload: "reviews-v1".into(),
+        labels: [("app".into(), "db".into())].into(),
+        ip: "192.0.2.10".into(),
+        ..honest.clone()
+    };
+    for (name, choice, sub) in [
+        ("seed-honest", 1u8, &honest),
+        ("seed-squat-shorter-name", 2, &squat),
+        (
+            "seed-held-id",
+            1,
+            &Subscribe {
+                instance_id: "reviews-v1-0".into(),
+                ..honest.clone()
+            },
+        ),
+        ("seed-claims", 3, &liar),
+        ("seed-no-peer", 0x81, &honest),
+    ] {
+        let mut bytes = vec![choice];
+        bytes.extend(sub.encode_to_vec());
+        write(&root, "admission", name, &bytes)?;
+    }
     Ok(())
 }
 

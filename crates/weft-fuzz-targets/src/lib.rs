@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 mod canonical;
 mod csr;
 mod detect;
@@ -15,7 +16,9 @@ mod documents;
 mod framing;
 mod pieces;
 mod proxy_config;
+mod request_head;
 
+pub use admission::admission;
 pub use canonical::{authority, path};
 pub use csr::csr;
 pub use detect::detect;
@@ -23,6 +26,7 @@ pub use discovery::discovery;
 pub use documents::mesh_documents;
 pub use framing::framing_guard;
 pub use proxy_config::proxy_config;
+pub use request_head::request_head;
 
 /// What a target is: bytes in, a panic when something that must hold does not.
 pub type Target = fn(&[u8]);
@@ -37,4 +41,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("csr", csr),
     ("path", path),
     ("authority", authority),
+    ("request_head", request_head),
+    ("admission", admission),
 ];
