@@ -206,7 +206,10 @@ async fn a_proxy_with_the_right_anchor_converges_over_tls() {
     // would grant (a valid token and CSR) fails at the transport, not at the token check.
     let plain_cp = control("right-plain", Duration::from_secs(3600), false).await;
     let granted = sign_plaintext(plain_cp.running.listen, valid_sign_request(&plain_cp)).await;
-    assert!(granted.is_ok(), "a plaintext control plane grants it: {granted:?}");
+    assert!(
+        granted.is_ok(),
+        "a plaintext control plane grants it: {granted:?}"
+    );
     let refused = sign_plaintext(cp.running.listen, valid_sign_request(&cp))
         .await
         .expect_err("plaintext answered on a TLS port");

@@ -4,6 +4,7 @@
 //! - [`HttpEcho`]: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, answering what it was asked.
 //! - [`TcpEcho`]: raw TCP echo that respects half-close.
 //! - [`ServerFirst`]: raw TCP that greets first (like MySQL or SMTP), then echoes.
+//! - [`privilege`]: tests that need root or IPv6 skip elsewhere and fail under CI.
 //!
 //! Servers spawn on the current tokio runtime and stop when dropped.
 
@@ -21,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 mod http_echo;
+pub mod privilege;
 mod serving;
 mod tcp_echo;
 
