@@ -316,13 +316,14 @@ fn demo_app_and_load_commands() {
         "0.5",
     ]));
     assert_eq!(code, 0, "{stderr}");
-    // 20 rps for 0.5 s: 10 ticks, give or take one on a loaded machine.
+    // 20 rps for 0.5 s: at most its 10 ticks (a loaded machine may skip some; the exact rate
+    // is checked tick for tick in paused time by weft-demo's tests), each answered 200.
     let sent: u32 = stdout
         .split_whitespace()
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("a count: {stdout}"));
-    assert!((8..=11).contains(&sent), "{stdout}");
+    assert!((1..=10).contains(&sent), "{stdout}");
     assert!(stdout.contains(&format!("200: {sent}")), "{stdout}");
 
     let (code, _, stderr) = run(weft().args(["demo-app", "reviews", "--version", "v9", "--port", "1"]));

@@ -4,7 +4,8 @@
 //! Each test builds two network namespaces joined by a veth pair: APP (10.200.X.1, a client
 //! sidecar with outbound capture) and SRV (10.200.X.2, a real Python backend and a server
 //! sidecar on the mesh port). `curl` and a Python TCP client run in APP as the unmodified app.
-//! Needs root; without it each test prints why and returns. Namespaces and processes belong to
+//! Needs root; without it each test prints that it skipped, and fails under `CI=true` or
+//! `WEFT_REQUIRE_ROOT=1`. Namespaces and processes belong to
 //! guards that remove them on drop, also when an assertion fails, and all traffic stays on
 //! addresses of the veth pair (plus a VIP that only exists as an APP route).
 
@@ -143,8 +144,10 @@ impl Mesh {
     /// APP (and inbound capture of port 8080 in SRV with `srv_capture`); `None` (after saying
     /// why) when not root.
     fn start(tag: &str, srv_capture: bool) -> Option<Self> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping capture test {tag}: needs root to create network namespaces and NAT rules");
+        if !weft_test_support::privilege::require_root(
+            &format!("capture test {tag}"),
+            "to create network namespaces and NAT rules",
+        ) {
             return None;
         }
         let pid = std::process::id();

@@ -102,13 +102,28 @@ async fn live_config_from_documents_to_traffic() {
         &sidecar_yaml("evil", "default", "", ""),
         &[],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Polled until the proxy logged the control plane's refusal: a slow but legitimate proxy
+    // is also not ready yet, so readiness alone would prove nothing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !intruder.logs().contains("wrong bootstrap token") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged: {}",
+            intruder.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(ready_status(&intruder), "503");
-    assert!(
-        intruder.logs().contains("wrong bootstrap token"),
-        "{}",
-        intruder.logs()
-    );
+    // And the control plane admitted no such proxy: only the three legitimate ones are listed.
+    let status = control.status();
+    let listed: Vec<&str> = status["proxies"]
+        .as_array()
+        .expect("proxies")
+        .iter()
+        .filter_map(|p| p["workload"].as_str())
+        .collect();
+    assert_eq!(listed.len(), 3, "{status}");
+    assert!(!listed.contains(&"evil"), "{status}");
     drop(intruder);
 
     // Editing a file moves live traffic, well within a second.
@@ -449,6 +464,15 @@ async fn a_virtual_service_change_sends_only_its_mesh_service() {
     assert_eq!(services, ["ratings", "reviews"], "{dump}");
     let routes = dump["services"][1]["routes"].to_string();
     assert!(routes.contains("v2") && !routes.contains("\"v1\""), "{routes}");
-    // Traffic follows: v2 has no endpoint here, so the route now reaches no app.
-    assert_eq!(served_by(&url), "");
+    // Traffic follows: v2 has no endpoint here, so the route now reaches no app: the proxy
+    // answers 503 with flag `UH` (no healthy upstream) itself.
+    let out = curl(&["-sS", "-i", &url]);
+    let head = out.stdout.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 503"), "{}", out.stdout);
+    assert!(
+        head.contains("\r\nx-weft-response-flags: uh\r\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(!head.contains("x-echo-server"), "{}", out.stdout);
 }

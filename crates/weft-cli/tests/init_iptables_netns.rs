@@ -1,7 +1,7 @@
 //! `weft init-iptables` against a real kernel, inside network namespaces this test creates.
 //!
-//! Needs root (to create namespaces and load NAT rules); without it each test prints why and
-//! returns. Every namespace is deleted when its guard drops, also when an assertion fails, and
+//! Needs root (to create namespaces and load NAT rules); without it each test prints that it
+//! skipped, and fails under `CI=true` or `WEFT_REQUIRE_ROOT=1`. Every namespace is deleted when its guard drops, also when an assertion fails, and
 //! all traffic stays inside it: the only addresses used live on a veth pair inside it.
 
 use std::fs::File;
@@ -25,8 +25,7 @@ struct Netns {
 impl Netns {
     /// Creates `weft-<tag>-<pid>`, or returns `None` (after saying why) when not root.
     fn create(tag: &str) -> Option<Self> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping {tag}: needs root to create network namespaces and NAT rules");
+        if !weft_test_support::privilege::require_root(tag, "to create network namespaces and NAT rules") {
             return None;
         }
         let name = format!("weft-{tag}-{}", std::process::id());

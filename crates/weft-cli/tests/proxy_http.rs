@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::{curl, metric_sum, Proxy};
-use weft_test_support::HttpEcho;
+use weft_test_support::{HttpEcho, TcpRelay};
 
 /// A server sidecar fronting `app` on the mesh port.
 fn server_sidecar(name: &str, version: &str, app: SocketAddr) -> Proxy {
@@ -62,11 +62,17 @@ async fn curl_through_two_proxies_reaches_both_versions_and_is_metered() {
     let v2 = HttpEcho::start("reviews-v2").await.expect("v2");
     let s1 = server_sidecar("reviews-v1", "v1", v1.addr());
     let s2 = server_sidecar("reviews-v2", "v2", v2.addr());
+    // Counting relays in front of the server sidecars' mesh ports: each accepted connection is
+    // one the client sidecar opened.
+    let (relay1, relay2) = (
+        TcpRelay::start(s1.bound.mesh).await.expect("relay to s1"),
+        TcpRelay::start(s2.bound.mesh).await.expect("relay to s2"),
+    );
     let client = client_sidecar(
         "ROUND_ROBIN",
         &[
-            (v1.addr(), Some(s1.bound.mesh), "v1", 1),
-            (v2.addr(), Some(s2.bound.mesh), "v2", 1),
+            (v1.addr(), Some(relay1.addr()), "v1", 1),
+            (v2.addr(), Some(relay2.addr()), "v2", 1),
         ],
     );
     let port = client.bound.outbound_ports[0];
@@ -114,8 +120,10 @@ async fn curl_through_two_proxies_reaches_both_versions_and_is_metered() {
         metric_sum(&m1, "istio_request_duration_milliseconds_count", &dest) == 2.0,
         "{m1}"
     );
-    // One pooled HTTP/2 connection per endpoint carried all four requests.
+    // One pooled HTTP/2 connection per endpoint carried all four requests (four curls, so
+    // four client connections to the client sidecar).
     assert_eq!(v1.requests() + v2.requests(), 4);
+    assert_eq!((relay1.connections(), relay2.connections()), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

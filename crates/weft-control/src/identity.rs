@@ -25,6 +25,7 @@ use rcgen::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use weft_api::identity::{SpiffeId, SpiffeIdError, DEFAULT_TRUST_DOMAIN};
 use weft_api::proto::identity::identity_server::{Identity, IdentityServer};
@@ -117,12 +118,14 @@ impl Signing {
 }
 
 /// A rotation: the new root is trusted at once, signs from `activate_at`; the old root stays
-/// trusted until `retire_at`.
+/// trusted until `retire_at`. Monotonic instants, not wall-clock times: the phases are
+/// durations from the start, which a clock step must not shorten; tokio's `Instant` also
+/// lets the tests run the phases in paused time.
 struct Rotation {
     next: Option<(Signing, KeyPair, String)>,
-    activate_at: SystemTime,
+    activate_at: Instant,
     old_roots: Vec<CertificateDer<'static>>,
-    retire_at: SystemTime,
+    retire_at: Instant,
 }
 
 /// The last certificate issued to one identity (`/status` `identities`).
@@ -318,7 +321,7 @@ impl CertificateAuthority {
             chain: vec![cert.der().clone()],
             generation: current.generation + 1,
         };
-        let now = SystemTime::now();
+        let now = Instant::now();
         {
             let mut rotation = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
             if rotation.as_ref().is_some_and(|r| r.next.is_some()) {
@@ -345,7 +348,7 @@ impl CertificateAuthority {
 
     /// Applies the steps of a rotation whose time has come.
     fn tick(&self) {
-        let now = SystemTime::now();
+        let now = Instant::now();
         let mut rotation = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
         let Some(r) = rotation.as_mut() else { return };
         if r.activate_at <= now {
@@ -398,9 +401,9 @@ impl CertificateAuthority {
         );
         *rotation = Some(Rotation {
             next: None,
-            activate_at: SystemTime::now(),
+            activate_at: Instant::now(),
             old_roots: others,
-            retire_at: SystemTime::now() + after,
+            retire_at: Instant::now() + after,
         });
     }
 
@@ -983,8 +986,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn a_rotation_trusts_the_new_root_first_signs_with_it_later_and_drops_the_old_root_last() {
+    // Paused time: the phases are hours long, as in production, and the test steps through
+    // them exactly, just before and just after each boundary.
+    #[tokio::test(start_paused = true)]
+    async fn a_rotation_trusts_the_new_root_first_signs_with_it_later_and_drops_the_old_root_last() {
+        const PROPAGATE: Duration = Duration::from_secs(24 * 3600);
+        const OVERLAP: Duration = Duration::from_secs(12 * 3600);
+        const JUST: Duration = Duration::from_secs(1);
         let dir = temp_dir("rotate");
         let ca = CertificateAuthority::load_or_create(&dir)
             .and_then(|ca| ca.with_state_dir(&dir))
@@ -992,10 +1000,7 @@ mod tests {
         let old = ca.trust_bundle();
         let bundle_file = || chain(&std::fs::read_to_string(dir.join(TRUST_BUNDLE_FILE)).expect("bundle"));
         assert_eq!(bundle_file(), old);
-        let new = chain(
-            &ca.rotate_root(Duration::from_millis(400), Duration::from_millis(400))
-                .expect("rotate"),
-        );
+        let new = chain(&ca.rotate_root(PROPAGATE, OVERLAP).expect("rotate"));
         assert!(
             ca.rotate_root(Duration::ZERO, Duration::ZERO).is_err(),
             "one rotation at a time"
@@ -1009,8 +1014,15 @@ mod tests {
         assert_eq!(chain(&signed.cert_chain_pem).last(), old.last());
         assert_eq!(chain(&signed.trust_bundle_pem).len(), 2);
         verify(&chain(&signed.cert_chain_pem), &old).expect("old root");
+        // Still so just before the new root's time.
+        tokio::time::advance(PROPAGATE - JUST).await;
+        let signed = ca
+            .sign(&greedy_csr(), &grant("a", "b"), DEFAULT_CERT_TTL)
+            .expect("sign");
+        assert_eq!(chain(&signed.cert_chain_pem).last(), old.last());
+        assert_eq!(ca.signing().generation, 0);
         // Phase 2: the new root signs; both trusted; the new root is the one on disk.
-        std::thread::sleep(Duration::from_millis(450));
+        tokio::time::advance(JUST).await;
         let signed = ca
             .sign(&greedy_csr(), &grant("a", "b"), DEFAULT_CERT_TTL)
             .expect("sign");
@@ -1020,8 +1032,12 @@ mod tests {
         assert_eq!(ca.signing().generation, 1);
         let reloaded = CertificateAuthority::load_or_create(&dir).expect("reload");
         assert_eq!(reloaded.signing().chain(), new.as_slice());
-        // Phase 3: the old root is gone from the bundle and the file.
-        std::thread::sleep(Duration::from_millis(450));
+        // The old root is still trusted just before the overlap ends...
+        tokio::time::advance(OVERLAP - JUST).await;
+        assert_eq!(ca.trust_bundle(), [old.clone(), new.clone()].concat());
+        assert_eq!(bundle_file(), ca.trust_bundle());
+        // Phase 3: ...and gone from the bundle and the file once it ends.
+        tokio::time::advance(JUST).await;
         assert_eq!(ca.trust_bundle(), new);
         assert_eq!(bundle_file(), new);
         // A second rotation may start now.
@@ -1030,8 +1046,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn the_old_root_of_a_rotation_survives_a_restart_for_a_while() {
+    #[tokio::test(start_paused = true)]
+    async fn the_old_root_of_a_rotation_survives_a_restart_for_a_while() {
         let dir = temp_dir("restart");
         let ca = CertificateAuthority::load_or_create(&dir)
             .and_then(|ca| ca.with_state_dir(&dir))
@@ -1049,8 +1065,11 @@ mod tests {
         assert!(again.trust_bundle().contains(&old[0]));
         assert_ne!(again.signing().chain().last(), old.last());
         // ...until one certificate lifetime later.
-        again.retire_other_roots_after(Duration::from_millis(100));
-        std::thread::sleep(Duration::from_millis(150));
+        let lifetime = Duration::from_secs(24 * 3600);
+        again.retire_other_roots_after(lifetime);
+        tokio::time::advance(lifetime - Duration::from_secs(1)).await;
+        assert_eq!(again.trust_bundle().len(), 2);
+        tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(again.trust_bundle().len(), 1);
         assert!(!again.trust_bundle().contains(&old[0]));
         let _ = std::fs::remove_dir_all(&dir);

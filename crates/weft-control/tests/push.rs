@@ -27,6 +27,8 @@ struct TableSource {
     configs: Mutex<HashMap<String, ProxyConfig>>,
     tokens: HashMap<String, String>,
     changes: watch::Sender<u64>,
+    /// How often a session read a config: each read is the server looking at a change.
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl TableSource {
@@ -35,6 +37,7 @@ impl TableSource {
             configs: Mutex::new(HashMap::from([(ID.to_owned(), config)])),
             tokens: HashMap::from([(ID.to_owned(), TOKEN.to_owned())]),
             changes: watch::channel(0).0,
+            reads: Default::default(),
         })
     }
 
@@ -46,6 +49,7 @@ impl TableSource {
 
 impl ConfigSource for TableSource {
     fn config_for(&self, instance_id: &str) -> Result<ProxyConfig, String> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.configs
             .lock()
             .expect("lock")
@@ -275,12 +279,19 @@ async fn a_change_reaches_the_proxy_within_a_second_and_is_acked() {
     })
     .await;
 
-    // A change that leaves this proxy's config as it is pushes nothing.
-    let sent = server.status().sent_version;
+    // A change that leaves this proxy's config as it is pushes nothing: once the session has
+    // read the config again (so it did look at the change), the push counter has not moved.
+    let before = server.status();
+    let reads = source.reads.load(std::sync::atomic::Ordering::SeqCst);
     source.set(config(7002));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(server.status().sent_version, sent);
-    assert!(server.status().in_sync);
+    eventually("the change looked at", Duration::from_secs(2), || {
+        source.reads.load(std::sync::atomic::Ordering::SeqCst) > reads
+    })
+    .await;
+    let after = server.status();
+    assert_eq!(after.pushes, before.pushes, "an unchanged config was pushed");
+    assert_eq!(after.sent_version, before.sent_version);
+    assert!(after.in_sync);
     proxy.stop.cancel();
     server.shutdown().await;
 }

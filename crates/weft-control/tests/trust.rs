@@ -79,6 +79,51 @@ fn bootstrap() -> ProxyConfig {
     .expect("config")
 }
 
+/// A Sign request the control plane `cp` grants: a fresh token for `reviews-v1` and a CSR.
+fn valid_sign_request(cp: &Control) -> weft_api::proto::identity::SignRequest {
+    let token = cp
+        .running
+        .source
+        .tokens()
+        .create(&weft_control::tokens::Grant::new(
+            "reviews-v1",
+            "default",
+            "default",
+        ))
+        .expect("token");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    weft_api::proto::identity::SignRequest {
+        token,
+        namespace: "default".into(),
+        service_account: "default".into(),
+        csr_pem: csr,
+        instance_id: "reviews-v1.default".into(),
+    }
+}
+
+/// `request` sent in plaintext gRPC (h2c) to `addr`.
+async fn sign_plaintext(
+    addr: SocketAddr,
+    request: weft_api::proto::identity::SignRequest,
+) -> Result<weft_api::proto::identity::SignResponse, tonic::Status> {
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("tcp connects");
+    weft_api::proto::identity::identity_client::IdentityClient::new(plain)
+        .sign(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// A proxy dialing the control plane with `anchor`: discovery and identity.
 async fn anchored_proxy(
     cp: &Control,
@@ -157,17 +202,22 @@ async fn a_proxy_with_the_right_anchor_converges_over_tls() {
     assert_eq!(creds.trust_bundle, anchor.load().expect("anchor"));
     assert_eq!(metrics.refreshes(), (1, 0));
 
-    // Plaintext gRPC against the TLS port gets nowhere.
-    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.running.listen))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
+    // Plaintext gRPC against the TLS port gets nowhere: a request a plaintext control plane
+    // would grant (a valid token and CSR) fails at the transport, not at the token check.
+    let plain_cp = control("right-plain", Duration::from_secs(3600), false).await;
+    let granted = sign_plaintext(plain_cp.running.listen, valid_sign_request(&plain_cp)).await;
+    assert!(
+        granted.is_ok(),
+        "a plaintext control plane grants it: {granted:?}"
+    );
+    let refused = sign_plaintext(cp.running.listen, valid_sign_request(&cp))
         .await
-        .expect("tcp connects");
-    let refused = weft_api::proto::identity::identity_client::IdentityClient::new(plain)
-        .sign(weft_api::proto::identity::SignRequest::default())
-        .await;
-    assert!(refused.is_err(), "plaintext answered on a TLS port");
+        .expect_err("plaintext answered on a TLS port");
+    assert!(
+        matches!(refused.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
+            && refused.metadata().is_empty(),
+        "not a transport failure but an answer from the server: {refused:?}"
+    );
 
     // The control plane's /status lists the certificate it issued (for `weft check`).
     let status = http_get(cp.running.admin, "/status", "x").await;

@@ -13,6 +13,10 @@
 //! ```sh
 //! cargo bench -p weft-proxy --bench mtls
 //! ```
+//!
+//! `cargo test` runs every benchmark here once (criterion's test mode; `test = true` in
+//! Cargo.toml), so its checks are part of the test suite: a fresh client's handshake is full
+//! and a returning one's resumed, and both mesh hops answer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -239,10 +239,16 @@ async fn connect(
         },
     };
     let idle = Duration::from_millis(snap.config.limits.idle_timeout_ms);
+    // A tunnel outside the mesh is counted as passed through (`PT`), as a captured
+    // connection to such an address is by `relay`.
+    let flags = match dest {
+        Dest::Service(..) => "-",
+        Dest::Passthrough(_) => "PT",
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => crate::tcp::relay(TokioIo::new(upgraded), stream, idle, &meta, "-").await,
+            Ok(upgraded) => crate::tcp::relay(TokioIo::new(upgraded), stream, idle, &meta, flags).await,
             Err(e) => tracing::debug!(error = %e, "CONNECT client went away"),
         }
     });

@@ -4,6 +4,8 @@
 //! - [`HttpEcho`]: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, answering what it was asked.
 //! - [`TcpEcho`]: raw TCP echo that respects half-close.
 //! - [`ServerFirst`]: raw TCP that greets first (like MySQL or SMTP), then echoes.
+//! - [`TcpRelay`]: relays TCP to a target unchanged, counting connections (reuse, pooling).
+//! - [`privilege`]: tests that need root or IPv6 skip elsewhere and fail under CI.
 //!
 //! Servers spawn on the current tokio runtime and stop when dropped.
 
@@ -21,10 +23,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 mod http_echo;
+pub mod privilege;
+mod relay;
 mod serving;
 mod tcp_echo;
 
 pub use http_echo::{HttpEcho, PROTOCOL_HEADER, SERVER_HEADER};
+pub use relay::TcpRelay;
 pub use tcp_echo::{ServerFirst, TcpEcho};
 
 /// Pause between two probes of [`wait_for_http`].

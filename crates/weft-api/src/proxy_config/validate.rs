@@ -141,8 +141,9 @@ impl ProxyConfig {
 
 /// Percentages between 0 and 100 and retry-budget ratios of at least 0, and every one a finite
 /// number: JSON, which carries the config to a proxy, has no NaN or infinity (they would arrive
-/// as `null`, a different config, or not at all).
+/// as `null`, a different config, or not at all). And a fault's gRPC status is a status name.
 fn check_fractions(table: &crate::route::RouteTable, at: &str, problems: &mut Vec<Problem>) {
+    let mut grpc_names = Vec::new();
     let mut percent = |field: String, v: f64| {
         if !(0.0..=100.0).contains(&v) {
             problems.push(Problem::field(
@@ -160,6 +161,14 @@ fn check_fractions(table: &crate::route::RouteTable, at: &str, problems: &mut Ve
             if let Some(v) = fault.abort_percent {
                 percent(format!("{at}.rules[{k}].policies.fault.abort_percent"), v);
             }
+            if let Some(name) = &fault.abort_grpc_status {
+                if crate::route::grpc_status_code(name).is_none() {
+                    grpc_names.push(Problem::field(
+                        format!("{at}.rules[{k}].policies.fault.abort_grpc_status"),
+                        format!("{name:?} is not a gRPC status name such as UNAVAILABLE"),
+                    ));
+                }
+            }
         }
         for (m, mirror) in p.mirrors.iter().enumerate() {
             percent(
@@ -168,6 +177,7 @@ fn check_fractions(table: &crate::route::RouteTable, at: &str, problems: &mut Ve
             );
         }
     }
+    problems.append(&mut grpc_names);
     let budgets = table
         .rules
         .iter()
@@ -258,7 +268,7 @@ services:
     /// JSON a proxy receives as `null` (a fault injected on every request instead of none).
     #[test]
     fn percentages_and_ratios_are_finite_and_in_range() {
-        let good = "{fault: {delay_ms: 5, delay_percent: 0.5, abort_status: 503, abort_percent: 100}, \
+        let good = "{fault: {delay_ms: 5, delay_percent: 0.5, abort_status: 503, abort_grpc_status: UNAVAILABLE, abort_percent: 100}, \
                     mirrors: [{service: a, percent: 0}], retry_budget: {ratio: 2.5, min_per_second: 1, ttl_ms: 10}}";
         ProxyConfig::from_yaml("good.yaml", &with_policies(good)).unwrap_or_else(|e| panic!("{e}"));
         for (bad, field) in [
@@ -269,6 +279,10 @@ services:
             (
                 "{fault: {abort_status: 503, abort_percent: 100.5}}",
                 "fault.abort_percent",
+            ),
+            (
+                "{fault: {abort_grpc_status: Unavailable, abort_percent: 100}}",
+                "fault.abort_grpc_status",
             ),
             ("{mirrors: [{service: a, percent: -1}]}", "mirrors[0].percent"),
             (

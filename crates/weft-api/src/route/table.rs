@@ -240,10 +240,42 @@ pub struct Fault {
     pub delay_percent: Option<f64>,
     #[serde(default)]
     pub abort_status: Option<u16>,
+    /// A gRPC status name (`UNAVAILABLE`), as Istio's `abort.grpcStatus` takes it; used only
+    /// when `abort_status` is not set, as Envoy's fault filter does.
     #[serde(default)]
     pub abort_grpc_status: Option<String>,
     #[serde(default)]
     pub abort_percent: Option<f64>,
+}
+
+/// The gRPC status names, in code order (`OK` is 0, `UNAUTHENTICATED` 16): what Istio accepts
+/// in `abort.grpcStatus` (its `SupportedGRPCStatus`).
+pub const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The code of gRPC status `name` (`UNAVAILABLE` is 14), None for no such name.
+pub fn grpc_status_code(name: &str) -> Option<u32> {
+    GRPC_STATUS_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .and_then(|i| u32::try_from(i).ok())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -580,7 +580,16 @@ impl<'a> Cx<'a> {
                 self.not_implemented(&sub(&["abort", "http2Error"]), "no HTTP/2 error is injected");
             }
             out.abort_status = a.http_status;
-            out.abort_grpc_status = a.grpc_status.clone();
+            out.abort_grpc_status = a.grpc_status.clone().filter(|name| {
+                let known = crate::route::grpc_status_code(name).is_some();
+                if !known {
+                    self.schema(
+                        &sub(&["abort", "grpcStatus"]),
+                        &format!("{name:?} is not a gRPC status name such as UNAVAILABLE; no gRPC abort is injected"),
+                    );
+                }
+                known
+            });
             if out.abort_status.is_some() || out.abort_grpc_status.is_some() {
                 out.abort_percent = Some(a.percentage.as_ref().map_or(100.0, |pc| pc.value));
             }

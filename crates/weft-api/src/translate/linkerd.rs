@@ -182,6 +182,16 @@ fn profile_route(
             .with_fix(format!("method: {}", m.to_ascii_uppercase())),
         );
     }
+    for c in dropped_classes(&r.response_classes) {
+        out.findings.push(Finding::warning(
+            codes::SCHEMA,
+            format!(
+                "ServiceProfile {}/{} route {:?}: responseClasses[{c}] is ignored, as Linkerd's proxy ignores it: a status range needs both min and max",
+                doc.namespace, doc.name, r.name
+            ),
+            &at(&["responseClasses", &c.to_string(), "condition"]),
+        ));
+    }
     Some(ProfileRoute {
         name: r.name.clone(),
         condition,
@@ -238,11 +248,18 @@ fn lower_case_method(m: &sp::RequestMatch) -> Option<&str> {
 
 /// The statuses that are failures under `responseClasses` (the first class whose condition
 /// holds decides; none: 5xx is a failure), in the retry vocabulary: `5xx` or ranges `a-b`.
+///
+/// Conditions are read as linkerd2-proxy reads them once the destination controller has
+/// passed them on unchanged (`convert_rsp_match` in `linkerd/service-profiles/src/proto.rs`):
+/// a status range needs both `min` and `max` (an absent bound arrives as 0, which is no status
+/// code, and the range is dropped); an `all` or `any` keeps the conditions it has left and is
+/// dropped when none is; a `not` of a dropped condition is dropped; a class whose condition is
+/// dropped is ignored. [`dropped_classes`] reports which.
 pub fn failure_classes(classes: &[sp::ResponseClass]) -> Vec<String> {
     let failure = |code: u16| {
         classes
             .iter()
-            .find(|c| response_holds(&c.condition, code))
+            .find(|c| response_holds(&c.condition, code) == Some(true))
             .map_or(code >= 500, |c| c.is_failure)
     };
     let mut ranges: Vec<(u16, u16)> = Vec::new();
@@ -264,16 +281,37 @@ pub fn failure_classes(classes: &[sp::ResponseClass]) -> Vec<String> {
         .collect()
 }
 
-fn response_holds(m: &sp::ResponseMatch, code: u16) -> bool {
-    let status = m.status.is_none_or(|r| match (r.min, r.max) {
-        (Some(min), Some(max)) => (min..=max).contains(&code),
-        (Some(one), None) | (None, Some(one)) => code == one,
-        (None, None) => true,
-    });
-    status
-        && m.all.iter().all(|c| response_holds(c, code))
-        && (m.any.is_empty() || m.any.iter().any(|c| response_holds(c, code)))
-        && m.not.as_ref().is_none_or(|c| !response_holds(c, code))
+/// Indexes of the classes linkerd2-proxy ignores, their condition being dropped whole (see
+/// [`failure_classes`]).
+pub fn dropped_classes(classes: &[sp::ResponseClass]) -> Vec<usize> {
+    (0..classes.len())
+        .filter(|&i| response_holds(&classes[i].condition, 200).is_none())
+        .collect()
+}
+
+/// Whether `code` meets the condition, or None when linkerd2-proxy drops the condition. Several
+/// fields of one match are all required (the controller sends them as one `all`).
+fn response_holds(m: &sp::ResponseMatch, code: u16) -> Option<bool> {
+    // What `http::StatusCode::from_u16` accepts; 0 stands for an absent bound.
+    let status_code = |x: Option<u16>| x.filter(|c| (100..=999).contains(c));
+    let mut parts: Vec<bool> = Vec::new();
+    if let Some(r) = &m.status {
+        if let (Some(min), Some(max)) = (status_code(r.min), status_code(r.max)) {
+            parts.push((min..=max).contains(&code));
+        }
+    }
+    let all: Vec<bool> = m.all.iter().filter_map(|c| response_holds(c, code)).collect();
+    if !all.is_empty() {
+        parts.push(all.iter().all(|&b| b));
+    }
+    let any: Vec<bool> = m.any.iter().filter_map(|c| response_holds(c, code)).collect();
+    if !any.is_empty() {
+        parts.push(any.iter().any(|&b| b));
+    }
+    if let Some(not) = m.not.as_deref().and_then(|c| response_holds(c, code)) {
+        parts.push(!not);
+    }
+    (!parts.is_empty()).then(|| parts.iter().all(|&b| b))
 }
 
 fn retry_budget(doc: &Document, b: &sp::RetryBudget, out: &mut Translated) -> Option<RetryBudget> {

@@ -23,6 +23,17 @@ impl Control {
         Self::start_with(config, state, &["--tls", "--listen", discovery, "--admin", admin])
     }
 
+    /// `weft control --tls` on loopback ports of its choosing, with `extra` arguments (e.g. a
+    /// short `--cert-ttl-secs`).
+    pub fn start_tls_with(config: &Path, state: &Path, extra: &[&str]) -> Control {
+        let args = [
+            &["--tls", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+            extra,
+        ]
+        .concat();
+        Self::start_with(config, state, &args)
+    }
+
     /// `weft control` without `--tls`, on loopback ports of its choosing.
     pub fn start_plaintext(config: &Path, state: &Path) -> Control {
         Self::start_with(

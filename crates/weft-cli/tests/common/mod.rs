@@ -115,11 +115,23 @@ impl Proxy {
     /// The admin `/metrics` text, fetched from inside network namespace `netns`.
     pub fn metrics_in_netns(&self, netns: &str) -> String {
         let url = format!("http://{}/metrics", self.bound.admin);
-        run(
-            "ip",
-            &["netns", "exec", netns, "curl", "--max-time", "10", "-sS", &url],
+        exposition(
+            &url,
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    netns,
+                    "curl",
+                    "--max-time",
+                    "10",
+                    "-sS",
+                    "-f",
+                    &url,
+                ],
+            ),
         )
-        .stdout
     }
 
     pub fn pid(&self) -> i32 {
@@ -152,8 +164,22 @@ impl Proxy {
 
     /// The admin `/metrics` text.
     pub fn metrics(&self) -> String {
-        curl(&["-sS", &format!("http://{}/metrics", self.bound.admin)]).stdout
+        let url = format!("http://{}/metrics", self.bound.admin);
+        exposition(&url, curl(&["-sS", "-f", &url]))
     }
+}
+
+/// The text of a `/metrics` fetch, checked to be a whole exposition (it ends with `# EOF`): a
+/// failed or cut-short fetch would otherwise read as every counter being zero.
+pub fn exposition(url: &str, fetched: Output) -> String {
+    assert!(
+        fetched.status.success() && fetched.stdout.trim_end().ends_with("# EOF"),
+        "{url} gave no whole exposition ({}): {}{}",
+        fetched.status,
+        fetched.stdout,
+        fetched.stderr
+    );
+    fetched.stdout
 }
 
 impl Drop for Proxy {

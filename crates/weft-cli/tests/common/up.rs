@@ -172,6 +172,26 @@ pub fn versions_seen(url: &str, n: usize) -> std::collections::BTreeSet<String> 
     seen
 }
 
+/// Polls until `n` consecutive loads of `url` show exactly the reviews versions `want` (a
+/// routing change has reached the sidecars), then checks that a second run of `n` loads agrees
+/// (it stays). Panics with what was last seen once `within` has passed.
+pub fn wait_for_versions(url: &str, want: &[&str], n: usize, within: Duration) {
+    let want: std::collections::BTreeSet<String> = want.iter().map(|v| v.to_string()).collect();
+    let deadline = Instant::now() + within;
+    loop {
+        let seen = versions_seen(url, n);
+        if seen == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} still shows {seen:?}, not {want:?}, after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(versions_seen(url, n), want, "{url} changed back");
+}
+
 /// Every sidecar a running `weft up` recorded holds its bootstrap token in its environment
 /// (`WEFT_TOKEN`, readable only by its own user) and nowhere in its arguments (readable by every
 /// local user through `ps` and /proc/PID/cmdline); each workload has its own token.

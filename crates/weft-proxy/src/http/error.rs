@@ -44,6 +44,8 @@ pub struct ProxyError {
     /// The upstream provably did not process the request (a refused stream, a request never
     /// written): a retry cannot run it twice.
     pub not_sent: bool,
+    /// The `grpc-status` a gRPC client gets, when not the flag's (a fault's `grpcStatus`).
+    pub grpc_status: Option<u32>,
 }
 
 pub const FLAGS_HEADER: &str = "x-weft-response-flags";
@@ -97,6 +99,7 @@ impl ProxyError {
             status,
             message: message.into(),
             not_sent: false,
+            grpc_status: None,
         }
     }
 
@@ -160,7 +163,10 @@ impl ProxyError {
             builder
                 .status(StatusCode::OK)
                 .header(http::header::CONTENT_TYPE, "application/grpc")
-                .header("grpc-status", self.flag.grpc_status())
+                .header(
+                    "grpc-status",
+                    self.grpc_status.unwrap_or_else(|| self.flag.grpc_status()),
+                )
                 .body(super::empty())
         } else {
             builder

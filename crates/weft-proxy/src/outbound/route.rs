@@ -101,10 +101,25 @@ async fn send_routed(
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
         }
-        if let (Some(status), pct) = (fault.abort_status, fault.abort_percent.unwrap_or(100.0)) {
-            if chance(pct) {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                return Err(ProxyError::new(Flag::FaultInjected, status, "fault injected"));
+        // As Envoy's fault filter: an HTTP status wins; a gRPC status alone answers HTTP 200
+        // carrying it (`grpc-status` for a gRPC client, which is what it is for).
+        let grpc_code = fault
+            .abort_grpc_status
+            .as_deref()
+            .and_then(route::grpc_status_code);
+        let abort = match (fault.abort_status, grpc_code) {
+            (Some(status), _) => Some((
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                None,
+            )),
+            (None, Some(code)) => Some((StatusCode::OK, Some(code))),
+            (None, None) => None,
+        };
+        if let Some((status, grpc_status)) = abort {
+            if chance(fault.abort_percent.unwrap_or(100.0)) {
+                let mut err = ProxyError::new(Flag::FaultInjected, status, "fault injected");
+                err.grpc_status = grpc_status;
+                return Err(err);
             }
         }
     }

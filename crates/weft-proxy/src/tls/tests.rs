@@ -137,12 +137,27 @@ fn temp_dir() -> PathBuf {
     dir
 }
 
-/// `openssl s_client` against `addr`, optionally with a client certificate; its combined output
-/// once the server had half a second to answer.
 /// A certificate file and its key file.
 type CertFiles = (PathBuf, PathBuf);
 
-fn s_client(addr: SocketAddr, dir: &std::path::Path, cert: Option<CertFiles>) -> String {
+/// What `openssl s_client` saw: its combined output, and whether the server answered with
+/// HTTP/2 (its SETTINGS frame) after the handshake, i.e. really accepted the connection.
+struct SClient {
+    output: String,
+    h2_answered: bool,
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame: what a client sends first.
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// `openssl s_client` against `addr`, optionally with a client certificate, speaking HTTP/2
+/// once connected. Reads until the server either answered with an HTTP/2 SETTINGS frame or
+/// refused (a TLS alert, and s_client exits), with a deadline, rather than for a fixed
+/// time: under TLS 1.3 a refused client certificate is only reported after the client
+/// finished its side of the handshake.
+fn s_client(addr: SocketAddr, dir: &std::path::Path, cert: Option<CertFiles>) -> SClient {
+    use std::io::{Read, Write};
     let mut cmd = Command::new("openssl");
     cmd.args([
         "s_client",
@@ -163,14 +178,53 @@ fn s_client(addr: SocketAddr, dir: &std::path::Path, cert: Option<CertFiles>) ->
         .stderr(Stdio::piped())
         .spawn()
         .expect("openssl runs");
-    std::thread::sleep(Duration::from_millis(500));
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("openssl output");
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    // Kept open: s_client stops at end of input, and must stay until the server has spoken.
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(H2_PREFACE_AND_SETTINGS)
+        .expect("write to s_client");
+    stdin.flush().expect("flush");
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let readers: Vec<Box<dyn Read + Send>> = vec![
+        Box::new(child.stdout.take().expect("stdout")),
+        Box::new(child.stderr.take().expect("stderr")),
+    ];
+    for mut reader in readers {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    // A SETTINGS frame from the server: type 4, no flags, stream 0 (no text has NUL bytes).
+    let settings = |out: &[u8]| out.windows(6).any(|w| w == [0x04, 0, 0, 0, 0, 0]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    let mut h2_answered = false;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(chunk) => out.extend_from_slice(&chunk),
+            // Both streams closed (s_client exited), or the deadline passed.
+            Err(_) => break,
+        }
+        // A refusal ends s_client (the streams close, above); an accepted connection stays.
+        h2_answered = settings(&out);
+        if h2_answered {
+            break;
+        }
+    }
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    SClient {
+        output: String::from_utf8_lossy(&out).into_owned(),
+        h2_answered,
+    }
 }
 
 fn rejected(m: &str, reason: &str) -> f64 {
@@ -281,17 +335,23 @@ async fn openssl_needs_a_current_certificate_from_the_mesh_ca() {
     let mut refused = 0.0;
     for (what, cert, accepted) in cases {
         let dir = dir.clone();
-        let out = tokio::task::spawn_blocking(move || s_client(mesh, &dir, cert))
+        let seen = tokio::task::spawn_blocking(move || s_client(mesh, &dir, cert))
             .await
             .expect("s_client");
+        let out = &seen.output;
         // The server's certificate always verifies against the mesh CA, with ALPN h2.
         assert!(out.contains("ALPN protocol: h2"), "{what}: {out}");
         assert!(out.contains("Verify return code: 0 (ok)"), "{what}: {out}");
         if !accepted {
             refused += 1.0;
             assert!(out.contains("alert"), "{what} was not refused: {out}");
+            assert!(
+                !seen.h2_answered,
+                "{what}: HTTP/2 answered after a refusal: {out}"
+            );
         } else {
             assert!(!out.contains("alert"), "{what} was refused: {out}");
+            assert!(seen.h2_answered, "{what}: no HTTP/2 answer: {out}");
         }
         let m = metrics(&server).await;
         assert_eq!(rejected(&m, "tls_handshake"), refused, "{what}: {m}");

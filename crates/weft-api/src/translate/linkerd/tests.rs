@@ -53,7 +53,7 @@ spec:
     responseClasses:
     - condition:
         any:
-        - status: {min: 429}
+        - status: {min: 429, max: 429}
         - status: {min: 500, max: 599}
       isFailure: true
   - name: any
@@ -167,36 +167,72 @@ fn first_matching_route_names_the_request_and_sets_timeout_and_retries() {
 
 #[test]
 fn response_classes_decide_what_is_a_failure() {
+    // Expected values follow linkerd2-proxy (`convert_rsp_match` in
+    // linkerd/service-profiles/src/proto.rs, given the condition as the destination controller
+    // passes it on, an absent bound as 0): a range needs both bounds, and a condition the
+    // proxy drops takes its class with it.
     let classes = |yaml: &str| -> Vec<String> {
         let c: Vec<crate::resources::linkerd::ResponseClass> = serde_norway::from_str(yaml).expect("yaml");
         failure_classes(&c)
+    };
+    let dropped = |yaml: &str| -> Vec<usize> {
+        let c: Vec<crate::resources::linkerd::ResponseClass> = serde_norway::from_str(yaml).expect("yaml");
+        dropped_classes(&c)
     };
     assert_eq!(classes("[]"), ["5xx"]);
     assert_eq!(
         classes("[{condition: {status: {min: 500, max: 504}}, isFailure: false}]"),
         ["505-599"]
     );
-    // One bound alone matches that code only.
-    assert_eq!(
-        classes("[{condition: {status: {max: 503}}, isFailure: false}]"),
-        ["500-502", "504-599"]
-    );
-    assert_eq!(
-        classes("[{condition: {status: {min: 418}}, isFailure: true}]"),
-        ["418", "500-599"]
-    );
+    // One bound alone: the proxy cannot make a status code of the missing one (0) and drops
+    // the class, so the default (5xx) stands.
+    let one_bound = "[{condition: {status: {max: 503}}, isFailure: false}]";
+    assert_eq!(classes(one_bound), ["5xx"]);
+    assert_eq!(dropped(one_bound), [0]);
+    let one_bound = "[{condition: {status: {min: 418}}, isFailure: true}]";
+    assert_eq!(classes(one_bound), ["5xx"]);
+    assert_eq!(dropped(one_bound), [0]);
     // First class that matches decides.
     assert_eq!(
         classes("[{condition: {status: {min: 500, max: 599}}, isFailure: true}, {condition: {status: {min: 502}}, isFailure: false}]"),
         ["5xx"]
     );
+    // A dropped class is skipped, not a stop: the next one decides.
+    assert_eq!(
+        classes("[{condition: {status: {min: 502}}, isFailure: false}, {condition: {status: {min: 400, max: 499}}, isFailure: true}]"),
+        ["400-599"]
+    );
     assert_eq!(
         classes("[{condition: {not: {status: {min: 200, max: 399}}}, isFailure: true}]"),
         ["100-199", "400-599"]
     );
+    // Inside `all`, a one-bound range is dropped and the rest of the `all` stands: here 4xx.
+    let in_all = "[{condition: {all: [{status: {min: 400, max: 499}}, {not: {status: {min: 404}}}]}, isFailure: true}]";
+    assert_eq!(classes(in_all), ["400-599"]);
+    assert_eq!(dropped(in_all), Vec::<usize>::new());
+    // With both bounds, the same `all` leaves 404 out.
     assert_eq!(
-        classes("[{condition: {all: [{status: {min: 400, max: 499}}, {not: {status: {min: 404}}}]}, isFailure: true}]"),
+        classes("[{condition: {all: [{status: {min: 400, max: 499}}, {not: {status: {min: 404, max: 404}}}]}, isFailure: true}]"),
         ["400-403", "405-599"]
+    );
+    // An `any` left with nothing, or a `not` of a dropped range, is dropped too.
+    assert_eq!(
+        dropped("[{condition: {any: [{status: {min: 429}}]}, isFailure: true}, {condition: {not: {status: {max: 299}}}, isFailure: true}]"),
+        [0, 1]
+    );
+}
+
+#[test]
+fn a_response_class_linkerd_ignores_is_reported_where_it_is() {
+    let t = run(&format!(
+        "{SERVICE}---\napiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: {{name: {BOOKS}}}\nspec:\n  routes:\n  - name: all\n    condition: {{pathRegex: /.*}}\n    responseClasses:\n    - condition: {{status: {{min: 500, max: 599}}}}\n      isFailure: true\n    - condition: {{status: {{min: 429}}}}\n      isFailure: true\n"
+    ));
+    assert_eq!(t.findings.len(), 1, "{:?}", t.findings);
+    let f = &t.findings[0];
+    assert_eq!(f.code, codes::SCHEMA);
+    assert!(
+        f.message.contains("responseClasses[1] is ignored") && f.message.contains("both min and max"),
+        "{f:?}"
     );
 }
 

@@ -169,3 +169,35 @@ spec:
         "the two-kind condition is left out"
     );
 }
+
+#[test]
+fn an_abort_grpc_status_that_is_no_status_name_is_a_schema_error_and_injects_nothing() {
+    let t = run("\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  http:
+  - fault:
+      abort: {grpcStatus: Unavailable}
+    route: [{destination: {host: echo}}]
+  - fault:
+      abort: {grpcStatus: RESOURCE_EXHAUSTED, percentage: {value: 25}}
+    route: [{destination: {host: echo}}]
+");
+    assert_eq!(found(&t), [(codes::SCHEMA, Some(8))]);
+    assert!(
+        t.findings[0].message.contains("\"Unavailable\""),
+        "{}",
+        t.findings[0]
+    );
+    let rules = &t.mesh.routes[0].rules;
+    assert_eq!(rules[0].policies.fault, None, "no abort left to inject");
+    let fault = rules[1].policies.fault.clone().expect("a gRPC abort");
+    assert_eq!(
+        (fault.abort_grpc_status.as_deref(), fault.abort_percent),
+        (Some("RESOURCE_EXHAUSTED"), Some(25.0))
+    );
+    assert_eq!(crate::route::grpc_status_code("RESOURCE_EXHAUSTED"), Some(8));
+}
