@@ -324,10 +324,22 @@ impl CertificateAuthority {
         let now = Instant::now();
         {
             let mut rotation = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
-            if rotation.as_ref().is_some_and(|r| r.next.is_some()) {
-                return Err(IdentityError::Bundle(
-                    "a rotation is already in progress (its new root does not sign yet)".into(),
-                ));
+            // One rotation at a time, until its old root has left the bundle: a second one
+            // started in the overlap would replace the pending retirement, and the first old
+            // root would stay trusted for good.
+            match rotation.as_ref() {
+                Some(r) if r.next.is_some() => {
+                    return Err(IdentityError::Bundle(
+                        "a rotation is already in progress (its new root does not sign yet)".into(),
+                    ));
+                }
+                Some(r) => {
+                    let left = r.retire_at.saturating_duration_since(now).as_secs();
+                    return Err(IdentityError::Bundle(format!(
+                        "a rotation is already in progress (its old root leaves the trust bundle in {left} s; rotate again after that)"
+                    )));
+                }
+                None => {}
             }
             *rotation = Some(Rotation {
                 next: Some((next, key, pem.clone())),
@@ -1036,6 +1048,16 @@ mod tests {
         tokio::time::advance(OVERLAP - JUST).await;
         assert_eq!(ca.trust_bundle(), [old.clone(), new.clone()].concat());
         assert_eq!(bundle_file(), ca.trust_bundle());
+        // ...and no second rotation may start before it is gone: it would replace the pending
+        // retirement and leave the old root trusted for good.
+        let refused = ca
+            .rotate_root(Duration::ZERO, Duration::ZERO)
+            .expect_err("in the overlap");
+        assert!(
+            refused.to_string().contains("leaves the trust bundle in 1 s"),
+            "{refused}"
+        );
+        assert_eq!(ca.trust_bundle(), [old.clone(), new.clone()].concat());
         // Phase 3: ...and gone from the bundle and the file once it ends.
         tokio::time::advance(JUST).await;
         assert_eq!(ca.trust_bundle(), new);
