@@ -82,6 +82,7 @@ pub(super) fn check(
             host,
             port: declared_port(snap, port),
             headers: &headers,
+            request_auth: None,
         },
     );
     if let Some(metrics) = metrics {
