@@ -4,6 +4,8 @@
 //! - [`HttpEcho`]: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, answering what it was asked.
 //! - [`TcpEcho`]: raw TCP echo that respects half-close.
 //! - [`ServerFirst`]: raw TCP that greets first (like MySQL or SMTP), then echoes.
+//! - [`StaticHttp`]: one fixed body at every path (a JWKS for end-user authentication tests).
+//! - [`JwtIssuer`]: signs test JWTs (RS256, ES256) and gives its JWKS.
 //!
 //! Servers spawn on the current tokio runtime and stop when dropped.
 
@@ -21,10 +23,14 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 mod http_echo;
+pub mod jwt;
 mod serving;
+mod static_http;
 mod tcp_echo;
 
 pub use http_echo::{HttpEcho, PROTOCOL_HEADER, SERVER_HEADER};
+pub use jwt::JwtIssuer;
+pub use static_http::StaticHttp;
 pub use tcp_echo::{ServerFirst, TcpEcho};
 
 /// Pause between two probes of [`wait_for_http`].
