@@ -37,8 +37,8 @@ use serde::Serialize;
 
 use crate::model::{Mesh, PeerAuthentication};
 use crate::proxy_config::{
-    AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, JwtRule,
-    MtlsMode, RequestAuth,
+    AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, JwtRule, MtlsMode,
+    RequestAuth,
 };
 use crate::route::{value_matches, Headers};
 
@@ -491,11 +491,7 @@ pub fn policies_for(
 /// The JWT rules of a workload (Istio merges every RequestAuthentication that applies): those
 /// in its namespace whose selector picks it (or without selector), and those without selector
 /// in a root namespace, in document order.
-pub fn authentications_for(
-    mesh: &Mesh,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-) -> Vec<JwtRule> {
+pub fn authentications_for(mesh: &Mesh, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<JwtRule> {
     applicable_authentications(mesh, namespace, labels)
         .flat_map(|ra| ra.rules.iter().cloned())
         .collect()

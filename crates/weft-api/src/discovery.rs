@@ -21,8 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::proto::ResourceType;
 use crate::proto::{DiscoveryResponse, Resource, ResourceKey};
 use crate::proxy_config::{
-    AuthzPolicy, EndpointSet, InboundListener, JwtRule, MeshService, MtlsMode, ProxyConfig,
-    WorkloadInfo,
+    AuthzPolicy, EndpointSet, InboundListener, JwtRule, MeshService, MtlsMode, ProxyConfig, WorkloadInfo,
 };
 
 /// The name of the one [`ResourceType::Workload`] resource of a proxy.

@@ -104,7 +104,9 @@ async fn sidecars_verify_jwts_and_authorize_on_their_claims() {
     let rsa = JwtIssuer::rs256("https://rsa.example", "rsa-1").expect("rsa key");
     let es = JwtIssuer::es256("https://ec.example", "ec-1").expect("ec key");
     let stranger = JwtIssuer::es256("https://stranger.example", "s-1").expect("ec key");
-    let jwks_server = StaticHttp::start(rsa.jwks(), "application/json").await.expect("jwks");
+    let jwks_server = StaticHttp::start(rsa.jwks(), "application/json")
+        .await
+        .expect("jwks");
 
     let config = tempdir::Dir::new("weft-authn-config");
     let state = tempdir::Dir::new("weft-authn-state");
@@ -115,7 +117,10 @@ async fn sidecars_verify_jwts_and_authorize_on_their_claims() {
     )
     .expect("write");
     // The documents read as acted on: RequestAuthentication is no "read but not acted on".
-    let analyze = run(weft_bin(), &["analyze", config.path.to_str().expect("utf-8"), "-o", "json"]);
+    let analyze = run(
+        weft_bin(),
+        &["analyze", config.path.to_str().expect("utf-8"), "-o", "json"],
+    );
     assert!(!analyze.stdout.contains("not acted on"), "{}", analyze.stdout);
     assert!(analyze.status.success(), "{}{}", analyze.stdout, analyze.stderr);
 
@@ -127,7 +132,12 @@ async fn sidecars_verify_jwts_and_authorize_on_their_claims() {
         &format!("{{port: 9080, app: \"{}\", listen: \"127.0.0.1:0\"}}", app.addr()),
         "",
     );
-    let web = sidecar(&control, "web-v1", "", "{listen: \"127.0.0.1:0\", service: books, port: 9080}");
+    let web = sidecar(
+        &control,
+        "web-v1",
+        "",
+        "{listen: \"127.0.0.1:0\", service: books, port: 9080}",
+    );
     for p in [&books, &web] {
         wait_ready(p);
     }
@@ -145,19 +155,33 @@ async fn sidecars_verify_jwts_and_authorize_on_their_claims() {
         // never sees the token.
         let (status, resp) = get(&url, Some(&valid_rsa));
         assert_eq!(status, "200", "{resp}");
-        assert!(!resp.to_ascii_lowercase().contains("authorization:"), "token reached the app:\n{resp}");
+        assert!(
+            !resp.to_ascii_lowercase().contains("authorization:"),
+            "token reached the app:\n{resp}"
+        );
         // No token: authenticated as nobody, refused by the policy (403 RBAC).
         let (status, resp) = get(&url, None);
         assert_eq!(status, "403", "{resp}");
         assert!(resp.contains("RBAC: access denied"), "{resp}");
         // Invalid tokens: 401 with Envoy's reason and a Bearer challenge.
         let refused = [
-            (rsa.token_for("alice", json!({"aud": "books", "exp": now() - 3600})), "Jwt is expired"),
-            (stranger.token_for("alice", json!({})), "Jwt issuer is not configured"),
-            (rsa.token_for("alice", json!({"aud": "orders"})), "Audiences in Jwt are not allowed"),
+            (
+                rsa.token_for("alice", json!({"aud": "books", "exp": now() - 3600})),
+                "Jwt is expired",
+            ),
+            (
+                stranger.token_for("alice", json!({})),
+                "Jwt issuer is not configured",
+            ),
+            (
+                rsa.token_for("alice", json!({"aud": "orders"})),
+                "Audiences in Jwt are not allowed",
+            ),
             // Signed by another key than the issuer's.
             (
-                JwtIssuer::es256("https://ec.example", "ec-1").expect("key").token_for("a", json!({})),
+                JwtIssuer::es256("https://ec.example", "ec-1")
+                    .expect("key")
+                    .token_for("a", json!({})),
                 "Jwt verification fails",
             ),
         ];
@@ -165,12 +189,20 @@ async fn sidecars_verify_jwts_and_authorize_on_their_claims() {
             let (status, resp) = get(&url, Some(&token.expect("token")));
             assert_eq!(status, "401", "{reason}: {resp}");
             assert!(resp.contains(reason), "{reason}: {resp}");
-            assert!(resp.to_ascii_lowercase().contains("www-authenticate: bearer"), "{resp}");
+            assert!(
+                resp.to_ascii_lowercase().contains("www-authenticate: bearer"),
+                "{resp}"
+            );
         }
     }
-    assert!(jwks_server.requests() >= 1, "the key set came from the loopback URL");
+    assert!(
+        jwks_server.requests() >= 1,
+        "the key set came from the loopback URL"
+    );
     // An invalid token is refused even where the policy needs none.
-    let expired = rsa.token_for("a", json!({"aud": "books", "exp": now() - 3600})).expect("token");
+    let expired = rsa
+        .token_for("a", json!({"aud": "books", "exp": now() - 3600}))
+        .expect("token");
     assert_eq!(get(&mesh("/public/1"), Some(&expired)).0, "401");
     assert_eq!(get(&mesh("/public/1"), None).0, "200");
 
@@ -187,7 +219,10 @@ async fn sidecars_verify_jwts_and_authorize_on_their_claims() {
     // The refusals are counted by the server sidecar as 401s.
     let m = books.metrics();
     let unauthenticated = [("reporter", "destination"), ("response_code", "401")];
-    assert!(metric_sum(&m, "istio_requests_total", &unauthenticated) >= 8.0, "{m}");
+    assert!(
+        metric_sum(&m, "istio_requests_total", &unauthenticated) >= 8.0,
+        "{m}"
+    );
 
     // `weft explain` names the RequestAuthentication that applies.
     let explained = run(

@@ -163,7 +163,11 @@ impl Authenticator {
             .iter()
             .flat_map(|r| {
                 let claims = r.rule.output_claim_to_headers.iter().map(|c| c.header.as_str());
-                r.rule.output_payload_to_header.as_deref().into_iter().chain(claims)
+                r.rule
+                    .output_payload_to_header
+                    .as_deref()
+                    .into_iter()
+                    .chain(claims)
             })
             .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
             .collect();
@@ -207,7 +211,11 @@ impl Authenticator {
             let keys = match &compiled.inline {
                 Some(keys) => keys.clone(),
                 None => match rule.jwks_uri.as_deref() {
-                    Some(uri) => cache.get(uri, rule.jwks_timeout_ms, header.kid.as_deref()).await?,
+                    Some(uri) => {
+                        cache
+                            .get(uri, rule.jwks_timeout_ms, header.kid.as_deref())
+                            .await?
+                    }
                     None => Arc::new(KeySet::default()),
                 },
             };
@@ -261,7 +269,8 @@ fn find_token<'r>(rule: &'r JwtRule, headers: &HeaderMap, uri: &Uri) -> Option<(
 fn peek(token: &str) -> Result<(jsonwebtoken::Header, Map<String, Value>), AuthnError> {
     use base64::Engine as _;
     let mut parts = token.split('.');
-    let (Some(_), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(_), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(AuthnError::BadFormat);
     };
     let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::BadFormat)?;
@@ -274,7 +283,12 @@ fn peek(token: &str) -> Result<(jsonwebtoken::Header, Map<String, Value>), Authn
 
 /// Verifies a token whose issuer is `rule`'s against `keys` at time `now` (seconds since the
 /// epoch): signature, `exp`/`nbf` with [`CLOCK_SKEW_SECS`], audiences. Returns its claims.
-pub fn verify(token: &str, rule: &JwtRule, keys: &KeySet, now: u64) -> Result<Map<String, Value>, AuthnError> {
+pub fn verify(
+    token: &str,
+    rule: &JwtRule,
+    keys: &KeySet,
+    now: u64,
+) -> Result<Map<String, Value>, AuthnError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::BadFormat)?;
     let candidates: Vec<&Key> = keys
         .keys
@@ -314,7 +328,11 @@ pub fn verify(token: &str, rule: &JwtRule, keys: &KeySet, now: u64) -> Result<Ma
         match claims.get(name) {
             None => Ok(None),
             // A time that is not a number is not a time: refused rather than ignored.
-            Some(v) => v.as_f64().filter(|t| *t >= 0.0).map(|t| Some(t as u64)).ok_or(AuthnError::BadFormat),
+            Some(v) => v
+                .as_f64()
+                .filter(|t| *t >= 0.0)
+                .map(|t| Some(t as u64))
+                .ok_or(AuthnError::BadFormat),
         }
     };
     if time("exp")?.is_some_and(|exp| exp.saturating_add(CLOCK_SKEW_SECS) < now) {
@@ -342,7 +360,10 @@ pub fn verify(token: &str, rule: &JwtRule, keys: &KeySet, now: u64) -> Result<Ma
 /// Audiences compare without an `http://`/`https://` scheme or a trailing slash, as Envoy's.
 fn same_audience(a: &str, b: &str) -> bool {
     let bare = |s: &str| -> String {
-        let s = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
+        let s = s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"))
+            .unwrap_or(s);
         s.strip_suffix('/').unwrap_or(s).to_string()
     };
     bare(a) == bare(b)
@@ -376,7 +397,10 @@ fn apply_outputs(
 }
 
 fn insert(headers: &mut HeaderMap, name: &str, value: &str) {
-    if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+    if let (Ok(name), Ok(value)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
         headers.insert(name, value);
     }
 }

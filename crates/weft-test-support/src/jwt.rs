@@ -32,10 +32,22 @@ impl JwtIssuer {
     /// RSA keys but does not make them).
     pub fn rs256(issuer: &str, kid: &str) -> anyhow::Result<Self> {
         let out = std::process::Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-outform", "DER"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-outform",
+                "DER",
+            ])
             .output()
             .context("running openssl genpkey")?;
-        anyhow::ensure!(out.status.success(), "openssl genpkey failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl genpkey failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // openssl writes an RSA key in DER as PKCS#1.
         let key = RsaKeyPair::from_der(&out.stdout).map_err(|e| anyhow::anyhow!("RSA key: {e}"))?;
         Ok(Self {
@@ -50,7 +62,8 @@ impl JwtIssuer {
         let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).map_err(|e| anyhow::anyhow!("EC key: {e}"))?;
-        let key = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).map_err(|e| anyhow::anyhow!("EC key: {e}"))?;
+        let key = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng)
+            .map_err(|e| anyhow::anyhow!("EC key: {e}"))?;
         Ok(Self {
             issuer: issuer.into(),
             kid: kid.into(),
@@ -116,7 +129,8 @@ impl JwtIssuer {
     /// A token for `sub` from this issuer, valid for an hour, with `extra` claims merged in
     /// (they win, so `{"exp": ...}` makes an expired one).
     pub fn token_for(&self, sub: &str, extra: serde_json::Value) -> anyhow::Result<String> {
-        let mut claims = serde_json::json!({"iss": self.issuer, "sub": sub, "iat": now(), "exp": now() + 3600});
+        let mut claims =
+            serde_json::json!({"iss": self.issuer, "sub": sub, "iat": now(), "exp": now() + 3600});
         if let (Some(c), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
             for (k, v) in extra {
                 c.insert(k.clone(), v.clone());
@@ -133,5 +147,7 @@ pub fn jwks_of(issuers: &[&JwtIssuer]) -> String {
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -36,8 +36,10 @@ impl StaticHttp {
                     let (body, status) = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     let mut resp = Response::new(Full::new(body));
                     *resp.status_mut() = status;
-                    resp.headers_mut()
-                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(content_type),
+                    );
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()

@@ -413,7 +413,10 @@ fn request_principals_need_a_verified_token() {
     let require = [policy(serde_json::json!({"name": "require-jwt", "rules": [
         {"from": [{"source": {"requestPrincipals": ["*"]}}]},
     ]}))];
-    assert!(!decide(&require, &http(Some(PRODUCTPAGE), "GET", "/")).allowed, "no token: 403");
+    assert!(
+        !decide(&require, &http(Some(PRODUCTPAGE), "GET", "/")).allowed,
+        "no token: 403"
+    );
     assert!(decide(&require, &with_jwt(ALICE)).allowed);
     // `iss/sub`, exactly or by pattern.
     for (pattern, allowed) in [
@@ -429,9 +432,11 @@ fn request_principals_need_a_verified_token() {
         assert_eq!(decide(&p, &with_jwt(ALICE)).allowed, allowed, "{pattern}");
     }
     // Istio's "deny requests without a token": DENY notRequestPrincipals ["*"].
-    let deny = [policy(serde_json::json!({"name": "deny-anonymous", "action": "DENY", "rules": [
-        {"from": [{"source": {"notRequestPrincipals": ["*"]}}]},
-    ]}))];
+    let deny = [policy(
+        serde_json::json!({"name": "deny-anonymous", "action": "DENY", "rules": [
+            {"from": [{"source": {"notRequestPrincipals": ["*"]}}]},
+        ]}),
+    )];
     assert!(!decide(&deny, &http(None, "GET", "/")).allowed);
     assert!(decide(&deny, &with_jwt(ALICE)).allowed);
 }
@@ -444,7 +449,12 @@ fn request_auth_conditions_read_the_verified_claims() {
         ]}))]
     };
     for (key, values, not_values, allowed) in [
-        ("request.auth.principal", &["https://issuer.example/alice"][..], &[][..], true),
+        (
+            "request.auth.principal",
+            &["https://issuer.example/alice"][..],
+            &[][..],
+            true,
+        ),
         ("request.auth.principal", &["*/bob"], &[], false),
         // A list claim: any element matches.
         ("request.auth.claims[groups]", &["admin"], &[], true),
@@ -470,7 +480,13 @@ fn request_auth_conditions_read_the_verified_claims() {
         );
     }
     // Without a token no claim has a value.
-    assert!(!decide(&when("request.auth.claims[groups]", &["admin"], &[]), &http(None, "GET", "/")).allowed);
+    assert!(
+        !decide(
+            &when("request.auth.claims[groups]", &["admin"], &[]),
+            &http(None, "GET", "/")
+        )
+        .allowed
+    );
     assert!(supported_key("request.auth.claims[org][team]"));
     assert!(!supported_key("request.auth.claims"));
     assert!(!supported_key("request.auth.claims[]"));
@@ -489,10 +505,12 @@ fn request_principals_on_tcp_never_allow_and_are_ignored_by_deny() {
         {"from": [{"source": {"requestPrincipals": ["*"]}}]},
     ]}))];
     assert!(!decide(&allow, &tcp).allowed);
-    let deny = [policy(serde_json::json!({"name": "p", "action": "DENY", "rules": [
-        {"from": [{"source": {"requestPrincipals": ["other/*"], "namespaces": ["foo"]}}],
-         "when": [{"key": "request.auth.claims[groups]", "values": ["nobody"]}]},
-    ]}))];
+    let deny = [policy(
+        serde_json::json!({"name": "p", "action": "DENY", "rules": [
+            {"from": [{"source": {"requestPrincipals": ["other/*"], "namespaces": ["foo"]}}],
+             "when": [{"key": "request.auth.claims[groups]", "values": ["nobody"]}]},
+        ]}),
+    )];
     assert!(
         !decide(&deny, &tcp).allowed,
         "a DENY rule ignores its HTTP-only parts on TCP and still applies"

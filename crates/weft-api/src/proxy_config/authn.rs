@@ -165,14 +165,28 @@ impl JwtRule {
         }
         for h in &self.from_headers {
             if !is_header_name(&h.name) {
-                out.push(("fromHeaders", format!("fromHeaders: {:?} is not a header name", h.name)));
+                out.push((
+                    "fromHeaders",
+                    format!("fromHeaders: {:?} is not a header name", h.name),
+                ));
             }
         }
-        if let Some(h) = self.output_payload_to_header.as_ref().filter(|h| !is_header_name(h)) {
+        if let Some(h) = self
+            .output_payload_to_header
+            .as_ref()
+            .filter(|h| !is_header_name(h))
+        {
             out.push(("outputPayloadToHeader", format!("{h:?} is not a header name")));
         }
-        for c in self.output_claim_to_headers.iter().filter(|c| !is_header_name(&c.header)) {
-            out.push(("outputClaimToHeaders", format!("{:?} is not a header name", c.header)));
+        for c in self
+            .output_claim_to_headers
+            .iter()
+            .filter(|c| !is_header_name(&c.header))
+        {
+            out.push((
+                "outputClaimToHeaders",
+                format!("{:?} is not a header name", c.header),
+            ));
         }
         out
     }

@@ -93,7 +93,10 @@ impl ProxyConfig {
         }
         for (i, rule) in self.inbound.authentication.iter().enumerate() {
             for (field, message) in rule.problems() {
-                problems.push(Problem::field(format!("inbound.authentication[{i}].{field}"), message));
+                problems.push(Problem::field(
+                    format!("inbound.authentication[{i}].{field}"),
+                    message,
+                ));
             }
         }
         self.check_addresses_unique(&mut problems);

@@ -17,8 +17,8 @@ use crate::finding::{codes, Finding};
 use crate::identity::SpiffeId;
 use crate::model::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use crate::proxy_config::{
-    AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource,
-    ClaimToHeader, JwtHeader, JwtRule, MtlsMode,
+    AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, ClaimToHeader,
+    JwtHeader, JwtRule, MtlsMode,
 };
 use crate::resources::security as sec;
 use crate::resources::Document;
@@ -308,7 +308,8 @@ pub(super) fn request_authentication(doc: &Document, _seen: usize, out: &mut Tra
             Some(t) => match super::istio::parse_duration(t) {
                 Some(ms) => Some(ms),
                 None => {
-                    out.findings.push(error("timeout", format!("timeout {t:?} is not a duration")));
+                    out.findings
+                        .push(error("timeout", format!("timeout {t:?} is not a duration")));
                     None
                 }
             },
@@ -352,7 +353,8 @@ pub(super) fn request_authentication(doc: &Document, _seen: usize, out: &mut Tra
             ));
         }
         for (field, problem) in rule.problems() {
-            out.findings.push(error(field, format!("{problem}; its tokens are refused")));
+            out.findings
+                .push(error(field, format!("{problem}; its tokens are refused")));
         }
         rules.push(rule);
     }

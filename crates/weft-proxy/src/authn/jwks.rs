@@ -41,7 +41,12 @@ struct Slot {
 
 impl JwksCache {
     /// The key set at `uri`, fetched if not held, too old, or lacking `kid`.
-    pub async fn get(&self, uri: &str, timeout_ms: Option<u64>, kid: Option<&str>) -> Result<Arc<KeySet>, AuthnError> {
+    pub async fn get(
+        &self,
+        uri: &str,
+        timeout_ms: Option<u64>,
+        kid: Option<&str>,
+    ) -> Result<Arc<KeySet>, AuthnError> {
         if let Some(keys) = self.usable(uri, kid) {
             return Ok(keys);
         }
@@ -53,9 +58,9 @@ impl JwksCache {
         }
         let slot = self.slot(uri);
         if slot.tried_at.is_some_and(|t| t.elapsed() < MIN_REFETCH) {
-            return slot
-                .keys
-                .ok_or_else(|| AuthnError::JwksFetchFailed(format!("{uri}: the last fetch failed a moment ago")));
+            return slot.keys.ok_or_else(|| {
+                AuthnError::JwksFetchFailed(format!("{uri}: the last fetch failed a moment ago"))
+            });
         }
         let timeout = timeout_ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis);
         let fetched = tokio::time::timeout(timeout, fetch(uri))

@@ -78,7 +78,11 @@ pub(super) async fn authenticate(
                 _ => "",
             };
             tracing::info!(service = %meta.service.0, reason = %e, detail, "request JWT refused");
-            Err(ProxyError::new(Flag::Unauthenticated, StatusCode::UNAUTHORIZED, e.to_string()))
+            Err(ProxyError::new(
+                Flag::Unauthenticated,
+                StatusCode::UNAUTHORIZED,
+                e.to_string(),
+            ))
         }
     }
 }

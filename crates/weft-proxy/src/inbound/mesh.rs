@@ -241,7 +241,14 @@ pub(super) async fn mesh_request(
         Ok(auth) => auth,
         Err(e) => return unauthenticated(meta, &e),
     };
-    if let Err(d) = check(&snap, Some(&shared.metrics), &who, port, Some(&req), auth.as_ref()) {
+    if let Err(d) = check(
+        &snap,
+        Some(&shared.metrics),
+        &who,
+        port,
+        Some(&req),
+        auth.as_ref(),
+    ) {
         return meta.fail(&denied(&d));
     }
     let headers = req.headers();

@@ -241,10 +241,18 @@ fn request_authentication_reaches_the_workloads_it_selects() {
     assert_eq!(rules[0].jwks_timeout_ms, Some(2000));
     // A rule that cannot run is an error at its field, and kept (its tokens are refused).
     let errors: Vec<_> = t.findings.iter().filter(|f| f.code == codes::SCHEMA).collect();
-    assert!(errors.iter().any(|f| f.message.contains("issuer is empty")), "{errors:?}");
-    assert!(errors.iter().any(|f| f.message.contains("jwks: not JSON")), "{errors:?}");
     assert!(
-        errors.iter().any(|f| f.message.contains("https:// key sets are not fetched")),
+        errors.iter().any(|f| f.message.contains("issuer is empty")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|f| f.message.contains("jwks: not JSON")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|f| f.message.contains("https:// key sets are not fetched")),
         "{errors:?}"
     );
     assert_eq!(errors.len(), 3, "{errors:?}");
