@@ -176,7 +176,7 @@ fn resolve_rules<'t>(
                         skipped,
                         backends: Cow::Borrowed(&[]),
                         policies,
-                        redirect: Some(Cow::Borrowed(redirect)),
+                        redirect: Some(rule.redirect_for(redirect, req, source)),
                         direct_response: None,
                     },
                     Action::DirectResponse(resp) => Decision {

@@ -231,19 +231,40 @@ impl CompiledRule {
         let Some(replacement) = policies.rewrite.as_ref().and_then(|rw| rw.prefix.as_ref()) else {
             return std::borrow::Cow::Borrowed(policies);
         };
-        let matched = self
-            .matches
-            .iter()
-            .zip(&self.rule.matches)
-            .find(|(compiled, spec)| compiled.check(spec, req, src).is_ok())
-            .and_then(|(_, spec)| spec.path.as_ref());
-        let path = replace_prefix(matched, req.path, replacement);
+        let path = replace_prefix(self.matched_path(req, src), req.path, replacement);
         let mut policies = policies.clone();
         if let Some(rw) = policies.rewrite.as_mut() {
             rw.prefix = None;
             rw.path = Some(path);
         }
         std::borrow::Cow::Owned(policies)
+    }
+
+    /// A redirect as this request gets it: a `ReplacePrefixMatch` resolved against its path.
+    pub(super) fn redirect_for<'r>(
+        &self,
+        redirect: &'r Redirect,
+        req: &RequestHead<'_>,
+        src: &Source<'_>,
+    ) -> std::borrow::Cow<'r, Redirect> {
+        let Some(replacement) = redirect.prefix.as_ref() else {
+            return std::borrow::Cow::Borrowed(redirect);
+        };
+        let path = replace_prefix(self.matched_path(req, src), req.path, replacement);
+        std::borrow::Cow::Owned(Redirect {
+            path: Some(path),
+            prefix: None,
+            ..redirect.clone()
+        })
+    }
+
+    /// The path match of the first match block this request fits.
+    fn matched_path(&self, req: &RequestHead<'_>, src: &Source<'_>) -> Option<&PathMatch> {
+        self.matches
+            .iter()
+            .zip(&self.rule.matches)
+            .find(|(compiled, spec)| compiled.check(spec, req, src).is_ok())
+            .and_then(|(_, spec)| spec.path.as_ref())
     }
 }
 

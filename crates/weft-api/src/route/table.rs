@@ -176,6 +176,10 @@ pub struct Redirect {
     pub port: Option<u16>,
     #[serde(default)]
     pub path: Option<String>,
+    /// The matched path prefix becomes this (Gateway API `ReplacePrefixMatch`); resolved
+    /// against each request's path into `path` by `route::resolve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// A response answered by the proxy.

@@ -418,22 +418,14 @@ fn rule_parts(
                     missing("requestRedirect", out);
                     continue;
                 };
-                let path = match &r.path {
-                    None => None,
-                    Some(p) => match path_modifier(doc, f.span(), p, "requestRedirect", out) {
-                        Some(PathChange::Full(path)) => Some(path),
-                        Some(PathChange::Prefix(_)) => {
-                            not_implemented(
-                                doc,
-                                f.span(),
-                                "requestRedirect path type ReplacePrefixMatch is not applied yet: \
-                                 the redirect keeps the path",
-                                out,
-                            );
-                            None
-                        }
-                        None => None,
-                    },
+                let change = r
+                    .path
+                    .as_ref()
+                    .and_then(|p| path_modifier(doc, f.span(), p, "requestRedirect", out));
+                let (path, prefix) = match change {
+                    Some(PathChange::Full(path)) => (Some(path), None),
+                    Some(PathChange::Prefix(prefix)) => (None, Some(prefix)),
+                    None => (None, None),
                 };
                 redirect = Some(Redirect {
                     status: r.status_code,
@@ -441,6 +433,7 @@ fn rule_parts(
                     authority: r.hostname.clone(),
                     port: r.port,
                     path,
+                    prefix,
                 });
             }
             FilterType::UrlRewrite => {

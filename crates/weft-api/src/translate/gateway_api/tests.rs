@@ -487,6 +487,7 @@ fn redirects_hostname_scheme_port_status_full_path() {
                 authority: Some("example.org".into()),
                 port: None,
                 path: None,
+                prefix: None,
             },
         ),
         (
@@ -497,6 +498,7 @@ fn redirects_hostname_scheme_port_status_full_path() {
                 authority: Some("example.org".into()),
                 port: None,
                 path: None,
+                prefix: None,
             },
         ),
         (
@@ -507,6 +509,7 @@ fn redirects_hostname_scheme_port_status_full_path() {
                 authority: None,
                 port: None,
                 path: None,
+                prefix: None,
             },
         ),
         (
@@ -517,6 +520,7 @@ fn redirects_hostname_scheme_port_status_full_path() {
                 authority: None,
                 port: Some(8083),
                 path: None,
+                prefix: None,
             },
         ),
         (
@@ -527,6 +531,7 @@ fn redirects_hostname_scheme_port_status_full_path() {
                 authority: None,
                 port: None,
                 path: Some("/new/page".into()),
+                prefix: None,
             },
         ),
     ];
@@ -535,6 +540,47 @@ fn redirects_hostname_scheme_port_status_full_path() {
         assert_eq!(d.kind, DecisionKind::Redirect, "{path}");
         assert_eq!(d.redirect.as_deref(), Some(&want), "{path}");
         assert!(d.backends.is_empty(), "{path}");
+    }
+}
+
+#[test]
+fn redirect_replace_prefix_match_swaps_the_matched_prefix() {
+    // Conformance HTTPRouteRedirectPath: `/original-prefix/lemon` -> `/replacement-prefix/lemon`.
+    let rule = |prefix: &str, body: &str| {
+        format!(
+            "  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    filters:\n    - type: RequestRedirect\n      requestRedirect: {body}\n{}",
+            backend_to("ignored")
+        )
+    };
+    let rules = [
+        rule(
+            "/original-prefix",
+            "{path: {type: ReplacePrefixMatch, replacePrefixMatch: /replacement-prefix}}",
+        ),
+        rule(
+            "/path-and-host",
+            "{hostname: example.org, path: {type: ReplacePrefixMatch, replacePrefixMatch: /replacement-prefix}}",
+        ),
+        rule(
+            "/strip",
+            "{statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}",
+        ),
+    ]
+    .concat();
+    let mesh = clean(&route("redirect", "", &rules));
+    for (path, want, host, status) in [
+        ("/original-prefix/lemon", "/replacement-prefix/lemon", None, 302),
+        ("/original-prefix", "/replacement-prefix", None, 302),
+        ("/path-and-host", "/replacement-prefix", Some("example.org"), 302),
+        ("/strip/a/b", "/a/b", None, 301),
+    ] {
+        let d = get(path).resolve(&mesh, REVIEWS, 9080);
+        assert_eq!(d.kind, DecisionKind::Redirect, "{path}");
+        let r = d.redirect.as_deref().expect("redirect");
+        assert_eq!(r.path.as_deref(), Some(want), "{path}");
+        assert_eq!(r.prefix, None, "{path}");
+        assert_eq!(r.authority.as_deref(), host, "{path}");
+        assert_eq!(r.status, status, "{path}");
     }
 }
 
