@@ -80,6 +80,8 @@ pub struct Shared {
     pub http_seen: HttpSeen,
     /// Key sets fetched from `jwksUri`s, kept across pushes.
     pub jwks: crate::authn::JwksCache,
+    /// Where mirrored copies are handed to the worker that sends them.
+    pub mirrors: crate::http::mirror::Mirrors,
 }
 
 /// One bit per port, set once a port carried HTTP (lock-free: read on every connection).

@@ -30,7 +30,7 @@ mod tcp_echo;
 
 pub use http_echo::{HttpEcho, PROTOCOL_HEADER, SERVER_HEADER};
 pub use jwt::JwtIssuer;
-pub use static_http::StaticHttp;
+pub use static_http::{Seen, StaticHttp};
 pub use tcp_echo::{ServerFirst, TcpEcho};
 
 /// Pause between two probes of [`wait_for_http`].

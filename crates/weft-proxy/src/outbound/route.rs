@@ -110,6 +110,9 @@ async fn send_routed(
     }
     apply_header_ops(req.headers_mut(), &policies.request_headers);
     rewrite(&mut req, &policies);
+    if !policies.mirrors.is_empty() {
+        shared.mirrors.copy(snap, &policies.mirrors, port, &mut req);
+    }
 
     // The budget belongs to the service the client called, whichever backend the split chose.
     let budget = policies
