@@ -169,7 +169,10 @@ fn resolve_rules<'t>(
                 let matched = Some(Cow::Borrowed(&rule.rule_ref));
                 let policies = rule.policies_for(req, source);
                 return match &rule.rule.action {
-                    Action::Forward(backends) => Decision::forward(matched, backends, policies, skipped),
+                    Action::Forward(backends) => Decision {
+                        backends: rule.backends_for(backends, req, source),
+                        ..Decision::forward(matched, &[], policies, skipped)
+                    },
                     Action::Redirect(redirect) => Decision {
                         kind: DecisionKind::Redirect,
                         matched,

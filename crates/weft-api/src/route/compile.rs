@@ -85,6 +85,7 @@ impl CompiledTable {
             subset: None,
             port: None,
             weight: 1,
+            filters: None,
         }];
         let profile = table.profile.as_ref().map(CompiledProfile::compile).transpose()?;
         Ok(Self {
@@ -256,6 +257,35 @@ impl CompiledRule {
             prefix: None,
             ..redirect.clone()
         })
+    }
+
+    /// The rule's backends as this request gets them: a backend's prefix rewrite resolved
+    /// against its path (borrowed when no backend has one).
+    pub(super) fn backends_for<'r>(
+        &self,
+        backends: &'r [Backend],
+        req: &RequestHead<'_>,
+        src: &Source<'_>,
+    ) -> std::borrow::Cow<'r, [Backend]> {
+        let has_prefix = |b: &Backend| {
+            b.filters
+                .as_ref()
+                .is_some_and(|f| f.rewrite.as_ref().is_some_and(|r| r.prefix.is_some()))
+        };
+        if !backends.iter().any(has_prefix) {
+            return std::borrow::Cow::Borrowed(backends);
+        }
+        let matched = self.matched_path(req, src);
+        let mut owned = backends.to_vec();
+        for b in &mut owned {
+            let Some(rw) = b.filters.as_mut().and_then(|f| f.rewrite.as_mut()) else {
+                continue;
+            };
+            if let Some(replacement) = rw.prefix.take() {
+                rw.path = Some(replace_prefix(matched, req.path, &replacement));
+            }
+        }
+        std::borrow::Cow::Owned(owned)
     }
 
     /// The path match of the first match block this request fits.

@@ -449,6 +449,7 @@ impl<'a> Cx<'a> {
                 subset: r.destination.subset.clone(),
                 port,
                 weight,
+                filters: None,
             });
         }
         out

@@ -846,6 +846,7 @@ fn istio_routes() -> HostRoutes {
                 subset: Some("v1".into()),
                 port: None,
                 weight: 100,
+                filters: None,
             }]),
             policies: RoutePolicies::default(),
         }],
@@ -914,4 +915,40 @@ fn istio_beats_a_traffic_split() {
         (1, Dialect::Istio, 1, Dialect::Smi)
     );
     check(&mesh, &[(get("/"), "istio")]);
+}
+
+#[test]
+fn backend_ref_filters_apply_to_their_backend_only() {
+    // Conformance HTTPRouteBackendRequestHeaderModifier and the backendRef forms of
+    // ResponseHeaderModifier and URLRewrite.
+    let rules = "  - matches: [{path: {type: PathPrefix, value: /prefix}}]\n    backendRefs:\n    - name: reviews\n      port: 8080\n      filters:\n      - type: RequestHeaderModifier\n        requestHeaderModifier:\n          set: [{name: X-Header-Set, value: set-overwrites-values}]\n          add: [{name: X-Header-Add, value: add-appends-values}]\n          remove: [X-Header-Remove]\n      - type: ResponseHeaderModifier\n        responseHeaderModifier: {set: [{name: X-Backend, value: reviews}]}\n      - type: URLRewrite\n        urlRewrite: {hostname: rewritten.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /one}}\n      - type: RequestMirror\n        requestMirror: {backendRef: {name: ratings, port: 8080}}\n    - name: ratings\n      port: 8080\n";
+    let t = load(&route("backend-filters", "", rules));
+    let mirror_finding = t.findings.iter().find(|f| {
+        f.message
+            .contains("backendRef filter RequestMirror is not applied")
+    });
+    assert!(mirror_finding.is_some(), "{:?}", t.findings);
+    assert!(
+        !t.findings
+            .iter()
+            .any(|f| f.message.contains("per-backend filters")),
+        "{:?}",
+        t.findings
+    );
+    let d = get("/prefix/lemon").resolve(&t.mesh, REVIEWS, 9080);
+    let reviews = &d.backends[0];
+    let f = reviews.filters.as_deref().expect("filters on reviews");
+    assert_eq!(f.request_headers.set["X-Header-Set"], "set-overwrites-values");
+    assert_eq!(f.request_headers.add["X-Header-Add"], "add-appends-values");
+    assert_eq!(f.request_headers.remove, ["X-Header-Remove"]);
+    assert_eq!(f.response_headers.set["X-Backend"], "reviews");
+    let rw = f.rewrite.as_ref().expect("rewrite");
+    // The prefix resolved against this request's path, as for a rule's rewrite.
+    assert_eq!(rw.path.as_deref(), Some("/one/lemon"));
+    assert_eq!(rw.prefix, None);
+    assert_eq!(rw.authority.as_deref(), Some("rewritten.example"));
+    assert!(d.backends[1].filters.is_none(), "ratings has no filters");
+    // The rule itself changes nothing.
+    assert!(d.policies.request_headers.set.is_empty());
+    assert!(d.policies.rewrite.is_none());
 }
