@@ -85,6 +85,8 @@ pub enum TokenLocation<'a> {
     Cookie(&'a str),
 }
 
+// === impl JwtRule ===
+
 impl JwtRule {
     /// The locations this rule reads a token from, in order.
     pub fn locations(&self) -> Vec<TokenLocation<'_>> {
@@ -105,48 +107,7 @@ impl JwtRule {
         let cookies = self.from_cookies.iter().map(|c| TokenLocation::Cookie(c));
         headers.chain(params).chain(cookies).collect()
     }
-}
 
-/// The verified identity of a request's end user, as authorization reads it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RequestAuth {
-    /// `iss/sub`, what `requestPrincipals` and `request.auth.principal` match.
-    pub principal: String,
-    /// The token's claims (`aud` gives `request.auth.audiences`, `azp`
-    /// `request.auth.presenter`).
-    pub claims: serde_json::Map<String, serde_json::Value>,
-}
-
-impl RequestAuth {
-    /// From verified claims: the principal is `iss/sub` (either empty when absent).
-    pub fn from_claims(claims: serde_json::Map<String, serde_json::Value>) -> Self {
-        let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-        Self {
-            principal: format!("{}/{}", text("iss"), text("sub")),
-            claims,
-        }
-    }
-
-    /// The string values of a claim at `path` (nested objects by successive names): a string is
-    /// one value, a list of strings each of its strings; anything else none.
-    pub fn claim_values(&self, path: &[&str]) -> Vec<&str> {
-        let mut at: Option<&serde_json::Value> = None;
-        for (i, name) in path.iter().enumerate() {
-            at = if i == 0 {
-                self.claims.get(*name)
-            } else {
-                at.and_then(|v| v.get(*name))
-            };
-        }
-        match at {
-            Some(serde_json::Value::String(s)) => vec![s.as_str()],
-            Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str()).collect(),
-            _ => Vec::new(),
-        }
-    }
-}
-
-impl JwtRule {
     /// Why this rule cannot run, as (field, sentence); empty when it can. A key set that does
     /// not read, or a `jwks_uri` the proxy cannot fetch, would reject every token of the issuer.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
@@ -189,6 +150,45 @@ impl JwtRule {
             ));
         }
         out
+    }
+}
+
+/// The verified identity of a request's end user, as authorization reads it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestAuth {
+    /// `iss/sub`, what `requestPrincipals` and `request.auth.principal` match.
+    pub principal: String,
+    /// The token's claims (`aud` gives `request.auth.audiences`, `azp`
+    /// `request.auth.presenter`).
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl RequestAuth {
+    /// From verified claims: the principal is `iss/sub` (either empty when absent).
+    pub fn from_claims(claims: serde_json::Map<String, serde_json::Value>) -> Self {
+        let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        Self {
+            principal: format!("{}/{}", text("iss"), text("sub")),
+            claims,
+        }
+    }
+
+    /// The string values of a claim at `path` (nested objects by successive names): a string is
+    /// one value, a list of strings each of its strings; anything else none.
+    pub fn claim_values(&self, path: &[&str]) -> Vec<&str> {
+        let mut at: Option<&serde_json::Value> = None;
+        for (i, name) in path.iter().enumerate() {
+            at = if i == 0 {
+                self.claims.get(*name)
+            } else {
+                at.and_then(|v| v.get(*name))
+            };
+        }
+        match at {
+            Some(serde_json::Value::String(s)) => vec![s.as_str()],
+            Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str()).collect(),
+            _ => Vec::new(),
+        }
     }
 }
 
