@@ -6,8 +6,12 @@
 //!   policy, only a request some ALLOW rule matches is allowed. No policy: allowed.
 //! - An ALLOW policy without rules (`spec: {}`) matches nothing, so it denies everything; a
 //!   rule `{}` matches every request.
-//! - HTTP-only fields (methods, paths, hosts and their `not*`, `request.headers[...]`
-//!   conditions) on a TCP connection (`method: None`), as Istio's "Authorization for TCP
+//! - End-user identity: `requestPrincipals` and `request.auth.*` conditions read the JWT the
+//!   proxy verified (`AuthzRequest::request_auth`, `iss/sub`); a request without one matches
+//!   no request principal (`requestPrincipals: ["*"]` requires a token, `notRequestPrincipals:
+//!   ["*"]` matches only requests without one).
+//! - HTTP-only fields (methods, paths, hosts and their `not*`, `request.headers[...]` and
+//!   `request.auth.*` conditions, request principals) on a TCP connection (`method: None`), as Istio's "Authorization for TCP
 //!   traffic" documents: in an ALLOW rule they make the whole rule never match (so the
 //!   connection is denied unless another rule allows it); in a DENY rule they are ignored and
 //!   the rest of the rule still applies (more restrictive: a DENY on `methods: [GET]` for a
@@ -33,7 +37,8 @@ use serde::Serialize;
 
 use crate::model::{Mesh, PeerAuthentication};
 use crate::proxy_config::{
-    AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, MtlsMode,
+    AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, JwtRule, MtlsMode,
+    RequestAuth,
 };
 use crate::route::{value_matches, Headers};
 
@@ -57,6 +62,8 @@ pub struct AuthzRequest<'a> {
     pub port: u16,
     /// The request's headers, every value of each (see [`Headers`]).
     pub headers: &'a dyn Headers,
+    /// The end user's verified JWT (Istio `RequestAuthentication`); None without one.
+    pub request_auth: Option<&'a RequestAuth>,
 }
 
 impl std::fmt::Debug for AuthzRequest<'_> {
@@ -68,6 +75,7 @@ impl std::fmt::Debug for AuthzRequest<'_> {
             .field("path", &self.path)
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("request_principal", &self.request_auth.map(|a| &a.principal))
             .finish_non_exhaustive()
     }
 }
@@ -179,12 +187,25 @@ pub fn authorize(policies: &[AuthzPolicy], req: &AuthzRequest<'_>) -> AuthzDecis
 
 fn rule_matches(rule: &AuthzRule, req: &AuthzRequest<'_>, deny: bool) -> bool {
     let tcp = req.method.is_none();
-    (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, req)))
+    (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, req, tcp, deny)))
         && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, req, tcp, deny)))
         && rule.when.iter().all(|c| condition_holds(c, req, tcp, deny))
 }
 
-fn source_matches(s: &AuthzSource, req: &AuthzRequest<'_>) -> bool {
+fn source_matches(s: &AuthzSource, req: &AuthzRequest<'_>, tcp: bool, deny: bool) -> bool {
+    let jwt = !(s.request_principals.is_empty() && s.not_request_principals.is_empty());
+    if tcp && jwt && !deny {
+        // HTTP-only, as methods and paths: an ALLOW source naming request principals never
+        // matches a TCP connection (in a DENY they are ignored below).
+        return false;
+    }
+    let request_principal = req.request_auth.map(|a| a.principal.as_str());
+    let request_principal_is = |patterns: &[String]| {
+        request_principal.is_some_and(|p| patterns.iter().any(|pat| string_matches(pat, p)))
+    };
+    let jwt_ok = tcp
+        || ((s.request_principals.is_empty() || request_principal_is(&s.request_principals))
+            && (s.not_request_principals.is_empty() || !request_principal_is(&s.not_request_principals)));
     let principal = req.source_principal.map(strip_scheme);
     let principal_is = |patterns: &[String]| {
         principal.is_some_and(|p| patterns.iter().any(|pat| string_matches(strip_scheme(pat), p)))
@@ -194,7 +215,8 @@ fn source_matches(s: &AuthzSource, req: &AuthzRequest<'_>) -> bool {
             .is_some_and(|ns| patterns.iter().any(|pat| string_matches(pat, ns)))
     };
     let ip_in = |blocks: &[String]| blocks.iter().any(|b| ip_in_block(req.source_ip, b));
-    (s.principals.is_empty() || principal_is(&s.principals))
+    jwt_ok
+        && (s.principals.is_empty() || principal_is(&s.principals))
         && (s.not_principals.is_empty() || !principal_is(&s.not_principals))
         && (s.namespaces.is_empty() || ns_is(&s.namespaces))
         && (s.not_namespaces.is_empty() || !ns_is(&s.not_namespaces))
@@ -261,6 +283,19 @@ fn condition_holds(c: &AuthzCondition, req: &AuthzRequest<'_>, tcp: bool, deny: 
         };
         return (c.values.is_empty() || hit(&c.values)) && (c.not_values.is_empty() || !hit(&c.not_values));
     }
+    if key.starts_with(REQUEST_AUTH) {
+        if tcp {
+            // HTTP-only, as request headers.
+            return deny;
+        }
+        let values = request_auth_values(key, req.request_auth);
+        let hit = |patterns: &[String]| {
+            values
+                .iter()
+                .any(|v| patterns.iter().any(|p| string_matches(p, v)))
+        };
+        return (c.values.is_empty() || hit(&c.values)) && (c.not_values.is_empty() || !hit(&c.not_values));
+    }
     let value: Option<String> = match key {
         "source.ip" => {
             let ip = req.source_ip;
@@ -271,7 +306,7 @@ fn condition_holds(c: &AuthzCondition, req: &AuthzRequest<'_>, tcp: bool, deny: 
         "source.namespace" => req.source_namespace.map(str::to_string),
         "source.principal" => req.source_principal.map(|p| strip_scheme(p).to_string()),
         "destination.port" => Some(req.port.to_string()),
-        // Keys Weft cannot evaluate (JWT claims, SNI...) never hold; the translator
+        // Keys Weft cannot evaluate (SNI, remote.ip...) never hold; the translator
         // reported them.
         _ => return false,
     };
@@ -287,6 +322,38 @@ fn condition_holds(c: &AuthzCondition, req: &AuthzRequest<'_>, tcp: bool, deny: 
     (c.values.is_empty() || hit(&c.values)) && (c.not_values.is_empty() || !hit(&c.not_values))
 }
 
+const REQUEST_AUTH: &str = "request.auth.";
+
+/// The values a `request.auth.*` key has for this request's verified JWT (none without one,
+/// or for a key Weft does not know).
+fn request_auth_values<'a>(key: &str, auth: Option<&'a RequestAuth>) -> Vec<&'a str> {
+    let Some(auth) = auth else {
+        return Vec::new();
+    };
+    match key {
+        "request.auth.principal" => vec![auth.principal.as_str()],
+        "request.auth.audiences" => auth.claim_values(&["aud"]),
+        "request.auth.presenter" => auth.claim_values(&["azp"]),
+        _ => claim_path(key).map_or_else(Vec::new, |path| auth.claim_values(&path)),
+    }
+}
+
+/// `request.auth.claims[a][b]` -> `[a, b]` (nested claims); None for another key or a
+/// malformed one.
+pub fn claim_path(key: &str) -> Option<Vec<&str>> {
+    let mut rest = key.strip_prefix("request.auth.claims")?;
+    let mut path = Vec::new();
+    while !rest.is_empty() {
+        let (name, after) = rest.strip_prefix('[')?.split_once(']')?;
+        if name.is_empty() {
+            return None;
+        }
+        path.push(name);
+        rest = after;
+    }
+    (!path.is_empty()).then_some(path)
+}
+
 /// `request.headers[NAME]` -> `NAME`.
 pub fn header_key(key: &str) -> Option<&str> {
     key.strip_prefix("request.headers[")?.strip_suffix(']')
@@ -295,9 +362,16 @@ pub fn header_key(key: &str) -> Option<&str> {
 /// The `when` keys the decision evaluates.
 pub fn supported_key(key: &str) -> bool {
     header_key(key).is_some()
+        || claim_path(key).is_some()
         || matches!(
             key,
-            "source.ip" | "source.namespace" | "source.principal" | "destination.port"
+            "source.ip"
+                | "source.namespace"
+                | "source.principal"
+                | "destination.port"
+                | "request.auth.principal"
+                | "request.auth.audiences"
+                | "request.auth.presenter"
         )
 }
 
@@ -412,6 +486,27 @@ pub fn policies_for(
         })
         .map(|p| p.policy.clone())
         .collect()
+}
+
+/// The JWT rules of a workload (Istio merges every RequestAuthentication that applies): those
+/// in its namespace whose selector picks it (or without selector), and those without selector
+/// in a root namespace, in document order.
+pub fn authentications_for(mesh: &Mesh, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<JwtRule> {
+    applicable_authentications(mesh, namespace, labels)
+        .flat_map(|ra| ra.rules.iter().cloned())
+        .collect()
+}
+
+/// The RequestAuthentications that apply to a workload, in document order.
+pub fn applicable_authentications<'m>(
+    mesh: &'m Mesh,
+    namespace: &'m str,
+    labels: &'m BTreeMap<String, String>,
+) -> impl Iterator<Item = &'m crate::model::RequestAuthentication> + 'm {
+    mesh.request_authentications.iter().filter(move |ra| {
+        (ra.origin.namespace == namespace && selects(&ra.selector, labels))
+            || (ROOT_NAMESPACES.contains(&ra.origin.namespace.as_str()) && ra.selector.is_none())
+    })
 }
 
 /// The mTLS modes of a workload: its own (workload > namespace > mesh, default PERMISSIVE)

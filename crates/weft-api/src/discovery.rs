@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::proto::ResourceType;
 use crate::proto::{DiscoveryResponse, Resource, ResourceKey};
 use crate::proxy_config::{
-    AuthzPolicy, EndpointSet, InboundListener, MeshService, MtlsMode, ProxyConfig, WorkloadInfo,
+    AuthzPolicy, EndpointSet, InboundListener, JwtRule, MeshService, MtlsMode, ProxyConfig, WorkloadInfo,
 };
 
 /// The name of the one [`ResourceType::Workload`] resource of a proxy.
@@ -46,6 +46,9 @@ pub struct InboundPolicy {
     pub mtls: MtlsMode,
     #[serde(default)]
     pub authorization: Vec<AuthzPolicy>,
+    /// The JWT issuers the workload accepts (Istio `RequestAuthentication`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authentication: Vec<JwtRule>,
 }
 
 /// One resource as it goes on the wire. Rendered once; every push that carries it shares `body`.
@@ -118,6 +121,7 @@ pub fn own_resources(config: &ProxyConfig) -> Result<Vec<Rendered>, ResourceErro
     let policy = InboundPolicy {
         mtls: config.inbound.mtls,
         authorization: config.inbound.authorization.clone(),
+        authentication: config.inbound.authentication.clone(),
     };
     out.push(Rendered::new(ResourceType::Policy, INBOUND_POLICY_NAME, &policy)?);
     Ok(out)
@@ -427,6 +431,7 @@ impl Held {
                 Value::Policy(p) => {
                     c.inbound.mtls = p.mtls;
                     c.inbound.authorization = p.authorization.clone();
+                    c.inbound.authentication = p.authentication.clone();
                 }
                 Value::Service(s) => c.services.push(s.clone()),
                 Value::Endpoints(e) => c.endpoints.push(e.clone()),

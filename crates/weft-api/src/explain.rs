@@ -42,6 +42,11 @@ pub struct Explanation {
     pub redirect: Option<RedirectOut>,
     pub direct_response: Option<route::DirectResponse>,
     pub authorization: Option<serde_json::Value>,
+    /// The RequestAuthentications of the destination workload (an addition to the contract):
+    /// which issuers its proxy accepts. `authorization` is decided as for a request without a
+    /// verified token (explain verifies none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub authentication: Vec<AuthnOut>,
     pub mtls: Mtls,
     /// Problems met while explaining (e.g. a route table that does not compile).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -62,6 +67,17 @@ pub struct Matched {
 pub struct RedirectOut {
     pub status: u16,
     pub location: String,
+}
+
+/// One RequestAuthentication that applies to the destination workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthnOut {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub issuers: Vec<String>,
+    pub file: Option<String>,
+    pub line: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +106,7 @@ pub fn explain(mesh: &Mesh, req: &ExplainRequest) -> Explanation {
         // Filled below from the destination workloads' AuthorizationPolicies and
         // PeerAuthentications; no policy: nothing denied, PERMISSIVE (Istio's default).
         authorization: None,
+        authentication: Vec::new(),
         mtls: Mtls { mode: "PERMISSIVE" },
         errors: Vec::new(),
     };
@@ -205,6 +222,16 @@ fn authorize_for(
     };
     let (mode, ports) = authz::mtls_for(mesh, &first.namespace, &first.labels);
     out.mtls.mode = mode_name(ports.get(&first_port).copied().unwrap_or(mode));
+    out.authentication = authz::applicable_authentications(mesh, &first.namespace, &first.labels)
+        .map(|ra| AuthnOut {
+            kind: "RequestAuthentication",
+            namespace: ra.origin.namespace.clone(),
+            name: ra.origin.name.clone(),
+            issuers: ra.rules.iter().map(|r| r.issuer.clone()).collect(),
+            file: ra.origin.file.clone(),
+            line: ra.origin.line,
+        })
+        .collect();
 
     let principal = caller.and_then(|w| {
         SpiffeId::new(DEFAULT_TRUST_DOMAIN, &w.namespace, &w.service_account)
@@ -228,6 +255,7 @@ fn authorize_for(
                 host: Some(&req.host),
                 port: *port,
                 headers: &req.headers,
+                request_auth: None,
             },
         );
         let deny = !d.allowed;

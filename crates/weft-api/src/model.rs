@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::proxy_config::{AuthzPolicy, LoadBalancer, MtlsMode, Protocol, ProxyConfig};
+use crate::proxy_config::{AuthzPolicy, JwtRule, LoadBalancer, MtlsMode, Protocol, ProxyConfig};
 use crate::route::{Origin, Rule};
 
 /// Everything the documents say about the mesh.
@@ -24,6 +24,8 @@ pub struct Mesh {
     /// Authorization (Istio AuthorizationPolicy; Linkerd Servers and default inbound policies,
     /// compiled once all documents are read), in document order.
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// End-user authentication (Istio RequestAuthentication), in document order.
+    pub request_authentications: Vec<RequestAuthentication>,
     /// Linkerd ServiceProfiles and Linkerd retry/timeout annotations, per host, in load order.
     pub profiles: Vec<HostProfile>,
 }
@@ -65,6 +67,15 @@ pub struct AuthorizationPolicy {
     /// default-inbound-policy annotation. None: whatever `selector` picks.
     pub workloads: Option<Vec<String>>,
     pub policy: AuthzPolicy,
+    pub origin: Origin,
+}
+
+/// Istio `RequestAuthentication`: the JWT issuers the workloads it selects accept.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestAuthentication {
+    /// `selector.matchLabels`; None: the whole namespace (the whole mesh in a root namespace).
+    pub selector: Option<BTreeMap<String, String>>,
+    pub rules: Vec<JwtRule>,
     pub origin: Origin,
 }
 

@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::canonical::PathNormalization;
 
+mod authn;
 mod authz;
 mod load;
 mod validate;
 
+pub use authn::{ClaimToHeader, JwtHeader, JwtRule, RequestAuth, TokenLocation};
 pub use authz::{AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource};
 
 pub use load::{ConfigError, Problem};
@@ -180,6 +182,10 @@ pub struct Inbound {
     /// checked on every inbound request and connection. Empty: everything is allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorization: Vec<AuthzPolicy>,
+    /// The JWT issuers this workload accepts (Istio `RequestAuthentication`), checked on every
+    /// inbound HTTP request before authorization. Empty: tokens are not read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authentication: Vec<JwtRule>,
 }
 
 /// Istio's `PeerAuthentication` `mtls.mode`, as it applies to the mesh port.
@@ -536,6 +542,7 @@ impl Default for Inbound {
             listeners: Vec::new(),
             mtls: MtlsMode::default(),
             authorization: Vec::new(),
+            authentication: Vec::new(),
         }
     }
 }

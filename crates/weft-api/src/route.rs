@@ -169,14 +169,17 @@ fn resolve_rules<'t>(
                 let matched = Some(Cow::Borrowed(&rule.rule_ref));
                 let policies = rule.policies_for(req, source);
                 return match &rule.rule.action {
-                    Action::Forward(backends) => Decision::forward(matched, backends, policies, skipped),
+                    Action::Forward(backends) => Decision {
+                        backends: rule.backends_for(backends, req, source),
+                        ..Decision::forward(matched, &[], policies, skipped)
+                    },
                     Action::Redirect(redirect) => Decision {
                         kind: DecisionKind::Redirect,
                         matched,
                         skipped,
                         backends: Cow::Borrowed(&[]),
                         policies,
-                        redirect: Some(Cow::Borrowed(redirect)),
+                        redirect: Some(rule.redirect_for(redirect, req, source)),
                         direct_response: None,
                     },
                     Action::DirectResponse(resp) => Decision {

@@ -44,11 +44,6 @@ const NOT_YET: &[(&str, &str, &str)] = &[
         "external services arrive with the egress issue",
     ),
     (
-        "security.istio.io",
-        "RequestAuthentication",
-        "JWT authentication is not built yet",
-    ),
-    (
         "gateway.networking.k8s.io",
         "Gateway",
         "ingress gateways arrive with the gateways issue",
@@ -92,6 +87,11 @@ const TRANSLATORS: &[(&str, &str, Translator)] = &[
         "security.istio.io",
         "AuthorizationPolicy",
         security::authorization_policy,
+    ),
+    (
+        "security.istio.io",
+        "RequestAuthentication",
+        security::request_authentication,
     ),
     ("policy.linkerd.io", "Server", linkerd_policy::server),
     (
@@ -174,7 +174,7 @@ mod tests {
         let mut loaded = Loaded::default();
         parse_file(
             "m.yaml",
-            "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: default}\nspec: {}\n",
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: default}\nspec: {}\n",
             &mut loaded,
         );
         let t = translate(&loaded.documents);

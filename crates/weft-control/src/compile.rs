@@ -264,7 +264,7 @@ pub fn compile_local(mesh: &Mesh, registry: &Registry, proxy: &ProxyRef) -> Comp
         }
     }
     config.inbound.listeners = inbound_listeners(mesh, workload, instance);
-    // PeerAuthentication and AuthorizationPolicy for this workload.
+    // PeerAuthentication, AuthorizationPolicy and RequestAuthentication for this workload.
     let (ns, labels) = (config.workload.namespace.clone(), config.workload.labels.clone());
     let (mtls, port_mtls) = weft_api::authz::mtls_for(mesh, &ns, &labels);
     config.inbound.mtls = mtls;
@@ -272,6 +272,7 @@ pub fn compile_local(mesh: &Mesh, registry: &Registry, proxy: &ProxyRef) -> Comp
         l.mtls = port_mtls.get(&l.port).copied();
     }
     config.inbound.authorization = weft_api::authz::policies_for(mesh, &ns, &config.workload.name, &labels);
+    config.inbound.authentication = weft_api::authz::authentications_for(mesh, &ns, &labels);
     Compiled { config, errors }
 }
 

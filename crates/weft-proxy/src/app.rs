@@ -87,6 +87,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
         options.outbound_mark,
         tls.clone().map(MeshConnector::new),
     );
+    let (mirrors, mirror_queue) = crate::http::mirror::queue();
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(Snapshot::new(ProxyConfig::default())),
         balancers: Balancers::default(),
@@ -97,8 +98,11 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
         mesh_tls: tls.map(MeshAcceptor::new),
         identity: identity.as_ref().map(|(cell, _)| cell.clone()),
         http_seen: Default::default(),
+        jwks: Default::default(),
+        mirrors,
     });
     shared.apply(config.clone());
+    tokio::spawn(crate::http::mirror::run(shared.clone(), mirror_queue));
 
     let drain = CancellationToken::new();
     let tracker = TaskTracker::new();

@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub local_source_value: Option<http::HeaderValue>,
     /// Compiled route tables by service FQDN and port (absent: no rules).
     routes: HashMap<String, HashMap<u16, Arc<CompiledTable>>>,
+    /// The workload's JWT rules with their inline key sets parsed (RequestAuthentication).
+    pub authn: crate::authn::Authenticator,
 }
 
 /// What the proxy knows of one mesh service.
@@ -76,6 +78,10 @@ pub struct Shared {
     pub identity: Option<crate::identity::CredentialsCell>,
     /// Inbound ports that have carried HTTP: from then on they never fall back to raw TCP.
     pub http_seen: HttpSeen,
+    /// Key sets fetched from `jwksUri`s, kept across pushes.
+    pub jwks: crate::authn::JwksCache,
+    /// Where mirrored copies are handed to the worker that sends them.
+    pub mirrors: crate::http::mirror::Mirrors,
 }
 
 /// One bit per port, set once a port carried HTTP (lock-free: read on every connection).
@@ -185,6 +191,7 @@ impl Snapshot {
             local.workload.0, local.namespace.0, local.app.0, local.version.0
         ))
         .ok();
+        let authn = crate::authn::Authenticator::new(&config.inbound.authentication);
         Self {
             config,
             by_host,
@@ -193,6 +200,7 @@ impl Snapshot {
             local,
             local_source_value,
             routes,
+            authn,
         }
     }
 

@@ -5,6 +5,7 @@ pub mod canonical;
 pub mod deadline;
 pub mod error;
 pub mod headers;
+pub mod mirror;
 pub mod replay;
 pub mod retry_budget;
 pub mod server;

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use weft_api::authz::{authorize, AuthzDecision, AuthzRequest};
-use weft_api::proxy_config::{MtlsMode, Protocol};
+use weft_api::proxy_config::{MtlsMode, Protocol, RequestAuth};
 
 use crate::config::{InboundTarget, Shared, Snapshot};
 use crate::detect::{detect, Detected};

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authn;
 pub mod balance;
 pub mod capture;
 pub mod config;

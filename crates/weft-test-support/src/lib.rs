@@ -6,6 +6,8 @@
 //! - [`ServerFirst`]: raw TCP that greets first (like MySQL or SMTP), then echoes.
 //! - [`TcpRelay`]: relays TCP to a target unchanged, counting connections (reuse, pooling).
 //! - [`privilege`]: tests that need root or IPv6 skip elsewhere and fail under CI.
+//! - [`StaticHttp`]: one fixed body at every path (a JWKS for end-user authentication tests).
+//! - [`JwtIssuer`]: signs test JWTs (RS256, ES256) and gives its JWKS.
 //!
 //! Servers spawn on the current tokio runtime and stop when dropped.
 
@@ -23,13 +25,17 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 mod http_echo;
+pub mod jwt;
 pub mod privilege;
 mod relay;
 mod serving;
+mod static_http;
 mod tcp_echo;
 
 pub use http_echo::{HttpEcho, PROTOCOL_HEADER, SERVER_HEADER};
+pub use jwt::JwtIssuer;
 pub use relay::TcpRelay;
+pub use static_http::{Seen, StaticHttp};
 pub use tcp_echo::{ServerFirst, TcpEcho};
 
 /// Pause between two probes of [`wait_for_http`].

@@ -320,6 +320,7 @@ impl InstancePlan {
                     capture: Some(any(netns::INBOUND_CAPTURE_PORT)),
                     mtls: Default::default(),
                     authorization: Vec::new(),
+                    authentication: Vec::new(),
                     listeners: listeners(false),
                 },
                 outbound: Outbound {
@@ -340,6 +341,7 @@ impl InstancePlan {
                 capture: None,
                 mtls: Default::default(),
                 authorization: Vec::new(),
+                authentication: Vec::new(),
                 listeners: listeners(true),
             },
             outbound: Outbound {

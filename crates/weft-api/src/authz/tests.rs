@@ -29,6 +29,8 @@ struct Req {
     path: &'static str,
     port: u16,
     headers: &'static [(&'static str, &'static str)],
+    /// The verified JWT's claims as JSON; None: no token.
+    jwt: Option<&'static str>,
 }
 
 const fn http(principal: Option<&'static str>, method: &'static str, path: &'static str) -> Req {
@@ -39,6 +41,7 @@ const fn http(principal: Option<&'static str>, method: &'static str, path: &'sta
         path,
         port: 9080,
         headers: &[],
+        jwt: None,
     }
 }
 
@@ -53,6 +56,9 @@ fn decide(policies: &[AuthzPolicy], r: &Req) -> AuthzDecision {
         .principal
         .and_then(|p| p.split("/ns/").nth(1)?.split('/').next());
     let ip: IpAddr = r.ip.parse().expect("ip");
+    let auth = r
+        .jwt
+        .map(|c| RequestAuth::from_claims(serde_json::from_str(c).expect("claims")));
     authorize(
         policies,
         &AuthzRequest {
@@ -64,6 +70,7 @@ fn decide(policies: &[AuthzPolicy], r: &Req) -> AuthzDecision {
             host: r.method.map(|_| "reviews.default.svc.cluster.local:9080"),
             port: r.port,
             headers: &headers,
+            request_auth: auth.as_ref(),
         },
     )
 }
@@ -196,6 +203,7 @@ fn a_non_utf8_header_value_is_present_and_equal_to_no_string() {
             host: None,
             port: 9080,
             headers: &Raw(raw),
+            request_auth: None,
         };
         !authorize(&p, &req).allowed
     };
@@ -282,6 +290,7 @@ fn http_only_fields_on_tcp_never_allow_and_deny_without_them() {
         path: "",
         port: 9000,
         headers: &[],
+        jwt: None,
     };
     let allow = [policy(serde_json::json!({"name": "tcp-policy", "rules": [
         {"to": [{"operation": {"methods": ["GET"], "ports": ["9000"]}}]},
@@ -387,4 +396,123 @@ fn host_patterns_match_ignoring_ascii_case() {
     // A multi-byte value is compared, not sliced through a character.
     assert!(!m("ab*", "aé"));
     assert!(!m("*é", "e"));
+}
+
+const ALICE: &str = r#"{"iss": "https://issuer.example", "sub": "alice", "aud": ["books", "ratings"], "azp": "web", "groups": ["admin", "dev"], "org": {"team": "search"}, "level": 3}"#;
+
+fn with_jwt(jwt: &'static str) -> Req {
+    Req {
+        jwt: Some(jwt),
+        ..http(None, "GET", "/books")
+    }
+}
+
+#[test]
+fn request_principals_need_a_verified_token() {
+    // Istio "Require a valid token": ALLOW requestPrincipals ["*"].
+    let require = [policy(serde_json::json!({"name": "require-jwt", "rules": [
+        {"from": [{"source": {"requestPrincipals": ["*"]}}]},
+    ]}))];
+    assert!(
+        !decide(&require, &http(Some(PRODUCTPAGE), "GET", "/")).allowed,
+        "no token: 403"
+    );
+    assert!(decide(&require, &with_jwt(ALICE)).allowed);
+    // `iss/sub`, exactly or by pattern.
+    for (pattern, allowed) in [
+        ("https://issuer.example/alice", true),
+        ("https://issuer.example/*", true),
+        ("*/alice", true),
+        ("https://issuer.example/bob", false),
+        ("other/*", false),
+    ] {
+        let p = [policy(serde_json::json!({"name": "p", "rules": [
+            {"from": [{"source": {"requestPrincipals": [pattern]}}]},
+        ]}))];
+        assert_eq!(decide(&p, &with_jwt(ALICE)).allowed, allowed, "{pattern}");
+    }
+    // Istio's "deny requests without a token": DENY notRequestPrincipals ["*"].
+    let deny = [policy(
+        serde_json::json!({"name": "deny-anonymous", "action": "DENY", "rules": [
+            {"from": [{"source": {"notRequestPrincipals": ["*"]}}]},
+        ]}),
+    )];
+    assert!(!decide(&deny, &http(None, "GET", "/")).allowed);
+    assert!(decide(&deny, &with_jwt(ALICE)).allowed);
+}
+
+#[test]
+fn request_auth_conditions_read_the_verified_claims() {
+    let when = |key: &str, values: &[&str], not_values: &[&str]| {
+        [policy(serde_json::json!({"name": "claims", "rules": [
+            {"when": [{"key": key, "values": values, "notValues": not_values}]},
+        ]}))]
+    };
+    for (key, values, not_values, allowed) in [
+        (
+            "request.auth.principal",
+            &["https://issuer.example/alice"][..],
+            &[][..],
+            true,
+        ),
+        ("request.auth.principal", &["*/bob"], &[], false),
+        // A list claim: any element matches.
+        ("request.auth.claims[groups]", &["admin"], &[], true),
+        ("request.auth.claims[groups]", &["ops"], &[], false),
+        ("request.auth.claims[groups]", &[], &["dev"], false),
+        ("request.auth.claims[groups]", &["d*"], &["ops"], true),
+        // Nested claims.
+        ("request.auth.claims[org][team]", &["search"], &[], true),
+        ("request.auth.claims[org][team]", &["ads"], &[], false),
+        // Neither string nor list of strings: no value.
+        ("request.auth.claims[level]", &["3"], &[], false),
+        ("request.auth.claims[missing]", &[], &["x"], true),
+        ("request.auth.audiences", &["ratings"], &[], true),
+        ("request.auth.audiences", &["orders"], &[], false),
+        ("request.auth.presenter", &["web"], &[], true),
+        ("request.auth.presenter", &["cli"], &[], false),
+    ] {
+        let p = when(key, values, not_values);
+        assert_eq!(
+            decide(&p, &with_jwt(ALICE)).allowed,
+            allowed,
+            "{key} {values:?} not {not_values:?}"
+        );
+    }
+    // Without a token no claim has a value.
+    assert!(
+        !decide(
+            &when("request.auth.claims[groups]", &["admin"], &[]),
+            &http(None, "GET", "/")
+        )
+        .allowed
+    );
+    assert!(supported_key("request.auth.claims[org][team]"));
+    assert!(!supported_key("request.auth.claims"));
+    assert!(!supported_key("request.auth.claims[]"));
+    assert_eq!(claim_path("request.auth.claims[a][b]"), Some(vec!["a", "b"]));
+    assert_eq!(claim_path("request.auth.claims[a]b"), None);
+}
+
+#[test]
+fn request_principals_on_tcp_never_allow_and_are_ignored_by_deny() {
+    let tcp = Req {
+        method: None,
+        jwt: Some(ALICE),
+        ..http(Some(SLEEP), "GET", "/")
+    };
+    let allow = [policy(serde_json::json!({"name": "p", "rules": [
+        {"from": [{"source": {"requestPrincipals": ["*"]}}]},
+    ]}))];
+    assert!(!decide(&allow, &tcp).allowed);
+    let deny = [policy(
+        serde_json::json!({"name": "p", "action": "DENY", "rules": [
+            {"from": [{"source": {"requestPrincipals": ["other/*"], "namespaces": ["foo"]}}],
+             "when": [{"key": "request.auth.claims[groups]", "values": ["nobody"]}]},
+        ]}),
+    )];
+    assert!(
+        !decide(&deny, &tcp).allowed,
+        "a DENY rule ignores its HTTP-only parts on TCP and still applies"
+    );
 }

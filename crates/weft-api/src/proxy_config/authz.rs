@@ -95,6 +95,12 @@ pub struct AuthzSource {
     pub ip_blocks: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ip_blocks: Vec<String>,
+    /// The end user's verified JWT principal (`iss/sub`, Istio patterns), HTTP only: a request
+    /// without a verified token has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_request_principals: Vec<String>,
 }
 
 /// What is asked. Every non-empty field must match; methods, paths and hosts are HTTP-only.
@@ -120,7 +126,9 @@ pub struct AuthzOperation {
 }
 
 /// `when`: `request.headers[NAME]`, `source.ip`, `source.namespace`, `source.principal`,
-/// `destination.port`; any other key never holds.
+/// `destination.port`, and the verified JWT's `request.auth.principal`,
+/// `request.auth.audiences`, `request.auth.presenter`, `request.auth.claims[NAME]...`; any
+/// other key never holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthzCondition {

@@ -91,6 +91,14 @@ impl ProxyConfig {
                 ));
             }
         }
+        for (i, rule) in self.inbound.authentication.iter().enumerate() {
+            for (field, message) in rule.problems() {
+                problems.push(Problem::field(
+                    format!("inbound.authentication[{i}].{field}"),
+                    message,
+                ));
+            }
+        }
         self.check_addresses_unique(&mut problems);
         if self.limits.max_connections == 0 {
             problems.push(Problem::field("limits.maxConnections", "must be at least 1"));

@@ -312,7 +312,7 @@ pub struct BackendRef {
     #[serde(default = "one")]
     pub weight: u32,
     #[serde(default)]
-    pub filters: Vec<Spanned<serde_norway::Value>>,
+    pub filters: Vec<Spanned<HttpRouteFilter>>,
 }
 
 fn one() -> u32 {

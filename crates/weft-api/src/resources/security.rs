@@ -1,5 +1,5 @@
-//! Istio `security.istio.io` (`v1`, `v1beta1`) `PeerAuthentication` and
-//! `AuthorizationPolicy` specs, as written. Fields Weft does not act on are kept as
+//! Istio `security.istio.io` (`v1`, `v1beta1`) `PeerAuthentication`, `AuthorizationPolicy`
+//! and `RequestAuthentication` specs, as written. Fields Weft does not act on are kept as
 //! `Option<IgnoredAny>` so the translator can report them at their line.
 
 use std::collections::BTreeMap;
@@ -80,9 +80,9 @@ pub struct Source {
     #[serde(default)]
     pub not_principals: Vec<String>,
     #[serde(default)]
-    pub request_principals: Option<IgnoredAny>,
+    pub request_principals: Option<Vec<String>>,
     #[serde(default)]
-    pub not_request_principals: Option<IgnoredAny>,
+    pub not_request_principals: Option<Vec<String>>,
     #[serde(default)]
     pub namespaces: Vec<String>,
     #[serde(default)]
@@ -133,4 +133,65 @@ pub struct Condition {
     pub values: Vec<String>,
     #[serde(default)]
     pub not_values: Vec<String>,
+}
+
+// === RequestAuthentication ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestAuthenticationSpec {
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub target_ref: Option<IgnoredAny>,
+    #[serde(default)]
+    pub target_refs: Option<IgnoredAny>,
+    #[serde(default)]
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwtRule {
+    #[serde(default)]
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default)]
+    pub jwks: Option<String>,
+    #[serde(default)]
+    pub from_headers: Vec<JwtHeader>,
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    #[serde(default)]
+    pub output_payload_to_header: Option<String>,
+    #[serde(default)]
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    #[serde(default)]
+    pub forward_original_token: bool,
+    /// The key-set fetch timeout, a duration (`5s`, `500ms`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwtHeader {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub prefix: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClaimToHeader {
+    #[serde(default)]
+    pub header: String,
+    #[serde(default)]
+    pub claim: String,
 }

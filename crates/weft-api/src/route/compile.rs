@@ -85,6 +85,7 @@ impl CompiledTable {
             subset: None,
             port: None,
             weight: 1,
+            filters: None,
         }];
         let profile = table.profile.as_ref().map(CompiledProfile::compile).transpose()?;
         Ok(Self {
@@ -231,19 +232,69 @@ impl CompiledRule {
         let Some(replacement) = policies.rewrite.as_ref().and_then(|rw| rw.prefix.as_ref()) else {
             return std::borrow::Cow::Borrowed(policies);
         };
-        let matched = self
-            .matches
-            .iter()
-            .zip(&self.rule.matches)
-            .find(|(compiled, spec)| compiled.check(spec, req, src).is_ok())
-            .and_then(|(_, spec)| spec.path.as_ref());
-        let path = replace_prefix(matched, req.path, replacement);
+        let path = replace_prefix(self.matched_path(req, src), req.path, replacement);
         let mut policies = policies.clone();
         if let Some(rw) = policies.rewrite.as_mut() {
             rw.prefix = None;
             rw.path = Some(path);
         }
         std::borrow::Cow::Owned(policies)
+    }
+
+    /// A redirect as this request gets it: a `ReplacePrefixMatch` resolved against its path.
+    pub(super) fn redirect_for<'r>(
+        &self,
+        redirect: &'r Redirect,
+        req: &RequestHead<'_>,
+        src: &Source<'_>,
+    ) -> std::borrow::Cow<'r, Redirect> {
+        let Some(replacement) = redirect.prefix.as_ref() else {
+            return std::borrow::Cow::Borrowed(redirect);
+        };
+        let path = replace_prefix(self.matched_path(req, src), req.path, replacement);
+        std::borrow::Cow::Owned(Redirect {
+            path: Some(path),
+            prefix: None,
+            ..redirect.clone()
+        })
+    }
+
+    /// The rule's backends as this request gets them: a backend's prefix rewrite resolved
+    /// against its path (borrowed when no backend has one).
+    pub(super) fn backends_for<'r>(
+        &self,
+        backends: &'r [Backend],
+        req: &RequestHead<'_>,
+        src: &Source<'_>,
+    ) -> std::borrow::Cow<'r, [Backend]> {
+        let has_prefix = |b: &Backend| {
+            b.filters
+                .as_ref()
+                .is_some_and(|f| f.rewrite.as_ref().is_some_and(|r| r.prefix.is_some()))
+        };
+        if !backends.iter().any(has_prefix) {
+            return std::borrow::Cow::Borrowed(backends);
+        }
+        let matched = self.matched_path(req, src);
+        let mut owned = backends.to_vec();
+        for b in &mut owned {
+            let Some(rw) = b.filters.as_mut().and_then(|f| f.rewrite.as_mut()) else {
+                continue;
+            };
+            if let Some(replacement) = rw.prefix.take() {
+                rw.path = Some(replace_prefix(matched, req.path, &replacement));
+            }
+        }
+        std::borrow::Cow::Owned(owned)
+    }
+
+    /// The path match of the first match block this request fits.
+    fn matched_path(&self, req: &RequestHead<'_>, src: &Source<'_>) -> Option<&PathMatch> {
+        self.matches
+            .iter()
+            .zip(&self.rule.matches)
+            .find(|(compiled, spec)| compiled.check(spec, req, src).is_ok())
+            .and_then(|(_, spec)| spec.path.as_ref())
     }
 }
 

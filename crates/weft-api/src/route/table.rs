@@ -160,6 +160,23 @@ pub struct Backend {
     pub port: Option<u16>,
     /// As written in the documents; relative to the rule's other backends. 0 gets nothing.
     pub weight: u32,
+    /// Changes made only to requests sent to this backend, after the rule's (Gateway API
+    /// `backendRefs[].filters`). None: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<Box<BackendFilters>>,
+}
+
+/// What a Gateway API backendRef's filters do to the requests it gets and their responses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendFilters {
+    #[serde(default)]
+    pub request_headers: HeaderOps,
+    #[serde(default)]
+    pub response_headers: HeaderOps,
+    /// A rewrite; a prefix one is resolved against the request's path by `route::resolve`.
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
 }
 
 /// An HTTP redirect answered by the proxy.
@@ -176,6 +193,10 @@ pub struct Redirect {
     pub port: Option<u16>,
     #[serde(default)]
     pub path: Option<String>,
+    /// The matched path prefix becomes this (Gateway API `ReplacePrefixMatch`); resolved
+    /// against each request's path into `path` by `route::resolve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// A response answered by the proxy.

@@ -21,6 +21,7 @@ fn backend(subset: &str, weight: u32) -> Backend {
         subset: Some(subset.into()),
         port: None,
         weight,
+        filters: None,
     }
 }
 
@@ -113,7 +114,8 @@ fn no_rules_routes_to_the_service_itself() {
             service: "reviews.default.svc.cluster.local".into(),
             subset: None,
             port: None,
-            weight: 1
+            weight: 1,
+            filters: None,
         }]
     );
 }

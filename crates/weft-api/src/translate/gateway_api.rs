@@ -16,8 +16,8 @@ use crate::proxy_config::ProxyConfig;
 use crate::resources::gateway_api::*;
 use crate::resources::Document;
 use crate::route::{
-    Action, Backend, DirectResponse, HeaderMatch, Mirror, PathMatch, QueryMatch, Redirect, RequestMatch,
-    Retries, Rewrite, RoutePolicies, Rule, StringMatch,
+    Action, Backend, BackendFilters, DirectResponse, HeaderMatch, HeaderOps, Mirror, PathMatch, QueryMatch,
+    Redirect, RequestMatch, Retries, Rewrite, RoutePolicies, Rule, StringMatch,
 };
 use positions::record_rule;
 
@@ -405,35 +405,21 @@ fn rule_parts(
                     missing(field, out);
                     continue;
                 };
-                for h in &m.set {
-                    ops.set.insert(h.name.clone(), h.value.clone());
-                }
-                for h in &m.add {
-                    ops.add.insert(h.name.clone(), h.value.clone());
-                }
-                ops.remove.extend(m.remove.iter().cloned());
+                modify_headers(ops, m);
             }
             FilterType::RequestRedirect => {
                 let Some(r) = &f.request_redirect else {
                     missing("requestRedirect", out);
                     continue;
                 };
-                let path = match &r.path {
-                    None => None,
-                    Some(p) => match path_modifier(doc, f.span(), p, "requestRedirect", out) {
-                        Some(PathChange::Full(path)) => Some(path),
-                        Some(PathChange::Prefix(_)) => {
-                            not_implemented(
-                                doc,
-                                f.span(),
-                                "requestRedirect path type ReplacePrefixMatch is not applied yet: \
-                                 the redirect keeps the path",
-                                out,
-                            );
-                            None
-                        }
-                        None => None,
-                    },
+                let change = r
+                    .path
+                    .as_ref()
+                    .and_then(|p| path_modifier(doc, f.span(), p, "requestRedirect", out));
+                let (path, prefix) = match change {
+                    Some(PathChange::Full(path)) => (Some(path), None),
+                    Some(PathChange::Prefix(prefix)) => (None, Some(prefix)),
+                    None => (None, None),
                 };
                 redirect = Some(Redirect {
                     status: r.status_code,
@@ -441,6 +427,7 @@ fn rule_parts(
                     authority: r.hostname.clone(),
                     port: r.port,
                     path,
+                    prefix,
                 });
             }
             FilterType::UrlRewrite => {
@@ -529,14 +516,12 @@ fn rule_parts(
             );
             continue;
         }
-        if let Some(first) = b.filters.first() {
-            not_implemented(doc, first.span(), "per-backend filters are not applied yet", out);
-        }
         backends.push(Backend {
             service: ProxyConfig::fqdn(&b.name, b.namespace.as_deref().unwrap_or(&doc.namespace)),
             subset: None,
             port: b.port,
             weight: b.weight,
+            filters: backend_filters(doc, &b.filters, out),
         });
     }
     if backends.is_empty() {
@@ -550,6 +535,93 @@ fn rule_parts(
         );
     }
     (Action::Forward(backends), policies)
+}
+
+/// A header modifier's set, add and remove, on top of what `ops` already holds.
+fn modify_headers(ops: &mut HeaderOps, m: &HeaderModifier) {
+    for h in &m.set {
+        ops.set.insert(h.name.clone(), h.value.clone());
+    }
+    for h in &m.add {
+        ops.add.insert(h.name.clone(), h.value.clone());
+    }
+    ops.remove.extend(m.remove.iter().cloned());
+}
+
+/// A backendRef's filters: header modifiers and URL rewrites apply to the requests sent to that
+/// backend (after the rule's); other filter types are reported and not applied.
+fn backend_filters(
+    doc: &Document,
+    filters: &[Spanned<HttpRouteFilter>],
+    out: &mut Translated,
+) -> Option<Box<BackendFilters>> {
+    let mut result = BackendFilters::default();
+    let mut any = false;
+    for f in filters {
+        let raw = f;
+        let error = |message: String| {
+            Finding::error(
+                codes::SCHEMA,
+                format!(
+                    "{} {}/{}: backendRef filter: {message}",
+                    doc.kind, doc.namespace, doc.name
+                ),
+                &at(doc, raw.span()),
+            )
+        };
+        match (
+            f.kind,
+            &f.request_header_modifier,
+            &f.response_header_modifier,
+            &f.url_rewrite,
+        ) {
+            (FilterType::RequestHeaderModifier, Some(m), _, _) => {
+                modify_headers(&mut result.request_headers, m)
+            }
+            (FilterType::ResponseHeaderModifier, _, Some(m), _) => {
+                modify_headers(&mut result.response_headers, m)
+            }
+            (FilterType::UrlRewrite, _, _, Some(r)) => {
+                let change = r
+                    .path
+                    .as_ref()
+                    .and_then(|p| path_modifier(doc, raw.span(), p, "urlRewrite", out));
+                let (path, prefix) = match change {
+                    Some(PathChange::Full(path)) => (Some(path), None),
+                    Some(PathChange::Prefix(prefix)) => (None, Some(prefix)),
+                    None => (None, None),
+                };
+                result.rewrite = Some(Rewrite {
+                    path,
+                    prefix,
+                    authority: r.hostname.clone(),
+                });
+            }
+            (
+                FilterType::RequestHeaderModifier
+                | FilterType::ResponseHeaderModifier
+                | FilterType::UrlRewrite,
+                ..,
+            ) => {
+                out.findings
+                    .push(error(format!("filter type {:?} needs its field", f.kind)));
+                continue;
+            }
+            (kind, ..) => {
+                not_implemented(
+                    doc,
+                    raw.span(),
+                    &format!(
+                        "backendRef filter {kind:?} is not applied (header modifiers and URLRewrite are)"
+                    ),
+                    out,
+                );
+                continue;
+            }
+        }
+        any = true;
+    }
+    any.then(|| Box::new(result))
 }
 
 /// What a path modifier does to the path.

@@ -294,6 +294,7 @@ impl<'a> Cx<'a> {
                 authority: r.authority.clone(),
                 port: r.port,
                 path: r.uri.clone(),
+                prefix: None,
             })
         } else if let Some(d) = &http.direct_response {
             if d.body.as_ref().is_some_and(|b| b.bytes.is_some()) {
@@ -448,6 +449,7 @@ impl<'a> Cx<'a> {
                 subset: r.destination.subset.clone(),
                 port,
                 weight,
+                filters: None,
             });
         }
         out

@@ -380,6 +380,7 @@ fn dst_overrides(
             subset: None,
             port,
             weight: o.weight.0,
+            filters: None,
         });
     }
     if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {

@@ -1,4 +1,5 @@
-//! Istio `security.istio.io` `PeerAuthentication` and `AuthorizationPolicy` -> the model.
+//! Istio `security.istio.io` `PeerAuthentication`, `AuthorizationPolicy` and
+//! `RequestAuthentication` -> the model.
 //!
 //! Mesh-wide policies are those without selector in a root namespace (`istio-system`, or
 //! Weft's `weft-system`), whatever their name (Istio's convention is `default`). Principals
@@ -14,9 +15,10 @@ use super::{origin, Translated};
 use crate::authz::{supported_key, ROOT_NAMESPACES};
 use crate::finding::{codes, Finding};
 use crate::identity::SpiffeId;
-use crate::model::{AuthorizationPolicy, PeerAuthentication};
+use crate::model::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use crate::proxy_config::{
-    AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, MtlsMode,
+    AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, ClaimToHeader,
+    JwtHeader, JwtRule, MtlsMode,
 };
 use crate::resources::security as sec;
 use crate::resources::Document;
@@ -169,8 +171,6 @@ pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Trans
             let j = j.to_string();
             let s = &f.source;
             for (field, present) in [
-                ("requestPrincipals", s.request_principals.is_some()),
-                ("notRequestPrincipals", s.not_request_principals.is_some()),
                 ("remoteIpBlocks", s.remote_ip_blocks.is_some()),
                 ("notRemoteIpBlocks", s.not_remote_ip_blocks.is_some()),
             ] {
@@ -178,7 +178,7 @@ pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Trans
                     out.findings.push(not_implemented(
                         doc,
                         &["spec", "rules", &i, "from", &j, "source", field],
-                        "JWT and remote-address sources are not evaluated: a source naming requestPrincipals or remoteIpBlocks never matches",
+                        "remote-address sources are not evaluated: a source naming remoteIpBlocks never matches",
                     ));
                 }
             }
@@ -196,7 +196,7 @@ pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Trans
                     }
                 }
             }
-            let unsupported = s.request_principals.is_some() || s.remote_ip_blocks.is_some();
+            let unsupported = s.remote_ip_blocks.is_some();
             rule.from.push(AuthzSource {
                 // A source needing what Weft cannot see never matches.
                 principals: if unsupported {
@@ -209,6 +209,8 @@ pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Trans
                 not_namespaces: s.not_namespaces.clone(),
                 ip_blocks: s.ip_blocks.clone(),
                 not_ip_blocks: s.not_ip_blocks.clone(),
+                request_principals: s.request_principals.clone().unwrap_or_default(),
+                not_request_principals: s.not_request_principals.clone().unwrap_or_default(),
             });
         }
         for t in &r.to {
@@ -263,6 +265,102 @@ pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Trans
             rules,
             ..Default::default()
         },
+        origin: origin(doc),
+    });
+}
+
+/// `RequestAuthentication` -> `model::RequestAuthentication`. A rule that cannot run (no
+/// issuer, a key set that does not read, one the proxy cannot fetch) is an error at its field
+/// and is kept: its issuer's tokens are then refused (401), as Istio refuses tokens whose
+/// keys it could not resolve.
+pub(super) fn request_authentication(doc: &Document, _seen: usize, out: &mut Translated) {
+    let spec: sec::RequestAuthenticationSpec = match doc.spec() {
+        Ok(spec) => spec,
+        Err(f) => return out.findings.extend(f),
+    };
+    if spec.target_ref.is_some() || spec.target_refs.is_some() {
+        let field = if spec.target_ref.is_some() {
+            "targetRef"
+        } else {
+            "targetRefs"
+        };
+        out.findings.push(not_implemented(
+            doc,
+            &["spec", field],
+            "targetRef (waypoints and gateways); the policy is not applied",
+        ));
+        return;
+    }
+    let selector = spec.selector.map(|s| s.match_labels);
+    let mut rules = Vec::with_capacity(spec.jwt_rules.len());
+    for (i, r) in spec.jwt_rules.into_iter().enumerate() {
+        let i = i.to_string();
+        let at = |field: &str| locate(doc, &["spec", "jwtRules", &i, field]);
+        let error = |field: &str, message: String| {
+            Finding::error(
+                codes::SCHEMA,
+                format!("RequestAuthentication {}/{}: {message}", doc.namespace, doc.name),
+                &at(field),
+            )
+        };
+        let jwks_timeout_ms = match r.timeout.as_deref() {
+            None => None,
+            Some(t) => match super::istio::parse_duration(t) {
+                Some(ms) => Some(ms),
+                None => {
+                    out.findings
+                        .push(error("timeout", format!("timeout {t:?} is not a duration")));
+                    None
+                }
+            },
+        };
+        let rule = JwtRule {
+            policy: doc.name.clone(),
+            namespace: doc.namespace.clone(),
+            issuer: r.issuer,
+            audiences: r.audiences,
+            jwks: r.jwks,
+            jwks_uri: r.jwks_uri,
+            jwks_timeout_ms,
+            from_headers: r
+                .from_headers
+                .into_iter()
+                .map(|h| JwtHeader {
+                    name: h.name,
+                    prefix: h.prefix,
+                })
+                .collect(),
+            from_params: r.from_params,
+            from_cookies: r.from_cookies,
+            output_payload_to_header: r.output_payload_to_header,
+            output_claim_to_headers: r
+                .output_claim_to_headers
+                .into_iter()
+                .map(|c| ClaimToHeader {
+                    header: c.header,
+                    claim: c.claim,
+                })
+                .collect(),
+            forward_original_token: r.forward_original_token,
+        };
+        if rule.jwks.is_none() && rule.jwks_uri.is_none() {
+            out.findings.push(error(
+                "issuer",
+                format!(
+                    "issuer {:?} names neither jwks nor jwksUri (OpenID discovery from the issuer is not built); its tokens are refused",
+                    rule.issuer
+                ),
+            ));
+        }
+        for (field, problem) in rule.problems() {
+            out.findings
+                .push(error(field, format!("{problem}; its tokens are refused")));
+        }
+        rules.push(rule);
+    }
+    out.mesh.request_authentications.push(RequestAuthentication {
+        selector,
+        rules,
         origin: origin(doc),
     });
 }

@@ -45,6 +45,7 @@ pub fn translate_traffic_split(doc: &Document, seen: usize, out: &mut Translated
             subset: None,
             port: None,
             weight: b.weight.0,
+            filters: None,
         })
         .collect();
     let host = qualify(&spec.service);

@@ -234,6 +234,15 @@ fn print_text(e: &Explanation) {
             );
         }
     }
+    for a in &e.authentication {
+        out!(
+            "authn:     {} {}/{} accepts JWTs from {} (authz above is for a request without a verified token)",
+            a.kind,
+            a.namespace,
+            a.name,
+            a.issuers.join(", ")
+        );
+    }
     out!("mtls:      {}", e.mtls.mode);
     for err in &e.errors {
         out!("error:     {err}");

@@ -108,6 +108,7 @@ fn backend(service: &str, subset: Option<&str>, weight: u32) -> Backend {
         subset: subset.map(Into::into),
         port: None,
         weight,
+        filters: None,
     }
 }
 

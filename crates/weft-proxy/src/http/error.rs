@@ -33,6 +33,8 @@ pub enum Flag {
     FaultInjected,
     /// An authorization policy denied the request or connection (Envoy's RBAC filter).
     Unauthorized,
+    /// A request's JWT was refused (RequestAuthentication): 401. Envoy sets no flag for it.
+    Unauthenticated,
 }
 
 /// An error the proxy answers itself.
@@ -68,6 +70,7 @@ impl Flag {
             Flag::BadRequest => "DPE",
             Flag::FaultInjected => "FI",
             Flag::Unauthorized => "RBAC",
+            Flag::Unauthenticated => "-",
         }
     }
 
@@ -79,6 +82,7 @@ impl Flag {
             Flag::BadRequest => 13,          // INTERNAL
             Flag::DownstreamTerminated => 1, // CANCELLED
             Flag::Unauthorized => 7,         // PERMISSION_DENIED
+            Flag::Unauthenticated => 16,     // UNAUTHENTICATED
             _ => 14,                         // UNAVAILABLE
         }
     }
@@ -130,7 +134,8 @@ impl ProxyError {
     pub fn public_message(&self) -> &str {
         match self.flag {
             Flag::Unauthorized => "RBAC: access denied",
-            Flag::BadRequest => &self.message,
+            // Envoy's fixed words for why the token was refused.
+            Flag::BadRequest | Flag::Unauthenticated => &self.message,
             Flag::NoHealthyUpstream => "no healthy upstream",
             Flag::UpstreamConnectFailure => "upstream connect error",
             Flag::UpstreamTimeout => "upstream request timeout",
@@ -174,7 +179,7 @@ impl ProxyError {
                 .header(http::header::CONTENT_TYPE, "text/plain")
                 .body(super::full(match self.flag {
                     // Envoy's RBAC body, word for word.
-                    Flag::Unauthorized => format!("{}\n", sanitize(message)),
+                    Flag::Unauthorized | Flag::Unauthenticated => format!("{}\n", sanitize(message)),
                     _ => format!("{}: {}\n", self.flag.code(), sanitize(message)),
                 }))
         };

@@ -89,7 +89,7 @@ pub async fn handle_app_port(
                 snap.local.clone(),
                 false,
             );
-            if let Err(d) = check(&snap, Some(&shared.metrics), &who, port, None) {
+            if let Err(d) = check(&snap, Some(&shared.metrics), &who, port, None, None) {
                 tracing::info!(?remote, port, flags = "RBAC", policy = %d.describe(), "TCP connection denied by authorization policy");
                 let labels = meta.tcp_labels("RBAC");
                 shared.metrics.tcp_opened(&labels);
@@ -160,7 +160,11 @@ pub(super) async fn app_request(
     }
     strip_mesh(req.headers_mut());
     set_client_identity(req.headers_mut(), verified);
-    if let Err(d) = check(&snap, Some(&shared.metrics), who, port, Some(&req)) {
+    let auth = match authenticate(shared, &snap, &meta, &mut req).await {
+        Ok(auth) => auth,
+        Err(e) => return unauthenticated(meta, &e),
+    };
+    if let Err(d) = check(&snap, Some(&shared.metrics), who, port, Some(&req), auth.as_ref()) {
         return meta.fail(&denied(&d));
     }
     to_app(shared, target, req, meta).await

@@ -53,6 +53,52 @@ pub(super) fn port_refuses_plaintext(snap: &Snapshot, who: &Caller, port: u16) -
     !who.mtls && snap.config.inbound.mtls_for(port) == MtlsMode::Strict
 }
 
+/// Verifies the request's end-user JWT (Istio `RequestAuthentication`) before authorization:
+/// `Ok(None)` without a token or without rules, `Ok(Some)` with a verified one (the token's
+/// header removed, output headers written), `Err` with the 401 for a refused token.
+pub(super) async fn authenticate(
+    shared: &Shared,
+    snap: &Snapshot,
+    meta: &RequestMeta,
+    req: &mut Request<Incoming>,
+) -> Result<Option<RequestAuth>, ProxyError> {
+    if snap.authn.is_empty() {
+        return Ok(None);
+    }
+    let uri = req.uri().clone();
+    match snap
+        .authn
+        .authenticate(&shared.jwks, req.headers_mut(), &uri, crate::authn::now_secs())
+        .await
+    {
+        Ok(verified) => Ok(verified.map(|v| v.auth)),
+        Err(e) => {
+            let detail = match &e {
+                crate::authn::AuthnError::JwksFetchFailed(why) => why.as_str(),
+                _ => "",
+            };
+            tracing::info!(service = %meta.service.0, reason = %e, detail, "request JWT refused");
+            Err(ProxyError::new(
+                Flag::Unauthenticated,
+                StatusCode::UNAUTHORIZED,
+                e.to_string(),
+            ))
+        }
+    }
+}
+
+/// The 401 for a refused token, with the `WWW-Authenticate` challenge Envoy sends.
+pub(super) fn unauthenticated(meta: RequestMeta, e: &ProxyError) -> Response<Body> {
+    let mut resp = meta.fail(e);
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+    }
+    resp
+}
+
 /// Runs the workload's authorization policies; `req` None for a TCP connection. With
 /// `metrics` (a new request or connection, not a re-check of an open one) a denial and an
 /// AUDIT match are counted with their policy, and an audited request is logged.
@@ -62,6 +108,7 @@ pub(super) fn check(
     who: &Caller,
     port: u16,
     req: Option<&Request<Incoming>>,
+    request_auth: Option<&RequestAuth>,
 ) -> Result<(), AuthzDecision> {
     let policies = &snap.config.inbound.authorization;
     if policies.is_empty() {
@@ -82,6 +129,7 @@ pub(super) fn check(
             host,
             port: declared_port(snap, port),
             headers: &headers,
+            request_auth,
         },
     );
     if let Some(metrics) = metrics {
@@ -155,7 +203,7 @@ pub(super) fn until_revoked(
                 tracing::info!(port, principal = ?who.principal, "open plaintext connection closed: the port is now mTLS STRICT");
                 return;
             }
-            if let Err(d) = check(&seen, None, &who, port, None) {
+            if let Err(d) = check(&seen, None, &who, port, None, None) {
                 tracing::info!(port, principal = ?who.principal, flags = "RBAC", policy = %d.describe(), "open TCP connection closed: no longer authorized");
                 return;
             }

@@ -237,7 +237,18 @@ pub(super) async fn mesh_request(
             format!("plaintext request for port {port} refused (mTLS STRICT on this port)"),
         ));
     }
-    if let Err(d) = check(&snap, Some(&shared.metrics), &who, port, Some(&req)) {
+    let auth = match authenticate(shared, &snap, &meta, &mut req).await {
+        Ok(auth) => auth,
+        Err(e) => return unauthenticated(meta, &e),
+    };
+    if let Err(d) = check(
+        &snap,
+        Some(&shared.metrics),
+        &who,
+        port,
+        Some(&req),
+        auth.as_ref(),
+    ) {
         return meta.fail(&denied(&d));
     }
     let headers = req.headers();
@@ -280,7 +291,7 @@ pub(super) async fn mesh_connect(
         let verified = verified.map(|(p, l)| (p.to_string(), l.to_string()));
         return tunnelled_http(shared, req, meta, who.clone(), verified, target, port);
     }
-    if let Err(d) = check(&snap, Some(&shared.metrics), who, port, None) {
+    if let Err(d) = check(&snap, Some(&shared.metrics), who, port, None, None) {
         tracing::info!(port, flags = "RBAC", policy = %d.describe(), "TCP connection denied by authorization policy");
         return refused_stream(&meta, "RBAC", StatusCode::FORBIDDEN);
     }

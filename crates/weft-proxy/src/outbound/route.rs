@@ -124,7 +124,16 @@ async fn send_routed(
         }
     }
     apply_header_ops(req.headers_mut(), &policies.request_headers);
-    rewrite(&mut req, &policies);
+    rewrite(&mut req, policies.rewrite.as_ref());
+    if !policies.mirrors.is_empty() {
+        shared.mirrors.copy(snap, &policies.mirrors, port, &mut req);
+    }
+    // The chosen backendRef's own filters, after the rule's (Gateway API).
+    let backend_filters = backend.filters.as_deref();
+    if let Some(f) = backend_filters {
+        apply_header_ops(req.headers_mut(), &f.request_headers);
+        rewrite(&mut req, f.rewrite.as_ref());
+    }
 
     // The budget belongs to the service the client called, whichever backend the split chose.
     let budget = policies
@@ -160,6 +169,9 @@ async fn send_routed(
         None => attempt_all.await?,
     };
     apply_header_ops(resp.headers_mut(), &policies.response_headers);
+    if let Some(f) = backend_filters {
+        apply_header_ops(resp.headers_mut(), &f.response_headers);
+    }
     Ok(resp)
 }
 
@@ -330,8 +342,8 @@ fn apply_header_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
 }
 
 /// Replaces the path (keeping the query) and/or the authority.
-fn rewrite(req: &mut Request<Body>, policies: &RoutePolicies) {
-    let Some(rw) = &policies.rewrite else { return };
+fn rewrite(req: &mut Request<Body>, rw: Option<&route::Rewrite>) {
+    let Some(rw) = rw else { return };
     if let Some(path) = &rw.path {
         let pq = match req.uri().query() {
             Some(q) => format!("{path}?{q}"),
@@ -411,6 +423,7 @@ mod tests {
             subset: Some(subset.into()),
             port: None,
             weight,
+            filters: None,
         }
     }
 

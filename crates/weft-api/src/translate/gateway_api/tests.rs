@@ -487,6 +487,7 @@ fn redirects_hostname_scheme_port_status_full_path() {
                 authority: Some("example.org".into()),
                 port: None,
                 path: None,
+                prefix: None,
             },
         ),
         (
@@ -497,6 +498,7 @@ fn redirects_hostname_scheme_port_status_full_path() {
                 authority: Some("example.org".into()),
                 port: None,
                 path: None,
+                prefix: None,
             },
         ),
         (
@@ -507,6 +509,7 @@ fn redirects_hostname_scheme_port_status_full_path() {
                 authority: None,
                 port: None,
                 path: None,
+                prefix: None,
             },
         ),
         (
@@ -517,6 +520,7 @@ fn redirects_hostname_scheme_port_status_full_path() {
                 authority: None,
                 port: Some(8083),
                 path: None,
+                prefix: None,
             },
         ),
         (
@@ -527,6 +531,7 @@ fn redirects_hostname_scheme_port_status_full_path() {
                 authority: None,
                 port: None,
                 path: Some("/new/page".into()),
+                prefix: None,
             },
         ),
     ];
@@ -535,6 +540,47 @@ fn redirects_hostname_scheme_port_status_full_path() {
         assert_eq!(d.kind, DecisionKind::Redirect, "{path}");
         assert_eq!(d.redirect.as_deref(), Some(&want), "{path}");
         assert!(d.backends.is_empty(), "{path}");
+    }
+}
+
+#[test]
+fn redirect_replace_prefix_match_swaps_the_matched_prefix() {
+    // Conformance HTTPRouteRedirectPath: `/original-prefix/lemon` -> `/replacement-prefix/lemon`.
+    let rule = |prefix: &str, body: &str| {
+        format!(
+            "  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    filters:\n    - type: RequestRedirect\n      requestRedirect: {body}\n{}",
+            backend_to("ignored")
+        )
+    };
+    let rules = [
+        rule(
+            "/original-prefix",
+            "{path: {type: ReplacePrefixMatch, replacePrefixMatch: /replacement-prefix}}",
+        ),
+        rule(
+            "/path-and-host",
+            "{hostname: example.org, path: {type: ReplacePrefixMatch, replacePrefixMatch: /replacement-prefix}}",
+        ),
+        rule(
+            "/strip",
+            "{statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}",
+        ),
+    ]
+    .concat();
+    let mesh = clean(&route("redirect", "", &rules));
+    for (path, want, host, status) in [
+        ("/original-prefix/lemon", "/replacement-prefix/lemon", None, 302),
+        ("/original-prefix", "/replacement-prefix", None, 302),
+        ("/path-and-host", "/replacement-prefix", Some("example.org"), 302),
+        ("/strip/a/b", "/a/b", None, 301),
+    ] {
+        let d = get(path).resolve(&mesh, REVIEWS, 9080);
+        assert_eq!(d.kind, DecisionKind::Redirect, "{path}");
+        let r = d.redirect.as_deref().expect("redirect");
+        assert_eq!(r.path.as_deref(), Some(want), "{path}");
+        assert_eq!(r.prefix, None, "{path}");
+        assert_eq!(r.authority.as_deref(), host, "{path}");
+        assert_eq!(r.status, status, "{path}");
     }
 }
 
@@ -800,6 +846,7 @@ fn istio_routes() -> HostRoutes {
                 subset: Some("v1".into()),
                 port: None,
                 weight: 100,
+                filters: None,
             }]),
             policies: RoutePolicies::default(),
         }],
@@ -868,4 +915,40 @@ fn istio_beats_a_traffic_split() {
         (1, Dialect::Istio, 1, Dialect::Smi)
     );
     check(&mesh, &[(get("/"), "istio")]);
+}
+
+#[test]
+fn backend_ref_filters_apply_to_their_backend_only() {
+    // Conformance HTTPRouteBackendRequestHeaderModifier and the backendRef forms of
+    // ResponseHeaderModifier and URLRewrite.
+    let rules = "  - matches: [{path: {type: PathPrefix, value: /prefix}}]\n    backendRefs:\n    - name: reviews\n      port: 8080\n      filters:\n      - type: RequestHeaderModifier\n        requestHeaderModifier:\n          set: [{name: X-Header-Set, value: set-overwrites-values}]\n          add: [{name: X-Header-Add, value: add-appends-values}]\n          remove: [X-Header-Remove]\n      - type: ResponseHeaderModifier\n        responseHeaderModifier: {set: [{name: X-Backend, value: reviews}]}\n      - type: URLRewrite\n        urlRewrite: {hostname: rewritten.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /one}}\n      - type: RequestMirror\n        requestMirror: {backendRef: {name: ratings, port: 8080}}\n    - name: ratings\n      port: 8080\n";
+    let t = load(&route("backend-filters", "", rules));
+    let mirror_finding = t.findings.iter().find(|f| {
+        f.message
+            .contains("backendRef filter RequestMirror is not applied")
+    });
+    assert!(mirror_finding.is_some(), "{:?}", t.findings);
+    assert!(
+        !t.findings
+            .iter()
+            .any(|f| f.message.contains("per-backend filters")),
+        "{:?}",
+        t.findings
+    );
+    let d = get("/prefix/lemon").resolve(&t.mesh, REVIEWS, 9080);
+    let reviews = &d.backends[0];
+    let f = reviews.filters.as_deref().expect("filters on reviews");
+    assert_eq!(f.request_headers.set["X-Header-Set"], "set-overwrites-values");
+    assert_eq!(f.request_headers.add["X-Header-Add"], "add-appends-values");
+    assert_eq!(f.request_headers.remove, ["X-Header-Remove"]);
+    assert_eq!(f.response_headers.set["X-Backend"], "reviews");
+    let rw = f.rewrite.as_ref().expect("rewrite");
+    // The prefix resolved against this request's path, as for a rule's rewrite.
+    assert_eq!(rw.path.as_deref(), Some("/one/lemon"));
+    assert_eq!(rw.prefix, None);
+    assert_eq!(rw.authority.as_deref(), Some("rewritten.example"));
+    assert!(d.backends[1].filters.is_none(), "ratings has no filters");
+    // The rule itself changes nothing.
+    assert!(d.policies.request_headers.set.is_empty());
+    assert!(d.policies.rewrite.is_none());
 }

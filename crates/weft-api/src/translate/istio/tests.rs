@@ -389,13 +389,15 @@ spec:
                 service: "reviews.shop.svc.cluster.local".into(),
                 subset: None,
                 port: None,
-                weight: 1
+                weight: 1,
+                filters: None,
             },
             Backend {
                 service: "ratings.prod.svc.cluster.local".into(),
                 subset: None,
                 port: Some(9080),
-                weight: 1
+                weight: 1,
+                filters: None,
             }
         ]
     );

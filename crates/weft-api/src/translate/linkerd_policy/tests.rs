@@ -172,6 +172,7 @@ fn decide(c: &Case) -> (bool, String, Option<String>) {
             host: None,
             port: c.port,
             headers: &headers,
+            request_auth: None,
         },
     );
     let by = match (&d.policy, &d.kind) {

@@ -94,7 +94,7 @@ spec:
     - operation: {methods: [GET], ports: ["9080"]}
     when:
     - {key: "request.headers[x-user]", values: [alice]}
-    - {key: "request.auth.claims[iss]", values: [x]}
+    - {key: "connection.sni", values: [x]}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -176,4 +176,94 @@ fn bad_ip_blocks_are_schema_errors_and_condition_principals_are_normalized() {
         rule.when[0].values,
         vec!["spiffe://cluster.local/ns/default/sa/a"]
     );
+}
+
+const REQUEST_AUTHN: &str = r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: mesh-jwt, namespace: istio-system}
+spec:
+  jwtRules:
+  - issuer: https://mesh.example
+    jwksUri: http://127.0.0.1:9999/jwks.json
+    timeout: 2s
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: books-jwt, namespace: shop}
+spec:
+  selector: {matchLabels: {app: books}}
+  jwtRules:
+  - issuer: issuer-books
+    audiences: [books]
+    jwks: '{"keys": []}'
+    fromHeaders: [{name: x-jwt, prefix: "Token "}]
+    fromParams: [token]
+    outputPayloadToHeader: x-jwt-payload
+    outputClaimToHeaders: [{header: x-jwt-sub, claim: sub}]
+    forwardOriginalToken: true
+  - issuer: ""
+    jwks: 'not json'
+  - issuer: issuer-remote
+    jwksUri: https://issuer.example/jwks
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: shop}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ["issuer-books/*"], notRequestPrincipals: ["issuer-books/bob"]}}]
+    when: [{key: "request.auth.claims[groups]", values: [admin]}]
+"#;
+
+#[test]
+fn request_authentication_reaches_the_workloads_it_selects() {
+    let t = run(REQUEST_AUTHN);
+    let issuers = |ns: &str, l: &[(&str, &str)]| -> Vec<String> {
+        crate::authz::authentications_for(&t.mesh, ns, &labels(l))
+            .into_iter()
+            .map(|r| r.issuer)
+            .collect()
+    };
+    assert_eq!(
+        issuers("shop", &[("app", "books")]),
+        ["https://mesh.example", "issuer-books", "", "issuer-remote"]
+    );
+    assert_eq!(issuers("shop", &[("app", "orders")]), ["https://mesh.example"]);
+    assert_eq!(issuers("other", &[]), ["https://mesh.example"]);
+    let rules = crate::authz::authentications_for(&t.mesh, "shop", &labels(&[("app", "books")]));
+    let books = &rules[1];
+    assert_eq!(books.policy, "books-jwt");
+    assert_eq!(books.audiences, ["books"]);
+    assert_eq!(books.from_headers[0].prefix, "Token ");
+    assert_eq!(books.output_claim_to_headers[0].header, "x-jwt-sub");
+    assert!(books.forward_original_token);
+    assert_eq!(rules[0].jwks_timeout_ms, Some(2000));
+    // A rule that cannot run is an error at its field, and kept (its tokens are refused).
+    let errors: Vec<_> = t.findings.iter().filter(|f| f.code == codes::SCHEMA).collect();
+    assert!(
+        errors.iter().any(|f| f.message.contains("issuer is empty")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|f| f.message.contains("jwks: not JSON")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|f| f.message.contains("https:// key sets are not fetched")),
+        "{errors:?}"
+    );
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    // Neither RequestAuthentication nor request principals are "read but not acted on" now.
+    assert!(
+        !t.findings.iter().any(|f| f.code == codes::NOT_IMPLEMENTED),
+        "{:?}",
+        t.findings
+    );
+    let p = policies_for(&t.mesh, "shop", "books", &labels(&[("app", "books")]));
+    let source = &p[0].rules[0].from[0];
+    assert_eq!(source.request_principals, ["issuer-books/*"]);
+    assert_eq!(source.not_request_principals, ["issuer-books/bob"]);
 }
