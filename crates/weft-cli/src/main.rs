@@ -44,6 +44,12 @@ enum Command {
     Check(cmd::check::CheckArgs),
     /// Send GET requests at a fixed rate and count the answers per status.
     Load(cmd::load::LoadArgs),
+    /// Every proxy, the config version it ACKed, in sync or stale, and since when.
+    ProxyStatus(cmd::views::proxy_status::ProxyStatusArgs),
+    /// One proxy's compiled config: listeners, services, routes, endpoints, secrets.
+    ProxyConfig(cmd::views::proxy_config::ProxyConfigArgs),
+    /// The routes of a mesh service, in the order the proxies try them.
+    Routes(cmd::views::routes::RoutesArgs),
     #[command(hide = true)]
     DemoApp(cmd::demo_app::DemoAppArgs),
 }
@@ -70,6 +76,9 @@ fn main() -> std::process::ExitCode {
         Command::Check(args) => cmd::check::run(args),
         Command::Load(args) => cmd::load::run(args),
         Command::DemoApp(args) => cmd::demo_app::run(args),
+        Command::ProxyStatus(args) => cmd::views::proxy_status::run(args),
+        Command::ProxyConfig(args) => cmd::views::proxy_config::run(args),
+        Command::Routes(args) => cmd::views::routes::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,5 @@
-//! The admin server: `/live`, `/ready`, `/metrics` (Prometheus text), `/config_dump`.
+//! The admin server: `/live`, `/ready`, `/metrics` (Prometheus text), `/config_dump`,
+//! `/proxy_config` (the compiled config by kind, with live endpoint state: [`config_view`]).
 
 use std::sync::Arc;
 
@@ -11,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Shared;
 use crate::http::server::{serve, Version};
 use crate::http::{full, Body};
+
+pub mod config_view;
 
 /// Serves one admin connection.
 pub async fn handle(
@@ -57,9 +60,19 @@ fn respond(shared: &Shared, registry: &Registry, req: &Request<Incoming>) -> Res
                 format!("encoding config: {e}\n"),
             ),
         },
+        "/proxy_config" => match serde_json::to_string_pretty(&config_view::proxy_config_json(
+            shared,
+            std::time::SystemTime::now(),
+        )) {
+            Ok(json) => with_type(StatusCode::OK, "application/json", json + "\n"),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding config: {e}\n"),
+            ),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /live /ready /metrics /config_dump\n".into(),
+            "admin endpoints: /live /ready /metrics /config_dump /proxy_config\n".into(),
         ),
     }
 }

@@ -1,0 +1,282 @@
+//! The verbs that look at a running mesh (`proxy-status`, `proxy-config`, `routes`), run as a
+//! person runs them against a real `weft up` Bookinfo with traffic, their `-o json` asserted.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::up::{bookinfo_copy, routing, Up};
+use common::{curl, run, tempdir, weft_bin};
+use serde_json::Value;
+
+/// `weft ARGS... --run-dir RUN_DIR -o json`, which must succeed, parsed.
+fn json(run_dir: &Path, args: &[&str]) -> Value {
+    let out = text_of(run_dir, &[args, &["-o", "json"]].concat());
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("weft {args:?}: not JSON ({e}): {out}"))
+}
+
+/// `weft ARGS... --run-dir RUN_DIR`, which must succeed: its stdout.
+fn text_of(run_dir: &Path, args: &[&str]) -> String {
+    let run_dir = run_dir.to_str().expect("utf-8");
+    let out = run(weft_bin(), &[args, &["--run-dir", run_dir]].concat());
+    assert!(
+        out.status.success(),
+        "weft {args:?} failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `within`.
+fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn rows<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v[key].as_array().map_or(&[], Vec::as_slice)
+}
+
+#[test]
+fn views_of_a_running_bookinfo() {
+    let dir = bookinfo_copy();
+    let vs = dir.path.join("virtual-services.yaml");
+    std::fs::copy(routing("80-20").join("virtual-services.yaml"), &vs).expect("copy");
+    let run_dir = tempdir::Dir::new("weft-views-run");
+    let mut up = Up::start(&dir.path, &run_dir.path);
+    let open = up.wait_for("Open the application:", Duration::from_secs(60));
+    let url = open.rsplit(' ').next().expect("url").to_string();
+    for _ in 0..20 {
+        let page = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+        assert_eq!(page.stdout, "200", "{}", page.stderr);
+    }
+    let rd = run_dir.path.as_path();
+
+    // proxy-status: the six sidecars, each having ACKed what was pushed to it.
+    let status = json(rd, &["proxy-status"]);
+    let proxies = rows(&status, "proxies");
+    let names: Vec<&str> = proxies.iter().filter_map(|p| p["instance"].as_str()).collect();
+    assert_eq!(names.len(), 6, "{status}");
+    for want in ["productpage-v1-0", "reviews-v1-0", "reviews-v3-0", "ratings-v1-0"] {
+        assert!(names.contains(&want), "{want} missing: {status}");
+    }
+    for p in proxies {
+        assert_eq!(p["sync"], "SYNCED", "{p}");
+        assert!(
+            p["ackedVersion"].is_string() && p["ackedVersion"] == p["sentVersion"],
+            "{p}"
+        );
+        let age = p["lastAckAgeSeconds"].as_f64().expect("an ACK age");
+        assert!((0.0..120.0).contains(&age), "{p}");
+    }
+    let table = text_of(rd, &["proxy-status"]);
+    assert!(
+        table.contains("reviews-v2-0") && table.contains("SYNCED"),
+        "{table}"
+    );
+
+    // proxy-config: productpage's listeners, services, endpoints with live state, certificate.
+    let config = json(rd, &["proxy-config", "all", "productpage-v1"]);
+    let listeners: Vec<&str> = rows(&config, "listeners")
+        .iter()
+        .filter_map(|l| l["name"].as_str())
+        .collect();
+    assert!(
+        listeners.contains(&"mesh") && listeners.contains(&"inbound|9080"),
+        "{listeners:?}"
+    );
+    assert!(
+        listeners.iter().any(|l| l.starts_with("outbound|9080|reviews")),
+        "a per-service port to reviews: {listeners:?}"
+    );
+    let reviews_eps: Vec<&Value> = rows(&config, "endpoints")
+        .iter()
+        .filter(|s| s["service"] == "reviews.default.svc.cluster.local" && s["subset"].is_null())
+        .flat_map(|s| rows(s, "endpoints"))
+        .collect();
+    let mut workloads: Vec<&str> = reviews_eps
+        .iter()
+        .filter_map(|e| e["workload"].as_str())
+        .collect();
+    workloads.sort();
+    assert_eq!(workloads, ["reviews-v1", "reviews-v2", "reviews-v3"], "{config}");
+    for e in &reviews_eps {
+        assert_eq!(e["state"]["inFlight"], 0, "{e}");
+        assert_eq!(e["state"]["unreachable"], false, "{e}");
+        assert!(
+            e["identity"]
+                .as_str()
+                .is_some_and(|i| i.ends_with("/sa/bookinfo-reviews")),
+            "{e}"
+        );
+    }
+    assert!(
+        reviews_eps
+            .iter()
+            .all(|e| e["state"]["rttEstimateMs"].as_f64().is_some_and(f64::is_finite)),
+        "{reviews_eps:?}"
+    );
+    let secrets = rows(&config, "secrets");
+    assert_eq!(secrets.len(), 1, "{config}");
+    assert_eq!(
+        secrets[0]["spiffeId"],
+        "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+    );
+    assert!(
+        secrets[0]["expiresInSeconds"].as_u64().is_some_and(|s| s > 3600),
+        "{}",
+        secrets[0]
+    );
+    let raw = config.to_string();
+    assert!(
+        !raw.contains("PRIVATE KEY") && !raw.contains("BEGIN"),
+        "no key, no PEM: {raw}"
+    );
+    // One kind alone, as text and JSON.
+    let eps = json(rd, &["proxy-config", "endpoints", "productpage-v1-0"]);
+    assert!(eps.as_array().is_some_and(|a| !a.is_empty()), "{eps}");
+    let eps_text = text_of(rd, &["proxy-config", "clusters", "productpage-v1"]);
+    assert!(
+        eps_text.contains("reviews.default.svc.cluster.local"),
+        "{eps_text}"
+    );
+
+    // routes: the 80/20 rule as the proxies compiled it, with its document.
+    let routes = json(rd, &["routes", "reviews"]);
+    assert_eq!(routes["service"], "reviews.default.svc.cluster.local", "{routes}");
+    let rules = rows(&rows(&routes, "ports")[0], "rules");
+    assert_eq!(rules.len(), 1, "{routes}");
+    assert_eq!(rules[0]["origin"]["kind"], "VirtualService");
+    let split: Vec<(String, u64)> = rules[0]["action"]["forward"]
+        .as_array()
+        .expect("forward")
+        .iter()
+        .map(|b| {
+            (
+                b["subset"].as_str().unwrap_or("").to_string(),
+                b["weight"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        split,
+        [("v1".to_string(), 80), ("v2".to_string(), 20)],
+        "{routes}"
+    );
+
+    // An edit reaches every proxy: a new version, ACKed, and the new rule in `routes`.
+    let before: Value = proxies
+        .iter()
+        .find(|p| p["instance"] == "productpage-v1-0")
+        .map(|p| p["ackedVersion"].clone())
+        .expect("productpage");
+    std::fs::copy(routing("jason-v2").join("virtual-services.yaml"), &vs).expect("copy");
+    eventually(
+        "productpage ACKs the jason-v2 routes",
+        Duration::from_secs(20),
+        || {
+            let s = json(rd, &["proxy-status"]);
+            let p = rows(&s, "proxies")
+                .iter()
+                .find(|p| p["instance"] == "productpage-v1-0")?
+                .clone();
+            (p["sync"] == "SYNCED" && p["ackedVersion"] != before).then_some(())
+        },
+    );
+    let text = text_of(rd, &["routes", "reviews"]);
+    assert!(text.contains("end-user=jason"), "{text}");
+    assert!(text.contains("VirtualService default/reviews"), "{text}");
+
+    // Bad names say what exists.
+    let out = run(
+        weft_bin(),
+        &[
+            "proxy-config",
+            "listeners",
+            "nosuch",
+            "--run-dir",
+            rd.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("no sidecar \"nosuch\"") && out.stderr.contains("reviews-v1-0"),
+        "{}",
+        out.stderr
+    );
+    let out = run(
+        weft_bin(),
+        &["routes", "nosuch", "--run-dir", rd.to_str().expect("utf-8")],
+    );
+    assert!(
+        !out.status.success() && out.stderr.contains("may reach a service"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn without_a_mesh_the_verbs_say_so() {
+    let empty = tempdir::Dir::new("weft-views-none");
+    let rd = empty.path.to_str().expect("utf-8");
+    let out = run(weft_bin(), &["proxy-status", "--run-dir", rd]);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("no running mesh found"), "{}", out.stderr);
+    let out = run(
+        weft_bin(),
+        &["proxy-config", "all", "reviews-v1", "--run-dir", rd],
+    );
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("no sidecars found"), "{}", out.stderr);
+}
+
+/// A standalone proxy named by its admin address: an endpoint whose port refuses connections is
+/// shown UNREACHABLE once traffic found it so, the live one not.
+#[test]
+fn proxy_config_shows_the_balancers_unreachable_mark() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let echo = rt
+        .block_on(weft_test_support::HttpEcho::start("live"))
+        .expect("echo");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port");
+    let proxy = common::Proxy::start(&format!(
+        "admin: {{address: \"127.0.0.1:0\"}}\ninbound: {{mesh: \"127.0.0.1:0\"}}\noutbound:\n  listen: null\n  ports:\n    - {{listen: \"127.0.0.1:0\", service: web, port: 80}}\nservices:\n  - {{name: web, ports: [{{port: 80, protocol: http}}], loadBalancer: ROUND_ROBIN}}\nendpoints:\n  - service: web\n    port: 80\n    endpoints:\n      - {{address: \"{}\", workload: live}}\n      - {{address: \"{closed}\", workload: gone}}\n",
+        echo.addr()
+    ));
+    let admin = proxy.bound.admin.to_string();
+    let state = |workload: &str| -> Value {
+        let out = run(weft_bin(), &["proxy-config", "endpoints", &admin, "-o", "json"]);
+        assert!(out.status.success(), "{}", out.stderr);
+        let v: Value = serde_json::from_str(&out.stdout).expect("json");
+        let e = rows(&v[0], "endpoints")
+            .iter()
+            .find(|e| e["workload"] == workload)
+            .cloned()
+            .unwrap_or_else(|| panic!("{workload}: {v}"));
+        e["state"].clone()
+    };
+    assert_eq!(state("gone")["unreachable"], false, "nothing tried it yet");
+    let url = format!("http://{}/", proxy.bound.outbound_ports[0]);
+    for _ in 0..4 {
+        let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+        assert_eq!(out.stdout, "200", "failover to the live endpoint: {}", out.stderr);
+    }
+    assert_eq!(state("gone")["unreachable"], true);
+    assert_eq!(state("live")["unreachable"], false);
+    let text = run(weft_bin(), &["proxy-config", "endpoints", &admin]).stdout;
+    assert!(
+        text.lines()
+            .any(|l| l.contains("gone") && l.ends_with("UNREACHABLE")),
+        "{text}"
+    );
+}
