@@ -50,6 +50,10 @@ enum Command {
     ProxyConfig(cmd::views::proxy_config::ProxyConfigArgs),
     /// The routes of a mesh service, in the order the proxies try them.
     Routes(cmd::views::routes::RoutesArgs),
+    /// Success rate, requests/s, latency percentiles and mTLS share per workload, service or route.
+    Stat(cmd::views::stat::StatArgs),
+    /// Who talks to whom, with their identities and whether the edge is mTLS.
+    Edges(cmd::views::edges::EdgesArgs),
     #[command(hide = true)]
     DemoApp(cmd::demo_app::DemoAppArgs),
 }
@@ -79,6 +83,8 @@ fn main() -> std::process::ExitCode {
         Command::ProxyStatus(args) => cmd::views::proxy_status::run(args),
         Command::ProxyConfig(args) => cmd::views::proxy_config::run(args),
         Command::Routes(args) => cmd::views::routes::run(args),
+        Command::Stat(args) => cmd::views::stat::run(args),
+        Command::Edges(args) => cmd::views::edges::run(args),
     };
     match result {
         Ok(code) => code,

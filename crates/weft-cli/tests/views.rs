@@ -1,5 +1,6 @@
-//! The verbs that look at a running mesh (`proxy-status`, `proxy-config`, `routes`), run as a
-//! person runs them against a real `weft up` Bookinfo with traffic, their `-o json` asserted.
+//! The verbs that look at a running mesh (`proxy-status`, `proxy-config`, `routes`, `stat`,
+//! `edges`), run as a person runs them against a real `weft up` Bookinfo with traffic, their
+//! `-o json` asserted.
 
 mod common;
 
@@ -171,6 +172,81 @@ fn views_of_a_running_bookinfo() {
         [("v1".to_string(), 80), ("v2".to_string(), 20)],
         "{routes}"
     );
+
+    // stat and edges over live traffic: a load generator on the product page meanwhile.
+    let mut load = std::process::Command::new(weft_bin())
+        .args(["load", &url, "--rps", "20", "--duration", "10"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("weft load");
+    let stat = json(rd, &["stat", "-t", "3s"]);
+    let row = |name: &str| rows(&stat, "rows").iter().find(|r| r["name"] == name).cloned();
+    let page = row("productpage-v1").unwrap_or_else(|| panic!("{stat}"));
+    let rps = page["rps"].as_f64().expect("rps");
+    assert!((5.0..40.0).contains(&rps), "about 20 requests/s: {page}");
+    assert_eq!(page["successRate"], 1.0, "{page}");
+    assert_eq!(
+        page["mtlsShare"], 0.0,
+        "the front door is plaintext from outside the mesh: {page}"
+    );
+    let p = |q: &str| page[q].as_f64().unwrap_or_else(|| panic!("{q}: {page}"));
+    assert!(
+        0.0 < p("latencyMsP50")
+            && p("latencyMsP50") <= p("latencyMsP95")
+            && p("latencyMsP95") <= p("latencyMsP99"),
+        "{page}"
+    );
+    for served in ["details-v1", "reviews-v1", "reviews-v2", "ratings-v1"] {
+        let r = row(served).unwrap_or_else(|| panic!("{served}: {stat}"));
+        assert_eq!(r["mtlsShare"], 1.0, "mesh traffic is mTLS: {r}");
+        assert!(r["rps"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+    }
+    assert!(
+        row("reviews-v3").is_none(),
+        "the 80/20 split sends v3 nothing: {stat}"
+    );
+    let to = json(rd, &["stat", "deploy", "--to", "reviews", "-t", "1s"]);
+    let senders: Vec<&str> = rows(&to, "rows")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(senders, ["productpage-v1"], "{to}");
+    let one = json(rd, &["stat", "svc/reviews", "-t", "1s"]);
+    assert_eq!(rows(&one, "rows").len(), 1, "{one}");
+    assert_eq!(rows(&one, "rows")[0]["proxies"], 2, "v1 and v2 served: {one}");
+    let table = text_of(rd, &["stat", "-t", "1s", "-o", "wide"]);
+    assert!(
+        table.contains("LATENCY_P99") && table.contains("reviews-v1"),
+        "{table}"
+    );
+
+    let edges = json(rd, &["edges", "-t", "1s"]);
+    let edge = |src: &str, dst: &str| {
+        rows(&edges, "edges")
+            .iter()
+            .find(|e| e["source"] == src && e["destination"] == dst)
+            .cloned()
+            .unwrap_or_else(|| panic!("{src} -> {dst}: {edges}"))
+    };
+    let secured = edge("productpage-v1", "reviews-v1");
+    assert_eq!(
+        secured["sourceIdentity"],
+        "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+    );
+    assert_eq!(
+        secured["destinationIdentity"],
+        "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
+    );
+    assert_eq!(secured["mtlsShare"], 1.0);
+    assert_eq!(edge("reviews-v2", "ratings-v1")["mtlsShare"], 1.0);
+    let outside = edge("unknown", "productpage-v1");
+    assert_eq!(
+        (outside["mtlsShare"].as_f64(), outside["sourceIdentity"].is_null()),
+        (Some(0.0), true)
+    );
+    let _ = load.kill();
+    let _ = load.wait();
 
     // An edit reaches every proxy: a new version, ACKed, and the new rule in `routes`.
     let before: Value = proxies

@@ -2,10 +2,13 @@
 //! `edges`): they find it through [`mesh::locate`], read the control plane's and the sidecars'
 //! admin endpoints, and print for a person or, with `-o json`, for a script.
 
+pub mod edges;
 pub mod mesh;
 pub mod proxy_config;
 pub mod proxy_status;
 pub mod routes;
+pub mod scrape;
+pub mod stat;
 
 /// `-o` of a view verb.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
