@@ -54,6 +54,8 @@ enum Command {
     Stat(cmd::views::stat::StatArgs),
     /// Who talks to whom, with their identities and whether the edge is mTLS.
     Edges(cmd::views::edges::EdgesArgs),
+    /// Watch requests live as the proxies see them: path, status, latency, flags, identities.
+    Tap(cmd::views::tap::TapArgs),
     #[command(hide = true)]
     DemoApp(cmd::demo_app::DemoAppArgs),
 }
@@ -85,6 +87,7 @@ fn main() -> std::process::ExitCode {
         Command::Routes(args) => cmd::views::routes::run(args),
         Command::Stat(args) => cmd::views::stat::run(args),
         Command::Edges(args) => cmd::views::edges::run(args),
+        Command::Tap(args) => cmd::views::tap::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,5 @@
 //! The verbs that look at a running mesh (`proxy-status`, `proxy-config`, `routes`, `stat`,
-//! `edges`), run as a person runs them against a real `weft up` Bookinfo with traffic, their
+//! `edges`, `tap`), run as a person runs them against a real `weft up` Bookinfo with traffic, their
 //! `-o json` asserted.
 
 mod common;
@@ -175,7 +175,7 @@ fn views_of_a_running_bookinfo() {
 
     // stat and edges over live traffic: a load generator on the product page meanwhile.
     let mut load = std::process::Command::new(weft_bin())
-        .args(["load", &url, "--rps", "20", "--duration", "10"])
+        .args(["load", &url, "--rps", "20", "--duration", "30"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -244,6 +244,82 @@ fn views_of_a_running_bookinfo() {
     assert_eq!(
         (outside["mtlsShare"].as_f64(), outside["sourceIdentity"].is_null()),
         (Some(0.0), true)
+    );
+
+    // tap: reviews-v1's requests as its sidecar sees them, with the caller's verified identity.
+    let tapped = text_of(
+        rd,
+        &[
+            "tap",
+            "deploy/reviews-v1",
+            "--max-events",
+            "6",
+            "--duration",
+            "20",
+            "-o",
+            "json",
+        ],
+    );
+    let events: Vec<Value> = tapped
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(events.len(), 6, "{tapped}");
+    let served = events
+        .iter()
+        .find(|e| e["direction"] == "inbound")
+        .unwrap_or_else(|| panic!("no inbound event: {tapped}"));
+    assert_eq!(served["source"]["workload"], "productpage-v1", "{served}");
+    assert_eq!(
+        served["source"]["identity"],
+        "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+    );
+    assert_eq!(
+        (served["mtls"].as_bool(), served["status"].as_u64()),
+        (Some(true), Some(200)),
+        "{served}"
+    );
+    assert!(
+        served["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/reviews/")),
+        "{served}"
+    );
+    assert_eq!(served["proxy"], "reviews-v1-0");
+    // Filters and the rate limit: at most one event a second, the rest counted.
+    let limited = text_of(
+        rd,
+        &[
+            "tap",
+            "productpage-v1",
+            "--path",
+            "/productpage",
+            "--max-rps",
+            "1",
+            "--duration",
+            "3",
+            "-o",
+            "json",
+        ],
+    );
+    let events: Vec<Value> = limited
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!((1..=4).contains(&events.len()), "one a second: {limited}");
+    assert!(events.iter().all(|e| e["path"] == "/productpage"), "{limited}");
+    assert!(
+        events.iter().filter_map(|e| e["limited"].as_u64()).sum::<u64>() > 0,
+        "{limited}"
+    );
+    let out = run(
+        weft_bin(),
+        &["tap", "deploy/nosuch", "--run-dir", rd.to_str().expect("utf-8")],
+    );
+    assert!(
+        !out.status.success() && out.stderr.contains("no workload"),
+        "{}",
+        out.stderr
     );
     let _ = load.kill();
     let _ = load.wait();

@@ -1,5 +1,6 @@
 //! The admin server: `/live`, `/ready`, `/metrics` (Prometheus text), `/config_dump`,
-//! `/proxy_config` (the compiled config by kind, with live endpoint state: [`config_view`]).
+//! `/proxy_config` (the compiled config by kind, with live endpoint state: [`config_view`]),
+//! `/tap` (a live stream of requests: [`tap`]).
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use crate::http::server::{serve, Version};
 use crate::http::{full, Body};
 
 pub mod config_view;
+pub mod tap;
 
 /// Serves one admin connection.
 pub async fn handle(
@@ -23,10 +25,16 @@ pub async fn handle(
     drain: CancellationToken,
 ) {
     let limits = shared.snapshot.load().config.limits.clone();
+    let peer = stream.peer_addr().ok();
     let handler = move |req: Request<Incoming>| {
         let shared = shared.clone();
         let registry = registry.clone();
-        async move { respond(&shared, &registry, &req) }
+        async move {
+            if req.uri().path() == "/tap" {
+                return tap::respond(&shared, peer, &req);
+            }
+            respond(&shared, &registry, &req)
+        }
     };
     serve(stream, Version::Http1, &limits, drain, handler).await;
 }
@@ -72,7 +80,7 @@ fn respond(shared: &Shared, registry: &Registry, req: &Request<Incoming>) -> Res
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /live /ready /metrics /config_dump /proxy_config\n".into(),
+            "admin endpoints: /live /ready /metrics /config_dump /proxy_config /tap\n".into(),
         ),
     }
 }

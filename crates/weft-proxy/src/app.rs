@@ -97,6 +97,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
         mesh_tls: tls.map(MeshAcceptor::new),
         identity: identity.as_ref().map(|(cell, _)| cell.clone()),
         http_seen: Default::default(),
+        tap: Default::default(),
     });
     shared.apply(config.clone());
 

@@ -76,6 +76,8 @@ pub struct Shared {
     pub identity: Option<crate::identity::CredentialsCell>,
     /// Inbound ports that have carried HTTP: from then on they never fall back to raw TCP.
     pub http_seen: HttpSeen,
+    /// Open `weft tap` streams (none: requests skip tapping after one atomic load).
+    pub tap: Arc<crate::telemetry::tap::TapHub>,
 }
 
 /// One bit per port, set once a port carried HTTP (lock-free: read on every connection).

@@ -1,5 +1,5 @@
 //! Verbs that look at a running mesh (`proxy-status`, `proxy-config`, `routes`, `stat`,
-//! `edges`): they find it through [`mesh::locate`], read the control plane's and the sidecars'
+//! `edges`, `tap`): they find it through [`mesh::locate`], read the control plane's and the sidecars'
 //! admin endpoints, and print for a person or, with `-o json`, for a script.
 
 pub mod edges;
@@ -9,6 +9,7 @@ pub mod proxy_status;
 pub mod routes;
 pub mod scrape;
 pub mod stat;
+pub mod tap;
 
 /// `-o` of a view verb.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
