@@ -49,6 +49,15 @@ fn rows<'a>(v: &'a Value, key: &str) -> &'a [Value] {
 #[test]
 fn views_of_a_running_bookinfo() {
     let dir = bookinfo_copy();
+    // ratings opts out of tap, as Linkerd's annotation says.
+    let mesh_yaml = dir.path.join("mesh.yaml");
+    let docs = std::fs::read_to_string(&mesh_yaml).expect("mesh.yaml");
+    let annotated = docs.replace(
+        "  name: ratings-v1\n",
+        "  name: ratings-v1\n  annotations: {config.linkerd.io/disable-tap: \"true\"}\n",
+    );
+    assert_ne!(docs, annotated, "the example names ratings-v1");
+    std::fs::write(&mesh_yaml, annotated).expect("write");
     let vs = dir.path.join("virtual-services.yaml");
     std::fs::copy(routing("80-20").join("virtual-services.yaml"), &vs).expect("copy");
     let run_dir = tempdir::Dir::new("weft-views-run");
@@ -311,6 +320,29 @@ fn views_of_a_running_bookinfo() {
     assert!(
         events.iter().filter_map(|e| e["limited"].as_u64()).sum::<u64>() > 0,
         "{limited}"
+    );
+    let refused = run(
+        weft_bin(),
+        &[
+            "tap",
+            "deploy/ratings-v1",
+            "--duration",
+            "2",
+            "-o",
+            "json",
+            "--run-dir",
+            rd.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        refused.stdout.is_empty(),
+        "no events from an opted-out workload: {}",
+        refused.stdout
+    );
+    assert!(
+        refused.stderr.contains("403") && refused.stderr.contains("opted out of tap"),
+        "{}",
+        refused.stderr
     );
     let out = run(
         weft_bin(),

@@ -3,7 +3,8 @@
 //! [`crate::telemetry::tap`] for what an event holds and how a slow reader is handled.
 //!
 //! Tapping shows who calls whom and on which paths, so it is served only to a caller on the
-//! same host (a loopback peer); a remote caller gets 403.
+//! same host (a loopback peer); a remote caller gets 403, and so does everyone when the
+//! workload opted out (`config.linkerd.io/disable-tap: "true"` on its Workload).
 
 use std::net::SocketAddr;
 
@@ -49,6 +50,15 @@ pub fn respond<B>(shared: &Shared, peer: Option<SocketAddr>, req: &Request<B>) -
     }
     let snapshot = shared.snapshot.load();
     let w = &snapshot.config.workload;
+    if w.tap_disabled {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "workload {}/{} opted out of tap (annotation config.linkerd.io/disable-tap)\n",
+                w.namespace, w.name
+            ),
+        );
+    }
     let hello = serde_json::json!({
         "tap": "open",
         "workload": w.name,
