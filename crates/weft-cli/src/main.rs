@@ -56,6 +56,8 @@ enum Command {
     Edges(cmd::views::edges::EdgesArgs),
     /// Watch requests live as the proxies see them: path, status, latency, flags, identities.
     Tap(cmd::views::tap::TapArgs),
+    /// The most requested paths by source and destination, live in the terminal.
+    Top(cmd::views::top::TopArgs),
     #[command(hide = true)]
     DemoApp(cmd::demo_app::DemoAppArgs),
 }
@@ -88,6 +90,7 @@ fn main() -> std::process::ExitCode {
         Command::Stat(args) => cmd::views::stat::run(args),
         Command::Edges(args) => cmd::views::edges::run(args),
         Command::Tap(args) => cmd::views::tap::run(args),
+        Command::Top(args) => cmd::views::top::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,6 @@
 //! The verbs that look at a running mesh (`proxy-status`, `proxy-config`, `routes`, `stat`,
-//! `edges`, `tap`), run as a person runs them against a real `weft up` Bookinfo with traffic, their
-//! `-o json` asserted.
+//! `edges`, `tap`, `top`), run as a person runs them against a real `weft up` Bookinfo with
+//! traffic, their `-o json` asserted.
 
 mod common;
 
@@ -184,7 +184,7 @@ fn views_of_a_running_bookinfo() {
 
     // stat and edges over live traffic: a load generator on the product page meanwhile.
     let mut load = std::process::Command::new(weft_bin())
-        .args(["load", &url, "--rps", "20", "--duration", "30"])
+        .args(["load", &url, "--rps", "20", "--duration", "45"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -352,6 +352,54 @@ fn views_of_a_running_bookinfo() {
         !out.status.success() && out.stderr.contains("no workload"),
         "{}",
         out.stderr
+    );
+
+    // top: the busiest paths by source and destination, streamed as JSON, then drawn in a
+    // terminal (a pseudo-terminal of a known size, through `script`).
+    let streamed = text_of(rd, &["top", "-o", "json", "--duration", "3"]);
+    let last: Value = serde_json::from_str(streamed.lines().last().expect("a line")).expect("json");
+    let top_rows = rows(&last, "rows");
+    let busiest = |src: &str, dst: &str, path: &str| {
+        top_rows
+            .iter()
+            .find(|r| r["source"] == src && r["destination"] == dst && r["path"] == path)
+            .and_then(|r| r["count"].as_u64())
+    };
+    assert!(
+        busiest("productpage-v1", "reviews-v1", "/reviews/0").is_some_and(|n| n > 0),
+        "{last}"
+    );
+    assert!(
+        busiest("unknown", "productpage-v1", "/productpage").is_some_and(|n| n > 0),
+        "{last}"
+    );
+    assert!(
+        top_rows.iter().all(|r| r["destination"] != "reviews-v3"),
+        "80/20: {last}"
+    );
+    let screen = run(
+        "script",
+        &[
+            "-qec",
+            &format!(
+                "stty cols 160 rows 30; {} top --duration 2 --run-dir {}",
+                weft_bin(),
+                rd.display()
+            ),
+            "/dev/null",
+        ],
+    );
+    assert!(screen.status.success(), "{}{}", screen.stdout, screen.stderr);
+    assert!(
+        screen.stdout.contains("SOURCE") && screen.stdout.contains("/reviews/0"),
+        "the table was drawn: {}",
+        screen.stdout
+    );
+    let piped = run(weft_bin(), &["top", "--run-dir", rd.to_str().expect("utf-8")]);
+    assert!(
+        !piped.status.success() && piped.stderr.contains("-o json"),
+        "{}",
+        piped.stderr
     );
     let _ = load.kill();
     let _ = load.wait();

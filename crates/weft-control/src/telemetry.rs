@@ -14,6 +14,8 @@
 
 pub mod prom;
 pub mod stat;
+pub mod top;
 
 pub use prom::{parse, ParseError, Sample};
 pub use stat::{edges, stat, Edge, Golden, Group, Query, Window};
+pub use top::{Top, TopRow};

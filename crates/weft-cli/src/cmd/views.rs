@@ -1,6 +1,6 @@
 //! Verbs that look at a running mesh (`proxy-status`, `proxy-config`, `routes`, `stat`,
-//! `edges`, `tap`): they find it through [`mesh::locate`], read the control plane's and the sidecars'
-//! admin endpoints, and print for a person or, with `-o json`, for a script.
+//! `edges`, `tap`, `top`): they find it through [`mesh::locate`], read the control plane's and
+//! the sidecars' admin endpoints, and print for a person or, with `-o json`, for a script.
 
 pub mod edges;
 pub mod mesh;
@@ -10,6 +10,7 @@ pub mod routes;
 pub mod scrape;
 pub mod stat;
 pub mod tap;
+pub mod top;
 
 /// `-o` of a view verb.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -56,40 +56,18 @@ struct Plan {
 
 pub fn run(args: TapArgs) -> anyhow::Result<ExitCode> {
     let found = mesh::locate(&args.mesh)?;
-    let plan = plan(&args, found.sidecars(&args.mesh)?)?;
+    let filters = Filters {
+        path: args.path.clone(),
+        method: args.method.clone(),
+        from: args.from.clone(),
+        max_rps: args.max_rps,
+    };
+    let events = open(Some(&args.dest), &filters, found.sidecars(&args.mesh)?)?;
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
-    let (tx, rx) = mpsc::channel::<(String, anyhow::Result<Value>)>();
-    for proxy in plan.proxies {
-        let (tx, query) = (tx.clone(), plan.query.clone());
-        std::thread::spawn(move || {
-            if let Err(e) = stream(&proxy, &query, &tx) {
-                let _ = tx.send((proxy.instance.clone(), Err(e)));
-            }
-        });
-    }
-    drop(tx);
     let mut seen = 0u64;
-    loop {
-        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let next = match left {
-            Some(left) if left.is_zero() => break,
-            Some(left) => rx.recv_timeout(left).ok(),
-            None => rx.recv().ok(),
-        };
-        let Some((proxy, event)) = next else { break };
-        let mut event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("weft tap: {proxy}: {e:#}");
-                continue;
-            }
-        };
-        if event["tap"] == "open" || (plan.inbound_only && event["direction"] != "inbound") {
-            continue;
-        }
-        event["proxy"] = proxy.into();
+    while let Some(event) = events.next(deadline) {
         print_event(&event, args.output)?;
         seen += 1;
         if args.max_events.is_some_and(|m| seen >= m) {
@@ -99,10 +77,94 @@ pub fn run(args: TapArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn plan(args: &TapArgs, sidecars: &[ProxyAdmin]) -> anyhow::Result<Plan> {
-    let (kind, name) = match args.dest.split_once('/') {
+/// What every tap asks the proxies for besides its target.
+pub struct Filters {
+    pub path: Option<String>,
+    pub method: Option<String>,
+    pub from: Option<String>,
+    pub max_rps: u32,
+}
+
+/// Events arriving from the open taps, each with `"proxy"` set to the sidecar that saw it.
+pub struct Events {
+    rx: mpsc::Receiver<(String, anyhow::Result<Value>)>,
+    inbound_only: bool,
+}
+
+impl Events {
+    /// The next event, or None once every stream ended or `deadline` passed. A stream's error
+    /// is said on stderr and the others go on.
+    pub fn next(&self, deadline: Option<Instant>) -> Option<Value> {
+        loop {
+            let (proxy, event) = match deadline {
+                Some(d) => self
+                    .rx
+                    .recv_timeout(d.checked_duration_since(Instant::now())?)
+                    .ok()?,
+                None => self.rx.recv().ok()?,
+            };
+            let mut event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("weft: tap of {proxy}: {e:#}");
+                    continue;
+                }
+            };
+            if event["tap"] == "open" || (self.inbound_only && event["direction"] != "inbound") {
+                continue;
+            }
+            event["proxy"] = proxy.into();
+            return Some(event);
+        }
+    }
+}
+
+/// Opens the taps `dest` needs (None: every sidecar, each request once, where it arrives).
+pub fn open(dest: Option<&str>, filters: &Filters, sidecars: &[ProxyAdmin]) -> anyhow::Result<Events> {
+    let plan = plan(dest, filters, sidecars)?;
+    let (tx, rx) = mpsc::channel::<(String, anyhow::Result<Value>)>();
+    for proxy in plan.proxies {
+        let (tx, query) = (tx.clone(), plan.query.clone());
+        std::thread::spawn(move || {
+            if let Err(e) = stream(&proxy, &query, &tx) {
+                let _ = tx.send((proxy.instance.clone(), Err(e)));
+            }
+        });
+    }
+    Ok(Events {
+        rx,
+        inbound_only: plan.inbound_only,
+    })
+}
+
+fn plan(dest: Option<&str>, args: &Filters, sidecars: &[ProxyAdmin]) -> anyhow::Result<Plan> {
+    let mut query = vec![("max_rps", args.max_rps.to_string())];
+    for (k, v) in [
+        ("path", &args.path),
+        ("method", &args.method),
+        ("from", &args.from),
+    ] {
+        if let Some(v) = v {
+            query.push((k, v.clone()));
+        }
+    }
+    let encoded = |query: &[(&str, String)]| {
+        query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let Some(dest) = dest else {
+        return Ok(Plan {
+            proxies: sidecars.to_vec(),
+            query: encoded(&query),
+            inbound_only: true,
+        });
+    };
+    let (kind, name) = match dest.split_once('/') {
         Some((k, n)) => (Some(k.to_ascii_lowercase()), n.to_string()),
-        None => (None, args.dest.clone()),
+        None => (None, dest.to_string()),
     };
     let of_workload: Vec<ProxyAdmin> = sidecars
         .iter()
@@ -142,14 +204,9 @@ fn plan(args: &TapArgs, sidecars: &[ProxyAdmin]) -> anyhow::Result<Plan> {
         );
         of_workload
     };
-    let query = query
-        .iter()
-        .map(|(k, v)| format!("{k}={}", encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
     Ok(Plan {
         proxies,
-        query,
+        query: encoded(&query),
         inbound_only: service,
     })
 }
