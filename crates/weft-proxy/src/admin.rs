@@ -26,12 +26,14 @@ pub async fn handle(
 ) {
     let limits = shared.snapshot.load().config.limits.clone();
     let peer = stream.peer_addr().ok();
+    let tap_drain = drain.clone();
     let handler = move |req: Request<Incoming>| {
         let shared = shared.clone();
         let registry = registry.clone();
+        let drain = tap_drain.clone();
         async move {
             if req.uri().path() == "/tap" {
-                return tap::respond(&shared, peer, &req);
+                return tap::respond(&shared, peer, &req, &drain);
             }
             respond(&shared, &registry, &req)
         }

@@ -60,6 +60,9 @@ pub struct Query {
 pub struct Golden {
     pub name: String,
     pub namespace: String,
+    /// For a route row: the service (full name) the route belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// Sidecars that reported this row's traffic.
     pub proxies: usize,
     /// Requests that finished in the window.
@@ -244,6 +247,7 @@ fn golden(window: &Window, name: String, namespace: String, acc: &Acc) -> Golden
     Golden {
         name,
         namespace,
+        service: None,
         proxies: acc.proxies.len(),
         requests: acc.requests,
         success_rate: share(acc.requests - acc.failures),
@@ -288,7 +292,9 @@ fn route_stat(window: &Window, query: &Query) -> Vec<Golden> {
     }
     rows.into_iter()
         .map(|((service, route), acc)| {
-            let mut g = golden(window, route, service, &acc);
+            let namespace = service.split('.').nth(1).unwrap_or("unknown").to_string();
+            let mut g = golden(window, route, namespace, &acc);
+            g.service = Some(service);
             g.mtls_share = None;
             g
         })

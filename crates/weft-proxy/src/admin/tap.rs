@@ -15,7 +15,13 @@ use crate::config::Shared;
 use crate::http::Body;
 use crate::telemetry::tap::{TapFilter, DEFAULT_MAX_RPS, MAX_RPS_CEILING};
 
-pub fn respond<B>(shared: &Shared, peer: Option<SocketAddr>, req: &Request<B>) -> Response<Body> {
+/// `drain` ends the stream when the proxy shuts down.
+pub fn respond<B>(
+    shared: &Shared,
+    peer: Option<SocketAddr>,
+    req: &Request<B>,
+    drain: &tokio_util::sync::CancellationToken,
+) -> Response<Body> {
     if !peer.is_some_and(|p| p.ip().is_loopback()) {
         return text(
             StatusCode::FORBIDDEN,
@@ -65,7 +71,9 @@ pub fn respond<B>(shared: &Shared, peer: Option<SocketAddr>, req: &Request<B>) -
         "namespace": w.namespace,
         "maxRps": max_rps,
     });
-    let body = shared.tap.subscribe(filter, max_rps, format!("{hello}\n").into());
+    let body = shared
+        .tap
+        .subscribe(filter, max_rps, format!("{hello}\n").into(), drain.clone());
     let mut resp = Response::new(crate::http::boxed(body));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -12,6 +12,7 @@
 //! Who may tap is decided by the admin server (loopback only); a workload whose documents opt
 //! out of tap is refused there too.
 
+use std::future::Future as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -77,11 +78,13 @@ pub struct TapHead {
     path: String,
 }
 
-/// The response body of `/tap`: the tap's lines until the reader goes (then the tap closes).
+/// The response body of `/tap`: the tap's lines until the reader goes (then the tap closes) or
+/// the proxy drains (then the stream ends, so a tap never holds a shutdown up).
 pub struct TapBody {
     rx: mpsc::Receiver<Bytes>,
     hub: Arc<TapHub>,
     id: u64,
+    stop: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
 // === impl TapHub ===
@@ -101,8 +104,15 @@ impl TapHub {
         }))
     }
 
-    /// Opens a tap; its events stream through the returned body. `hello` is its first line.
-    pub fn subscribe(self: &Arc<Self>, filter: TapFilter, max_rps: u32, hello: Bytes) -> TapBody {
+    /// Opens a tap; its events stream through the returned body, which ends when `stop` is
+    /// cancelled. `hello` is its first line.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        filter: TapFilter,
+        max_rps: u32,
+        hello: Bytes,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> TapBody {
         let (tx, rx) = mpsc::channel(TAP_BUFFER);
         let _ = tx.try_send(hello);
         let id = self.next_id.fetch_add(1, Relaxed);
@@ -124,6 +134,7 @@ impl TapHub {
             rx,
             hub: Arc::clone(self),
             id,
+            stop: Box::pin(stop.cancelled_owned()),
         }
     }
 
@@ -248,6 +259,9 @@ impl http_body::Body for TapBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
         self.rx.poll_recv(cx).map(|line| line.map(|b| Ok(Frame::data(b))))
     }
 }

@@ -122,7 +122,7 @@ fn print_rows(rows: &[Golden], group: Group, wide: bool) {
         let mut line = format!(
             "{:<24} {:<14} {:>8} {:>8} {:>12} {:>12} {:>12} {:>9} {:>6}",
             r.name,
-            r.namespace,
+            r.service.as_deref().unwrap_or(&r.namespace),
             pct(r.success_rate),
             format!("{:.1}rps", r.rps),
             ms(r.latency_ms_p50),

@@ -151,3 +151,49 @@ fn edges_carry_verified_identities() {
         .expect("edge");
     assert_eq!((plain.mtls_share, plain.source_identity.clone()), (0.0, None));
 }
+
+#[test]
+fn named_routes_count_requests_and_failures() {
+    let route = |route: &str, code: u16, n: f64| {
+        format!(
+            "weft_route_requests_total{{destination_service=\"books.default.svc.cluster.local\",route=\"{route}\",response_code=\"{code}\"}} {n}\n"
+        )
+    };
+    let before = route("GET /books/{id}", 200, 10.0);
+    let after = route("GET /books/{id}", 200, 16.0)
+        + &route("GET /books/{id}", 500, 2.0)
+        + &route("POST /books", 201, 4.0);
+    let w = window(2.0, &[("web-0", before, after)]);
+    let rows = stat(&w, Group::Route, &Query::default());
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let get = rows.iter().find(|r| r.name == "GET /books/{id}").expect("route");
+    assert_eq!(
+        (get.namespace.as_str(), get.requests, get.rps),
+        ("default", 8.0, 4.0)
+    );
+    assert_eq!(get.service.as_deref(), Some("books.default.svc.cluster.local"));
+    assert_eq!(get.success_rate, Some(6.0 / 8.0));
+    assert_eq!(
+        (get.latency_ms_p50, get.mtls_share),
+        (None, None),
+        "routes carry counts only"
+    );
+    let to_other = stat(
+        &w,
+        Group::Route,
+        &Query {
+            to: Some("reviews".into()),
+            ..Query::default()
+        },
+    );
+    assert!(to_other.is_empty());
+    let to_books = stat(
+        &w,
+        Group::Route,
+        &Query {
+            to: Some("books".into()),
+            ..Query::default()
+        },
+    );
+    assert_eq!(to_books.len(), 2);
+}

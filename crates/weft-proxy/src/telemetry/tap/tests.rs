@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use http_body_util::BodyExt;
 use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::telemetry::metrics::{Metrics, Peer};
@@ -43,7 +44,12 @@ async fn lines(body: &mut TapBody) -> Vec<serde_json::Value> {
 async fn nothing_is_captured_until_someone_taps_and_after_they_go() {
     let hub = Arc::new(TapHub::default());
     assert!(hub.capture(&request("/")).is_none());
-    let body = hub.subscribe(TapFilter::default(), 10, Bytes::from_static(b"{}\n"));
+    let body = hub.subscribe(
+        TapFilter::default(),
+        10,
+        Bytes::from_static(b"{}\n"),
+        CancellationToken::new(),
+    );
     assert_eq!(hub.open(), 1);
     assert!(hub.capture(&request("/")).is_some());
     drop(body);
@@ -60,7 +66,12 @@ async fn events_pass_the_filter_and_carry_the_request() {
         to: Some("reviews".into()),
         method: Some("get".into()),
     };
-    let mut body = hub.subscribe(filter, 10, Bytes::from_static(b"{\"tap\":\"open\"}\n"));
+    let mut body = hub.subscribe(
+        filter,
+        10,
+        Bytes::from_static(b"{\"tap\":\"open\"}\n"),
+        CancellationToken::new(),
+    );
     for (path, from) in [
         ("/reviews/1", "productpage-v1"),
         ("/health", "productpage-v1"),
@@ -90,7 +101,12 @@ async fn events_pass_the_filter_and_carry_the_request() {
 #[tokio::test(start_paused = true)]
 async fn a_slow_reader_loses_events_and_is_told_how_many() {
     let hub = Arc::new(TapHub::default());
-    let mut body = hub.subscribe(TapFilter::default(), MAX_RPS_CEILING, Bytes::from_static(b"{}\n"));
+    let mut body = hub.subscribe(
+        TapFilter::default(),
+        MAX_RPS_CEILING,
+        Bytes::from_static(b"{}\n"),
+        CancellationToken::new(),
+    );
     let extra = 40;
     for _ in 0..TAP_BUFFER + extra {
         hub.capture(&request("/"))
@@ -110,7 +126,12 @@ async fn a_slow_reader_loses_events_and_is_told_how_many() {
 #[tokio::test(start_paused = true)]
 async fn the_rate_limit_drops_and_counts_the_excess() {
     let hub = Arc::new(TapHub::default());
-    let mut body = hub.subscribe(TapFilter::default(), 5, Bytes::from_static(b"{}\n"));
+    let mut body = hub.subscribe(
+        TapFilter::default(),
+        5,
+        Bytes::from_static(b"{}\n"),
+        CancellationToken::new(),
+    );
     for _ in 0..20 {
         hub.capture(&request("/"))
             .expect("captured")
@@ -127,4 +148,20 @@ async fn the_rate_limit_drops_and_counts_the_excess() {
         (next[0]["limited"].as_u64(), next[0]["flags"].as_str()),
         (Some(15), Some("UF"))
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_ends_the_stream_and_closes_the_tap() {
+    let hub = Arc::new(TapHub::default());
+    let stop = CancellationToken::new();
+    let mut body = hub.subscribe(
+        TapFilter::default(),
+        10,
+        Bytes::from_static(b"{}\n"),
+        stop.clone(),
+    );
+    stop.cancel();
+    assert!(body.frame().await.is_none(), "the stream ends");
+    drop(body);
+    assert_eq!(hub.open(), 0);
 }
