@@ -60,6 +60,12 @@ fn views_of_a_running_bookinfo() {
     std::fs::write(&mesh_yaml, annotated).expect("write");
     let vs = dir.path.join("virtual-services.yaml");
     std::fs::copy(routing("80-20").join("virtual-services.yaml"), &vs).expect("copy");
+    // Linkerd ServiceProfiles name reviews' and ratings' routes (for `stat route`).
+    std::fs::copy(
+        routing("linkerd-profiles").join("service-profiles.yaml"),
+        dir.path.join("service-profiles.yaml"),
+    )
+    .expect("copy");
     let run_dir = tempdir::Dir::new("weft-views-run");
     let mut up = Up::start(&dir.path, &run_dir.path);
     let open = up.wait_for("Open the application:", Duration::from_secs(60));
@@ -224,6 +230,20 @@ fn views_of_a_running_bookinfo() {
     let one = json(rd, &["stat", "svc/reviews", "-t", "1s"]);
     assert_eq!(rows(&one, "rows").len(), 1, "{one}");
     assert_eq!(rows(&one, "rows")[0]["proxies"], 2, "v1 and v2 served: {one}");
+    let routes_stat = json(rd, &["stat", "route", "-t", "2s"]);
+    let named = rows(&routes_stat, "rows")
+        .iter()
+        .find(|r| r["name"] == "GET /reviews/{id}")
+        .unwrap_or_else(|| panic!("the ServiceProfile route: {routes_stat}"));
+    assert_eq!(named["service"], "reviews.default.svc.cluster.local", "{named}");
+    assert_eq!(named["successRate"], 1.0, "{named}");
+    assert!(named["rps"].as_f64().is_some_and(|r| r > 0.0), "{named}");
+    let ratings_routes = json(rd, &["stat", "rt", "--to", "ratings", "-t", "1s"]);
+    let names: Vec<&str> = rows(&ratings_routes, "rows")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["GET /ratings/{id}"], "{ratings_routes}");
     let table = text_of(rd, &["stat", "-t", "1s", "-o", "wide"]);
     assert!(
         table.contains("LATENCY_P99") && table.contains("reviews-v1"),
