@@ -42,6 +42,19 @@ fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>)
     }
 }
 
+/// Runs `weft down` on drop: `weft up` stops its workloads and sidecars and exits.
+struct Down<'a>(&'a Path);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(weft_bin())
+            .arg("down")
+            .arg("--run-dir")
+            .arg(self.0)
+            .output();
+    }
+}
+
 fn rows<'a>(v: &'a Value, key: &str) -> &'a [Value] {
     v[key].as_array().map_or(&[], Vec::as_slice)
 }
@@ -68,6 +81,9 @@ fn views_of_a_running_bookinfo() {
     .expect("copy");
     let run_dir = tempdir::Dir::new("weft-views-run");
     let mut up = Up::start(&dir.path, &run_dir.path);
+    // Dropped before `up` (which only kills `weft up` itself): stops every app and sidecar,
+    // whether the test passes or fails.
+    let _down = Down(&run_dir.path);
     let open = up.wait_for("Open the application:", Duration::from_secs(60));
     let url = open.rsplit(' ').next().expect("url").to_string();
     for _ in 0..20 {
