@@ -548,3 +548,28 @@ fn proxy_config_shows_the_balancers_unreachable_mark() {
         "{text}"
     );
 }
+
+/// A proxy whose admin port listens on every address serves `/tap` to loopback callers only;
+/// bad parameters are refused with what is accepted.
+#[test]
+fn tap_is_served_to_loopback_callers_only() {
+    let proxy = common::Proxy::start(
+        "admin: {address: \"0.0.0.0:0\"}\ninbound: {mesh: \"127.0.0.1:0\"}\noutbound: {listen: null}\n",
+    );
+    let port = proxy.bound.admin.port();
+    // This host's address on its default route: a peer that is not loopback.
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    probe.connect("192.0.2.1:9").expect("a default route");
+    let host_ip = probe.local_addr().expect("local address").ip();
+    assert!(!host_ip.is_loopback(), "{host_ip}");
+    let status = |url: &str| curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", url]).stdout;
+    assert_eq!(status(&format!("http://{host_ip}:{port}/tap")), "403");
+    let body = curl(&["-s", &format!("http://{host_ip}:{port}/tap")]).stdout;
+    assert!(body.contains("loopback callers only"), "{body}");
+    assert_eq!(status(&format!("http://127.0.0.1:{port}/tap?max_rps=0")), "400");
+    assert_eq!(status(&format!("http://127.0.0.1:{port}/tap?bogus=1")), "400");
+    // From loopback it opens: the first line says so, and the stream stays open (curl gives up).
+    let open = curl(&["-s", "--max-time", "1", &format!("http://127.0.0.1:{port}/tap")]);
+    assert!(open.stdout.contains("\"tap\":\"open\""), "{}", open.stdout);
+    assert_eq!(open.status.code(), Some(28), "curl timed out on the open stream");
+}
