@@ -117,6 +117,9 @@ pub struct Workload {
     /// `WorkloadEntry.address`); None: each instance's proxy's address as the control plane
     /// sees its connection.
     pub address: Option<std::net::IpAddr>,
+    /// The workload opted out of `weft tap` (annotation `config.linkerd.io/disable-tap` or
+    /// `weft.dev/disable-tap` set to `"true"`, as Linkerd's).
+    pub tap_disabled: bool,
     pub origin: Origin,
 }
 

@@ -74,6 +74,9 @@ pub struct WorkloadInfo {
     /// Labels; `app` and `version` become the `*_app` and `*_version` metric labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The workload opted out of `weft tap`: its proxy's admin `/tap` refuses. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tap_disabled: bool,
 }
 
 /// The admin server.
@@ -503,6 +506,7 @@ impl Default for WorkloadInfo {
             namespace: default_namespace(),
             service_account: default_namespace(),
             labels: BTreeMap::new(),
+            tap_disabled: false,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod status;
 pub mod token;
 pub mod up;
+pub mod views;
 
 /// A tokio runtime with `threads` workers (one thread: a current-thread runtime, which is
 /// what per-core figures compare against).

@@ -44,6 +44,20 @@ enum Command {
     Check(cmd::check::CheckArgs),
     /// Send GET requests at a fixed rate and count the answers per status.
     Load(cmd::load::LoadArgs),
+    /// Every proxy, the config version it ACKed, in sync or stale, and since when.
+    ProxyStatus(cmd::views::proxy_status::ProxyStatusArgs),
+    /// One proxy's compiled config: listeners, services, routes, endpoints, secrets.
+    ProxyConfig(cmd::views::proxy_config::ProxyConfigArgs),
+    /// The routes of a mesh service, in the order the proxies try them.
+    Routes(cmd::views::routes::RoutesArgs),
+    /// Success rate, requests/s, latency percentiles and mTLS share per workload, service or route.
+    Stat(cmd::views::stat::StatArgs),
+    /// Who talks to whom, with their identities and whether the edge is mTLS.
+    Edges(cmd::views::edges::EdgesArgs),
+    /// Watch requests live as the proxies see them: path, status, latency, flags, identities.
+    Tap(cmd::views::tap::TapArgs),
+    /// The most requested paths by source and destination, live in the terminal.
+    Top(cmd::views::top::TopArgs),
     #[command(hide = true)]
     DemoApp(cmd::demo_app::DemoAppArgs),
 }
@@ -70,6 +84,13 @@ fn main() -> std::process::ExitCode {
         Command::Check(args) => cmd::check::run(args),
         Command::Load(args) => cmd::load::run(args),
         Command::DemoApp(args) => cmd::demo_app::run(args),
+        Command::ProxyStatus(args) => cmd::views::proxy_status::run(args),
+        Command::ProxyConfig(args) => cmd::views::proxy_config::run(args),
+        Command::Routes(args) => cmd::views::routes::run(args),
+        Command::Stat(args) => cmd::views::stat::run(args),
+        Command::Edges(args) => cmd::views::edges::run(args),
+        Command::Tap(args) => cmd::views::tap::run(args),
+        Command::Top(args) => cmd::views::top::run(args),
     };
     match result {
         Ok(code) => code,

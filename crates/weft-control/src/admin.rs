@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::app::ControlSource;
 use crate::push::PushServer;
 
+pub mod proxy_status;
+
 /// Serves until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
@@ -51,6 +53,10 @@ fn respond(source: &ControlSource, push: &PushServer, req: &Request<Incoming>) -
     let (status, body) = match req.uri().path() {
         "/ready" => (StatusCode::OK, "ready\n".to_string()),
         "/status" => (StatusCode::OK, status_json(source, push).to_string()),
+        "/proxy-status" => (
+            StatusCode::OK,
+            proxy_status::proxy_status_json(&push.status(), std::time::SystemTime::now()).to_string(),
+        ),
         "/rotate-root" if req.method() == http::Method::POST => {
             // The new root signs once every proxy had time to renew (one certificate lifetime)
             // and the old one stays trusted one lifetime more.
@@ -65,7 +71,7 @@ fn respond(source: &ControlSource, push: &PushServer, req: &Request<Incoming>) -
         }
         _ => (
             StatusCode::NOT_FOUND,
-            "control-plane admin: /status /ready POST /rotate-root\n".to_string(),
+            "control-plane admin: /status /proxy-status /ready POST /rotate-root\n".to_string(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

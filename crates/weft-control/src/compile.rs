@@ -248,6 +248,7 @@ pub fn compile_local(mesh: &Mesh, registry: &Registry, proxy: &ProxyRef) -> Comp
                 namespace: w.namespace.clone(),
                 service_account: w.service_account.clone(),
                 labels: w.labels.clone(),
+                tap_disabled: w.tap_disabled,
             };
         }
         None => {
@@ -260,6 +261,7 @@ pub fn compile_local(mesh: &Mesh, registry: &Registry, proxy: &ProxyRef) -> Comp
                 namespace: instance.namespace.clone(),
                 service_account: instance.service_account.clone(),
                 labels: instance.labels.clone(),
+                tap_disabled: false,
             };
         }
     }

@@ -22,5 +22,6 @@ pub mod identity;
 pub mod push;
 pub mod registry;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod tokens;

@@ -79,6 +79,10 @@ pub struct ProxyStatus {
     pub connected: bool,
     /// When the current (or last) stream opened.
     pub connected_since: SystemTime,
+    /// When the last push went out (on any stream), and when the proxy last ACKed one: with
+    /// the versions, `weft proxy-status` tells how long a proxy has been stale or in sync.
+    pub last_sent_at: Option<SystemTime>,
+    pub last_acked_at: Option<SystemTime>,
     /// What the last push carried.
     pub last_push: Option<PushSummary>,
     /// Pushes sent to this proxy since the control plane started, and resource bodies in them.
@@ -111,6 +115,8 @@ struct ProxyState {
     acked_version: Option<String>,
     nack: Option<String>,
     connected_since: SystemTime,
+    last_sent_at: Option<SystemTime>,
+    last_acked_at: Option<SystemTime>,
     /// The stream currently serving this proxy; None when disconnected.
     stream: Option<u64>,
     last_push: Option<PushSummary>,
@@ -152,6 +158,8 @@ impl PushServer {
                     nack: p.nack.clone(),
                     connected,
                     connected_since: p.connected_since,
+                    last_sent_at: p.last_sent_at,
+                    last_acked_at: p.last_acked_at,
                     last_push: p.last_push.clone(),
                     pushes: p.pushes,
                     resources_sent: p.resources_sent,
@@ -330,6 +338,8 @@ impl Inner {
             acked_version: None,
             nack: None,
             connected_since: SystemTime::now(),
+            last_sent_at: None,
+            last_acked_at: None,
             stream: None,
             last_push: None,
             pushes: 0,
@@ -453,6 +463,7 @@ impl Inner {
         // it notices, but its sends do not count.
         if let Some(p) = self.proxies().get_mut(id).filter(|p| p.stream == Some(stream)) {
             p.sent = Some(response.version.clone());
+            p.last_sent_at = Some(SystemTime::now());
             p.pushes += 1;
             p.resources_sent += summary.sent as u64;
             p.last_push = Some(summary.clone());
@@ -492,6 +503,7 @@ impl Inner {
             Answer::Acked => {
                 tracing::debug!(instance = %id, version = %ack.version, "discovery: ACK");
                 p.acked_version = Some(ack.version);
+                p.last_acked_at = Some(SystemTime::now());
                 p.nack = None;
             }
             Answer::Nacked => {

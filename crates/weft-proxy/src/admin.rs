@@ -1,4 +1,6 @@
-//! The admin server: `/live`, `/ready`, `/metrics` (Prometheus text), `/config_dump`.
+//! The admin server: `/live`, `/ready`, `/metrics` (Prometheus text), `/config_dump`,
+//! `/proxy_config` (the compiled config by kind, with live endpoint state: [`config_view`]),
+//! `/tap` (a live stream of requests: [`tap`]).
 
 use std::sync::Arc;
 
@@ -12,6 +14,9 @@ use crate::config::Shared;
 use crate::http::server::{serve, Version};
 use crate::http::{full, Body};
 
+pub mod config_view;
+pub mod tap;
+
 /// Serves one admin connection.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -20,10 +25,18 @@ pub async fn handle(
     drain: CancellationToken,
 ) {
     let limits = shared.snapshot.load().config.limits.clone();
+    let peer = stream.peer_addr().ok();
+    let tap_drain = drain.clone();
     let handler = move |req: Request<Incoming>| {
         let shared = shared.clone();
         let registry = registry.clone();
-        async move { respond(&shared, &registry, &req) }
+        let drain = tap_drain.clone();
+        async move {
+            if req.uri().path() == "/tap" {
+                return tap::respond(&shared, peer, &req, &drain);
+            }
+            respond(&shared, &registry, &req)
+        }
     };
     serve(stream, Version::Http1, &limits, drain, handler).await;
 }
@@ -57,9 +70,19 @@ fn respond(shared: &Shared, registry: &Registry, req: &Request<Incoming>) -> Res
                 format!("encoding config: {e}\n"),
             ),
         },
+        "/proxy_config" => match serde_json::to_string_pretty(&config_view::proxy_config_json(
+            shared,
+            std::time::SystemTime::now(),
+        )) {
+            Ok(json) => with_type(StatusCode::OK, "application/json", json + "\n"),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding config: {e}\n"),
+            ),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /live /ready /metrics /config_dump\n".into(),
+            "admin endpoints: /live /ready /metrics /config_dump /proxy_config /tap\n".into(),
         ),
     }
 }

@@ -100,6 +100,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
         http_seen: Default::default(),
         jwks: Default::default(),
         mirrors,
+        tap: Default::default(),
     });
     shared.apply(config.clone());
     tokio::spawn(crate::http::mirror::run(shared.clone(), mirror_queue));

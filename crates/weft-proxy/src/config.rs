@@ -82,6 +82,8 @@ pub struct Shared {
     pub jwks: crate::authn::JwksCache,
     /// Where mirrored copies are handed to the worker that sends them.
     pub mirrors: crate::http::mirror::Mirrors,
+    /// Open `weft tap` streams (none: requests skip tapping after one atomic load).
+    pub tap: Arc<crate::telemetry::tap::TapHub>,
 }
 
 /// One bit per port, set once a port carried HTTP (lock-free: read on every connection).

@@ -137,6 +137,7 @@ async fn request(shared: &Shared, dest: Option<Dest>, mut req: Request<Incoming>
     if let Err(e) = canonicalize(&mut req, &snap.config.http) {
         return close_after(meta.fail(&e));
     }
+    meta.tap = shared.tap.capture(&req);
     // Mesh headers are believed only between proxies: an app cannot forge them.
     strip_mesh(req.headers_mut());
     let dest = match dest {

@@ -2,3 +2,4 @@
 
 pub mod metered;
 pub mod metrics;
+pub mod tap;

@@ -291,6 +291,7 @@ impl InstancePlan {
             namespace: self.namespace.clone(),
             service_account: self.service_account.clone(),
             labels: self.labels.clone(),
+            ..WorkloadInfo::default()
         };
         let listeners = |front: bool| {
             self.app_ports

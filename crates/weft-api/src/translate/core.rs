@@ -129,6 +129,13 @@ pub(super) fn workload(doc: &Document, _seen: usize, out: &mut Translated) {
         env: spec.env,
         replicas: spec.replicas.unwrap_or(1),
         address: spec.address,
+        tap_disabled: ["config.linkerd.io/disable-tap", "weft.dev/disable-tap"]
+            .iter()
+            .any(|k| {
+                doc.annotations
+                    .get(*k)
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            }),
         origin: origin(doc),
     });
 }

@@ -67,6 +67,7 @@ fn workload(name: &str, app: &str, version: &str) -> Workload {
         env: BTreeMap::new(),
         replicas: 1,
         address: None,
+        tap_disabled: false,
         origin: origin("Workload", name),
     }
 }

@@ -158,6 +158,7 @@ pub(super) async fn app_request(
     if let Err(e) = canonicalize(&mut req, &snap.config.http) {
         return close_after(meta.fail(&e));
     }
+    meta.tap = shared.tap.capture(&req);
     strip_mesh(req.headers_mut());
     set_client_identity(req.headers_mut(), verified);
     let auth = match authenticate(shared, &snap, &meta, &mut req).await {

@@ -206,6 +206,7 @@ pub(super) async fn mesh_request(
     if let Err(e) = canonicalize(&mut req, &snap.config.http) {
         return meta.fail(&e);
     }
+    meta.tap = shared.tap.capture(&req);
     let verified = match peer {
         MeshPeer::Mtls { peer, local, .. } => Some((&*peer.0, &*local.0)),
         MeshPeer::Plaintext => None,

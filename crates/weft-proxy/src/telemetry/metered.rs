@@ -36,6 +36,8 @@ pub struct RequestMeta {
     /// The caller is outside the mesh (not this proxy's app, not a peer verified by mTLS): the
     /// errors it gets name no policy and no internal address.
     pub outside: bool,
+    /// The request's head for `weft tap`; set only while someone taps (see [`super::tap`]).
+    pub tap: Option<Box<super::tap::TapHead>>,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
 }
@@ -81,6 +83,7 @@ impl RequestMeta {
             service_value: None,
             route: None,
             outside: false,
+            tap: None,
         }
     }
 
@@ -213,6 +216,9 @@ impl RequestMeta {
             self.request_bytes.load(Ordering::Relaxed),
             response_bytes,
         );
+        if let Some(tap) = &self.tap {
+            tap.emit(self, code, &grpc_status, flags, ms);
+        }
     }
 
     /// Records a request the proxy answered itself, and logs why.
