@@ -32,6 +32,9 @@ pub struct UpOptions {
     pub exe: PathBuf,
     /// Each instance in its own network namespace with transparent capture (needs root).
     pub netns: bool,
+    /// What a printed command needs to name this run (` --run-dir DIR`), empty for the
+    /// default run directory: every hint `weft up` prints works as printed.
+    pub run_dir_flag: String,
 }
 
 /// One started instance.
@@ -67,6 +70,8 @@ pub async fn up(
         .with_context(|| format!("reading {}", options.dir.display()))?;
     std::fs::create_dir_all(&run.root)?;
     let run_root = run.root.canonicalize()?;
+    // Absolute from here on: every path printed works from any directory.
+    let run = RunDir::new(run_root.clone());
     anyhow::ensure!(
         !run_root.starts_with(&dir),
         "the run directory must not be inside {}",
@@ -145,6 +150,7 @@ pub async fn up(
             pid: std::process::id(),
             dir: dir.display().to_string(),
             control_admin: cp.admin.to_string(),
+            discovery: Some(cp.listen.to_string()),
             instances: started
                 .iter()
                 .map(|s| InstanceRecord {
@@ -152,16 +158,17 @@ pub async fn up(
                     workload: s.plan.workload.clone(),
                     app_pid: s.app.id(),
                     sidecar_pid: s.sidecar.id(),
+                    sidecar_admin: Some(s.plan.admin().to_string()),
                 })
                 .collect(),
         })?;
-        wait_ready(&run, &mut started, options.ready_timeout).await
+        wait_ready(&run, &mut started, options.ready_timeout, &options.run_dir_flag).await
     }
     .await;
 
     match result {
         Ok(()) => {
-            let entries = print_ready(&started, cp.admin, &run);
+            let entries = print_ready(&started, &cp, &run, &options.run_dir_flag);
             on_ready(&entries);
             // A service added while running gets a VIP: name it in every namespace's hosts.
             let mut known = vips(&cp);
@@ -323,7 +330,12 @@ fn hosts_lines(vips: &[(String, String, std::net::IpAddr)], ns: &str) -> String 
 
 /// Waits until every sidecar reports ready (config pushed) and every app accepts connections,
 /// printing what it still waits for.
-async fn wait_ready(run: &RunDir, started: &mut [Started], timeout: Duration) -> anyhow::Result<()> {
+async fn wait_ready(
+    run: &RunDir,
+    started: &mut [Started],
+    timeout: Duration,
+    run_dir_flag: &str,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last_report = String::new();
     loop {
@@ -331,7 +343,7 @@ async fn wait_ready(run: &RunDir, started: &mut [Started], timeout: Duration) ->
         for s in started.iter_mut() {
             if let Ok(Some(status)) = s.app.try_wait() {
                 anyhow::bail!(failure(
-                    run,
+                    run_dir_flag,
                     &s.plan.id,
                     &format!("{} exited ({status}) while starting", s.plan.id),
                     &run.app_log(&s.plan.id)
@@ -340,7 +352,7 @@ async fn wait_ready(run: &RunDir, started: &mut [Started], timeout: Duration) ->
             if let Ok(Some(status)) = s.sidecar.try_wait() {
                 let log = run.sidecar_log(&s.plan.id).with_extension("err.log");
                 anyhow::bail!(failure(
-                    run,
+                    run_dir_flag,
                     &s.plan.id,
                     &format!("the sidecar of {} exited ({status})", s.plan.id),
                     &log
@@ -389,7 +401,7 @@ async fn wait_ready(run: &RunDir, started: &mut [Started], timeout: Duration) ->
                 run.app_log(id)
             };
             anyhow::bail!(failure(
-                run,
+                run_dir_flag,
                 id,
                 &format!("{first} not ready after {timeout:?}"),
                 &log
@@ -399,16 +411,15 @@ async fn wait_ready(run: &RunDir, started: &mut [Started], timeout: Duration) ->
     }
 }
 
-fn failure(run: &RunDir, id: &str, what: &str, log: &std::path::Path) -> String {
-    let _ = run;
+fn failure(run_dir_flag: &str, id: &str, what: &str, log: &std::path::Path) -> String {
     format!(
-        "{what}; last lines of {}:\n{}\n(`weft logs {id}` shows it all)",
+        "{what}; last lines of {}:\n{}\n(`weft logs {id}{run_dir_flag}` shows it all)",
         log.display(),
         rundir::tail(log, 15)
     )
 }
 
-fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> Vec<Entry> {
+fn print_ready(started: &[Started], cp: &control::Running, run: &RunDir, run_dir_flag: &str) -> Vec<Entry> {
     println!(
         "\nWeft is up: {} workload instance(s), each with its own sidecar\n",
         started.len()
@@ -477,12 +488,23 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
             netns::ADMIN_PORT
         );
     }
+    let example = started.first().map_or("WORKLOAD", |s| s.plan.workload.as_str());
     println!(
-        "Control plane: `weft status --control-admin {control_admin}`; logs: `weft logs WORKLOAD` (in {})",
-        run.root.display()
+        "\nProxies and config: `weft status{run_dir_flag}`  (control-plane admin: http://{})",
+        cp.admin
     );
     println!(
-        "Edit the YAML in the directory to change traffic live. Ctrl-C (or `weft down`) stops everything.\n"
+        "Logs: `weft logs {example}{run_dir_flag}` (any workload; files in {})",
+        run.logs().display()
+    );
+    println!(
+        "Attach one more proxy: discovery on {} (TLS, trust anchor {}); mint its token with `weft token create --workload NAME --state-dir {}`",
+        cp.listen,
+        run.control_state().join(weft_control::identity::TRUST_BUNDLE_FILE).display(),
+        run.control_state().display()
+    );
+    println!(
+        "Edit the YAML in the directory to change traffic live. Ctrl-C (or `weft down{run_dir_flag}`) stops everything.\n"
     );
     entries
 }

@@ -15,6 +15,9 @@ pub struct RunRecord {
     pub pid: u32,
     pub dir: String,
     pub control_admin: String,
+    /// The discovery (and identity) address one more proxy attaches to.
+    #[serde(default)]
+    pub discovery: Option<String>,
     pub instances: Vec<InstanceRecord>,
 }
 
@@ -25,6 +28,10 @@ pub struct InstanceRecord {
     pub workload: String,
     pub app_pid: u32,
     pub sidecar_pid: u32,
+    /// The sidecar's admin address (`/metrics`, `/config`), as reachable from the host (with
+    /// `--netns`, inside the instance's namespace).
+    #[serde(default)]
+    pub sidecar_admin: Option<String>,
 }
 
 /// Paths inside a run directory.

@@ -1,33 +1,38 @@
 //! `weft status`: every connected proxy, the version it runs and whether it is in sync (as
 //! `istioctl proxy-status`), and the documents the control plane rejected.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 
+use super::find_mesh::MeshArgs;
+
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// The control plane's admin address.
-    #[arg(long, default_value = "127.0.0.1:15014")]
-    pub control_admin: SocketAddr,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
     /// Output format: `text` or `json`.
     #[arg(long, short, default_value = "text", value_parser = ["text", "json"])]
     pub output: String,
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let body = http_get(args.control_admin, "/status").with_context(|| {
-        format!(
-            "asking the control plane at {} (is `weft control` running?)",
-            args.control_admin
-        )
-    })?;
+    let mesh = args.mesh.find()?;
+    let body = mesh.control_get("/status")?;
     let v: serde_json::Value =
         serde_json::from_str(&body).context("the control plane's /status is not JSON")?;
     if args.output == "json" {
         out!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
+    }
+    // Which mesh this is, when two run from two directories.
+    if let Some(record) = mesh.run.as_ref().and_then(|r| r.record.as_ref()) {
+        out!(
+            "mesh: `weft up {}` (pid {}), control plane {}\n",
+            record.dir,
+            record.pid,
+            mesh.control_admin
+        );
     }
     out!(
         "{:<28} {:<24} {:<12} {:<8} VERSION",
@@ -81,29 +86,4 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A tiny blocking HTTP/1.0 GET: the admin port is local and answers small documents.
-pub(crate) fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    http_request(addr, "GET", path)
-}
-
-/// [`http_get`] with any method (no body).
-pub(crate) fn http_request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let (head, body) = out.split_once("\r\n\r\n").context("malformed HTTP response")?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-        "{}",
-        head.lines().next().unwrap_or("")
-    );
-    Ok(body.to_string())
 }
