@@ -22,8 +22,9 @@ pub mod security;
 pub mod smi;
 pub mod yaml;
 
-/// One document with where it came from.
-#[derive(Debug, Clone)]
+/// One document with where it came from. Equal when its text, place and metadata are: the
+/// control plane tells a changed file from an unchanged one with it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Document {
     /// Path relative to the directory given (or as given, for a single file).
     pub file: String,

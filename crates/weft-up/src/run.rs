@@ -190,7 +190,13 @@ pub async fn up(
                 say("services changed: updated every namespace's hosts file");
                 known = now;
             };
-            supervise(&run, &mut started, shutdown, refresh_hosts).await;
+            let mut announced = BTreeMap::new();
+            let mut refresh_hosts = refresh_hosts;
+            let tick = || {
+                refresh_hosts();
+                announce_refusals(&cp, &dir, &mut announced);
+            };
+            supervise(&run, &mut started, shutdown, tick).await;
         }
         Err(e) => {
             stop_all(&mut started).await;
@@ -507,6 +513,41 @@ fn print_ready(started: &[Started], cp: &control::Running, run: &RunDir, run_dir
         "Edit the YAML in the directory to change traffic live. Ctrl-C (or `weft down{run_dir_flag}`) stops everything.\n"
     );
     entries
+}
+
+/// Says, plainly and on lines of their own, when the control plane refuses a file's new version
+/// (naming each error at its file:line) and when a refused file is accepted again. `announced`:
+/// the refusals already said, by file, with when each was first seen.
+fn announce_refusals(
+    cp: &control::Running,
+    dir: &std::path::Path,
+    announced: &mut BTreeMap<String, std::time::SystemTime>,
+) {
+    let (refused, _) = cp.source.refused();
+    for r in &refused {
+        if announced.get(&r.file) == Some(&r.refused_at) {
+            continue;
+        }
+        say(&format!(
+            "refused {}: still serving its last good version (since {}); the new version has {} error(s):",
+            r.file,
+            control::rfc3339(r.serving_since),
+            r.errors.len()
+        ));
+        for e in &r.errors {
+            println!("  {e}");
+        }
+        announced.insert(r.file.clone(), r.refused_at);
+    }
+    announced.retain(|file, _| {
+        let still = refused.iter().any(|r| &r.file == file);
+        match (still, dir.join(file).exists()) {
+            (true, _) => {}
+            (false, true) => say(&format!("accepted {file}: the version written now serves")),
+            (false, false) => say(&format!("{file} was removed: what it defined is gone")),
+        }
+        still
+    });
 }
 
 /// Reports instances that exit until `shutdown`; `tick` runs every half second.

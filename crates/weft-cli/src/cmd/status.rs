@@ -64,26 +64,50 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             out!("    rejected: {nack}");
         }
     }
+    let refused: Vec<&str> = v["refused"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["file"].as_str())
+        .collect();
+    for r in v["refused"].as_array().into_iter().flatten() {
+        out!(
+            "\nserving the last good version of {} since {}: the version written at {} is refused:",
+            r["file"].as_str().unwrap_or("?"),
+            r["servingSince"].as_str().unwrap_or("?"),
+            r["refusedAt"].as_str().unwrap_or("?"),
+        );
+        for f in r["errors"].as_array().into_iter().flatten() {
+            out!("  {}", finding_line(f));
+        }
+    }
     let errors: Vec<&serde_json::Value> = v["findings"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|f| f["severity"] == "error")
+        .filter(|f| !f["file"].as_str().is_some_and(|file| refused.contains(&file)))
         .collect();
     if !errors.is_empty() {
         out!("\nconfig errors (these documents are left out; the rest is served):");
         for f in errors {
-            let at = format!(
-                "{}:{}",
-                f["file"].as_str().unwrap_or("?"),
-                f["line"].as_u64().unwrap_or(0)
-            );
-            out!(
-                "  {at}: {} {}",
-                f["code"].as_str().unwrap_or(""),
-                f["message"].as_str().unwrap_or("")
-            );
+            out!("  {}", finding_line(f));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `file:line:column: CODE message` of a finding in the `/status` JSON.
+fn finding_line(f: &serde_json::Value) -> String {
+    let mut at = f["file"].as_str().unwrap_or("?").to_string();
+    for key in ["line", "column"] {
+        if let Some(n) = f[key].as_u64() {
+            at.push_str(&format!(":{n}"));
+        }
+    }
+    format!(
+        "{at}: {} {}",
+        f["code"].as_str().unwrap_or(""),
+        f["message"].as_str().unwrap_or("")
+    )
 }
