@@ -21,6 +21,7 @@ pub mod init_iptables;
 pub mod load;
 pub mod logs;
 pub mod proxy;
+pub mod run_child;
 pub mod status;
 pub mod token;
 pub mod up;

@@ -46,6 +46,8 @@ enum Command {
     Load(cmd::load::LoadArgs),
     #[command(hide = true)]
     DemoApp(cmd::demo_app::DemoAppArgs),
+    #[command(hide = true, name = "run-child")]
+    RunChild(cmd::run_child::RunChildArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Check(args) => cmd::check::run(args),
         Command::Load(args) => cmd::load::run(args),
         Command::DemoApp(args) => cmd::demo_app::run(args),
+        Command::RunChild(args) => cmd::run_child::run(args),
     };
     match result {
         Ok(code) => code,

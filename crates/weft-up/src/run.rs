@@ -77,7 +77,14 @@ pub async fn up(
         "the run directory must not be inside {}",
         dir.display()
     );
-    run.prepare()?;
+    let down_hint = format!("weft down{}", options.run_dir_flag);
+    let left = run.prepare(&down_hint)?;
+    if left > 0 {
+        say(&format!(
+            "stopped {left} process(es) a previous run (killed before it could stop them) left running"
+        ));
+    }
+    let mut reaper = crate::orphans::spawn_reaper(&options.exe, &run)?;
     if netns::clean_leftovers(&run.root)? {
         say("removed the network namespaces a previous run left behind");
     }
@@ -145,23 +152,25 @@ pub async fn up(
             }
             let token = &tokens[&key];
             started.push(start_instance(&run, inst, &options.exe, cp.listen, token)?);
+            // Recorded as each starts: a run killed while starting leaves nothing unrecorded.
+            run.write(&RunRecord {
+                pid: std::process::id(),
+                dir: dir.display().to_string(),
+                control_admin: cp.admin.to_string(),
+                discovery: Some(cp.listen.to_string()),
+                reaper_pid: Some(reaper.id()),
+                instances: started
+                    .iter()
+                    .map(|s| InstanceRecord {
+                        id: s.plan.id.clone(),
+                        workload: s.plan.workload.clone(),
+                        app_pid: s.app.id(),
+                        sidecar_pid: s.sidecar.id(),
+                        sidecar_admin: Some(s.plan.admin().to_string()),
+                    })
+                    .collect(),
+            })?;
         }
-        run.write(&RunRecord {
-            pid: std::process::id(),
-            dir: dir.display().to_string(),
-            control_admin: cp.admin.to_string(),
-            discovery: Some(cp.listen.to_string()),
-            instances: started
-                .iter()
-                .map(|s| InstanceRecord {
-                    id: s.plan.id.clone(),
-                    workload: s.plan.workload.clone(),
-                    app_pid: s.app.id(),
-                    sidecar_pid: s.sidecar.id(),
-                    sidecar_admin: Some(s.plan.admin().to_string()),
-                })
-                .collect(),
-        })?;
         wait_ready(&run, &mut started, options.ready_timeout, &options.run_dir_flag).await
     }
     .await;
@@ -205,6 +214,7 @@ pub async fn up(
                 net.teardown();
             }
             std::fs::remove_file(run.record()).ok();
+            stop_reaper(&mut reaper);
             return Err(e);
         }
     }
@@ -215,6 +225,7 @@ pub async fn up(
         net.teardown();
     }
     std::fs::remove_file(run.record()).ok();
+    stop_reaper(&mut reaper);
     say("stopped");
     Ok(())
 }
@@ -233,7 +244,7 @@ fn start_instance(
             std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?,
         ))
     };
-    let sidecar = in_net(inst, exe)
+    let sidecar = in_net(inst, exe, exe)
         .arg("proxy")
         .arg("--config")
         .arg(&config)
@@ -271,7 +282,7 @@ fn start_instance(
         .with_context(|| format!("starting the sidecar of {}", inst.id))?;
     let (program, args) = inst.command.split_first().context("empty command")?;
     let app_log = run.app_log(&inst.id);
-    let app = in_net(inst, std::path::Path::new(program))
+    let app = in_net(inst, exe, std::path::Path::new(program))
         .args(args)
         .envs(&inst.env)
         .stdin(Stdio::null())
@@ -289,17 +300,25 @@ fn start_instance(
     })
 }
 
-/// `program`, in the instance's network namespace when it has one (`ip netns exec` execs it,
-/// so the child's pid is the program's).
-fn in_net(inst: &InstancePlan, program: &std::path::Path) -> Command {
+/// `program`, started so that it dies with `weft up` in a process group of its own
+/// ([`crate::orphans`]), in the instance's network namespace when it has one (`ip netns exec`
+/// execs it, so the child's pid is the program's).
+fn in_net(inst: &InstancePlan, exe: &std::path::Path, program: &std::path::Path) -> Command {
     match &inst.net {
         Some(net) => {
-            let mut cmd = Command::new("ip");
+            let mut cmd = crate::orphans::child_command(exe, std::path::Path::new("ip"));
             cmd.args(["netns", "exec", &net.netns]).arg(program);
             cmd
         }
-        None => Command::new(program),
+        None => crate::orphans::child_command(exe, program),
     }
+}
+
+/// The reaper has nothing to do after a clean stop (the record is gone); it is stopped rather
+/// than left to notice.
+fn stop_reaper(reaper: &mut Child) {
+    let _ = reaper.kill();
+    let _ = reaper.wait();
 }
 
 /// Every service's VIP, from the control plane's registry (which keeps them): `(name,
@@ -580,8 +599,18 @@ async fn supervise(
     }
 }
 
-/// SIGTERM to every sidecar and app (sidecars drain first), then SIGKILL what is left.
+/// SIGTERM to every sidecar and app (sidecars drain first), then SIGKILL what is left; then
+/// whatever they started (their process groups).
 async fn stop_all(started: &mut [Started]) {
+    stop_children(started).await;
+    let groups: Vec<u32> = started
+        .iter()
+        .flat_map(|s| [s.app.id(), s.sidecar.id()])
+        .collect();
+    crate::orphans::stop_groups(&groups, Duration::from_secs(2));
+}
+
+async fn stop_children(started: &mut [Started]) {
     for s in started.iter() {
         rundir::signal(s.sidecar.id(), Signal::SIGTERM);
         rundir::signal(s.app.id(), Signal::SIGTERM);

@@ -148,10 +148,16 @@ fn default_example() -> anyhow::Result<PathBuf> {
 
 pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     let run = RunDir::new(&args.run_dir);
-    if run.down(Duration::from_secs(20))? {
-        println!("stopped the mesh running from {}", args.run_dir.display());
-    } else {
-        println!("nothing is running from {}", args.run_dir.display());
+    let at = find_mesh::shown(&args.run_dir);
+    match run.down(Duration::from_secs(20))? {
+        weft_up::rundir::Down::Stopped => println!("stopped the mesh running from {at}"),
+        weft_up::rundir::Down::Leftovers(0) => {
+            println!("nothing is running from {at} (the weft up recorded there had died and left nothing)")
+        }
+        weft_up::rundir::Down::Leftovers(n) => {
+            println!("the weft up recorded in {at} had died: stopped {n} process(es) it left running")
+        }
+        weft_up::rundir::Down::NothingRunning => println!("nothing is running from {at}"),
     }
     // A `weft up --netns` that was killed could not remove its namespaces; they are recorded.
     if weft_up::netns::clean_leftovers(&run.root)? {
