@@ -22,3 +22,4 @@ pub mod resources;
 pub mod route;
 pub mod translate;
 pub mod validate;
+pub mod version;

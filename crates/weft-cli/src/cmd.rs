@@ -25,6 +25,7 @@ pub mod run_child;
 pub mod status;
 pub mod token;
 pub mod up;
+pub mod version;
 
 /// A tokio runtime with `threads` workers (one thread: a current-thread runtime, which is
 /// what per-core figures compare against).

@@ -3,10 +3,13 @@
 
 mod cmd;
 
+/// `--version`: the crate version and the git commit built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("WEFT_GIT_COMMIT"), ")");
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "weft", version, about = "Weft service mesh")]
+#[command(name = "weft", version = VERSION, about = "Weft service mesh")]
 struct Cli {
     /// Log filter (`info`, `debug`, `weft_proxy=trace`...). Default: RUST_LOG, else `info`.
     #[arg(long, global = true)]
@@ -44,6 +47,8 @@ enum Command {
     Check(cmd::check::CheckArgs),
     /// Send GET requests at a fixed rate and count the answers per status.
     Load(cmd::load::LoadArgs),
+    /// This client's version and commit, and the running mesh's (control plane, each proxy).
+    Version(cmd::version::VersionArgs),
     #[command(hide = true)]
     DemoApp(cmd::demo_app::DemoAppArgs),
     #[command(hide = true, name = "run-child")]
@@ -51,6 +56,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    weft_api::version::set_commit(env!("WEFT_GIT_COMMIT"));
     let cli = Cli::parse();
     // `weft up` talks to a person: its own progress lines, and only warnings from the planes.
     let quiet = matches!(cli.command, Command::Up(_)).then_some("warn");
@@ -71,6 +77,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => cmd::status::run(args),
         Command::Check(args) => cmd::check::run(args),
         Command::Load(args) => cmd::load::run(args),
+        Command::Version(args) => cmd::version::run(args),
         Command::DemoApp(args) => cmd::demo_app::run(args),
         Command::RunChild(args) => cmd::run_child::run(args),
     };

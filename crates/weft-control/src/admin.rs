@@ -53,6 +53,14 @@ fn respond(source: &ControlSource, push: &PushServer, req: &Request<Incoming>) -
         "/ready" => (StatusCode::OK, "ready\n".to_string()),
         "/status" => (StatusCode::OK, status_json(source, push).to_string()),
         "/metrics" => (StatusCode::OK, metrics_text(source, push)),
+        "/version" => (
+            StatusCode::OK,
+            serde_json::json!({
+                "version": weft_api::version::VERSION,
+                "commit": weft_api::version::commit(),
+            })
+            .to_string(),
+        ),
         "/rotate-root" if req.method() == http::Method::POST => {
             // The new root signs once every proxy had time to renew (one certificate lifetime)
             // and the old one stays trusted one lifetime more.
@@ -67,7 +75,7 @@ fn respond(source: &ControlSource, push: &PushServer, req: &Request<Incoming>) -
         }
         _ => (
             StatusCode::NOT_FOUND,
-            "control-plane admin: /status /metrics /ready POST /rotate-root\n".to_string(),
+            "control-plane admin: /status /metrics /version /ready POST /rotate-root\n".to_string(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -85,6 +93,7 @@ pub fn status_json(source: &ControlSource, push: &PushServer) -> serde_json::Val
                 "instance": p.instance_id,
                 "workload": p.workload,
                 "namespace": p.namespace,
+                "proxyVersion": p.proxy_version,
                 "sentVersion": p.sent_version,
                 "ackedVersion": p.acked_version,
                 "nack": p.nack,

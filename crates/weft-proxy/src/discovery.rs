@@ -154,6 +154,7 @@ async fn session(
         ip: sub.ip.clone(),
         mesh_port: u32::from(sub.mesh_port),
         app_ports: sub.app_ports.clone(),
+        proxy_version: weft_api::version::describe(),
     };
     tx.send(request(Kind::Subscribe(subscribe))).await?;
     let mut responses = client

@@ -34,12 +34,14 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             mesh.control_admin
         );
     }
+    // CONFIG: the version (a hash) of the config the proxy last applied; PROXY VERSION: its build.
     out!(
-        "{:<28} {:<24} {:<12} {:<8} VERSION",
+        "{:<28} {:<24} {:<12} {:<8} {:<18} PROXY VERSION",
         "PROXY",
         "WORKLOAD",
         "NAMESPACE",
-        "SYNC"
+        "SYNC",
+        "CONFIG"
     );
     for p in v["proxies"].as_array().into_iter().flatten() {
         let s = |k: &str| p[k].as_str().unwrap_or("-").to_string();
@@ -52,13 +54,19 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         } else {
             "STALE"
         };
+        let config = s("ackedVersion");
+        let build = p["proxyVersion"]
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .unwrap_or("unknown");
         out!(
-            "{:<28} {:<24} {:<12} {:<8} {}",
+            "{:<28} {:<24} {:<12} {:<8} {:<18} {build}",
             s("instance"),
             s("workload"),
             s("namespace"),
             sync,
-            s("ackedVersion")
+            // A shortened hash, as git shows commits.
+            config.chars().take(16).collect::<String>()
         );
         if let Some(nack) = p["nack"].as_str() {
             out!("    rejected: {nack}");
