@@ -88,3 +88,22 @@ fn unknown_callers_and_hosts_are_named() {
     let out = explain(&["GET http://reviews:9080/"]);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
 }
+
+/// `weft analyze examples/`: routing variants skipped at any depth (with a note), the sidecar's
+/// ProxyConfig recognised as one: no errors.
+#[test]
+fn analyze_skips_nested_variants_and_knows_a_proxy_config() {
+    let examples = format!("{}/../../examples", env!("CARGO_MANIFEST_DIR"));
+    let out = run(weft_bin(), &["analyze", &examples, "-o", "json"]);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    let findings = v["findings"].as_array().expect("findings");
+    assert_eq!(findings.len(), 1, "{v}");
+    assert_eq!(findings[0]["code"], "WEFT0009", "{v}");
+    assert_eq!(findings[0]["severity"], "info", "{v}");
+    assert!(
+        out.stderr.contains("note: skipped") && out.stderr.contains("bookinfo/routing"),
+        "{}",
+        out.stderr
+    );
+}
