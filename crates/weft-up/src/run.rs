@@ -523,10 +523,9 @@ fn print_ready(started: &[Started], cp: &control::Running, run: &RunDir, run_dir
         run.logs().display()
     );
     println!(
-        "Attach one more proxy: discovery on {} (TLS, trust anchor {}); mint its token with `weft token create --workload NAME --state-dir {}`",
+        "Attach one more proxy: discovery on {} (TLS, trust anchor {}); mint its token with `weft token create --workload NAME{run_dir_flag}`",
         cp.listen,
         run.control_state().join(weft_control::identity::TRUST_BUNDLE_FILE).display(),
-        run.control_state().display()
     );
     println!(
         "Edit the YAML in the directory to change traffic live. Ctrl-C (or `weft down{run_dir_flag}`) stops everything.\n"

@@ -16,22 +16,33 @@ pub fn parse_since(text: &str) -> anyhow::Result<OffsetDateTime> {
     if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(t);
     }
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (n, unit) = text.split_at(split);
-    let n: u64 = n.parse().ok().with_context(|| {
+    let age = parse_age(text).with_context(|| {
         format!("--since {text:?}: give an RFC 3339 time (2026-12-07T23:10:00Z) or an age (90s, 10m, 2h, 1d)")
     })?;
-    let secs = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => anyhow::bail!("--since {text:?}: the unit of an age is s, m, h or d"),
-    };
     let then = SystemTime::now()
-        .checked_sub(Duration::from_secs(secs))
+        .checked_sub(age)
         .context("--since: too far back")?;
     Ok(OffsetDateTime::from(then))
+}
+
+/// A span of time as people write it: `90s`, `10m`, `2h`, `7d` (a bare number: seconds).
+pub fn parse_age(text: &str) -> anyhow::Result<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n
+        .parse()
+        .ok()
+        .with_context(|| format!("{text:?} is not a duration (90s, 10m, 2h, 7d)"))?;
+    let unit = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("{text:?}: the unit of a duration is s, m, h or d"),
+    };
+    n.checked_mul(unit)
+        .map(Duration::from_secs)
+        .with_context(|| format!("{text:?} is too long"))
 }
 
 /// The lines of `text` to show: those at or after `since` (a line without a time of its own
