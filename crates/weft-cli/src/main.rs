@@ -30,7 +30,8 @@ enum Command {
     Down(cmd::up::DownArgs),
     /// Show a workload's logs from a running `weft up`.
     Logs(cmd::up::LogsArgs),
-    /// Run a small meshed demo on this machine: two backends, two sidecars, and the URLs to try.
+    /// Run a small meshed demo on this machine: two backends each behind a sidecar, a client
+    /// sidecar balancing between them, and the URLs to try.
     Demo(cmd::demo::DemoArgs),
     /// Check Istio, Linkerd, SMI and Gateway API documents (like `istioctl analyze`).
     Analyze(cmd::analyze::AnalyzeArgs),
@@ -97,8 +98,11 @@ fn init_logging(flag: Option<&str>, default: Option<&str>) {
         .unwrap_or_else(|| default.unwrap_or("info").to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: log files and pipes get plain text.
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -219,6 +219,7 @@ fn verbs_find_the_run_of_their_directory_and_printed_hints_work_as_printed() {
     );
 }
 
+/// `weft logs`: this run's files in plain text; `--tail` and `--since` select lines.
 #[test]
 fn logs_tail_and_since_select_lines() {
     let here = tempdir::Dir::new("weft-logs-select");
@@ -227,6 +228,10 @@ fn logs_tail_and_since_select_lines() {
     up.wait_for("Open the application");
     let all = weft_in(&here.path, &["logs", "details-v1", "--sidecar"]);
     assert!(all.status.success(), "{}", all.stderr);
+    // Plain text for files: no colour codes, one summary line instead of the whole config.
+    assert!(!all.stdout.contains('\u{1b}'), "{}", all.stdout);
+    assert!(all.stdout.contains("starting"), "{}", all.stdout);
+    assert!(!all.stdout.contains("effective config"), "{}", all.stdout);
     let two = weft_in(&here.path, &["logs", "details-v1", "--sidecar", "--tail", "2"]);
     assert!(two.status.success(), "{}", two.stderr);
     let files = two.stdout.lines().filter(|l| l.starts_with("==> ")).count();
