@@ -14,6 +14,11 @@ struct Cli {
     /// Log filter (`info`, `debug`, `weft_proxy=trace`...). Default: RUST_LOG, else `info`.
     #[arg(long, global = true)]
     log: Option<String>,
+    /// Log lines as `text` (RFC 3339 times; colour only on a terminal) or `json` (one object
+    /// per line, for machines). Set as WEFT_LOG_FORMAT in the environment, it reaches the
+    /// sidecars `weft up` starts too.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"], env = "WEFT_LOG_FORMAT")]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,7 +66,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // `weft up` talks to a person: its own progress lines, and only warnings from the planes.
     let quiet = matches!(cli.command, Command::Up(_)).then_some("warn");
-    init_logging(cli.log.as_deref(), quiet);
+    init_logging(cli.log.as_deref(), quiet, cli.log_format == "json");
     let result = match cli.command {
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::InitIptables(args) => {
@@ -91,13 +96,21 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(flag: Option<&str>, default: Option<&str>) {
+fn init_logging(flag: Option<&str>, default: Option<&str>, json: bool) {
     let filter = flag
         .map(str::to_string)
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default.unwrap_or("info").to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+        return;
+    }
     // Colour only for a person at a terminal: log files and pipes get plain text.
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
