@@ -81,6 +81,10 @@ fn kill_9_of_weft_up_takes_children_and_grandchildren_with_it() {
         Duration::from_secs(10),
         || still_running(&pids).is_empty() && grandchildren(mark).is_empty(),
     );
+    // The reaper, done, removes the record.
+    until("the reaper removes the record", Duration::from_secs(10), || {
+        !run_dir.path.join("up.json").exists()
+    });
     // Nothing left, and the next `weft down` says so.
     let down = run(
         weft_bin(),

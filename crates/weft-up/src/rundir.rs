@@ -136,7 +136,8 @@ impl RunDir {
             return Ok(0);
         }
         let mut groups = rec.groups();
-        groups.extend(rec.reaper_pid);
+        // The reaper's own group too, unless this is the reaper (it finishes the job first).
+        groups.extend(rec.reaper_pid.filter(|p| *p != std::process::id()));
         let stopped = crate::orphans::stop_groups(&groups, Duration::from_secs(3));
         std::fs::remove_file(self.record()).ok();
         Ok(stopped)
