@@ -14,6 +14,7 @@ pub mod canonical;
 pub mod discovery;
 pub mod explain;
 pub mod finding;
+pub mod human;
 pub mod identity;
 pub mod model;
 pub mod proto;

@@ -232,6 +232,14 @@ fn logs_tail_and_since_select_lines() {
     assert!(!all.stdout.contains('\u{1b}'), "{}", all.stdout);
     assert!(all.stdout.contains("starting"), "{}", all.stdout);
     assert!(!all.stdout.contains("effective config"), "{}", all.stdout);
+    // Times and durations for people, not Rust's debug forms.
+    let issued = all
+        .stdout
+        .lines()
+        .find(|l| l.contains("certificate issued"))
+        .unwrap_or_else(|| panic!("{}", all.stdout));
+    assert!(!issued.contains("SystemTime") && !issued.contains("tv_sec"), "{issued}");
+    assert!(issued.contains("Z renew_in=") && issued.contains("h"), "{issued}");
     let two = weft_in(&here.path, &["logs", "details-v1", "--sidecar", "--tail", "2"]);
     assert!(two.status.success(), "{}", two.stderr);
     let files = two.stdout.lines().filter(|l| l.starts_with("==> ")).count();

@@ -147,8 +147,8 @@ pub fn status_json(source: &ControlSource, push: &PushServer) -> serde_json::Val
         .map(|r| {
             serde_json::json!({
                 "file": r.file,
-                "servingSince": crate::app::rfc3339(r.serving_since),
-                "refusedAt": crate::app::rfc3339(r.refused_at),
+                "servingSince": weft_api::human::time(r.serving_since),
+                "refusedAt": weft_api::human::time(r.refused_at),
                 "errors": r.errors,
             })
         })

@@ -299,7 +299,7 @@ impl Inner {
             tracing::warn!(
                 "config: refused the new version of {}; serving its last good version (since {})",
                 r.file,
-                rfc3339(r.serving_since)
+                weft_api::human::time(r.serving_since)
             );
             for e in &r.errors {
                 tracing::warn!("config: {e}");
@@ -351,15 +351,6 @@ impl Inner {
         }
         self.changes.send_modify(|v| *v += 1);
     }
-}
-
-/// `t` as RFC 3339 in UTC, to the second (`2026-12-07T23:40:12Z`).
-pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t)
-        .replace_nanosecond(0)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "?".to_string())
 }
 
 /// Every shared resource, rendered once. A service that does not render is left out (and

@@ -549,7 +549,7 @@ fn announce_refusals(
         say(&format!(
             "refused {}: still serving its last good version (since {}); the new version has {} error(s):",
             r.file,
-            control::rfc3339(r.serving_since),
+            weft_api::human::time(r.serving_since),
             r.errors.len()
         ));
         for e in &r.errors {

@@ -115,8 +115,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 let expires = match g.expires_at {
                     None => "never".to_string(),
                     Some(at) => {
-                        let when =
-                            weft_control::app::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(at));
+                        let when = weft_api::human::time(SystemTime::UNIX_EPOCH + Duration::from_secs(at));
                         if g.expired(now) {
                             format!("{when} (expired)")
                         } else {
