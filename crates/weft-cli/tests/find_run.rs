@@ -238,7 +238,10 @@ fn logs_tail_and_since_select_lines() {
         .lines()
         .find(|l| l.contains("certificate issued"))
         .unwrap_or_else(|| panic!("{}", all.stdout));
-    assert!(!issued.contains("SystemTime") && !issued.contains("tv_sec"), "{issued}");
+    assert!(
+        !issued.contains("SystemTime") && !issued.contains("tv_sec"),
+        "{issued}"
+    );
     assert!(issued.contains("Z renew_in=") && issued.contains("h"), "{issued}");
     let two = weft_in(&here.path, &["logs", "details-v1", "--sidecar", "--tail", "2"]);
     assert!(two.status.success(), "{}", two.stderr);
