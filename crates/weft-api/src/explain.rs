@@ -51,6 +51,10 @@ pub struct Explanation {
     /// Problems met while explaining (e.g. a route table that does not compile).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Why a request is refused before any rule is looked at, as the proxy says it (its
+    /// response flag first): e.g. a port the service does not have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,11 +113,24 @@ pub fn explain(mesh: &Mesh, req: &ExplainRequest) -> Explanation {
         authentication: Vec::new(),
         mtls: Mtls { mode: "PERMISSIVE" },
         errors: Vec::new(),
+        reason: None,
     };
     let Some(fqdn) = mesh_host(&req.host, from_ns).filter(|f| mesh.service(f).is_some()) else {
         return out;
     };
     out.service = Some(fqdn.clone());
+    // The proxy routes a service's declared ports only: any other port has no route (404, NR).
+    if let Some(svc) = mesh.service(&fqdn) {
+        if !svc.ports.iter().any(|p| p.port == req.port) {
+            let ports: Vec<String> = svc.ports.iter().map(|p| p.port.to_string()).collect();
+            out.reason = Some(format!(
+                "NR: {fqdn} has no port {} (its ports: {}); the proxy answers 404",
+                req.port,
+                ports.join(", ")
+            ));
+            return out;
+        }
+    }
     let table = match CompiledTable::compile(&mesh.route_table(&fqdn, req.port), &fqdn) {
         Ok(t) => t,
         Err(e) => {

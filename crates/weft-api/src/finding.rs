@@ -50,6 +50,8 @@ pub mod codes {
     pub const DUPLICATE: &str = "WEFT0007";
     /// A field Istio deprecated (IST0002).
     pub const DEPRECATED: &str = "WEFT0008";
+    /// A file that is not a mesh document (e.g. a sidecar's ProxyConfig): left out.
+    pub const NOT_A_MESH_DOCUMENT: &str = "WEFT0009";
     pub const MISSING_SERVICE: &str = "WEFT0101";
     pub const MISSING_SUBSET: &str = "WEFT0102";
     pub const MISSING_GATEWAY: &str = "WEFT0103";

@@ -22,8 +22,9 @@ pub mod security;
 pub mod smi;
 pub mod yaml;
 
-/// One document with where it came from.
-#[derive(Debug, Clone)]
+/// One document with where it came from. Equal when its text, place and metadata are: the
+/// control plane tells a changed file from an unchanged one with it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Document {
     /// Path relative to the directory given (or as given, for a single file).
     pub file: String,
@@ -115,6 +116,56 @@ pub fn load_paths_excluding(paths: &[PathBuf], exclude: &[PathBuf]) -> Loaded {
 /// Name of a folder of routing variants kept beside a mesh's documents.
 pub const VARIANTS_DIR: &str = "routing";
 
+/// Every folder of routing variants under `paths` (at any depth), which reading skips: what a
+/// reader is told was left out.
+pub fn skipped_variants(paths: &[PathBuf]) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        if let Some(v) = variants_dir(dir) {
+            out.push(v);
+        }
+        let mut subdirs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && Some(p) != out.last())
+            .collect();
+        subdirs.sort();
+        for d in subdirs {
+            walk(&d, out);
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths.iter().filter(|p| p.is_dir()) {
+        walk(p, &mut out);
+    }
+    out
+}
+
+/// The top-level keys of a ProxyConfig (a sidecar's own config file, `weft proxy --config`).
+const PROXY_CONFIG_KEYS: [&str; 8] = [
+    "workload",
+    "admin",
+    "limits",
+    "http",
+    "inbound",
+    "outbound",
+    "services",
+    "endpoints",
+];
+
+/// Whether a document is a ProxyConfig rather than a mesh document: no `apiVersion`, and
+/// only ProxyConfig keys.
+fn is_proxy_config(node: &Node) -> bool {
+    let Some(map) = node.as_mapping() else {
+        return false;
+    };
+    !map.is_empty()
+        && map.get_node("apiVersion").is_none()
+        && map.keys().all(|k| PROXY_CONFIG_KEYS.contains(&k.as_str()))
+}
+
 /// `root/routing` when it is a folder of variants (only sub-folders, one per variant): those
 /// are alternatives to copy into `root`, not documents that apply together, so a directory is
 /// read without them. A `routing/` folder holding documents itself is read as usual.
@@ -151,7 +202,8 @@ fn collect(dir: &Path, exclude: &[PathBuf], files: &mut Vec<PathBuf>, findings: 
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
-            if !exclude.contains(&path) {
+            // Routing variants are alternatives, at any depth: skipped as at the top.
+            if !exclude.contains(&path) && variants_dir(dir).as_ref() != Some(&path) {
                 collect(&path, exclude, files, findings);
             }
         } else if matches!(
@@ -194,6 +246,14 @@ pub fn parse_file(file: &str, text: &str, out: &mut Loaded) {
                 continue;
             }
         };
+        if is_proxy_config(&node) {
+            out.findings.push(Finding::info(
+                codes::NOT_A_MESH_DOCUMENT,
+                format!("a ProxyConfig (one sidecar's own config), not a mesh document: left out (run it with `weft proxy --config {file}`)"),
+                &at,
+            ));
+            continue;
+        }
         match document(file, start_line, node, &body) {
             Ok(doc) => out.documents.push(doc),
             Err(message) => out.findings.push(Finding::error(codes::SCHEMA, message, &at)),

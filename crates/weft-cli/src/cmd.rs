@@ -16,12 +16,16 @@ pub mod control;
 pub mod demo;
 pub mod demo_app;
 pub mod explain;
+pub mod find_mesh;
 pub mod init_iptables;
 pub mod load;
+pub mod logs;
 pub mod proxy;
+pub mod run_child;
 pub mod status;
 pub mod token;
 pub mod up;
+pub mod version;
 pub mod views;
 
 /// A tokio runtime with `threads` workers (one thread: a current-thread runtime, which is

@@ -3,14 +3,22 @@
 
 mod cmd;
 
+/// `--version`: the crate version and the git commit built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("WEFT_GIT_COMMIT"), ")");
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "weft", version, about = "Weft service mesh")]
+#[command(name = "weft", version = VERSION, about = "Weft service mesh")]
 struct Cli {
     /// Log filter (`info`, `debug`, `weft_proxy=trace`...). Default: RUST_LOG, else `info`.
     #[arg(long, global = true)]
     log: Option<String>,
+    /// Log lines as `text` (RFC 3339 times; colour only on a terminal) or `json` (one object
+    /// per line, for machines). Set as WEFT_LOG_FORMAT in the environment, it reaches the
+    /// sidecars `weft up` starts too.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"], env = "WEFT_LOG_FORMAT")]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,7 +35,8 @@ enum Command {
     Down(cmd::up::DownArgs),
     /// Show a workload's logs from a running `weft up`.
     Logs(cmd::up::LogsArgs),
-    /// Run a small meshed demo on this machine: two backends, two sidecars, and the URLs to try.
+    /// Run a small meshed demo on this machine: two backends each behind a sidecar, a client
+    /// sidecar balancing between them, and the URLs to try.
     Demo(cmd::demo::DemoArgs),
     /// Check Istio, Linkerd, SMI and Gateway API documents (like `istioctl analyze`).
     Analyze(cmd::analyze::AnalyzeArgs),
@@ -58,15 +67,20 @@ enum Command {
     Tap(cmd::views::tap::TapArgs),
     /// The most requested paths by source and destination, live in the terminal.
     Top(cmd::views::top::TopArgs),
+    /// This client's version and commit, and the running mesh's (control plane, each proxy).
+    Version(cmd::version::VersionArgs),
     #[command(hide = true)]
     DemoApp(cmd::demo_app::DemoAppArgs),
+    #[command(hide = true, name = "run-child")]
+    RunChild(cmd::run_child::RunChildArgs),
 }
 
 fn main() -> std::process::ExitCode {
+    weft_api::version::set_commit(env!("WEFT_GIT_COMMIT"));
     let cli = Cli::parse();
     // `weft up` talks to a person: its own progress lines, and only warnings from the planes.
     let quiet = matches!(cli.command, Command::Up(_)).then_some("warn");
-    init_logging(cli.log.as_deref(), quiet);
+    init_logging(cli.log.as_deref(), quiet, cli.log_format == "json");
     let result = match cli.command {
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::InitIptables(args) => {
@@ -83,6 +97,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => cmd::status::run(args),
         Command::Check(args) => cmd::check::run(args),
         Command::Load(args) => cmd::load::run(args),
+        Command::Version(args) => cmd::version::run(args),
         Command::DemoApp(args) => cmd::demo_app::run(args),
         Command::ProxyStatus(args) => cmd::views::proxy_status::run(args),
         Command::ProxyConfig(args) => cmd::views::proxy_config::run(args),
@@ -91,6 +106,7 @@ fn main() -> std::process::ExitCode {
         Command::Edges(args) => cmd::views::edges::run(args),
         Command::Tap(args) => cmd::views::tap::run(args),
         Command::Top(args) => cmd::views::top::run(args),
+        Command::RunChild(args) => cmd::run_child::run(args),
     };
     match result {
         Ok(code) => code,
@@ -101,15 +117,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(flag: Option<&str>, default: Option<&str>) {
+fn init_logging(flag: Option<&str>, default: Option<&str>, json: bool) {
     let filter = flag
         .map(str::to_string)
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default.unwrap_or("info").to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+        return;
+    }
+    // Colour only for a person at a terminal: log files and pipes get plain text.
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -525,6 +525,7 @@ async fn bench_one(args: &Args, n: usize) -> anyhow::Result<Row> {
             ip: String::new(),
             mesh_port: 20_000 + u32::try_from(idx)?,
             app_ports: [(8080, 40_000 + u32::try_from(idx)?)].into(),
+            proxy_version: weft_api::version::describe(),
         };
         tasks.push(tokio::spawn(simulated_proxy(
             idx,

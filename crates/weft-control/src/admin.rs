@@ -1,5 +1,6 @@
 //! The control plane's admin endpoint: `/status` (what `weft status` prints: every proxy's
-//! sync state and the findings of the documents) and `/ready`.
+//! sync state, the findings of the documents and the files whose new version is refused),
+//! `/metrics` (Prometheus text) and `/ready`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -57,6 +58,15 @@ fn respond(source: &ControlSource, push: &PushServer, req: &Request<Incoming>) -
             StatusCode::OK,
             proxy_status::proxy_status_json(&push.status(), std::time::SystemTime::now()).to_string(),
         ),
+        "/metrics" => (StatusCode::OK, metrics_text(source, push)),
+        "/version" => (
+            StatusCode::OK,
+            serde_json::json!({
+                "version": weft_api::version::VERSION,
+                "commit": weft_api::version::commit(),
+            })
+            .to_string(),
+        ),
         "/rotate-root" if req.method() == http::Method::POST => {
             // The new root signs once every proxy had time to renew (one certificate lifetime)
             // and the old one stays trusted one lifetime more.
@@ -71,7 +81,8 @@ fn respond(source: &ControlSource, push: &PushServer, req: &Request<Incoming>) -
         }
         _ => (
             StatusCode::NOT_FOUND,
-            "control-plane admin: /status /proxy-status /ready POST /rotate-root\n".to_string(),
+            "control-plane admin: /status /proxy-status /metrics /version /ready POST /rotate-root\n"
+                .to_string(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -89,6 +100,7 @@ pub fn status_json(source: &ControlSource, push: &PushServer) -> serde_json::Val
                 "instance": p.instance_id,
                 "workload": p.workload,
                 "namespace": p.namespace,
+                "proxyVersion": p.proxy_version,
                 "sentVersion": p.sent_version,
                 "ackedVersion": p.acked_version,
                 "nack": p.nack,
@@ -136,10 +148,70 @@ pub fn status_json(source: &ControlSource, push: &PushServer) -> serde_json::Val
         .filter_map(|c| crate::check::describe(c).ok())
         .map(|c| serde_json::json!({ "subject": c.subject, "notBefore": c.not_before, "notAfter": c.not_after }))
         .collect();
+    let (refused, _) = source.refused();
+    let refused: Vec<serde_json::Value> = refused
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "file": r.file,
+                "servingSince": weft_api::human::time(r.serving_since),
+                "refusedAt": weft_api::human::time(r.refused_at),
+                "errors": r.errors,
+            })
+        })
+        .collect();
     serde_json::json!({
         "proxies": proxies,
         "findings": source.findings(),
+        // Files whose new version is refused: their last good version serves.
+        "refused": refused,
         "identities": identities,
         "trustBundle": roots,
     })
+}
+
+/// The `/metrics` text: the state of the configuration (what a alert watches for a refused
+/// edit) and of the connected proxies.
+pub fn metrics_text(source: &ControlSource, push: &PushServer) -> String {
+    use std::fmt::Write as _;
+    let (refused, refusals_total) = source.refused();
+    let errors = source
+        .findings()
+        .iter()
+        .filter(|f| f.severity == weft_api::finding::Severity::Error)
+        .count();
+    let proxies = push.status();
+    let connected = proxies.iter().filter(|p| p.connected).count();
+    let in_sync = proxies.iter().filter(|p| p.connected && p.in_sync).count();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP weft_control_config_refused A file whose new version is refused (1): its last good version serves.\n# TYPE weft_control_config_refused gauge"
+    );
+    for r in &refused {
+        let file = r.file.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(out, "weft_control_config_refused{{file=\"{file}\"}} 1");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP weft_control_config_refused_files Files whose new version is refused.\n# TYPE weft_control_config_refused_files gauge\nweft_control_config_refused_files {}",
+        refused.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP weft_control_config_refusals_total New file versions refused since the start.\n# TYPE weft_control_config_refusals_total counter\nweft_control_config_refusals_total {refusals_total}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP weft_control_config_errors Errors in the documents as served (left out, or refused).\n# TYPE weft_control_config_errors gauge\nweft_control_config_errors {errors}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP weft_control_proxies_connected Proxies connected for discovery.\n# TYPE weft_control_proxies_connected gauge\nweft_control_proxies_connected {connected}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP weft_control_proxies_in_sync Connected proxies that acknowledged the latest config.\n# TYPE weft_control_proxies_in_sync gauge\nweft_control_proxies_in_sync {in_sync}"
+    );
+    out
 }

@@ -17,7 +17,6 @@ use weft_api::finding::{Finding, Severity};
 use weft_api::model::Mesh;
 use weft_api::proto::Subscribe;
 use weft_api::proxy_config::ProxyConfig;
-use weft_api::{translate, validate};
 
 use crate::admission::AdmitError;
 use crate::compile::{compile_services, compile_with, ProxyRef, SharedServices};
@@ -25,6 +24,7 @@ use crate::identity::{CertificateAuthority, IdentityService};
 use crate::push::{ConfigSource, PushServer};
 use crate::registry::{Instance, Registry};
 use crate::store::files::FileStore;
+use crate::store::last_good::{LastGood, Refusal};
 use crate::store::Store;
 use crate::tokens::TokenStore;
 
@@ -98,6 +98,8 @@ pub struct ControlSource {
 struct Inner {
     store: Box<dyn Store>,
     state: Mutex<State>,
+    /// Each file's last good version (only the reload touches it).
+    last_good: Mutex<LastGood>,
     changes: watch::Sender<u64>,
     tokens: TokenStore,
     grace: Duration,
@@ -112,6 +114,10 @@ struct Inner {
 struct State {
     mesh: Mesh,
     findings: Vec<Finding>,
+    /// The files whose new version is refused (their last good version serves).
+    refused: Vec<Refusal>,
+    /// How many new versions were refused since the start.
+    refusals_total: u64,
     registry: Registry,
     shared: SharedServices,
     /// `shared` as resources (`MeshService`s and `EndpointSet`s), rendered once per change and
@@ -148,9 +154,12 @@ pub async fn start(options: ControlOptions) -> anyhow::Result<Running> {
     let source = Arc::new(ControlSource {
         inner: Arc::new(Inner {
             store: Box::new(FileStore::new(options.config_paths.clone()).excluding(options.exclude.clone())),
+            last_good: Mutex::default(),
             state: Mutex::new(State {
                 mesh: Mesh::default(),
                 findings: Vec::new(),
+                refused: Vec::new(),
+                refusals_total: 0,
                 registry,
                 shared: SharedServices {
                     services: Vec::new(),
@@ -282,6 +291,13 @@ impl ControlSource {
         self.inner.lock().findings.clone()
     }
 
+    /// The files whose new version is refused (their last good version serves), and how many
+    /// versions were refused since the start.
+    pub fn refused(&self) -> (Vec<Refusal>, u64) {
+        let state = self.inner.lock();
+        (state.refused.clone(), state.refusals_total)
+    }
+
     /// The bootstrap tokens.
     pub fn tokens(&self) -> &TokenStore {
         &self.inner.tokens
@@ -298,19 +314,49 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads every document again; a document with an error is left out (and reported), the
-    /// rest keeps serving.
+    /// Reads every document again. A file whose new version has an error is refused and its
+    /// last good version keeps serving ([`LastGood`]); in a file that never had one, a document
+    /// with an error is left out (and reported) and the rest serves.
     fn reload(&self) {
         let fingerprint = self.store.fingerprint();
         let loaded = self.store.load();
-        let translated = translate::translate(&loaded.documents);
-        let findings = validate::analyze(&loaded, &translated);
-        for f in findings.iter().filter(|f| f.severity == Severity::Error) {
-            tracing::warn!("config: {f}");
+        let (accepted, refusals_total) = {
+            let mut last_good = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
+            let accepted = last_good.accept(loaded);
+            (accepted, last_good.refusals_total())
+        };
+        for r in accepted
+            .refused
+            .iter()
+            .filter(|r| accepted.newly_refused.contains(&r.file))
+        {
+            tracing::warn!(
+                "config: refused the new version of {}; serving its last good version (since {})",
+                r.file,
+                weft_api::human::time(r.serving_since)
+            );
+            for e in &r.errors {
+                tracing::warn!("config: {e}");
+            }
+        }
+        for file in &accepted.no_longer_refused {
+            tracing::info!("config: accepted {file} again");
+        }
+        let refused_files: Vec<&str> = accepted.refused.iter().map(|r| r.file.as_str()).collect();
+        for f in accepted.findings.iter().filter(|f| {
+            f.severity == Severity::Error
+                && !f
+                    .file
+                    .as_deref()
+                    .is_some_and(|file| refused_files.contains(&file))
+        }) {
+            tracing::warn!("config (left out): {f}");
         }
         let mut state = self.lock();
-        state.mesh = translated.mesh;
-        state.findings = findings;
+        state.mesh = accepted.translated.mesh;
+        state.findings = accepted.findings;
+        state.refused = accepted.refused;
+        state.refusals_total = refusals_total;
         state.fingerprint = fingerprint;
         self.recompile(&mut state);
         tracing::info!(
@@ -321,6 +367,7 @@ impl Inner {
                 .iter()
                 .filter(|f| f.severity == Severity::Error)
                 .count(),
+            refused = state.refused.len(),
             "config loaded"
         );
     }

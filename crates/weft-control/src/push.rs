@@ -68,6 +68,8 @@ pub struct ProxyStatus {
     pub instance_id: String,
     pub workload: String,
     pub namespace: String,
+    /// The proxy's build, as it said when it subscribed (empty: it did not say).
+    pub proxy_version: String,
     /// Version of the state the last push brings the proxy to.
     pub sent_version: Option<String>,
     /// Version of the last config the proxy applied.
@@ -110,6 +112,7 @@ struct Inner {
 struct ProxyState {
     workload: String,
     namespace: String,
+    proxy_version: String,
     /// The version the last push on the current stream brings the proxy to.
     sent: Option<String>,
     acked_version: Option<String>,
@@ -152,6 +155,7 @@ impl PushServer {
                     instance_id: id.clone(),
                     workload: p.workload.clone(),
                     namespace: p.namespace.clone(),
+                    proxy_version: p.proxy_version.clone(),
                     in_sync: connected && sent_version.is_some() && sent_version == p.acked_version,
                     sent_version,
                     acked_version: p.acked_version.clone(),
@@ -298,7 +302,10 @@ impl Discovery for PushServer {
             Status::from(e)
         };
         let instance = self.inner.source.admit(&sub, peer).map_err(refused)?;
-        let stream_id = self.inner.connect(&instance).map_err(refused)?;
+        let stream_id = self
+            .inner
+            .connect(&instance, &sub.proxy_version)
+            .map_err(refused)?;
         self.inner.source.connected(&instance);
         tracing::info!(instance = %instance.id, workload = %instance.workload, namespace = %instance.namespace, ip = %instance.ip, "discovery: proxy subscribed");
         // Boxed parts: the channel's slots (allocated in blocks of 32, kept for the stream's
@@ -328,12 +335,13 @@ impl Inner {
 
     /// Records a new stream for `instance`; refused while another stream serves the same
     /// instance id (a second proxy, or a copy of one, cannot take over a live instance).
-    fn connect(&self, instance: &Instance) -> Result<u64, AdmitError> {
+    fn connect(&self, instance: &Instance, proxy_version: &str) -> Result<u64, AdmitError> {
         let stream = self.streams.fetch_add(1, Ordering::Relaxed);
         let mut proxies = self.proxies();
         let p = proxies.entry(instance.id.clone()).or_insert_with(|| ProxyState {
             workload: String::new(),
             namespace: String::new(),
+            proxy_version: String::new(),
             sent: None,
             acked_version: None,
             nack: None,
@@ -352,6 +360,7 @@ impl Inner {
         }
         p.workload.clone_from(&instance.workload);
         p.namespace.clone_from(&instance.namespace);
+        proxy_version.clone_into(&mut p.proxy_version);
         p.connected_since = SystemTime::now();
         p.stream = Some(stream);
         // A new stream starts from scratch: the first push goes out whatever was sent before.

@@ -3,6 +3,7 @@
 //! conformance suite.
 
 pub mod files;
+pub mod last_good;
 
 use weft_api::resources::Loaded;
 

@@ -4,8 +4,8 @@
 //! the control plane believes only the [`Grant`] its token was minted with.
 //!
 //! They live in `tokens.json` in the control plane's state directory (mode 0600), read again
-//! on every check so a token minted (or deleted, to revoke it) while the control plane runs
-//! takes effect at once.
+//! on every check so a token minted, revoked ([`TokenStore::revoke`]) or expired while the
+//! control plane runs takes effect at the next subscription or certificate request.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -28,6 +28,9 @@ pub struct Grant {
     pub workload: String,
     pub namespace: String,
     pub service_account: String,
+    /// When the token stops being accepted (seconds since the Unix epoch); None: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 impl Grant {
@@ -41,9 +44,31 @@ impl Grant {
             } else {
                 service_account.to_string()
             },
+            expires_at: None,
         }
     }
+
+    /// Whether the token is past its expiry at `now`.
+    pub fn expired(&self, now: std::time::SystemTime) -> bool {
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.expires_at.is_some_and(|at| now >= at)
+    }
 }
+
+/// A token as `weft token list` shows it: its first characters (enough to revoke it by, never
+/// the whole secret) and its grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listed {
+    pub id: String,
+    #[serde(flatten)]
+    pub grant: Grant,
+}
+
+/// How many characters of a token `weft token list` shows.
+pub const SHOWN_PREFIX: usize = 8;
 
 /// The token file.
 #[derive(Debug, Clone)]
@@ -57,6 +82,10 @@ pub enum TokenError {
     Io { path: String, source: std::io::Error },
     #[error("{path}: {source}")]
     Json { path: String, source: serde_json::Error },
+    #[error("no token starts with {0:?} (`weft token list` shows them)")]
+    NotFound(String),
+    #[error("several tokens start with {0:?}: give more of it")]
+    Ambiguous(String),
 }
 
 impl TokenStore {
@@ -89,6 +118,48 @@ impl TokenStore {
         let mut tokens = self.read()?;
         let token = random_hex(16).map_err(io)?;
         tokens.insert(token.clone(), grant.clone());
+        self.write(&tokens)?;
+        Ok(token)
+    }
+
+    /// Every token (by its first characters) with its grant, expired ones included.
+    pub fn list(&self) -> Result<Vec<Listed>, TokenError> {
+        Ok(self
+            .read()?
+            .into_iter()
+            .map(|(token, grant)| Listed {
+                id: token.chars().take(SHOWN_PREFIX).collect(),
+                grant,
+            })
+            .collect())
+    }
+
+    /// Revokes the one token starting with `prefix` (as `list` shows it, or whole); returns
+    /// its grant.
+    pub fn revoke(&self, prefix: &str) -> Result<Grant, TokenError> {
+        let mut tokens = self.read()?;
+        let matching: Vec<String> = tokens
+            .keys()
+            .filter(|t| !prefix.is_empty() && t.starts_with(prefix))
+            .cloned()
+            .collect();
+        let token = match matching.as_slice() {
+            [one] => one.clone(),
+            [] => return Err(TokenError::NotFound(prefix.to_string())),
+            _ => return Err(TokenError::Ambiguous(prefix.to_string())),
+        };
+        let grant = tokens
+            .remove(&token)
+            .ok_or_else(|| TokenError::NotFound(prefix.to_string()))?;
+        self.write(&tokens)?;
+        Ok(grant)
+    }
+
+    fn write(&self, tokens: &BTreeMap<String, Grant>) -> Result<(), TokenError> {
+        let io = |source| TokenError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
         let json = serde_json::to_vec_pretty(&tokens).map_err(|source| TokenError::Json {
             path: self.path.display().to_string(),
             source,
@@ -99,17 +170,19 @@ impl TokenStore {
         let tmp = self.path.with_extension("json.tmp");
         write_private(&tmp, &json).map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
-        Ok(token)
+        Ok(())
     }
 
-    /// What `token` was minted for; None for a token never minted (or revoked), or when the
+    /// What `token` was minted for; None for a token never minted, revoked or expired, or when the
     /// token file cannot be read (then nothing is trusted).
     pub fn lookup(&self, token: &str) -> Option<Grant> {
         if token.is_empty() {
             return None;
         }
         match self.read() {
-            Ok(mut tokens) => tokens.remove(token),
+            Ok(mut tokens) => tokens
+                .remove(token)
+                .filter(|g| !g.expired(std::time::SystemTime::now())),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read bootstrap tokens; refusing");
                 None
@@ -168,6 +241,29 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn expired_and_revoked_tokens_are_refused() {
+        let dir = std::env::temp_dir().join(format!("weft-tokens-revoke-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = TokenStore::new(&dir);
+        let mut past = Grant::new("reviews-v1", "shop", "reviews");
+        past.expires_at = Some(1);
+        let expired = store.create(&past).expect("create");
+        assert_eq!(store.lookup(&expired), None);
+        let mut later = Grant::new("reviews-v1", "shop", "reviews");
+        later.expires_at = Some(u64::MAX);
+        let live = store.create(&later).expect("create");
+        assert_eq!(store.lookup(&live), Some(later.clone()));
+        let listed = store.list().expect("list");
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|l| l.id.len() == SHOWN_PREFIX));
+        assert!(matches!(store.revoke(""), Err(TokenError::NotFound(_))));
+        assert_eq!(store.revoke(&live[..SHOWN_PREFIX]).expect("revoke"), later);
+        assert_eq!(store.lookup(&live), None);
+        assert!(matches!(store.revoke(&live), Err(TokenError::NotFound(_))));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -274,6 +274,7 @@ async fn an_unbound_token_is_refused_with_what_to_do() {
             workload: String::new(),
             namespace: "default".into(),
             service_account: "reviews".into(),
+            expires_at: None,
         })
         .expect("token");
     let s = refusal(subscribe(cp.running.listen, sub("reviews-v1-0", &token)).await);

@@ -27,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use load::{load, LoadReport};
+pub use load::{load, load_reporting, LoadReport};
 
 /// The response header naming the app that answered: `<name>-<version>`.
 pub const APP_HEADER: &str = "x-weft-demo-app";

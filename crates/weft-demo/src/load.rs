@@ -99,6 +99,20 @@ pub async fn load(
     headers: HeaderMap,
     stop: CancellationToken,
 ) -> anyhow::Result<LoadReport> {
+    load_reporting(url, rps, duration, concurrency, headers, stop, |_| {}).await
+}
+
+/// As [`load`], calling `progress` once a second with the report so far (latencies of the
+/// answers so far), e.g. for a live progress line.
+pub async fn load_reporting(
+    url: &str,
+    rps: u32,
+    duration: Option<Duration>,
+    concurrency: usize,
+    headers: HeaderMap,
+    stop: CancellationToken,
+    mut progress: impl FnMut(&LoadReport),
+) -> anyhow::Result<LoadReport> {
     anyhow::ensure!(rps > 0, "the rate must be at least 1 request per second");
     anyhow::ensure!(concurrency > 0, "concurrency must be at least 1");
     let parsed: http::Uri = url.parse()?;
@@ -115,6 +129,9 @@ pub async fn load(
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / rps);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let headers = std::sync::Arc::new(headers);
+    let mut progress_ticker =
+        tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    progress_ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         let until_deadline = async {
             match deadline {
@@ -128,6 +145,12 @@ pub async fn load(
             () = until_deadline => break,
             Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                 record(&mut report, &mut samples, done);
+            }
+            _ = progress_ticker.tick() => {
+                let mut so_far = report.clone();
+                so_far.elapsed = start.elapsed();
+                fill_latencies(&mut so_far, &mut samples);
+                progress(&so_far);
             }
             _ = ticker.tick() => {
                 if inflight.len() >= concurrency {
@@ -163,6 +186,12 @@ pub async fn load(
         inflight.abort_all();
     }
     report.elapsed = start.elapsed();
+    fill_latencies(&mut report, &mut samples);
+    Ok(report)
+}
+
+/// p50, p99 and max of `samples` (sorted in place) into `report`.
+fn fill_latencies(report: &mut LoadReport, samples: &mut [Duration]) {
     samples.sort_unstable();
     let pick = |q: f64| -> Option<Duration> {
         let last = samples.len().checked_sub(1)?;
@@ -172,7 +201,6 @@ pub async fn load(
     report.p50 = pick(0.5);
     report.p99 = pick(0.99);
     report.max = samples.last().copied();
-    Ok(report)
 }
 
 fn record(

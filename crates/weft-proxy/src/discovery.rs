@@ -114,10 +114,10 @@ pub async fn run_anchored(
         let delay = backoff.next_delay();
         match outcome {
             Ok(()) => {
-                tracing::info!(%endpoint, retry_in = ?delay, "discovery: control plane closed the stream; serving the last config")
+                tracing::info!(%endpoint, retry_in = %weft_api::human::duration(delay), "discovery: control plane closed the stream; serving the last config")
             }
             Err(e) => {
-                tracing::warn!(%endpoint, error = %e, retry_in = ?delay, "discovery: disconnected; serving the last config")
+                tracing::warn!(%endpoint, error = %e, retry_in = %weft_api::human::duration(delay), "discovery: disconnected; serving the last config")
             }
         }
         tokio::select! {
@@ -154,6 +154,7 @@ async fn session(
         ip: sub.ip.clone(),
         mesh_port: u32::from(sub.mesh_port),
         app_ports: sub.app_ports.clone(),
+        proxy_version: weft_api::version::describe(),
     };
     tx.send(request(Kind::Subscribe(subscribe))).await?;
     let mut responses = client

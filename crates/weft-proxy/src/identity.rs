@@ -203,7 +203,7 @@ pub async fn run_with<S: Signer>(
             Ok(creds) => {
                 let issued = SystemTime::now();
                 let at = renew_at(issued, creds.not_after, rng.f64() * 0.2 - 0.1);
-                tracing::info!(id = %creds.spiffe_id, not_after = ?creds.not_after, renew_in = ?at.duration_since(issued).unwrap_or_default(), "identity: certificate issued");
+                tracing::info!(id = %creds.spiffe_id, not_after = %weft_api::human::time(creds.not_after), renew_in = %weft_api::human::duration(at.duration_since(issued).unwrap_or_default()), "identity: certificate issued");
                 metrics.expiration.set(unix_secs(creds.not_after));
                 metrics
                     .refresh
@@ -222,14 +222,14 @@ pub async fn run_with<S: Signer>(
                 let current = cell.load_full();
                 match current {
                     Some(c) if c.not_after > SystemTime::now() => {
-                        tracing::warn!(error = %e, retry_in = ?delay, not_after = ?c.not_after, "identity: renewal failed; keeping the current certificate")
+                        tracing::warn!(error = %e, retry_in = %weft_api::human::duration(delay), not_after = %weft_api::human::time(c.not_after), "identity: renewal failed; keeping the current certificate")
                     }
                     Some(_) => {
-                        tracing::error!(error = %e, retry_in = ?delay, "identity: renewal failed and the certificate expired");
+                        tracing::error!(error = %e, retry_in = %weft_api::human::duration(delay), "identity: renewal failed and the certificate expired");
                         cell.store(None);
                     }
                     None => {
-                        tracing::warn!(error = %e, retry_in = ?delay, "identity: cannot get a certificate yet")
+                        tracing::warn!(error = %e, retry_in = %weft_api::human::duration(delay), "identity: cannot get a certificate yet")
                     }
                 }
                 delay

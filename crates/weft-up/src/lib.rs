@@ -12,6 +12,7 @@
 //! (`REVIEWS_URL=http://reviews:9080`) and never learns the mesh is there.
 
 pub mod netns;
+pub mod orphans;
 pub mod plan;
 pub mod run;
 pub mod rundir;

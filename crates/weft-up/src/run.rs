@@ -32,6 +32,9 @@ pub struct UpOptions {
     pub exe: PathBuf,
     /// Each instance in its own network namespace with transparent capture (needs root).
     pub netns: bool,
+    /// What a printed command needs to name this run (` --run-dir DIR`), empty for the
+    /// default run directory: every hint `weft up` prints works as printed.
+    pub run_dir_flag: String,
 }
 
 /// One started instance.
@@ -67,12 +70,21 @@ pub async fn up(
         .with_context(|| format!("reading {}", options.dir.display()))?;
     std::fs::create_dir_all(&run.root)?;
     let run_root = run.root.canonicalize()?;
+    // Absolute from here on: every path printed works from any directory.
+    let run = RunDir::new(run_root.clone());
     anyhow::ensure!(
         !run_root.starts_with(&dir),
         "the run directory must not be inside {}",
         dir.display()
     );
-    run.prepare()?;
+    let down_hint = format!("weft down{}", options.run_dir_flag);
+    let left = run.prepare(&down_hint)?;
+    if left > 0 {
+        say(&format!(
+            "stopped {left} process(es) a previous run (killed before it could stop them) left running"
+        ));
+    }
+    let mut reaper = crate::orphans::spawn_reaper(&options.exe, &run)?;
     if netns::clean_leftovers(&run.root)? {
         say("removed the network namespaces a previous run left behind");
     }
@@ -140,28 +152,32 @@ pub async fn up(
             }
             let token = &tokens[&key];
             started.push(start_instance(&run, inst, &options.exe, cp.listen, token)?);
+            // Recorded as each starts: a run killed while starting leaves nothing unrecorded.
+            run.write(&RunRecord {
+                pid: std::process::id(),
+                dir: dir.display().to_string(),
+                control_admin: cp.admin.to_string(),
+                discovery: Some(cp.listen.to_string()),
+                reaper_pid: Some(reaper.id()),
+                instances: started
+                    .iter()
+                    .map(|s| InstanceRecord {
+                        id: s.plan.id.clone(),
+                        workload: s.plan.workload.clone(),
+                        app_pid: s.app.id(),
+                        sidecar_pid: s.sidecar.id(),
+                        sidecar_admin: Some(s.plan.admin().to_string()),
+                    })
+                    .collect(),
+            })?;
         }
-        run.write(&RunRecord {
-            pid: std::process::id(),
-            dir: dir.display().to_string(),
-            control_admin: cp.admin.to_string(),
-            instances: started
-                .iter()
-                .map(|s| InstanceRecord {
-                    id: s.plan.id.clone(),
-                    workload: s.plan.workload.clone(),
-                    app_pid: s.app.id(),
-                    sidecar_pid: s.sidecar.id(),
-                })
-                .collect(),
-        })?;
-        wait_ready(&run, &mut started, options.ready_timeout).await
+        wait_ready(&run, &mut started, options.ready_timeout, &options.run_dir_flag).await
     }
     .await;
 
     match result {
         Ok(()) => {
-            let entries = print_ready(&started, cp.admin, &run);
+            let entries = print_ready(&started, &cp, &run, &options.run_dir_flag);
             on_ready(&entries);
             // A service added while running gets a VIP: name it in every namespace's hosts.
             let mut known = vips(&cp);
@@ -183,7 +199,13 @@ pub async fn up(
                 say("services changed: updated every namespace's hosts file");
                 known = now;
             };
-            supervise(&run, &mut started, shutdown, refresh_hosts).await;
+            let mut announced = BTreeMap::new();
+            let mut refresh_hosts = refresh_hosts;
+            let tick = || {
+                refresh_hosts();
+                announce_refusals(&cp, &dir, &mut announced);
+            };
+            supervise(&run, &mut started, shutdown, tick).await;
         }
         Err(e) => {
             stop_all(&mut started).await;
@@ -192,6 +214,7 @@ pub async fn up(
                 net.teardown();
             }
             std::fs::remove_file(run.record()).ok();
+            stop_reaper(&mut reaper);
             return Err(e);
         }
     }
@@ -202,6 +225,7 @@ pub async fn up(
         net.teardown();
     }
     std::fs::remove_file(run.record()).ok();
+    stop_reaper(&mut reaper);
     say("stopped");
     Ok(())
 }
@@ -220,7 +244,7 @@ fn start_instance(
             std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?,
         ))
     };
-    let sidecar = in_net(inst, exe)
+    let sidecar = in_net(inst, exe, exe)
         .arg("proxy")
         .arg("--config")
         .arg(&config)
@@ -258,7 +282,7 @@ fn start_instance(
         .with_context(|| format!("starting the sidecar of {}", inst.id))?;
     let (program, args) = inst.command.split_first().context("empty command")?;
     let app_log = run.app_log(&inst.id);
-    let app = in_net(inst, std::path::Path::new(program))
+    let app = in_net(inst, exe, std::path::Path::new(program))
         .args(args)
         .envs(&inst.env)
         .stdin(Stdio::null())
@@ -276,17 +300,25 @@ fn start_instance(
     })
 }
 
-/// `program`, in the instance's network namespace when it has one (`ip netns exec` execs it,
-/// so the child's pid is the program's).
-fn in_net(inst: &InstancePlan, program: &std::path::Path) -> Command {
+/// `program`, started so that it dies with `weft up` in a process group of its own
+/// ([`crate::orphans`]), in the instance's network namespace when it has one (`ip netns exec`
+/// execs it, so the child's pid is the program's).
+fn in_net(inst: &InstancePlan, exe: &std::path::Path, program: &std::path::Path) -> Command {
     match &inst.net {
         Some(net) => {
-            let mut cmd = Command::new("ip");
+            let mut cmd = crate::orphans::child_command(exe, std::path::Path::new("ip"));
             cmd.args(["netns", "exec", &net.netns]).arg(program);
             cmd
         }
-        None => Command::new(program),
+        None => crate::orphans::child_command(exe, program),
     }
+}
+
+/// The reaper has nothing to do after a clean stop (the record is gone); it is stopped rather
+/// than left to notice.
+fn stop_reaper(reaper: &mut Child) {
+    let _ = reaper.kill();
+    let _ = reaper.wait();
 }
 
 /// Every service's VIP, from the control plane's registry (which keeps them): `(name,
@@ -323,7 +355,12 @@ fn hosts_lines(vips: &[(String, String, std::net::IpAddr)], ns: &str) -> String 
 
 /// Waits until every sidecar reports ready (config pushed) and every app accepts connections,
 /// printing what it still waits for.
-async fn wait_ready(run: &RunDir, started: &mut [Started], timeout: Duration) -> anyhow::Result<()> {
+async fn wait_ready(
+    run: &RunDir,
+    started: &mut [Started],
+    timeout: Duration,
+    run_dir_flag: &str,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last_report = String::new();
     loop {
@@ -331,7 +368,7 @@ async fn wait_ready(run: &RunDir, started: &mut [Started], timeout: Duration) ->
         for s in started.iter_mut() {
             if let Ok(Some(status)) = s.app.try_wait() {
                 anyhow::bail!(failure(
-                    run,
+                    run_dir_flag,
                     &s.plan.id,
                     &format!("{} exited ({status}) while starting", s.plan.id),
                     &run.app_log(&s.plan.id)
@@ -340,7 +377,7 @@ async fn wait_ready(run: &RunDir, started: &mut [Started], timeout: Duration) ->
             if let Ok(Some(status)) = s.sidecar.try_wait() {
                 let log = run.sidecar_log(&s.plan.id).with_extension("err.log");
                 anyhow::bail!(failure(
-                    run,
+                    run_dir_flag,
                     &s.plan.id,
                     &format!("the sidecar of {} exited ({status})", s.plan.id),
                     &log
@@ -389,7 +426,7 @@ async fn wait_ready(run: &RunDir, started: &mut [Started], timeout: Duration) ->
                 run.app_log(id)
             };
             anyhow::bail!(failure(
-                run,
+                run_dir_flag,
                 id,
                 &format!("{first} not ready after {timeout:?}"),
                 &log
@@ -399,16 +436,15 @@ async fn wait_ready(run: &RunDir, started: &mut [Started], timeout: Duration) ->
     }
 }
 
-fn failure(run: &RunDir, id: &str, what: &str, log: &std::path::Path) -> String {
-    let _ = run;
+fn failure(run_dir_flag: &str, id: &str, what: &str, log: &std::path::Path) -> String {
     format!(
-        "{what}; last lines of {}:\n{}\n(`weft logs {id}` shows it all)",
+        "{what}; last lines of {}:\n{}\n(`weft logs {id}{run_dir_flag}` shows it all)",
         log.display(),
         rundir::tail(log, 15)
     )
 }
 
-fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> Vec<Entry> {
+fn print_ready(started: &[Started], cp: &control::Running, run: &RunDir, run_dir_flag: &str) -> Vec<Entry> {
     println!(
         "\nWeft is up: {} workload instance(s), each with its own sidecar\n",
         started.len()
@@ -477,14 +513,59 @@ fn print_ready(started: &[Started], control_admin: SocketAddr, run: &RunDir) -> 
             netns::ADMIN_PORT
         );
     }
+    let example = started.first().map_or("WORKLOAD", |s| s.plan.workload.as_str());
     println!(
-        "Control plane: `weft status --control-admin {control_admin}`; logs: `weft logs WORKLOAD` (in {})",
-        run.root.display()
+        "\nProxies and config: `weft status{run_dir_flag}`  (control-plane admin: http://{})",
+        cp.admin
     );
     println!(
-        "Edit the YAML in the directory to change traffic live. Ctrl-C (or `weft down`) stops everything.\n"
+        "Logs: `weft logs {example}{run_dir_flag}` (any workload; files in {})",
+        run.logs().display()
+    );
+    println!(
+        "Attach one more proxy: discovery on {} (TLS, trust anchor {}); mint its token with `weft token create --workload NAME{run_dir_flag}`",
+        cp.listen,
+        run.control_state().join(weft_control::identity::TRUST_BUNDLE_FILE).display(),
+    );
+    println!(
+        "Edit the YAML in the directory to change traffic live. Ctrl-C (or `weft down{run_dir_flag}`) stops everything.\n"
     );
     entries
+}
+
+/// Says, plainly and on lines of their own, when the control plane refuses a file's new version
+/// (naming each error at its file:line) and when a refused file is accepted again. `announced`:
+/// the refusals already said, by file, with when each was first seen.
+fn announce_refusals(
+    cp: &control::Running,
+    dir: &std::path::Path,
+    announced: &mut BTreeMap<String, std::time::SystemTime>,
+) {
+    let (refused, _) = cp.source.refused();
+    for r in &refused {
+        if announced.get(&r.file) == Some(&r.refused_at) {
+            continue;
+        }
+        say(&format!(
+            "refused {}: still serving its last good version (since {}); the new version has {} error(s):",
+            r.file,
+            weft_api::human::time(r.serving_since),
+            r.errors.len()
+        ));
+        for e in &r.errors {
+            println!("  {e}");
+        }
+        announced.insert(r.file.clone(), r.refused_at);
+    }
+    announced.retain(|file, _| {
+        let still = refused.iter().any(|r| &r.file == file);
+        match (still, dir.join(file).exists()) {
+            (true, _) => {}
+            (false, true) => say(&format!("accepted {file}: the version written now serves")),
+            (false, false) => say(&format!("{file} was removed: what it defined is gone")),
+        }
+        still
+    });
 }
 
 /// Reports instances that exit until `shutdown`; `tick` runs every half second.
@@ -517,8 +598,18 @@ async fn supervise(
     }
 }
 
-/// SIGTERM to every sidecar and app (sidecars drain first), then SIGKILL what is left.
+/// SIGTERM to every sidecar and app (sidecars drain first), then SIGKILL what is left; then
+/// whatever they started (their process groups).
 async fn stop_all(started: &mut [Started]) {
+    stop_children(started).await;
+    let groups: Vec<u32> = started
+        .iter()
+        .flat_map(|s| [s.app.id(), s.sidecar.id()])
+        .collect();
+    crate::orphans::stop_groups(&groups, Duration::from_secs(2));
+}
+
+async fn stop_children(started: &mut [Started]) {
     for s in started.iter() {
         rundir::signal(s.sidecar.id(), Signal::SIGTERM);
         rundir::signal(s.app.id(), Signal::SIGTERM);

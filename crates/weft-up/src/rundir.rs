@@ -15,7 +15,36 @@ pub struct RunRecord {
     pub pid: u32,
     pub dir: String,
     pub control_admin: String,
+    /// The discovery (and identity) address one more proxy attaches to.
+    #[serde(default)]
+    pub discovery: Option<String>,
+    /// The process that stops this run's process groups if `weft up` dies without doing so.
+    #[serde(default)]
+    pub reaper_pid: Option<u32>,
+    /// Each app and sidecar leads a process group of its own (its pid): what they started
+    /// stops with them.
     pub instances: Vec<InstanceRecord>,
+}
+
+impl RunRecord {
+    /// The process groups of this run (one per app and sidecar).
+    pub fn groups(&self) -> Vec<u32> {
+        self.instances
+            .iter()
+            .flat_map(|i| [i.app_pid, i.sidecar_pid])
+            .collect()
+    }
+}
+
+/// What `weft down` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    /// A running `weft up`, stopped.
+    Stopped,
+    /// A `weft up` that had died (e.g. `kill -9`): this many processes it left were stopped.
+    Leftovers(usize),
+    /// Nothing recorded here.
+    NothingRunning,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +54,10 @@ pub struct InstanceRecord {
     pub workload: String,
     pub app_pid: u32,
     pub sidecar_pid: u32,
+    /// The sidecar's admin address (`/metrics`, `/config`), as reachable from the host (with
+    /// `--netns`, inside the instance's namespace).
+    #[serde(default)]
+    pub sidecar_admin: Option<String>,
 }
 
 /// Paths inside a run directory.
@@ -57,22 +90,57 @@ impl RunDir {
         self.root.join("control")
     }
 
-    /// Creates the layout; refuses if another `weft up` is alive here, clears a stale record.
-    pub fn prepare(&self) -> anyhow::Result<()> {
+    /// Creates the layout; refuses if another `weft up` is alive here; stops what a dead one
+    /// left (returns how many processes) and keeps its logs once, as `*.prev`, so that this
+    /// run's logs are files of its own.
+    pub fn prepare(&self, down_hint: &str) -> anyhow::Result<usize> {
         if let Some(rec) = self.read()? {
             if alive(rec.pid) {
                 anyhow::bail!(
-                    "weft up is already running here (pid {}, run directory {}): `weft down` stops it",
+                    "weft up is already running here (pid {}, run directory {}): `{down_hint}` stops it",
                     rec.pid,
                     self.root.display()
                 );
             }
-            std::fs::remove_file(self.record()).ok();
         }
+        let left = self.stop_leftovers()?;
         for d in [self.logs(), self.root.join("sidecars"), self.control_state()] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
+        self.keep_previous_logs()?;
+        Ok(left)
+    }
+
+    /// Renames every log to `NAME.prev` (replacing an older one).
+    fn keep_previous_logs(&self) -> anyhow::Result<()> {
+        let entries =
+            std::fs::read_dir(self.logs()).with_context(|| format!("reading {}", self.logs().display()))?;
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".log") {
+                let prev = self.logs().join(format!("{name}.prev"));
+                std::fs::rename(&path, &prev)
+                    .with_context(|| format!("keeping {} as {}", path.display(), prev.display()))?;
+            }
+        }
         Ok(())
+    }
+
+    /// When the `weft up` recorded here is dead: stops every process its run left (its reaper,
+    /// apps, sidecars and whatever they started) and removes the record. Returns how many
+    /// processes there were; 0 when nothing is recorded or `weft up` is alive.
+    pub fn stop_leftovers(&self) -> anyhow::Result<usize> {
+        let Some(rec) = self.read()? else { return Ok(0) };
+        if alive(rec.pid) {
+            return Ok(0);
+        }
+        let mut groups = rec.groups();
+        // The reaper's own group too, unless this is the reaper (it finishes the job first).
+        groups.extend(rec.reaper_pid.filter(|p| *p != std::process::id()));
+        let stopped = crate::orphans::stop_groups(&groups, Duration::from_secs(3));
+        std::fs::remove_file(self.record()).ok();
+        Ok(stopped)
     }
 
     pub fn read(&self) -> anyhow::Result<Option<RunRecord>> {
@@ -95,12 +163,13 @@ impl RunDir {
     }
 
     /// Stops the `weft up` recorded here (SIGTERM, then waits for it to finish its own
-    /// cleanup). Returns false when nothing was running.
-    pub fn down(&self, timeout: Duration) -> anyhow::Result<bool> {
-        let Some(rec) = self.read()? else { return Ok(false) };
+    /// cleanup), or what it left when it died.
+    pub fn down(&self, timeout: Duration) -> anyhow::Result<Down> {
+        let Some(rec) = self.read()? else {
+            return Ok(Down::NothingRunning);
+        };
         if !alive(rec.pid) {
-            std::fs::remove_file(self.record()).ok();
-            return Ok(false);
+            return Ok(Down::Leftovers(self.stop_leftovers()?));
         }
         signal(rec.pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + timeout;
@@ -110,10 +179,11 @@ impl RunDir {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(true)
+        Ok(Down::Stopped)
     }
 
-    /// The log files of a workload (or instance), app first, then sidecar.
+    /// The log files of a workload (or instance) in this run (not the previous run's `.prev`),
+    /// app first, then sidecar.
     pub fn logs_of(&self, name: &str) -> anyhow::Result<Vec<PathBuf>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.logs())
             .with_context(|| format!("no logs in {} (is `weft up` running here?)", self.root.display()))?
@@ -121,7 +191,8 @@ impl RunDir {
             .map(|e| e.path())
             .filter(|p| {
                 let f = p.file_name().and_then(|f| f.to_str()).unwrap_or("");
-                f.starts_with(&format!("{name}-")) || f.starts_with(&format!("{name}."))
+                (f.starts_with(&format!("{name}-")) || f.starts_with(&format!("{name}.")))
+                    && !f.ends_with(".prev")
             })
             .collect();
         files.sort();

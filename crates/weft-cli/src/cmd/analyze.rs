@@ -27,6 +27,14 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
+    for skipped in weft_api::resources::skipped_variants(&args.paths) {
+        eprintln!(
+            "note: skipped {} (routing variants, alternatives to each other: name one to check it with the base, e.g. `weft analyze {} {}/NAME`)",
+            skipped.display(),
+            skipped.parent().unwrap_or(&skipped).display(),
+            skipped.display()
+        );
+    }
     let (_translated, findings) = validate::analyze_paths_suppressing(&args.paths, &args.suppress);
     if args.output == "yaml" {
         out!("{}", validate::findings_yaml(&findings)?.trim_end());

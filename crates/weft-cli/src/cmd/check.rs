@@ -2,12 +2,10 @@
 //! state directory, the workload certificates from its `/status`), with warnings well ahead.
 //! Exit 1 when one has expired. The logic is `weft_control::check`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use weft_control::check::{self, Item, Level, Thresholds};
-use weft_up::rundir::RunDir;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -15,13 +13,10 @@ pub struct CheckArgs {
     /// (`<run-dir>/control`), else `.weft/control`.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// The run directory of a `weft up` (its control plane's state and admin address).
-    #[arg(long, default_value = ".weft/run")]
-    pub run_dir: PathBuf,
-    /// The control plane's admin address, for the workload certificates it issued. Default: the
-    /// running `weft up`'s, else none (only the CA is checked).
-    #[arg(long)]
-    pub control_admin: Option<SocketAddr>,
+    /// The mesh whose workload certificates to check (default: the running `weft up`'s; with
+    /// none found, only the CA is checked).
+    #[command(flatten)]
+    pub mesh: super::find_mesh::MeshArgs,
     /// Warn when a root or intermediate expires within this many days.
     #[arg(long, default_value_t = 30)]
     pub warn_days: u64,
@@ -31,32 +26,33 @@ pub struct CheckArgs {
 }
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let run = RunDir::new(&args.run_dir);
-    let record = run.read().ok().flatten();
+    let run = args.mesh.run()?;
     let state_dir = args.state_dir.clone().unwrap_or_else(|| {
-        if record.is_some() {
-            run.control_state()
+        if run.record.is_some() {
+            run.dir.control_state()
         } else {
             PathBuf::from(".weft/control")
         }
     });
-    let admin = args
-        .control_admin
-        .or_else(|| record.as_ref().and_then(|r| r.control_admin.parse().ok()));
+    let mut notes = Vec::new();
+    let admin = match args.mesh.find() {
+        Ok(mesh) => Some(mesh.control_admin),
+        Err(e) => {
+            notes.push(format!("{e:#}: workload certificates not checked"));
+            None
+        }
+    };
     let t = Thresholds::new(args.warn_days);
     let mut items = check::check_state_dir(&state_dir, &t)?;
-    let mut notes = Vec::new();
-    match admin {
-        Some(addr) => match super::status::http_get(addr, "/status")
+    if let Some(addr) = admin {
+        match super::find_mesh::http_get(addr, "/status")
             .and_then(|b| Ok(serde_json::from_str::<serde_json::Value>(&b)?))
         {
             Ok(status) => items.extend(check::check_status(&status, &t)),
             Err(e) => notes.push(format!(
                 "cannot read the control plane's /status at {addr} ({e}): workload certificates not checked"
             )),
-        },
-        None => notes
-            .push("no control plane given (--control-admin): workload certificates not checked".to_string()),
+        }
     }
     let worst = items.iter().map(|i| i.level).max().unwrap_or(Level::Ok);
     if args.output == "json" {

@@ -19,7 +19,7 @@ pub struct ControlArgs {
     #[arg(long, default_value = "127.0.0.1:15010")]
     pub listen: SocketAddr,
     /// Admin address serving /status (read by `weft status`).
-    #[arg(long, default_value = "127.0.0.1:15014")]
+    #[arg(long, default_value = super::find_mesh::DEFAULT_CONTROL_ADMIN)]
     pub admin: SocketAddr,
     /// State directory: virtual IPs and bootstrap tokens (never inside a config directory).
     #[arg(long, default_value = ".weft/control")]
@@ -57,15 +57,15 @@ pub enum ControlCommand {
     /// trusted at once, signs after one certificate lifetime, and the old root stays trusted
     /// one lifetime more.
     RotateRoot {
-        /// The control plane's admin address.
-        #[arg(long, default_value = "127.0.0.1:15014")]
-        control_admin: SocketAddr,
+        #[command(flatten)]
+        mesh: super::find_mesh::MeshArgs,
     },
 }
 
 pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
-    if let Some(ControlCommand::RotateRoot { control_admin }) = args.command {
-        let body = super::status::http_request(control_admin, "POST", "/rotate-root")?;
+    if let Some(ControlCommand::RotateRoot { mesh }) = args.command {
+        let control_admin = mesh.find()?.control_admin;
+        let body = super::find_mesh::http_request(control_admin, "POST", "/rotate-root")?;
         println!("{}", body.trim_end());
         return Ok(ExitCode::SUCCESS);
     }

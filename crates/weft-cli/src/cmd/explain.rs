@@ -1,5 +1,7 @@
-//! `weft explain DIR [--from WORKLOAD[.NAMESPACE]] 'METHOD URL' [-H 'Name: value']...`: which
-//! rule a request matches and where it goes, from the same code the proxies run.
+//! `weft explain PATH... [--from WORKLOAD[.NAMESPACE]] 'METHOD URL' [-H 'Name: value']...`:
+//! which rule a request matches and where it goes, from the same code the proxies run. Several
+//! paths are read together, so a routing variant is previewed beside the base documents
+//! (`weft explain examples/bookinfo examples/bookinfo/routing/jason-v2 ...`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,10 +12,10 @@ use weft_api::validate;
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
-    /// Files or directories of YAML documents.
-    pub dir: PathBuf,
-    /// The request, e.g. 'GET http://reviews:9080/reviews/1'.
-    pub request: String,
+    /// Files or directories of YAML documents, read together, then the request, e.g.
+    /// 'GET http://reviews:9080/reviews/1'.
+    #[arg(required = true, num_args = 1.., value_name = "PATH... REQUEST")]
+    pub words: Vec<String>,
     /// The calling workload, `name` or `name.namespace` (default: namespace `default`).
     #[arg(long)]
     pub from: Option<String>,
@@ -23,10 +25,27 @@ pub struct ExplainArgs {
     /// Output format: `text` or `json`.
     #[arg(long, short, default_value = "text", value_parser = ["text", "json"])]
     pub output: String,
+    /// Exit 3 when the request would be denied or not found (as `diff --exit-code` tells a
+    /// difference), 0 when it is routed; without it, 0 whatever the decision.
+    #[arg(long)]
+    pub exit_code: bool,
 }
 
+/// The exit status of `--exit-code` for a refused request.
+const REFUSED: u8 = 3;
+
 pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
-    let (method, host, port, path, query) = match explain::parse_request_line(&args.request) {
+    let (request, paths) = match args.words.split_last() {
+        Some((request, paths)) if !paths.is_empty() => (request, paths),
+        _ => {
+            eprintln!(
+                "weft explain: give the documents' paths, then the request ('GET http://reviews:9080/')"
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+    let (method, host, port, path, query) = match explain::parse_request_line(request) {
         Ok(parts) => parts,
         Err(e) => {
             eprintln!("weft explain: {e}");
@@ -45,11 +64,28 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         Some((name, ns)) => (name.to_string(), ns.to_string()),
         None => (f.to_string(), "default".to_string()),
     });
-    if !args.dir.exists() {
-        eprintln!("weft explain: {} does not exist", args.dir.display());
-        return Ok(ExitCode::from(2));
+    for p in &paths {
+        if !p.exists() {
+            eprintln!("weft explain: {} does not exist", p.display());
+            return Ok(ExitCode::from(2));
+        }
     }
-    let (translated, findings) = validate::analyze_paths(std::slice::from_ref(&args.dir));
+    let (translated, findings) = validate::analyze_paths(&paths);
+    if let Some((name, ns)) = &from {
+        let known = translated
+            .mesh
+            .workloads
+            .iter()
+            .any(|w| &w.name == name && &w.namespace == ns);
+        if !known {
+            let names: Vec<String> = translated.mesh.workloads.iter().map(|w| w.name.clone()).collect();
+            eprintln!(
+                "weft explain: --from {name}.{ns}: no Workload {ns}/{name} in these documents{}",
+                did_you_mean(name, &names)
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
     let req = ExplainRequest {
         method,
         host,
@@ -60,6 +96,18 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         from,
     };
     let e = explain::explain(&translated.mesh, &req);
+    if e.service.is_none() {
+        let names: Vec<String> = translated.mesh.services.iter().map(|s| s.name.clone()).collect();
+        let short = req.host.split('.').next().unwrap_or(&req.host);
+        let hint = did_you_mean(short, &names);
+        if !hint.is_empty() {
+            eprintln!("weft explain: {} is not a service of the mesh{hint}", req.host);
+        }
+    }
+    let refused = matches!(e.decision, "not_found" | "deny")
+        || e.authorization
+            .as_ref()
+            .is_some_and(|a| a["allowed"].as_bool() == Some(false));
     if args.output == "json" {
         out!("{}", serde_json::to_string_pretty(&e)?);
     } else {
@@ -72,7 +120,40 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             out!("\nnote: `weft analyze` reports {errors} error(s) in these documents");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(match args.exit_code && refused && e.service.is_some() {
+        true => ExitCode::from(REFUSED),
+        false => ExitCode::SUCCESS,
+    })
+}
+
+/// `; did you mean `X`?` for the name in `names` closest to `name` (at most two edits, or a
+/// third of its length), else nothing.
+fn did_you_mean(name: &str, names: &[String]) -> String {
+    let limit = (name.len() / 3).max(2);
+    names
+        .iter()
+        .filter(|n| n.as_str() != name)
+        .map(|n| (edit_distance(name, n), n))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, n)| format!("; did you mean `{n}`?"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 fn print_text(e: &Explanation) {
@@ -109,6 +190,9 @@ fn print_text(e: &Explanation) {
         None => {}
     }
     out!("decision:  {}", e.decision);
+    if let Some(reason) = &e.reason {
+        out!("reason:    {reason}");
+    }
     for b in &e.backends {
         let subset = b
             .subset

@@ -5,7 +5,11 @@
 use anyhow::Context as _;
 use weft_proxy::capture::iptables::{self, IptablesOptions};
 
-/// Flags of `weft init-iptables`. Defaults match [`IptablesOptions::default`].
+/// The uid a sidecar runs as by convention (Istio's `istio-proxy` user), the default exclusion.
+pub const DEFAULT_PROXY_UID: u32 = 1337;
+
+/// Flags of `weft init-iptables`. Defaults match [`IptablesOptions::default`], with the proxy
+/// excluded by uid [`DEFAULT_PROXY_UID`] when no uid, gid or mark is given.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InitIptablesArgs {
     /// Port the proxy accepts captured inbound connections on.
@@ -14,7 +18,8 @@ pub struct InitIptablesArgs {
     /// Port the proxy accepts captured outbound connections on.
     #[arg(long = "outbound-port", default_value_t = 15001)]
     pub outbound_port: u16,
-    /// Uid the proxy runs as; its own outbound traffic is not captured.
+    /// Uid the proxy runs as; its own outbound traffic is not captured. Default: 1337, as
+    /// istio-iptables, unless a gid or mark is given instead.
     #[arg(long)]
     pub proxy_uid: Option<u32>,
     /// Gid the proxy runs as; its own outbound traffic is not captured.
@@ -60,7 +65,10 @@ impl InitIptablesArgs {
         IptablesOptions {
             inbound_capture_port: self.inbound_port,
             outbound_capture_port: self.outbound_port,
-            proxy_uid: self.proxy_uid,
+            proxy_uid: match (self.proxy_uid, self.proxy_gid, self.proxy_mark) {
+                (None, None, None) => Some(DEFAULT_PROXY_UID),
+                (uid, _, _) => uid,
+            },
             proxy_gid: self.proxy_gid,
             proxy_mark: self.proxy_mark,
             inbound_ports: self.inbound_ports.clone(),
@@ -162,9 +170,27 @@ mod tests {
     }
 
     #[test]
+    fn the_proxy_is_excluded_by_uid_1337_unless_told_otherwise() {
+        let args = parse(&[]).expect("parse");
+        assert_eq!(args.options().proxy_uid, Some(1337));
+        assert!(iptables::script(&args.options()).contains("1337"));
+        let by_mark = parse(&["--proxy-mark", "0x539"]).expect("parse");
+        assert_eq!(by_mark.options().proxy_uid, None);
+        let by_gid = parse(&["--proxy-gid", "1337"]).expect("parse");
+        assert_eq!(by_gid.options().proxy_uid, None);
+    }
+
+    #[test]
     fn invalid_options_fail_before_running_iptables() {
-        let args = parse(&["--dry-run", "--iptables", "/nonexistent/iptables"]).expect("parse");
-        let err = run(args).expect_err("no proxy exclusion");
-        assert!(err.to_string().contains("proxy uid"), "{err:#}");
+        let args = parse(&[
+            "--dry-run",
+            "--inbound-port",
+            "0",
+            "--iptables",
+            "/nonexistent/iptables",
+        ])
+        .expect("parse");
+        let err = run(args).expect_err("port 0");
+        assert!(err.to_string().contains("inbound_capture_port"), "{err:#}");
     }
 }

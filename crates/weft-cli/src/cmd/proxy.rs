@@ -60,6 +60,10 @@ pub struct ProxyArgs {
     /// refuses a different claim).
     #[arg(long)]
     pub ip: Option<std::net::IpAddr>,
+    /// Print the effective config (the file with every default filled in) as JSON and exit.
+    /// (It is logged at debug level at every start.)
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
@@ -79,8 +83,21 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         Some(endpoint) => Some(control_plane(&args, endpoint)?),
         None => None,
     };
-    // The effective config, with every default filled in, before anything starts.
-    println!("# effective config\n{}", serde_json::to_string_pretty(&config)?);
+    // The effective config, with every default filled in: asked for, or at debug level; at
+    // info, one line says what starts.
+    if args.print_config {
+        out!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    tracing::debug!(config = %serde_json::to_string(&config)?, "effective config");
+    tracing::info!(
+        workload = %config.workload.name,
+        namespace = %config.workload.namespace,
+        services = config.services.len(),
+        control = args.control.as_deref().unwrap_or("none (static config)"),
+        "weft proxy {} starting",
+        weft_api::version::describe()
+    );
     let runtime = super::runtime(args.threads)?;
     runtime.block_on(async move {
         let running = app::start(

@@ -7,15 +7,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use weft_up::{RunDir, UpOptions};
 
-/// The run directory every verb agrees on by default.
-const RUN_DIR: &str = ".weft/run";
+use super::find_mesh::{self, MeshArgs, DEFAULT_RUN_DIR};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
     /// The mesh documents (Workloads, Services, routing). Default: the bundled examples/bookinfo.
     pub dir: Option<PathBuf>,
-    /// Where logs and the record of this run go.
-    #[arg(long, default_value = RUN_DIR)]
+    /// Where logs and the record of this run go; every verb finds the run through it.
+    #[arg(long, default_value = DEFAULT_RUN_DIR)]
     pub run_dir: PathBuf,
     /// Seconds to wait for every workload and sidecar to be ready.
     #[arg(long, default_value_t = 60)]
@@ -33,7 +32,8 @@ pub struct UpArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct DownArgs {
-    #[arg(long, default_value = RUN_DIR)]
+    /// The run directory of the `weft up` to stop.
+    #[arg(long, default_value = DEFAULT_RUN_DIR)]
     pub run_dir: PathBuf,
 }
 
@@ -41,11 +41,21 @@ pub struct DownArgs {
 pub struct LogsArgs {
     /// A workload (`reviews-v1`) or instance (`reviews-v1-0`).
     pub workload: String,
-    #[arg(long, default_value = RUN_DIR)]
-    pub run_dir: PathBuf,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
     /// Only the sidecar's log (default: the app's and the sidecar's).
     #[arg(long)]
     pub sidecar: bool,
+    /// Keep printing lines as they are written (as `tail -f`), until Ctrl-C or the run stops.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Only the last N lines of each file.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// Only lines stamped at or after this time: RFC 3339 (`2026-12-07T23:10:00Z`) or an age
+    /// (`90s`, `10m`, `2h`). Lines without a time of their own go with the line before.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -55,6 +65,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let options = UpOptions {
         dir,
+        run_dir_flag: run_dir_flag(&args.run_dir),
         run_dir: args.run_dir,
         ready_timeout: Duration::from_secs(args.ready_timeout),
         exe: std::env::current_exe().context("finding the weft executable")?,
@@ -91,6 +102,22 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// ` --run-dir DIR` (absolute) for a run directory other than the default, else nothing.
+fn run_dir_flag(run_dir: &std::path::Path) -> String {
+    if run_dir == std::path::Path::new(DEFAULT_RUN_DIR) {
+        return String::new();
+    }
+    let path = find_mesh::shown(run_dir);
+    let plain = path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c));
+    match plain {
+        true => format!(" --run-dir {path}"),
+        // Quoted for a shell, so that it still works when pasted.
+        false => format!(" --run-dir '{}'", path.replace('\'', "'\\''")),
+    }
+}
+
 /// The URL a person would open: productpage's when there is one.
 fn entry_point(entries: &[weft_up::Entry]) -> Option<String> {
     let e = entries
@@ -121,10 +148,16 @@ fn default_example() -> anyhow::Result<PathBuf> {
 
 pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     let run = RunDir::new(&args.run_dir);
-    if run.down(Duration::from_secs(20))? {
-        println!("stopped the mesh running from {}", args.run_dir.display());
-    } else {
-        println!("nothing is running from {}", args.run_dir.display());
+    let at = find_mesh::shown(&args.run_dir);
+    match run.down(Duration::from_secs(20))? {
+        weft_up::rundir::Down::Stopped => println!("stopped the mesh running from {at}"),
+        weft_up::rundir::Down::Leftovers(0) => {
+            println!("nothing is running from {at} (the weft up recorded there had died and left nothing)")
+        }
+        weft_up::rundir::Down::Leftovers(n) => {
+            println!("the weft up recorded in {at} had died: stopped {n} process(es) it left running")
+        }
+        weft_up::rundir::Down::NothingRunning => println!("nothing is running from {at}"),
     }
     // A `weft up --netns` that was killed could not remove its namespaces; they are recorded.
     if weft_up::netns::clean_leftovers(&run.root)? {
@@ -134,8 +167,10 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let run = RunDir::new(&args.run_dir);
+    let run = args.mesh.run()?;
+    let since = args.since.as_deref().map(super::logs::parse_since).transpose()?;
     let files: Vec<_> = run
+        .dir
         .logs_of(&args.workload)?
         .into_iter()
         .filter(|p| !args.sidecar || p.to_string_lossy().contains(".sidecar."))
@@ -144,13 +179,35 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "weft logs: no logs for {} in {}",
             args.workload,
-            args.run_dir.display()
+            find_mesh::shown(&run.dir.logs())
         );
         return Ok(ExitCode::from(2));
     }
-    for f in files {
-        println!("==> {} <==", f.display());
-        print!("{}", std::fs::read_to_string(&f).unwrap_or_default());
+    // Said first, on stderr: the lines below may be from a run that has ended.
+    if !run.running {
+        let when = run
+            .record
+            .as_ref()
+            .map_or(String::new(), |r| format!(" (pid {})", r.pid));
+        eprintln!(
+            "weft logs: the `weft up` of {}{when} is not running: these are its last logs",
+            find_mesh::shown(&run.dir.root)
+        );
+    }
+    let mut readers = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        let lines = super::logs::select(&text, args.tail, since);
+        if files.len() > 1 {
+            out!("==> {} <==", f.display());
+        }
+        for l in lines {
+            out!("{l}");
+        }
+        readers.push(super::logs::Follower::at_end(f.clone(), text.len() as u64));
+    }
+    if args.follow && run.running {
+        super::logs::follow(&mut readers, &run)?;
     }
     Ok(ExitCode::SUCCESS)
 }

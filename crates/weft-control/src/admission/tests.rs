@@ -155,6 +155,7 @@ fn wrong_unbound_and_missing_tokens() {
         workload: String::new(),
         namespace: "default".into(),
         service_account: "reviews".into(),
+        expires_at: None,
     };
     let e = admit_plain(&registry, old, &plain("reviews-v1-0")).expect_err("unbound");
     assert_eq!(e, AdmitError::Unbound);
