@@ -86,6 +86,7 @@ mod tests {
             instance_id: "reviews-v1-0".into(),
             workload: "reviews-v1".into(),
             namespace: "default".into(),
+            proxy_version: String::new(),
             sent_version: sent.map(str::to_string),
             acked_version: acked.map(str::to_string),
             nack: nack.map(str::to_string),

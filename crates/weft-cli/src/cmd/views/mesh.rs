@@ -150,6 +150,6 @@ impl Mesh {
 /// GETs `path` from an admin endpoint and parses the JSON answer.
 pub fn get_json(admin: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
     let body =
-        crate::cmd::status::http_get(admin, path).with_context(|| format!("GET http://{admin}{path}"))?;
+        crate::cmd::find_mesh::http_get(admin, path).with_context(|| format!("GET http://{admin}{path}"))?;
     serde_json::from_str(&body).with_context(|| format!("http://{admin}{path} is not JSON"))
 }

@@ -58,7 +58,7 @@ pub fn scrape(proxies: &[ProxyAdmin], window: Duration) -> Scraped {
 }
 
 fn metrics(proxy: &ProxyAdmin) -> anyhow::Result<Vec<Sample>> {
-    let text = crate::cmd::status::http_get(proxy.admin, "/metrics")
+    let text = crate::cmd::find_mesh::http_get(proxy.admin, "/metrics")
         .with_context(|| format!("GET http://{}/metrics", proxy.admin))?;
     Ok(telemetry::parse(&text)?)
 }
