@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::proxy_config::{AuthzPolicy, LoadBalancer, MtlsMode, Protocol, ProxyConfig};
+use crate::proxy_config::{AuthzPolicy, LoadBalancer, MtlsMode, OutlierDetection, Protocol, ProxyConfig};
 use crate::route::{Origin, Rule};
 
 /// Everything the documents say about the mesh.
@@ -26,6 +26,18 @@ pub struct Mesh {
     pub authorization_policies: Vec<AuthorizationPolicy>,
     /// Linkerd ServiceProfiles and Linkerd retry/timeout annotations, per host, in load order.
     pub profiles: Vec<HostProfile>,
+    /// Outlier detection per host (Istio DestinationRule `outlierDetection`, Linkerd
+    /// `balancer.linkerd.io/failure-accrual`), in load order.
+    pub outlier_detections: Vec<HostOutlierDetection>,
+}
+
+/// What one document says about ejecting a host's failing endpoints.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostOutlierDetection {
+    /// Fully qualified service name.
+    pub host: String,
+    pub origin: Origin,
+    pub settings: OutlierDetection,
 }
 
 /// What one Linkerd document (a ServiceProfile, or a Service's annotations) says about a host.
@@ -173,6 +185,15 @@ impl Mesh {
 
     pub fn destination(&self, fqdn: &str) -> Option<&DestinationPolicy> {
         self.destinations.iter().find(|d| d.host == fqdn)
+    }
+
+    /// The outlier detection that applies to `fqdn`: an Istio DestinationRule's wins over
+    /// Linkerd's failure-accrual annotations (as a routing rule's settings win over Linkerd's),
+    /// and the first document loaded wins within a dialect.
+    pub fn outlier_detection(&self, fqdn: &str) -> Option<&HostOutlierDetection> {
+        let mut for_host = self.outlier_detections.iter().filter(|o| o.host == fqdn);
+        let first = for_host.clone().next();
+        for_host.find(|o| o.origin.kind == "DestinationRule").or(first)
     }
 
     /// The route documents that decide `fqdn:port`: those of the winning dialect only, in

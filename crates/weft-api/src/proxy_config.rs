@@ -15,11 +15,13 @@ use crate::canonical::PathNormalization;
 
 mod authz;
 mod load;
+mod resilience;
 mod validate;
 
 pub use authz::{AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource};
 
 pub use load::{ConfigError, Problem};
+pub use resilience::{EjectionBackoff, OutlierDetection};
 pub use validate::split_host;
 
 /// The cluster domain used to spell a service's fully qualified name.
@@ -281,6 +283,9 @@ pub struct MeshService {
     /// Load-balancing policy. Default `LEAST_REQUEST` (power of two choices).
     #[serde(default)]
     pub load_balancer: LoadBalancer,
+    /// Outlier detection over the service's endpoints; None: endpoints are never ejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
     /// Routing rules per service port (empty: every request goes to the service itself).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<PortRoutes>,

@@ -141,6 +141,7 @@ fn compile_service(
             })
             .collect(),
         load_balancer: policy.and_then(|d| d.load_balancer).unwrap_or_default(),
+        outlier_detection: mesh.outlier_detection(fqdn).map(|o| o.settings.clone()),
         routes,
     };
 

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use weft_api::proxy_config::Protocol;
 
-use crate::balance::{Balancer, Slot};
+use crate::balance::{Balancer, Outcome, Slot};
 use crate::config::{ServiceInfo, Shared};
 use crate::http::error::{Flag, ProxyError};
 use crate::http::headers::{self as mesh_headers, strip_hop_by_hop};
@@ -112,6 +112,7 @@ async fn pick_and_connect<'b>(
             Err(e) => {
                 tracing::info!(service, endpoint = %slot.state.addr, error = %e, "endpoint failed, trying another");
                 slot.state.mark_unreachable(UNREACHABLE_BACKOFF);
+                balancer.observe(slot, Outcome::LocalFailure);
                 tried.push(slot.state.addr);
                 last_err = Some(e);
             }
@@ -119,8 +120,39 @@ async fn pick_and_connect<'b>(
     }
     Err(match last_err {
         Some(e) => connect_error(e),
-        None => ProxyError::no_endpoints(service),
+        None => no_healthy_endpoint(balancer, service),
     })
+}
+
+/// The error when a balancer picks nothing: no endpoints, or every one ejected.
+fn no_healthy_endpoint(balancer: &Balancer, service: &str) -> ProxyError {
+    let ejected = balancer.ejected(tokio::time::Instant::now());
+    if ejected == 0 {
+        return ProxyError::no_endpoints(service);
+    }
+    ProxyError::new(
+        Flag::NoHealthyUpstream,
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "no healthy endpoint for {service}: {ejected} of {} ejected by outlier detection",
+            balancer.slots().len()
+        ),
+    )
+}
+
+/// What a request's result tells outlier detection: the upstream's status, a failure of the
+/// hop itself, or nothing (a limit of this proxy, a cancelled request).
+fn outcome(result: &Result<Response<Body>, ProxyError>) -> Option<Outcome> {
+    match result {
+        Ok(resp) => {
+            let grpc = resp.headers().get("grpc-status").map(HeaderValue::as_bytes);
+            Some(Outcome::of_response(resp.status().as_u16(), grpc))
+        }
+        Err(e) if matches!(e.flag, Flag::UpstreamConnectFailure | Flag::UpstreamTerminated) => {
+            Some(Outcome::LocalFailure)
+        }
+        Err(_) => None,
+    }
 }
 
 pub fn connect_error(e: ConnectError) -> ProxyError {
@@ -172,6 +204,9 @@ pub async fn to_service(
     let req = shape(req.map(|b| meta.count_request(b)), &fallback, &hop, meta);
     let resp = send(ready, req).await;
     in_flight.finish_now();
+    if let Some(o) = outcome(&resp) {
+        balancer.observe(slot, o);
+    }
     resp
 }
 
@@ -340,13 +375,14 @@ pub async fn open_stream_to_service<'b>(
             Err(e) if e.flag == Flag::UpstreamConnectFailure => {
                 tracing::info!(service = %svc.fqdn, endpoint = %slot.state.addr, error = %e, "endpoint failed, trying another");
                 slot.state.mark_unreachable(UNREACHABLE_BACKOFF);
+                balancer.observe(slot, Outcome::LocalFailure);
                 tried.push(slot.state.addr);
                 last = Some(e);
             }
             Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or_else(|| ProxyError::no_endpoints(&svc.fqdn)))
+    Err(last.unwrap_or_else(|| no_healthy_endpoint(balancer, &svc.fqdn)))
 }
 
 /// An opened byte stream, with the peer proxy's SPIFFE ID when it rides mTLS.

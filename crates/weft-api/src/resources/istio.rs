@@ -296,7 +296,7 @@ pub struct TrafficPolicy {
     #[serde(default)]
     pub connection_pool: Option<IgnoredAny>,
     #[serde(default)]
-    pub outlier_detection: Option<IgnoredAny>,
+    pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     pub tls: Option<ClientTls>,
     #[serde(default)]
@@ -332,6 +332,32 @@ pub struct Subset {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// `trafficPolicy.outlierDetection`. Counts are numbers, times Istio durations (`30s`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetection {
+    #[serde(default, rename = "consecutive5xxErrors")]
+    pub consecutive_5xx_errors: Option<u32>,
+    #[serde(default)]
+    pub consecutive_gateway_errors: Option<u32>,
+    #[serde(default)]
+    pub consecutive_local_origin_failures: Option<u32>,
+    #[serde(default)]
+    pub split_external_local_origin_errors: Option<bool>,
+    /// Deprecated by Istio in favour of `consecutive5xxErrors`; read as a gateway-error count,
+    /// as Istio did.
+    #[serde(default)]
+    pub consecutive_errors: Option<u32>,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub base_ejection_time: Option<String>,
+    #[serde(default)]
+    pub max_ejection_percent: Option<u32>,
+    #[serde(default)]
+    pub min_health_percent: Option<u32>,
 }
 
 /// `trafficPolicy.tls`: how a client reaches the host. Only `mode` is read (for `analyze`).

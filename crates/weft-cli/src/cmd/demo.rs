@@ -120,6 +120,7 @@ fn client_sidecar(endpoints: Vec<Endpoint>, port: u16) -> ProxyConfig {
             protocol: Protocol::Http,
         }],
         load_balancer: LoadBalancer::RoundRobin,
+        outlier_detection: None,
         routes: Vec::new(),
     }];
     config.endpoints = vec![EndpointSet {

@@ -368,6 +368,7 @@ fn config(policy: LoadBalancer, endpoints: Vec<Endpoint>) -> ProxyConfig {
                 },
             ],
             load_balancer: policy,
+            outlier_detection: None,
             routes: Vec::new(),
         }],
         endpoints: vec![EndpointSet {

@@ -105,7 +105,7 @@ spec:
         .collect();
     assert_eq!(
         lines,
-        [7, 6, 9, 13, 10, 14, 22, 23, 24, 27, 33, 34],
+        [7, 6, 9, 13, 10, 14, 22, 24, 27, 33, 34],
         "{:#?}",
         t.findings
     );
@@ -120,6 +120,12 @@ spec:
         t.mesh.destinations[0].load_balancer,
         Some(LoadBalancer::LeastRequest)
     );
+    // Outlier detection is acted on, Istio's defaults filling in the rest.
+    let od = &t.mesh.outlier_detections[0];
+    assert_eq!(od.host, "web.default.svc.cluster.local");
+    assert_eq!(od.settings.consecutive_5xx_errors, 7);
+    assert_eq!(od.settings.base_ejection_time_ms, 30_000);
+    assert_eq!(od.settings.max_ejection_percent, 10);
 }
 
 #[test]
