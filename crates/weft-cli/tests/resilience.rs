@@ -1,0 +1,302 @@
+//! Resilience end to end, as real processes: `weft control` serving documents, sidecars beside a
+//! healthy backend and one that fails on command, a client sidecar sending real requests, and an
+//! unrelated config push in the middle of each run that must not reset what the proxies learnt.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::control::{sidecar, wait_ready, Control};
+use common::{curl, metric_sum, tempdir, Proxy};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use weft_test_support::HttpEcho;
+
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+/// A Service `reviews` with a healthy workload and a failing one, and a client workload.
+const MESH: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: reviews-v1}
+spec: {labels: {app: reviews, version: v1}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: reviews-broken}
+spec: {labels: {app: reviews, version: broken}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: productpage-v1}
+spec: {labels: {app: productpage, version: v1}}
+"#;
+
+/// A document about another service: pushing it changes nothing about `reviews`.
+const UNRELATED: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ratings}
+spec:
+  selector: {app: ratings}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - timeout: 2s
+    route:
+    - destination: {host: ratings}
+"#;
+
+/// An HTTP/1.1 server that answers 503 to everything, counting what it is sent.
+struct AlwaysFails {
+    addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AlwaysFails {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req| {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        async {
+                            let resp = http::Response::builder()
+                                .status(503)
+                                .header("x-echo-server", "reviews-broken")
+                                .body(Full::new(Bytes::from_static(b"broken\n")))
+                                .expect("response");
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, requests, task }
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for AlwaysFails {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One request through the client's outbound port: its status and who answered.
+fn get(url: &str) -> (u16, String) {
+    let out = curl(&["-sS", "-i", "--max-time", "10", url]);
+    let status = out
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let server = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("x-echo-server: "))
+        .map_or(String::new(), |s| s.trim().to_string());
+    (status, server)
+}
+
+/// Waits until the proxy at `p` runs a config that has `service` (a push reached it).
+fn wait_for_service(p: &Proxy, service: &str) {
+    wait_for_config(p, &format!("\"name\": \"{service}\""));
+}
+
+/// Waits until the proxy's `/config_dump` contains `text`.
+fn wait_for_config(p: &Proxy, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let dump = curl(&["-sS", &format!("http://{}/config_dump", p.bound.admin)]).stdout;
+        if dump.contains(text) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no push with {text} reached the proxy");
+}
+
+/// The mesh: control plane over `config`, both reviews backends behind sidecars, a client.
+struct Mesh {
+    _control: Control,
+    _servers: Vec<Proxy>,
+    client: Proxy,
+    url: String,
+}
+
+async fn mesh(config: &Path, state: &Path, healthy: &HttpEcho, broken: &AlwaysFails) -> Mesh {
+    let control = Control::start(config, state, "127.0.0.1:0", "127.0.0.1:0");
+    let inbound = |app: SocketAddr| format!("{{port: 9080, app: \"{app}\"}}");
+    let servers = vec![
+        sidecar(&control, "reviews-v1", &inbound(healthy.addr()), ""),
+        sidecar(&control, "reviews-broken", &inbound(broken.addr), ""),
+    ];
+    let client = sidecar(
+        &control,
+        "productpage-v1",
+        "",
+        "{listen: \"127.0.0.1:0\", service: reviews, port: 9080}",
+    );
+    for p in servers.iter().chain([&client]) {
+        wait_ready(p);
+    }
+    let url = format!("http://{}/reviews/1", client.bound.outbound_ports[0]);
+    Mesh {
+        _control: control,
+        _servers: servers,
+        client,
+        url,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_an_endpoint_that_always_fails_and_a_push_keeps_it_out() {
+    let config = tempdir::Dir::new("weft-od-config");
+    let state = tempdir::Dir::new("weft-od-state");
+    let rule = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 10m}\n";
+    std::fs::write(config.path.join("mesh.yaml"), format!("{MESH}{rule}")).expect("write");
+    let healthy = HttpEcho::start("reviews-v1").await.expect("v1");
+    let broken = AlwaysFails::start().await;
+    let m = mesh(&config.path, &state.path, &healthy, &broken).await;
+    // Both endpoints must be in the client's balancer before counting starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broken.requests() == 0 {
+        assert!(Instant::now() < deadline, "the broken endpoint never got traffic");
+        get(&m.url);
+    }
+
+    // Round robin sends it every other request until its third 503 in a row ejects it: then
+    // every request reaches the healthy endpoint.
+    let mut failures = 0;
+    for _ in 0..8 {
+        if get(&m.url).0 == 503 {
+            failures += 1;
+        }
+    }
+    assert!(failures <= 3, "{failures} 503s: the endpoint was not ejected after 3");
+    let sent_to_broken = broken.requests();
+    assert_eq!(sent_to_broken, 3, "exactly three failures eject it");
+    for _ in 0..10 {
+        assert_eq!(get(&m.url), (200, "reviews-v1".to_string()));
+    }
+    let metrics = m.client.metrics();
+    let service = [("destination_service", REVIEWS)];
+    assert_eq!(
+        metric_sum(&metrics, "weft_outlier_ejections_total", &[service[0], ("reason", "consecutive_5xx")]),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(metric_sum(&metrics, "weft_outlier_ejections_active", &service), 1.0, "{metrics}");
+
+    // A push about another service: the ejection stays, the broken endpoint gets nothing.
+    std::fs::write(config.path.join("ratings.yaml"), UNRELATED).expect("write");
+    wait_for_service(&m.client, "ratings");
+    for _ in 0..10 {
+        assert_eq!(get(&m.url), (200, "reviews-v1".to_string()));
+    }
+    assert_eq!(broken.requests(), sent_to_broken, "ejected across the push");
+    let metrics = m.client.metrics();
+    assert_eq!(metric_sum(&metrics, "weft_outlier_ejections_active", &service), 1.0, "{metrics}");
+    assert_eq!(
+        metric_sum(&metrics, "weft_outlier_ejections_total", &service),
+        1.0,
+        "one ejection, not a second after a reset"
+    );
+
+    // A push that rebuilds reviews' balancer (new settings, same endpoints) carries the
+    // endpoint's state into it: still out.
+    let tuned = rule.replace("consecutive5xxErrors: 3", "consecutive5xxErrors: 4, maxEjectionPercent: 50");
+    std::fs::write(config.path.join("mesh.yaml"), format!("{MESH}{tuned}")).expect("write");
+    wait_for_config(&m.client, "\"maxEjectionPercent\": 50");
+    for _ in 0..10 {
+        assert_eq!(get(&m.url), (200, "reviews-v1".to_string()));
+    }
+    assert_eq!(broken.requests(), sent_to_broken, "ejected across the rebuild");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linkerd_failure_accrual_probes_the_failing_endpoint_with_one_request_per_penalty() {
+    let config = tempdir::Dir::new("weft-fa-config");
+    let state = tempdir::Dir::new("weft-fa-state");
+    let annotated = MESH.replace(
+        "metadata: {name: reviews}\nspec:\n  selector",
+        "metadata:\n  name: reviews\n  annotations:\n    balancer.linkerd.io/failure-accrual: consecutive\n    balancer.linkerd.io/failure-accrual-consecutive-max-failures: \"2\"\n    balancer.linkerd.io/failure-accrual-consecutive-min-penalty: 400ms\n    balancer.linkerd.io/failure-accrual-consecutive-max-penalty: 400ms\n    balancer.linkerd.io/failure-accrual-consecutive-jitter-ratio: \"0\"\nspec:\n  selector",
+    );
+    assert_ne!(annotated, MESH);
+    std::fs::write(config.path.join("mesh.yaml"), annotated).expect("write");
+    let healthy = HttpEcho::start("reviews-v1").await.expect("v1");
+    let broken = AlwaysFails::start().await;
+    let m = mesh(&config.path, &state.path, &healthy, &broken).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broken.requests() < 2 {
+        assert!(Instant::now() < deadline, "the broken endpoint was never ejected");
+        get(&m.url);
+    }
+
+    // Ejected after two failures; then one probe per 400 ms penalty, each failing. Over about
+    // 2 s of steady traffic the broken endpoint sees one request per penalty (timing on a busy
+    // machine may stretch a penalty, never shorten it: at most 2 s / 400 ms + 1 probes).
+    let before = broken.requests();
+    let (mut ok, mut failed) = (0, 0);
+    let started = Instant::now();
+    let mut pushed = false;
+    while started.elapsed() < Duration::from_secs(2) {
+        match get(&m.url).0 {
+            200 => ok += 1,
+            _ => failed += 1,
+        }
+        if !pushed && started.elapsed() > Duration::from_secs(1) {
+            // A push in the middle: the accrual carries on where it was.
+            std::fs::write(config.path.join("ratings.yaml"), UNRELATED).expect("write");
+            pushed = true;
+        }
+    }
+    wait_for_service(&m.client, "ratings");
+    let probes = broken.requests() - before;
+    let elapsed = started.elapsed();
+    let most = elapsed.as_millis() as u64 / 400 + 1;
+    assert!(
+        (1..=most).contains(&probes),
+        "{probes} probes in {elapsed:?} (ok {ok}, failed {failed})"
+    );
+    assert_eq!(failed as u64, probes, "only the probes fail");
+    assert!(ok > 4 * probes, "ok {ok}, probes {probes}");
+    let metrics = m.client.metrics();
+    assert!(
+        metric_sum(&metrics, "weft_outlier_ejections_total", &[("reason", "failed_probe")]) >= 1.0,
+        "{metrics}"
+    );
+}
