@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::proxy_config::{AuthzPolicy, LoadBalancer, MtlsMode, OutlierDetection, Protocol, ProxyConfig};
+use crate::proxy_config::{
+    AuthzPolicy, ConnectionPool, LoadBalancer, MtlsMode, OutlierDetection, Protocol, ProxyConfig,
+};
 use crate::route::{Origin, Rule};
 
 /// Everything the documents say about the mesh.
@@ -164,6 +166,8 @@ pub struct DestinationPolicy {
     pub host: String,
     pub origin: Origin,
     pub load_balancer: Option<LoadBalancer>,
+    /// `trafficPolicy.connectionPool`, host-wide.
+    pub connection_pool: Option<ConnectionPool>,
     pub subsets: Vec<Subset>,
     /// `trafficPolicy.tls.mode` (`DISABLE`, `ISTIO_MUTUAL`...): how clients are told to reach it.
     pub tls_mode: Option<String>,

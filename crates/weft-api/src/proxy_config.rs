@@ -21,7 +21,7 @@ mod validate;
 pub use authz::{AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource};
 
 pub use load::{ConfigError, Problem};
-pub use resilience::{EjectionBackoff, OutlierDetection};
+pub use resilience::{ConnectionPool, EjectionBackoff, OutlierDetection};
 pub use validate::split_host;
 
 /// The cluster domain used to spell a service's fully qualified name.
@@ -286,6 +286,9 @@ pub struct MeshService {
     /// Outlier detection over the service's endpoints; None: endpoints are never ejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Limits on what this proxy sends the service at once; None: the proxy's own limits only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
     /// Routing rules per service port (empty: every request goes to the service itself).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<PortRoutes>,

@@ -206,7 +206,10 @@ async fn outlier_detection_ejects_an_endpoint_that_always_fails_and_a_push_keeps
             failures += 1;
         }
     }
-    assert!(failures <= 3, "{failures} 503s: the endpoint was not ejected after 3");
+    assert!(
+        failures <= 3,
+        "{failures} 503s: the endpoint was not ejected after 3"
+    );
     let sent_to_broken = broken.requests();
     assert_eq!(sent_to_broken, 3, "exactly three failures eject it");
     for _ in 0..10 {
@@ -215,11 +218,19 @@ async fn outlier_detection_ejects_an_endpoint_that_always_fails_and_a_push_keeps
     let metrics = m.client.metrics();
     let service = [("destination_service", REVIEWS)];
     assert_eq!(
-        metric_sum(&metrics, "weft_outlier_ejections_total", &[service[0], ("reason", "consecutive_5xx")]),
+        metric_sum(
+            &metrics,
+            "weft_outlier_ejections_total",
+            &[service[0], ("reason", "consecutive_5xx")]
+        ),
         1.0,
         "{metrics}"
     );
-    assert_eq!(metric_sum(&metrics, "weft_outlier_ejections_active", &service), 1.0, "{metrics}");
+    assert_eq!(
+        metric_sum(&metrics, "weft_outlier_ejections_active", &service),
+        1.0,
+        "{metrics}"
+    );
 
     // A push about another service: the ejection stays, the broken endpoint gets nothing.
     std::fs::write(config.path.join("ratings.yaml"), UNRELATED).expect("write");
@@ -229,7 +240,11 @@ async fn outlier_detection_ejects_an_endpoint_that_always_fails_and_a_push_keeps
     }
     assert_eq!(broken.requests(), sent_to_broken, "ejected across the push");
     let metrics = m.client.metrics();
-    assert_eq!(metric_sum(&metrics, "weft_outlier_ejections_active", &service), 1.0, "{metrics}");
+    assert_eq!(
+        metric_sum(&metrics, "weft_outlier_ejections_active", &service),
+        1.0,
+        "{metrics}"
+    );
     assert_eq!(
         metric_sum(&metrics, "weft_outlier_ejections_total", &service),
         1.0,
@@ -238,7 +253,10 @@ async fn outlier_detection_ejects_an_endpoint_that_always_fails_and_a_push_keeps
 
     // A push that rebuilds reviews' balancer (new settings, same endpoints) carries the
     // endpoint's state into it: still out.
-    let tuned = rule.replace("consecutive5xxErrors: 3", "consecutive5xxErrors: 4, maxEjectionPercent: 50");
+    let tuned = rule.replace(
+        "consecutive5xxErrors: 3",
+        "consecutive5xxErrors: 4, maxEjectionPercent: 50",
+    );
     std::fs::write(config.path.join("mesh.yaml"), format!("{MESH}{tuned}")).expect("write");
     wait_for_config(&m.client, "\"maxEjectionPercent\": 50");
     for _ in 0..10 {
@@ -296,7 +314,99 @@ async fn linkerd_failure_accrual_probes_the_failing_endpoint_with_one_request_pe
     assert!(ok > 4 * probes, "ok {ok}, probes {probes}");
     let metrics = m.client.metrics();
     assert!(
-        metric_sum(&metrics, "weft_outlier_ejections_total", &[("reason", "failed_probe")]) >= 1.0,
+        metric_sum(
+            &metrics,
+            "weft_outlier_ejections_total",
+            &[("reason", "failed_probe")]
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+/// Starts `n` requests to `url` on their own threads; each returns its status line and headers.
+fn in_background(url: &str, n: usize) -> Vec<std::thread::JoinHandle<String>> {
+    (0..n)
+        .map(|_| {
+            let url = url.to_string();
+            std::thread::spawn(move || curl(&["-sS", "-i", "--max-time", "20", &url]).stdout)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_pool_limits_answer_overflow_at_once_and_a_push_keeps_the_count() {
+    let config = tempdir::Dir::new("weft-cp-config");
+    let state = tempdir::Dir::new("weft-cp-state");
+    let rule = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool: {http: {http2MaxRequests: 2, maxRetries: 0}}\n";
+    // Only the healthy workload serves here: the broken one has no proxy, so it is no endpoint.
+    std::fs::write(config.path.join("mesh.yaml"), format!("{MESH}{rule}")).expect("write");
+    let healthy = HttpEcho::start("reviews-v1").await.expect("v1");
+    let control = Control::start(&config.path, &state.path, "127.0.0.1:0", "127.0.0.1:0");
+    let server = sidecar(
+        &control,
+        "reviews-v1",
+        &format!("{{port: 9080, app: \"{}\"}}", healthy.addr()),
+        "",
+    );
+    let client = sidecar(
+        &control,
+        "productpage-v1",
+        "",
+        "{listen: \"127.0.0.1:0\", service: reviews, port: 9080}",
+    );
+    for p in [&server, &client] {
+        wait_ready(p);
+    }
+    let base = format!("http://{}", client.bound.outbound_ports[0]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&format!("{base}/")).0 != 200 {
+        assert!(Instant::now() < deadline, "reviews never answered");
+    }
+
+    // Two slow requests take both places; a third is refused at once, while they still run.
+    let slow = in_background(&format!("{base}/delay/6000"), 2);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while healthy.requests() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow requests never reached the app"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let refused = curl(&["-sS", "-i", &format!("{base}/")]).stdout;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("x-weft-response-flags: UO"), "{refused}");
+    assert!(refused.contains("http2MaxRequests (2) reached"), "{refused}");
+    assert!(
+        slow.iter().all(|t| !t.is_finished()),
+        "refused before the slow ones ended: no queueing"
+    );
+
+    // A push about another service while they run: the two places stay taken.
+    std::fs::write(config.path.join("ratings.yaml"), UNRELATED).expect("write");
+    wait_for_service(&client, "ratings");
+    assert!(
+        slow.iter().all(|t| !t.is_finished()),
+        "the push took longer than the slow requests"
+    );
+    let again = curl(&["-sS", "-i", &format!("{base}/")]).stdout;
+    assert!(
+        again.contains("x-weft-response-flags: UO"),
+        "a push reset the count: {again}"
+    );
+    for t in slow {
+        let out = t.join().expect("slow request");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    // Their bodies done, the places are free again.
+    assert_eq!(get(&format!("{base}/")).0, 200);
+    let metrics = client.metrics();
+    assert!(
+        metric_sum(
+            &metrics,
+            "weft_upstream_overflow_total",
+            &[("destination_service", REVIEWS), ("limit", "http2MaxRequests")]
+        ) >= 1.0,
         "{metrics}"
     );
 }

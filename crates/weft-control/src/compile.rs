@@ -142,6 +142,7 @@ fn compile_service(
             .collect(),
         load_balancer: policy.and_then(|d| d.load_balancer).unwrap_or_default(),
         outlier_detection: mesh.outlier_detection(fqdn).map(|o| o.settings.clone()),
+        connection_pool: policy.and_then(|d| d.connection_pool.clone()),
         routes,
     };
 

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::time::Instant;
 use weft_api::proxy_config::{Endpoint, LoadBalancer};
 
+mod breaker;
 mod endpoint;
 mod metrics;
 mod outlier;
@@ -25,6 +26,7 @@ mod registry;
 #[cfg(test)]
 mod tests;
 
+pub use breaker::{Admitted, Breaker, BreakerState, Limit, Overflow, OverflowCounters};
 pub use endpoint::{EndpointState, InFlight, DEFAULT_RTT, EWMA_DECAY};
 pub use outlier::{ejection_length, EjectionCounters, Outcome, Outlier, OutlierState, Reason};
 pub use registry::Balancers;
@@ -55,6 +57,8 @@ pub struct Balancer {
     rng: Option<Mutex<fastrand::Rng>>,
     /// Outlier detection settings; None: endpoints are never ejected.
     outlier: Option<Arc<Outlier>>,
+    /// The service's `connectionPool` limits; None: the proxy's own limits only.
+    breaker: Option<Arc<Breaker>>,
 }
 
 /// How many times a weighted draw over all slots is retried when it lands on an ineligible one
@@ -122,6 +126,7 @@ impl Balancer {
             round_robin,
             rng,
             outlier: None,
+            breaker: None,
         }
     }
 
@@ -134,6 +139,17 @@ impl Balancer {
     /// Its outlier detection, if on.
     pub fn outlier(&self) -> Option<&Arc<Outlier>> {
         self.outlier.as_ref()
+    }
+
+    /// This balancer, with its service's `connectionPool` limits.
+    pub fn with_breaker(mut self, breaker: Option<Arc<Breaker>>) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// Its service's `connectionPool` limits, if any.
+    pub fn breaker(&self) -> Option<&Arc<Breaker>> {
+        self.breaker.as_ref()
     }
 
     /// Counts the outcome of a request `slot` served, for outlier detection.

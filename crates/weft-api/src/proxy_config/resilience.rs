@@ -155,3 +155,35 @@ fn default_max_ejection() -> u64 {
 fn default_max_ejection_percent() -> u32 {
     10
 }
+
+/// Limits on what this proxy sends one service at once (Istio's `connectionPool`, Envoy's
+/// circuit breakers), counted per proxy across the service's endpoints. Past a limit a request
+/// is answered at once with 503 and flag `UO` (gRPC `UNAVAILABLE`), naming the limit in
+/// `x-weft-proxy-error`; nothing is queued. None: no limit beyond the proxy's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionPool {
+    /// HTTP/1 connections open at once to the service's apps (`tcp.maxConnections`). Requests
+    /// to peer proxies share one multiplexed connection per endpoint and are limited by
+    /// `max_requests` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Time allowed to open a connection (`tcp.connectTimeout`), instead of the proxy's
+    /// `limits.connectTimeoutMs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+    /// Requests waiting at once for a connection to open (`http.http1MaxPendingRequests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    /// Requests in flight at once, until their response ends (`http.http2MaxRequests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    /// Requests one HTTP/1 connection carries before it is closed
+    /// (`http.maxRequestsPerConnection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// Retries in flight at once (`http.maxRetries`); a retry past it is not sent and the
+    /// failed attempt's answer stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}

@@ -131,6 +131,7 @@ pub(super) fn destination_rule(doc: &Document, _seen: usize, out: &mut Translate
                 host,
                 origin: origin(doc),
                 load_balancer: applied.load_balancer,
+                connection_pool: applied.connection_pool,
                 subsets,
                 tls_mode: spec
                     .traffic_policy

@@ -121,6 +121,7 @@ fn client_sidecar(endpoints: Vec<Endpoint>, port: u16) -> ProxyConfig {
         }],
         load_balancer: LoadBalancer::RoundRobin,
         outlier_detection: None,
+        connection_pool: None,
         routes: Vec::new(),
     }];
     config.endpoints = vec![EndpointSet {

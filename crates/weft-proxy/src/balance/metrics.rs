@@ -1,4 +1,5 @@
-//! Outlier detection's metrics: `weft_outlier_ejections_total` (counted as ejections happen) and
+//! Resilience metrics: `weft_upstream_overflow_total` (requests a `connectionPool` limit refused),
+//! `weft_outlier_ejections_total` (counted as ejections happen) and
 //! `weft_outlier_ejections_active` (read from the endpoints' state at each scrape, so an ejection
 //! that ended shows as ended even if no request has touched the endpoint since).
 //!
@@ -17,12 +18,19 @@ use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 use super::registry::Table;
-use super::{EjectionCounters, Reason};
+use super::{EjectionCounters, Limit, OverflowCounters, Reason};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct EjectionLabels {
     destination_service: String,
     reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OverflowLabels {
+    destination_service: String,
+    /// The `connectionPool` field that refused (`http2MaxRequests`...).
+    limit: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -34,6 +42,7 @@ struct ActiveLabels {
 #[derive(Debug, Clone)]
 pub struct OutlierMetrics {
     ejections: Family<EjectionLabels, Counter>,
+    overflows: Family<OverflowLabels, Counter>,
 }
 
 /// Reads the live balancers at scrape time for the active-ejections gauge.
@@ -53,8 +62,32 @@ impl OutlierMetrics {
             "Endpoints ejected by outlier detection or failure accrual, by service and reason",
             ejections.clone(),
         );
+        let overflows = Family::<OverflowLabels, Counter>::default();
+        registry.register(
+            "weft_upstream_overflow",
+            "Requests refused at once (503 UO) because a service's connectionPool limit was reached, by limit",
+            overflows.clone(),
+        );
         registry.register_collector(Box::new(ActiveEjections { table }));
-        Self { ejections }
+        Self { ejections, overflows }
+    }
+
+    /// The overflow counters of `service`, one per limit, found once per push.
+    pub(super) fn overflow_counters(&self, service: &str) -> OverflowCounters {
+        let of = |limit: Limit| {
+            self.overflows
+                .get_or_create(&OverflowLabels {
+                    destination_service: service.to_string(),
+                    limit: limit.label(),
+                })
+                .clone()
+        };
+        OverflowCounters {
+            max_requests: of(Limit::MaxRequests),
+            max_pending_requests: of(Limit::MaxPendingRequests),
+            max_retries: of(Limit::MaxRetries),
+            max_connections: of(Limit::MaxConnections),
+        }
     }
 
     /// The counters of `service`, one per reason, found once per push.

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
-use weft_api::proxy_config::{Endpoint, LoadBalancer, OutlierDetection, ProxyConfig};
+use weft_api::proxy_config::{ConnectionPool, Endpoint, LoadBalancer, OutlierDetection, ProxyConfig};
 
 use super::metrics::OutlierMetrics;
-use super::{lock, Balancer, EndpointState, Outlier, Slot};
+use super::{lock, Balancer, Breaker, BreakerState, EndpointState, Outlier, Slot};
 
 /// FQDN -> port -> balancers. Nested so that a lookup by `&str` needs no allocation.
 pub(super) type Table = HashMap<String, HashMap<u16, PortBalancers>>;
@@ -25,12 +25,15 @@ pub(super) type Table = HashMap<String, HashMap<u16, PortBalancers>>;
 pub(super) struct PortBalancers {
     pub(super) all: Option<Arc<Balancer>>,
     pub(super) subsets: HashMap<String, Arc<Balancer>>,
+    /// What the port has in flight, for its `connectionPool` limits; kept across pushes.
+    breaker_state: Arc<BreakerState>,
 }
 
 /// What a service's balancers are built with.
 struct ServicePolicy {
     load_balancer: LoadBalancer,
     outlier: Option<Arc<Outlier>>,
+    connection_pool: Option<ConnectionPool>,
 }
 
 /// The endpoints one service port should have: all of them, and per subset.
@@ -115,6 +118,7 @@ impl Balancers {
                 let policy = ServicePolicy {
                     load_balancer: s.load_balancer,
                     outlier,
+                    connection_pool: s.connection_pool.clone(),
                 };
                 (fqdn, policy)
             })
@@ -128,15 +132,31 @@ impl Balancers {
             let previous = old.get(&fqdn).and_then(|ports| ports.get(&port));
             // One state per address across the whole set and its subsets.
             let mut states = previous_states(previous);
+            let breaker_state = previous.map(|p| Arc::clone(&p.breaker_state)).unwrap_or_default();
+            let limits = service.and_then(|s| s.connection_pool.clone());
+            // One breaker per service port, its subsets included.
+            let breaker = match previous.and_then(|p| p.all.as_ref()?.breaker().cloned()) {
+                Some(b) if Some(&b.limits) == limits.as_ref() => Some(b),
+                _ => limits.map(|limits| {
+                    let overflows = self.metrics.as_ref().map(|m| m.overflow_counters(&fqdn));
+                    Arc::new(Breaker::new(limits, Arc::clone(&breaker_state), overflows))
+                }),
+            };
             let mut build = |previous: Option<&Arc<Balancer>>, endpoints: Vec<Endpoint>| match previous {
-                Some(b) if unchanged(b, policy, outlier.as_deref(), &endpoints) => Arc::clone(b),
+                Some(b) if unchanged(b, policy, outlier.as_deref(), breaker.as_ref(), &endpoints) => {
+                    Arc::clone(b)
+                }
                 _ => {
                     let slots = carry_state(&mut states, endpoints);
                     let balancer = match seeds.as_mut() {
                         Some(rng) => Balancer::with_seed(policy, slots, rng.u64(..)),
                         None => Balancer::new(policy, slots),
                     };
-                    Arc::new(balancer.with_outlier(outlier.clone()))
+                    Arc::new(
+                        balancer
+                            .with_outlier(outlier.clone())
+                            .with_breaker(breaker.clone()),
+                    )
                 }
             };
             let all = build(previous.and_then(|p| p.all.as_ref()), desired.all);
@@ -154,6 +174,7 @@ impl Balancers {
                 PortBalancers {
                     all: Some(all),
                     subsets,
+                    breaker_state,
                 },
             );
         }
@@ -199,11 +220,18 @@ fn unchanged(
     balancer: &Balancer,
     policy: LoadBalancer,
     outlier: Option<&Outlier>,
+    breaker: Option<&Arc<Breaker>>,
     endpoints: &[Endpoint],
 ) -> bool {
     let settings = |o: Option<&Outlier>| o.map(|o| o.settings.clone());
     let same_outlier: Option<OutlierDetection> = settings(outlier);
+    let same_breaker = match (balancer.breaker(), breaker) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    };
     balancer.policy() == policy
+        && same_breaker
         && settings(balancer.outlier().map(|o| &**o)) == same_outlier
         && balancer.slots().len() == endpoints.len()
         && balancer

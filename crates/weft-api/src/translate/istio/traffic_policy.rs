@@ -2,12 +2,13 @@
 //! applied, the rest reported.
 
 use super::{vs, Cx};
-use crate::proxy_config::{LoadBalancer, OutlierDetection};
+use crate::proxy_config::{ConnectionPool, LoadBalancer, OutlierDetection};
 
 /// What a traffic policy asks of the proxies, as far as Weft acts on it.
 #[derive(Debug, Default)]
 pub(super) struct Applied {
     pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
 }
 
@@ -28,8 +29,20 @@ impl Cx<'_> {
             Some(od) => self.outlier_detection(od, &sub(&["outlierDetection"])),
             None => None,
         };
+        let connection_pool = match &tp.connection_pool {
+            Some(_) if subset => {
+                self.not_implemented(
+                    &sub(&["connectionPool"]),
+                    "per subset; the host-wide connectionPool applies to every subset",
+                );
+                None
+            }
+            Some(cp) => Some(self.connection_pool(cp, &sub(&["connectionPool"]))),
+            None => None,
+        };
         Applied {
             load_balancer: self.load_balancer(tp, path),
+            connection_pool,
             outlier_detection,
         }
     }
@@ -37,11 +50,6 @@ impl Cx<'_> {
     fn load_balancer(&mut self, tp: &vs::TrafficPolicy, path: &[&str]) -> Option<LoadBalancer> {
         let sub = |rest: &[&'static str]| [path, rest].concat();
         for (set, field, why) in [
-            (
-                tp.connection_pool.is_some(),
-                "connectionPool",
-                "connections are not limited",
-            ),
             (tp.tls.is_some(), "tls", "mesh traffic uses the mesh's own mTLS"),
             (
                 tp.port_level_settings.is_some(),
@@ -146,5 +154,46 @@ impl Cx<'_> {
             ));
         }
         Some(out)
+    }
+}
+
+impl Cx<'_> {
+    /// Istio's `connectionPool`: the limits Weft enforces, and a report for each field it reads
+    /// but does not act on.
+    fn connection_pool(&mut self, cp: &vs::ConnectionPoolSettings, path: &[&str]) -> ConnectionPool {
+        let at = |rest: &[&'static str]| [path, rest].concat();
+        let mut out = ConnectionPool::default();
+        if let Some(tcp) = &cp.tcp {
+            out.max_connections = tcp.max_connections;
+            if let Some(text) = &tcp.connect_timeout {
+                out.connect_timeout_ms = self.duration(&at(&["tcp", "connectTimeout"]), text);
+            }
+            for (set, field) in [
+                (tcp.tcp_keepalive.is_some(), "tcpKeepalive"),
+                (tcp.max_connection_duration.is_some(), "maxConnectionDuration"),
+                (tcp.idle_timeout.is_some(), "idleTimeout"),
+            ] {
+                if set {
+                    self.not_implemented(&at(&["tcp", field]), "the proxy's own connection settings apply");
+                }
+            }
+        }
+        if let Some(http) = &cp.http {
+            out.max_pending_requests = http.http1_max_pending_requests;
+            out.max_requests = http.http2_max_requests;
+            out.max_requests_per_connection = http.max_requests_per_connection;
+            out.max_retries = http.max_retries;
+            for (set, field) in [
+                (http.idle_timeout.is_some(), "idleTimeout"),
+                (http.h2_upgrade_policy.is_some(), "h2UpgradePolicy"),
+                (http.use_client_protocol.is_some(), "useClientProtocol"),
+                (http.max_concurrent_streams.is_some(), "maxConcurrentStreams"),
+            ] {
+                if set {
+                    self.not_implemented(&at(&["http", field]), "the proxy's own connection settings apply");
+                }
+            }
+        }
+        out
     }
 }

@@ -334,6 +334,7 @@ fn config(endpoints: &[usize], settings: Option<OutlierDetection>, extra_service
         }],
         load_balancer: LoadBalancer::RoundRobin,
         outlier_detection,
+        connection_pool: None,
         routes: Vec::new(),
     };
     let mut services = vec![service("reviews", settings)];
