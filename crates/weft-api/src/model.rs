@@ -31,6 +31,19 @@ pub struct Mesh {
     /// Outlier detection per host (Istio DestinationRule `outlierDetection`, Linkerd
     /// `balancer.linkerd.io/failure-accrual`), in load order.
     pub outlier_detections: Vec<HostOutlierDetection>,
+    /// Local rate limits on workload ports (Linkerd `HTTPLocalRateLimitPolicy` on a Server).
+    pub inbound_rate_limits: Vec<InboundRateLimit>,
+}
+
+/// Rate limits on one port of some workloads.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboundRateLimit {
+    pub namespace: String,
+    /// The workloads (by name, in `namespace`) whose port is limited.
+    pub workloads: Vec<String>,
+    pub port: u16,
+    pub limit: crate::proxy_config::RateLimit,
+    pub origin: Origin,
 }
 
 /// What one document says about ejecting a host's failing endpoints.

@@ -21,7 +21,7 @@ mod validate;
 pub use authz::{AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource};
 
 pub use load::{ConfigError, Problem};
-pub use resilience::{ConnectionPool, EjectionBackoff, OutlierDetection};
+pub use resilience::{ConnectionPool, EjectionBackoff, OutlierDetection, RateLimit, RateLimitOverride};
 pub use validate::split_host;
 
 /// The cluster domain used to spell a service's fully qualified name.
@@ -224,6 +224,9 @@ pub struct InboundListener {
     /// This port's mTLS mode (PeerAuthentication `portLevelMtls`); overrides `Inbound.mtls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MtlsMode>,
+    /// Local rate limits on HTTP requests to this port. None: not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Traffic the workload sends.

@@ -110,6 +110,11 @@ const TRANSLATORS: &[(&str, &str, Translator)] = &[
         linkerd_policy::network_authentication,
     ),
     ("policy.linkerd.io", "HTTPRoute", linkerd_policy::http_route),
+    (
+        "policy.linkerd.io",
+        "HTTPLocalRateLimitPolicy",
+        linkerd_policy::http_local_rate_limit_policy,
+    ),
     ("", "Namespace", linkerd_policy::namespace),
 ];
 

@@ -410,3 +410,88 @@ async fn connection_pool_limits_answer_overflow_at_once_and_a_push_keeps_the_cou
         "{metrics}"
     );
 }
+
+/// A Linkerd Server on reviews' port with a local rate limit of 2 requests a second.
+const RATE_LIMITED: &str = r#"
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: reviews-http}
+spec:
+  podSelector: {matchLabels: {app: reviews}}
+  port: http
+  accessPolicy: all-unauthenticated
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: HTTPLocalRateLimitPolicy
+metadata: {name: reviews-rl}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: reviews-http}
+  total: {requestsPerSecond: 2}
+"#;
+
+/// Sends `n` requests one after another; returns (admitted, refused responses).
+fn burst(url: &str, n: usize) -> (usize, Vec<String>) {
+    let mut ok = 0;
+    let mut refused = Vec::new();
+    for _ in 0..n {
+        let out = curl(&["-sS", "-i", url]).stdout;
+        if out.starts_with("HTTP/1.1 200") {
+            ok += 1;
+        } else {
+            refused.push(out);
+        }
+    }
+    (ok, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linkerd_local_rate_limit_answers_429_with_retry_after_through_the_mesh() {
+    let config = tempdir::Dir::new("weft-rl-config");
+    let state = tempdir::Dir::new("weft-rl-state");
+    std::fs::write(config.path.join("mesh.yaml"), format!("{MESH}{RATE_LIMITED}")).expect("write");
+    let healthy = HttpEcho::start("reviews-v1").await.expect("v1");
+    let control = Control::start(&config.path, &state.path, "127.0.0.1:0", "127.0.0.1:0");
+    let server = sidecar(
+        &control,
+        "reviews-v1",
+        &format!("{{port: 9080, app: \"{}\"}}", healthy.addr()),
+        "",
+    );
+    let client = sidecar(
+        &control,
+        "productpage-v1",
+        "",
+        "{listen: \"127.0.0.1:0\", service: reviews, port: 9080}",
+    );
+    for p in [&server, &client] {
+        wait_ready(p);
+    }
+    let url = format!("http://{}/", client.bound.outbound_ports[0]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&url).0 != 200 {
+        assert!(Instant::now() < deadline, "reviews never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1_100));
+
+    // A bucket of 2, refilled at 2 a second: of 8 quick requests, 2 (3 on a slow machine) pass.
+    let (ok, refused) = burst(&url, 8);
+    assert!((2..=3).contains(&ok), "{ok} admitted: {refused:?}");
+    let first = &refused[0];
+    assert!(first.starts_with("HTTP/1.1 429"), "{first}");
+    assert!(first.contains("x-weft-response-flags: RL"), "{first}");
+    assert!(first.contains("retry-after: 1"), "{first}");
+    let app_saw = healthy.requests();
+
+    // A push about another service: the limit still holds right after it.
+    std::fs::write(config.path.join("ratings.yaml"), UNRELATED).expect("write");
+    wait_for_service(&server, "ratings");
+    let (ok, refused) = burst(&url, 8);
+    assert!(ok <= 3, "{ok} admitted after the push: {refused:?}");
+    assert_eq!(
+        healthy.requests(),
+        app_saw + ok as u64,
+        "refused requests never reach the app"
+    );
+}

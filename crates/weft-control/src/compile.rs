@@ -323,8 +323,25 @@ fn inbound_listeners(mesh: &Mesh, workload: Option<&Workload>, instance: &Instan
             protocol,
             listen: None,
             mtls: None,
+            rate_limit: rate_limit_of(mesh, workload, instance, port),
         })
         .collect()
+}
+
+/// The local rate limit on `port` of this workload (the first policy loaded wins).
+fn rate_limit_of(
+    mesh: &Mesh,
+    workload: Option<&Workload>,
+    instance: &Instance,
+    port: u16,
+) -> Option<weft_api::proxy_config::RateLimit> {
+    let name = workload?.name.as_str();
+    mesh.inbound_rate_limits
+        .iter()
+        .find(|r| {
+            r.namespace == instance.namespace && r.port == port && r.workloads.iter().any(|w| w == name)
+        })
+        .map(|r| r.limit.clone())
 }
 
 #[cfg(test)]

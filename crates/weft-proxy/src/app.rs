@@ -92,6 +92,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
         snapshot: ArcSwap::from_pointee(Snapshot::new(ProxyConfig::default())),
         balancers,
         retry_budgets: Default::default(),
+        rate_limits: Default::default(),
         pools,
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),

@@ -187,3 +187,45 @@ pub struct ConnectionPool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
 }
+
+/// Local rate limits on one inbound port (Linkerd's `HTTPLocalRateLimitPolicy`): token buckets
+/// in this proxy, refilled continuously, each holding at most one second of requests. A request
+/// past a limit gets 429 with `retry-after` (gRPC `RESOURCE_EXHAUSTED`) and flag `RL`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Requests per second across every caller. None: no total limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u32>,
+    /// Requests per second per caller identity (callers without an mTLS identity share one
+    /// bucket). None: no per-identity limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<u32>,
+    /// Callers with a limit of their own instead of `identity`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<RateLimitOverride>,
+}
+
+/// A per-identity limit for some callers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitOverride {
+    pub requests_per_second: u32,
+    /// Caller identities: a SPIFFE ID, or `ns/NAMESPACE/sa/SERVICE_ACCOUNT` for that service
+    /// account in any trust domain.
+    pub clients: Vec<String>,
+}
+
+// === impl RateLimitOverride ===
+
+impl RateLimitOverride {
+    /// Whether the caller with SPIFFE ID `principal` is one of `clients`.
+    pub fn covers(&self, principal: &str) -> bool {
+        self.clients.iter().any(|c| {
+            c == principal
+                || principal
+                    .strip_suffix(c.as_str())
+                    .is_some_and(|head| head.ends_with('/') && c.starts_with("ns/"))
+        })
+    }
+}

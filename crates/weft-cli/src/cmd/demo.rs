@@ -84,6 +84,7 @@ fn server_sidecar(name: &str, version: &str, app: SocketAddr) -> ProxyConfig {
         protocol: Protocol::Http,
         listen: None,
         mtls: None,
+        rate_limit: None,
     }];
     config.outbound.listen = None;
     config
