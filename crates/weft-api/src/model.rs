@@ -35,15 +35,25 @@ pub struct Mesh {
     pub inbound_rate_limits: Vec<InboundRateLimit>,
 }
 
-/// Rate limits on one port of some workloads.
+/// Rate limits on ports of some workloads, in `namespace`.
 #[derive(Debug, Clone, Serialize)]
 pub struct InboundRateLimit {
     pub namespace: String,
-    /// The workloads (by name, in `namespace`) whose port is limited.
-    pub workloads: Vec<String>,
-    pub port: u16,
+    pub target: RateLimitTarget,
     pub limit: crate::proxy_config::RateLimit,
     pub origin: Origin,
+}
+
+/// What a rate limit applies to. Services and workloads are resolved when proxies' configs are
+/// compiled, so the documents may come in any order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum RateLimitTarget {
+    /// These workloads' `port` (a Linkerd Server, resolved at translation).
+    Workloads { names: Vec<String>, port: u16 },
+    /// The workload's port, or every port of it.
+    Workload { name: String, port: Option<u16> },
+    /// The target port of the service's `port` on every workload it selects, or all its ports.
+    Service { name: String, port: Option<u16> },
 }
 
 /// What one document says about ejecting a host's failing endpoints.

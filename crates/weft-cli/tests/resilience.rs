@@ -445,13 +445,16 @@ fn burst(url: &str, n: usize) -> (usize, Vec<String>) {
     (ok, refused)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_linkerd_local_rate_limit_answers_429_with_retry_after_through_the_mesh() {
-    let config = tempdir::Dir::new("weft-rl-config");
-    let state = tempdir::Dir::new("weft-rl-state");
-    std::fs::write(config.path.join("mesh.yaml"), format!("{MESH}{RATE_LIMITED}")).expect("write");
-    let healthy = HttpEcho::start("reviews-v1").await.expect("v1");
-    let control = Control::start(&config.path, &state.path, "127.0.0.1:0", "127.0.0.1:0");
+/// Starts the control plane over `documents`, reviews-v1 behind a sidecar and a client; waits
+/// until reviews answers through the client, then lets its limiter refill. Returns the URL.
+async fn limited_mesh(
+    documents: &str,
+    config: &Path,
+    state: &Path,
+    healthy: &HttpEcho,
+) -> (Control, Vec<Proxy>, String) {
+    std::fs::write(config.join("mesh.yaml"), documents).expect("write");
+    let control = Control::start(config, state, "127.0.0.1:0", "127.0.0.1:0");
     let server = sidecar(
         &control,
         "reviews-v1",
@@ -474,6 +477,36 @@ async fn a_linkerd_local_rate_limit_answers_429_with_retry_after_through_the_mes
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(1_100));
+    (control, vec![server, client], url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weft_rate_limit_policy_gives_an_overridden_identity_its_own_rate() {
+    let config = tempdir::Dir::new("weft-wrl-config");
+    let state = tempdir::Dir::new("weft-wrl-state");
+    let policy = "---\napiVersion: weft.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: reviews-rl}\nspec:\n  targetRef: {kind: Service, name: reviews}\n  identity: {requestsPerSecond: 1}\n  overrides:\n  - requestsPerSecond: 3\n    clients: [ns/default/sa/default]\n";
+    let healthy = HttpEcho::start("reviews-v1").await.expect("v1");
+    let (_control, _proxies, url) =
+        limited_mesh(&format!("{MESH}{policy}"), &config.path, &state.path, &healthy).await;
+    // The client's mTLS identity (service account default) has the override's bucket of 3,
+    // not the per-identity 1: the server's proxy knows who calls.
+    let (ok, refused) = burst(&url, 8);
+    assert!((3..=4).contains(&ok), "{ok} admitted: {refused:?}");
+    assert!(refused[0].contains("x-weft-response-flags: RL"), "{}", refused[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linkerd_local_rate_limit_answers_429_with_retry_after_through_the_mesh() {
+    let config = tempdir::Dir::new("weft-rl-config");
+    let state = tempdir::Dir::new("weft-rl-state");
+    let healthy = HttpEcho::start("reviews-v1").await.expect("v1");
+    let (_control, proxies, url) = limited_mesh(
+        &format!("{MESH}{RATE_LIMITED}"),
+        &config.path,
+        &state.path,
+        &healthy,
+    )
+    .await;
 
     // A bucket of 2, refilled at 2 a second: of 8 quick requests, 2 (3 on a slow machine) pass.
     let (ok, refused) = burst(&url, 8);
@@ -486,7 +519,7 @@ async fn a_linkerd_local_rate_limit_answers_429_with_retry_after_through_the_mes
 
     // A push about another service: the limit still holds right after it.
     std::fs::write(config.path.join("ratings.yaml"), UNRELATED).expect("write");
-    wait_for_service(&server, "ratings");
+    wait_for_service(&proxies[0], "ratings");
     let (ok, refused) = burst(&url, 8);
     assert!(ok <= 3, "{ok} admitted after the push: {refused:?}");
     assert_eq!(

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::finding::{codes, Finding};
-use crate::model::InboundRateLimit;
+use crate::model::{InboundRateLimit, RateLimitTarget};
 use crate::proxy_config::{RateLimit, RateLimitOverride};
 use crate::resources::linkerd_policy as lp;
 use crate::resources::Document;
@@ -36,8 +36,10 @@ pub(super) fn attach(
         for (port, names) in by_port {
             out.mesh.inbound_rate_limits.push(InboundRateLimit {
                 namespace: server.namespace.clone(),
-                workloads: names.clone(),
-                port: *port,
+                target: RateLimitTarget::Workloads {
+                    names: names.clone(),
+                    port: *port,
+                },
                 limit: limit.clone(),
                 origin: origin(doc),
             });
@@ -120,8 +122,14 @@ spec:
         let [rl] = t.mesh.inbound_rate_limits.as_slice() else {
             panic!("{:#?}", t.mesh.inbound_rate_limits)
         };
-        assert_eq!((rl.namespace.as_str(), rl.port), ("shop", 8080));
-        assert_eq!(rl.workloads, ["web-v1"]);
+        assert_eq!(rl.namespace, "shop");
+        assert_eq!(
+            rl.target,
+            crate::model::RateLimitTarget::Workloads {
+                names: vec!["web-v1".into()],
+                port: 8080
+            }
+        );
         assert_eq!((rl.limit.total, rl.limit.identity), (Some(100), Some(20)));
         assert_eq!(rl.limit.overrides[0].clients, ["ns/ops/sa/batch"]);
         assert!(rl.limit.overrides[0].covers("spiffe://cluster.local/ns/ops/sa/batch"));
