@@ -338,7 +338,7 @@ fn rate_limit_of(
 ) -> Option<weft_api::proxy_config::RateLimit> {
     let w = workload?;
     let covers = |target: &RateLimitTarget| match target {
-        RateLimitTarget::Workloads { names, port: p } => *p == port && names.iter().any(|n| *n == w.name),
+        RateLimitTarget::Workloads { names, port: p } => *p == port && names.contains(&w.name),
         RateLimitTarget::Workload { name, port: p } => *name == w.name && p.is_none_or(|p| p == port),
         RateLimitTarget::Service { name, port: p } => mesh
             .services
