@@ -303,6 +303,8 @@ pub(super) fn resolve(docs: &[Document], out: &mut Translated) {
     let pending = std::mem::take(&mut out.linkerd_policy);
     let workloads = out.mesh.workloads.clone();
     let authn = authentications(&pending, out);
+    let servers: Vec<&Document> = pending.servers.iter().map(|(d, _)| d).collect();
+    rate_limit::report_missing_servers(&servers, &pending.rate_limits, out);
     // (namespace, workload) -> ports a Server covers.
     let mut covered: BTreeMap<(String, String), Vec<u16>> = BTreeMap::new();
     for (sdoc, spec) in &pending.servers {

@@ -47,6 +47,29 @@ pub(super) fn attach(
     }
 }
 
+/// A policy whose target is no Server of the documents limits nothing: said so at its targetRef.
+pub(super) fn report_missing_servers(
+    servers: &[&Document],
+    policies: &[(Document, lp::HttpLocalRateLimitPolicySpec)],
+    out: &mut Translated,
+) {
+    for (doc, spec) in policies {
+        if !servers.iter().any(|s| targets(doc, spec, s)) {
+            out.findings.push(Finding::warning(
+                codes::MISSING_POLICY_REF,
+                format!(
+                    "HTTPLocalRateLimitPolicy {}/{}: targetRef names no Server ({} {}) in its namespace; it limits nothing",
+                    doc.namespace,
+                    doc.name,
+                    spec.target_ref.kind,
+                    spec.target_ref.name.as_deref().unwrap_or("")
+                ),
+                &locate(doc, &["spec", "targetRef"]),
+            ));
+        }
+    }
+}
+
 fn targets(doc: &Document, spec: &lp::HttpLocalRateLimitPolicySpec, server: &Document) -> bool {
     let r = &spec.target_ref;
     r.kind == "Server"
@@ -135,5 +158,21 @@ spec:
         assert!(rl.limit.overrides[0].covers("spiffe://cluster.local/ns/ops/sa/batch"));
         assert!(!rl.limit.overrides[0].covers("spiffe://cluster.local/ns/ops/sa/batch2"));
         assert!(!rl.limit.overrides[0].covers("spiffe://cluster.local/ns/xops/sa/batch"));
+
+        let mut loaded = Loaded::default();
+        parse_file(
+            "mesh.yaml",
+            &DOCS.replace("name: web-http}", "name: web}"),
+            &mut loaded,
+        );
+        let t = translate(&loaded.documents);
+        assert!(t.mesh.inbound_rate_limits.is_empty());
+        assert!(
+            t.findings
+                .iter()
+                .any(|f| f.code == codes::MISSING_POLICY_REF && f.line == Some(18)),
+            "{:#?}",
+            t.findings
+        );
     }
 }
