@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::proxy_config::{AuthzPolicy, JwtRule, LoadBalancer, MtlsMode, Protocol, ProxyConfig};
+use crate::proxy_config::{
+    AuthzPolicy, ConnectionPool, JwtRule, LoadBalancer, MtlsMode, OutlierDetection, Protocol, ProxyConfig,
+};
 use crate::route::{Origin, Rule};
 
 /// Everything the documents say about the mesh.
@@ -28,6 +30,41 @@ pub struct Mesh {
     pub request_authentications: Vec<RequestAuthentication>,
     /// Linkerd ServiceProfiles and Linkerd retry/timeout annotations, per host, in load order.
     pub profiles: Vec<HostProfile>,
+    /// Outlier detection per host (Istio DestinationRule `outlierDetection`, Linkerd
+    /// `balancer.linkerd.io/failure-accrual`), in load order.
+    pub outlier_detections: Vec<HostOutlierDetection>,
+    /// Local rate limits on workload ports (Linkerd `HTTPLocalRateLimitPolicy` on a Server).
+    pub inbound_rate_limits: Vec<InboundRateLimit>,
+}
+
+/// Rate limits on ports of some workloads, in `namespace`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboundRateLimit {
+    pub namespace: String,
+    pub target: RateLimitTarget,
+    pub limit: crate::proxy_config::RateLimit,
+    pub origin: Origin,
+}
+
+/// What a rate limit applies to. Services and workloads are resolved when proxies' configs are
+/// compiled, so the documents may come in any order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum RateLimitTarget {
+    /// These workloads' `port` (a Linkerd Server, resolved at translation).
+    Workloads { names: Vec<String>, port: u16 },
+    /// The workload's port, or every port of it.
+    Workload { name: String, port: Option<u16> },
+    /// The target port of the service's `port` on every workload it selects, or all its ports.
+    Service { name: String, port: Option<u16> },
+}
+
+/// What one document says about ejecting a host's failing endpoints.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostOutlierDetection {
+    /// Fully qualified service name.
+    pub host: String,
+    pub origin: Origin,
+    pub settings: OutlierDetection,
 }
 
 /// What one Linkerd document (a ServiceProfile, or a Service's annotations) says about a host.
@@ -166,6 +203,8 @@ pub struct DestinationPolicy {
     pub host: String,
     pub origin: Origin,
     pub load_balancer: Option<LoadBalancer>,
+    /// `trafficPolicy.connectionPool`, host-wide.
+    pub connection_pool: Option<ConnectionPool>,
     pub subsets: Vec<Subset>,
     /// `trafficPolicy.tls.mode` (`DISABLE`, `ISTIO_MUTUAL`...): how clients are told to reach it.
     pub tls_mode: Option<String>,
@@ -187,6 +226,15 @@ impl Mesh {
 
     pub fn destination(&self, fqdn: &str) -> Option<&DestinationPolicy> {
         self.destinations.iter().find(|d| d.host == fqdn)
+    }
+
+    /// The outlier detection that applies to `fqdn`: an Istio DestinationRule's wins over
+    /// Linkerd's failure-accrual annotations (as a routing rule's settings win over Linkerd's),
+    /// and the first document loaded wins within a dialect.
+    pub fn outlier_detection(&self, fqdn: &str) -> Option<&HostOutlierDetection> {
+        let mut for_host = self.outlier_detections.iter().filter(|o| o.host == fqdn);
+        let first = for_host.clone().next();
+        for_host.find(|o| o.origin.kind == "DestinationRule").or(first)
     }
 
     /// The route documents that decide `fqdn:port`: those of the winning dialect only, in

@@ -16,12 +16,14 @@ use crate::canonical::PathNormalization;
 mod authn;
 mod authz;
 mod load;
+mod resilience;
 mod validate;
 
 pub use authn::{ClaimToHeader, JwtHeader, JwtRule, RequestAuth, TokenLocation};
 pub use authz::{AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource};
 
 pub use load::{ConfigError, Problem};
+pub use resilience::{ConnectionPool, EjectionBackoff, OutlierDetection, RateLimit, RateLimitOverride};
 pub use validate::split_host;
 
 /// The cluster domain used to spell a service's fully qualified name.
@@ -231,6 +233,9 @@ pub struct InboundListener {
     /// This port's mTLS mode (PeerAuthentication `portLevelMtls`); overrides `Inbound.mtls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MtlsMode>,
+    /// Local rate limits on HTTP requests to this port. None: not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Traffic the workload sends.
@@ -290,6 +295,12 @@ pub struct MeshService {
     /// Load-balancing policy. Default `LEAST_REQUEST` (power of two choices).
     #[serde(default)]
     pub load_balancer: LoadBalancer,
+    /// Outlier detection over the service's endpoints; None: endpoints are never ejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Limits on what this proxy sends the service at once; None: the proxy's own limits only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
     /// Routing rules per service port (empty: every request goes to the service itself).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<PortRoutes>,

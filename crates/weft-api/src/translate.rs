@@ -8,6 +8,7 @@ pub mod gateway_api;
 mod istio;
 pub mod linkerd;
 pub mod linkerd_policy;
+mod rate_limit;
 pub mod security;
 pub mod smi;
 pub mod spans;
@@ -64,6 +65,7 @@ const TRANSLATORS: &[(&str, &str, Translator)] = &[
     ("networking.istio.io", "DestinationRule", istio::destination_rule),
     ("networking.istio.io", "VirtualService", istio::virtual_service),
     ("weft.dev", "Workload", core::workload),
+    ("weft.dev", "RateLimitPolicy", rate_limit::rate_limit_policy),
     // A Linkerd Server parent makes an HTTPRoute of either group an inbound route; the rest
     // goes to the Gateway API translator.
     (
@@ -110,6 +112,11 @@ const TRANSLATORS: &[(&str, &str, Translator)] = &[
         linkerd_policy::network_authentication,
     ),
     ("policy.linkerd.io", "HTTPRoute", linkerd_policy::http_route),
+    (
+        "policy.linkerd.io",
+        "HTTPLocalRateLimitPolicy",
+        linkerd_policy::http_local_rate_limit_policy,
+    ),
     ("", "Namespace", linkerd_policy::namespace),
 ];
 

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use weft_api::model::{Mesh, Service, Workload};
+use weft_api::model::{Mesh, RateLimitTarget, Service, Workload};
 use weft_api::proxy_config::{
     Endpoint, EndpointSet, InboundListener, MeshService, PortRoutes, Protocol, ProxyConfig, ServicePort,
     WorkloadInfo,
@@ -141,6 +141,8 @@ fn compile_service(
             })
             .collect(),
         load_balancer: policy.and_then(|d| d.load_balancer).unwrap_or_default(),
+        outlier_detection: mesh.outlier_detection(fqdn).map(|o| o.settings.clone()),
+        connection_pool: policy.and_then(|d| d.connection_pool.clone()),
         routes,
     };
 
@@ -324,8 +326,38 @@ fn inbound_listeners(mesh: &Mesh, workload: Option<&Workload>, instance: &Instan
             protocol,
             listen: None,
             mtls: None,
+            rate_limit: rate_limit_of(mesh, workload, instance, port),
         })
         .collect()
+}
+
+/// The local rate limit on `port` of this workload: a Linkerd Server's, or a Weft
+/// RateLimitPolicy's on the workload or a service selecting it (the first policy loaded wins).
+fn rate_limit_of(
+    mesh: &Mesh,
+    workload: Option<&Workload>,
+    instance: &Instance,
+    port: u16,
+) -> Option<weft_api::proxy_config::RateLimit> {
+    let w = workload?;
+    let covers = |target: &RateLimitTarget| match target {
+        RateLimitTarget::Workloads { names, port: p } => *p == port && names.contains(&w.name),
+        RateLimitTarget::Workload { name, port: p } => *name == w.name && p.is_none_or(|p| p == port),
+        RateLimitTarget::Service { name, port: p } => mesh
+            .services
+            .iter()
+            .find(|s| s.name == *name && s.namespace == instance.namespace)
+            .filter(|s| selects(&s.selector, &w.labels))
+            .is_some_and(|s| {
+                s.ports
+                    .iter()
+                    .any(|sp| sp.target_port == port && p.is_none_or(|p| p == sp.port))
+            }),
+    };
+    mesh.inbound_rate_limits
+        .iter()
+        .find(|r| r.namespace == instance.namespace && covers(&r.target))
+        .map(|r| r.limit.clone())
 }
 
 #[cfg(test)]

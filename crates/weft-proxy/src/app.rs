@@ -72,6 +72,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
     let identity = options
         .await_identity
         .then(|| (identity::new_cell(), IdentityMetrics::new(&mut registry)));
+    let balancers = Balancers::registered(&mut registry);
     let registry = Arc::new(registry);
     let limits = config.limits.clone();
     let cell = identity
@@ -90,8 +91,9 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
     let (mirrors, mirror_queue) = crate::http::mirror::queue();
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(Snapshot::new(ProxyConfig::default())),
-        balancers: Balancers::default(),
+        balancers,
         retry_budgets: Default::default(),
+        rate_limits: Default::default(),
         pools,
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),

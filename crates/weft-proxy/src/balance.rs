@@ -8,7 +8,9 @@
 //! Every policy honours the same rules: weight 0 is never picked, the caller's `exclude` list
 //! (endpoints already tried by failover) is never picked, and endpoints marked unreachable are
 //! skipped unless every remaining endpoint is, in which case they are picked anyway (Envoy's
-//! "panic mode": better to try than to refuse outright).
+//! "panic mode": better to try than to refuse outright). With outlier detection on, an ejected
+//! endpoint is never picked (unless too few are healthy, see [`Outlier::honoured`]); one
+//! awaiting its probe is picked by one request at a time.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -16,12 +18,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::time::Instant;
 use weft_api::proxy_config::{Endpoint, LoadBalancer};
 
+mod breaker;
 mod endpoint;
+mod metrics;
+mod outlier;
 mod registry;
 #[cfg(test)]
 mod tests;
 
+pub use breaker::{Admitted, Breaker, BreakerState, Limit, Overflow, OverflowCounters};
 pub use endpoint::{EndpointState, InFlight, DEFAULT_RTT, EWMA_DECAY};
+pub use outlier::{ejection_length, EjectionCounters, Outcome, Outlier, OutlierState, Reason};
 pub use registry::Balancers;
 
 /// One endpoint of a balancer: what the config says about it, and what the proxy has learnt.
@@ -48,6 +55,10 @@ pub struct Balancer {
     /// `None` uses fastrand's thread-local generator (no lock on the hot path); tests pass a
     /// seed to get the same picks on every run.
     rng: Option<Mutex<fastrand::Rng>>,
+    /// Outlier detection settings; None: endpoints are never ejected.
+    outlier: Option<Arc<Outlier>>,
+    /// The service's `connectionPool` limits; None: the proxy's own limits only.
+    breaker: Option<Arc<Breaker>>,
 }
 
 /// How many times a weighted draw over all slots is retried when it lands on an ineligible one
@@ -114,7 +125,46 @@ impl Balancer {
             cumulative,
             round_robin,
             rng,
+            outlier: None,
+            breaker: None,
         }
+    }
+
+    /// This balancer, ejecting endpoints under `outlier`.
+    pub fn with_outlier(mut self, outlier: Option<Arc<Outlier>>) -> Self {
+        self.outlier = outlier;
+        self
+    }
+
+    /// Its outlier detection, if on.
+    pub fn outlier(&self) -> Option<&Arc<Outlier>> {
+        self.outlier.as_ref()
+    }
+
+    /// This balancer, with its service's `connectionPool` limits.
+    pub fn with_breaker(mut self, breaker: Option<Arc<Breaker>>) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// Its service's `connectionPool` limits, if any.
+    pub fn breaker(&self) -> Option<&Arc<Breaker>> {
+        self.breaker.as_ref()
+    }
+
+    /// Counts the outcome of a request `slot` served, for outlier detection.
+    pub fn observe(&self, slot: &Slot, outcome: Outcome) {
+        if let Some(o) = &self.outlier {
+            o.observe(&self.slots, slot, outcome);
+        }
+    }
+
+    /// How many of its endpoints are ejected at `now`.
+    pub fn ejected(&self, now: Instant) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state.outlier.is_ejected(now))
+            .count()
     }
 
     /// The policy this balancer applies.
@@ -130,16 +180,41 @@ impl Balancer {
     /// Chooses an endpoint, never one of weight 0 nor one whose address is in `exclude`.
     /// Endpoints marked unreachable are chosen only if no other is left. `None` when nothing
     /// is eligible.
+    /// Ejected endpoints are never chosen while outlier detection is honoured.
     pub fn pick(&self, exclude: &[SocketAddr]) -> Option<&Slot> {
         let now = Instant::now();
-        let index = self
-            .pick_among(exclude, now, Reachability::Required)
-            .or_else(|| self.pick_among(exclude, now, Reachability::Panic))?;
-        self.slots.get(index)
+        let ejections = self
+            .outlier
+            .as_ref()
+            .is_some_and(|o| o.honoured(&self.slots, now));
+        // Endpoints whose probe another request took between our check and our claim.
+        let mut lost: Vec<SocketAddr> = Vec::new();
+        loop {
+            let joined;
+            let exclude = if lost.is_empty() {
+                exclude
+            } else {
+                joined = [exclude, &lost].concat();
+                &joined
+            };
+            let pick = |mode| self.pick_among(exclude, now, mode, ejections);
+            let index = pick(Reachability::Required).or_else(|| pick(Reachability::Panic))?;
+            let slot = self.slots.get(index)?;
+            if !ejections || slot.state.outlier.claim(now) {
+                return Some(slot);
+            }
+            lost.push(slot.endpoint.address);
+        }
     }
 
-    fn pick_among(&self, exclude: &[SocketAddr], now: Instant, mode: Reachability) -> Option<usize> {
-        let eligible = |i: usize| self.eligible(i, exclude, now, mode);
+    fn pick_among(
+        &self,
+        exclude: &[SocketAddr],
+        now: Instant,
+        mode: Reachability,
+        ejections: bool,
+    ) -> Option<usize> {
+        let eligible = |i: usize| self.eligible(i, exclude, now, mode, ejections);
         match self.policy {
             LoadBalancer::RoundRobin => self.round_robin(eligible),
             LoadBalancer::Random => self.draw(eligible),
@@ -156,13 +231,21 @@ impl Balancer {
         }
     }
 
-    fn eligible(&self, i: usize, exclude: &[SocketAddr], now: Instant, mode: Reachability) -> bool {
+    fn eligible(
+        &self,
+        i: usize,
+        exclude: &[SocketAddr],
+        now: Instant,
+        mode: Reachability,
+        ejections: bool,
+    ) -> bool {
         let Some(slot) = self.slots.get(i) else {
             return false;
         };
         slot.endpoint.weight > 0
             && !exclude.contains(&slot.endpoint.address)
             && (mode == Reachability::Panic || !slot.state.is_unreachable(now))
+            && !(ejections && slot.state.outlier.is_ejected(now))
     }
 
     /// Power of two choices: two distinct weighted-random candidates, and the second replaces

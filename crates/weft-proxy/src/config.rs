@@ -68,6 +68,8 @@ pub struct Shared {
     pub balancers: Balancers,
     /// Retry budgets per service (Linkerd `retryBudget`), kept across pushes.
     pub retry_budgets: crate::http::retry_budget::RetryBudgets,
+    /// Local rate limits per inbound port, kept across pushes.
+    pub rate_limits: crate::rate_limit::RateLimits,
     pub pools: Arc<Pools>,
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
@@ -276,6 +278,7 @@ impl Shared {
     /// Swaps in a new config, reconciling the long-lived endpoint state.
     pub fn apply(&self, config: ProxyConfig) {
         self.balancers.reconcile(&config);
+        self.rate_limits.reconcile(&config);
         let services: std::collections::HashSet<String> = config.services.iter().map(|s| s.fqdn()).collect();
         self.retry_budgets.retain(|s| services.contains(s));
         let keep: std::collections::HashSet<SocketAddr> = config

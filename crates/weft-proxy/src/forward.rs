@@ -13,12 +13,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use weft_api::proxy_config::Protocol;
 
-use crate::balance::{Balancer, Slot};
+use crate::balance::{Balancer, Outcome, Slot};
 use crate::config::{ServiceInfo, Shared};
 use crate::http::error::{Flag, ProxyError};
 use crate::http::headers::{self as mesh_headers, strip_hop_by_hop};
 use crate::http::Body;
-use crate::pool::{ConnectError, SendError};
+use crate::pool::{ConnPolicy, ConnectError, SendError, NO_CONN_POLICY};
 use crate::telemetry::metered::RequestMeta;
 use crate::telemetry::metrics::Label;
 
@@ -56,14 +56,15 @@ impl Hop {
     }
 
     /// Establishes the connection this hop needs, before any request byte is sent.
-    async fn ready(&self, shared: &Shared, h2: bool) -> Result<Ready, ConnectError> {
+    /// `policy`: what the service's `connectionPool` asks of the connection.
+    async fn ready(&self, shared: &Shared, h2: bool, policy: &ConnPolicy) -> Result<Ready, ConnectError> {
         Ok(match self {
             Hop::Mesh { peer, identity, .. } => {
-                let conn = shared.pools.h2_mesh(*peer, identity.as_deref()).await?;
+                let conn = shared.pools.h2_mesh(*peer, identity.as_deref(), policy).await?;
                 Ready::H2(conn.sender, conn.peer_identity)
             }
-            Hop::Direct { addr } if h2 => Ready::H2(shared.pools.h2(*addr).await?, None),
-            Hop::Direct { addr } => Ready::H1(shared.pools.h1(*addr).await?),
+            Hop::Direct { addr } if h2 => Ready::H2(shared.pools.h2(*addr, policy).await?, None),
+            Hop::Direct { addr } => Ready::H1(shared.pools.h1(*addr, policy).await?),
         })
     }
 }
@@ -100,18 +101,35 @@ async fn pick_and_connect<'b>(
     service: &str,
     h2: bool,
 ) -> Result<(&'b Slot, Hop, Ready), ProxyError> {
+    let breaker = balancer.breaker();
+    // Waiting for a connection holds a place among the pending requests.
+    let _pending = match breaker.map(|b| b.pending()).transpose() {
+        Ok(admitted) => admitted.flatten(),
+        Err(overflow) => return Err(overflow_error(service, &overflow)),
+    };
+    let policy = breaker.map_or(&NO_CONN_POLICY, |b| &b.conn);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_err = None;
     for _ in 0..MAX_CONNECT_ATTEMPTS {
         let Some(slot) = balancer.pick(&tried) else { break };
         let hop = Hop::for_endpoint(slot);
-        match hop.ready(shared, h2 || matches!(hop, Hop::Mesh { .. })).await {
+        match hop
+            .ready(shared, h2 || matches!(hop, Hop::Mesh { .. }), policy)
+            .await
+        {
             Ok(ready) => return Ok((slot, hop, ready)),
             // A full endpoint is not a broken one: 503 `UO`, no penalty, no failover.
             Err(e @ ConnectError::Overflow { .. }) => return Err(connect_error(e)),
+            Err(e @ ConnectError::ServiceOverflow { .. }) => {
+                if let Some(b) = breaker {
+                    b.count_connection_overflow();
+                }
+                return Err(connect_error(e));
+            }
             Err(e) => {
                 tracing::info!(service, endpoint = %slot.state.addr, error = %e, "endpoint failed, trying another");
                 slot.state.mark_unreachable(UNREACHABLE_BACKOFF);
+                balancer.observe(slot, Outcome::LocalFailure);
                 tried.push(slot.state.addr);
                 last_err = Some(e);
             }
@@ -119,13 +137,55 @@ async fn pick_and_connect<'b>(
     }
     Err(match last_err {
         Some(e) => connect_error(e),
-        None => ProxyError::no_endpoints(service),
+        None => no_healthy_endpoint(balancer, service),
     })
+}
+
+/// The error when a balancer picks nothing: no endpoints, or every one ejected.
+fn no_healthy_endpoint(balancer: &Balancer, service: &str) -> ProxyError {
+    let ejected = balancer.ejected(tokio::time::Instant::now());
+    if ejected == 0 {
+        return ProxyError::no_endpoints(service);
+    }
+    ProxyError::new(
+        Flag::NoHealthyUpstream,
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "no healthy endpoint for {service}: {ejected} of {} ejected by outlier detection",
+            balancer.slots().len()
+        ),
+    )
+}
+
+/// What a request's result tells outlier detection: the upstream's status, a failure of the
+/// hop itself, or nothing (a limit of this proxy, a cancelled request).
+fn outcome(result: &Result<Response<Body>, ProxyError>) -> Option<Outcome> {
+    match result {
+        Ok(resp) => {
+            let grpc = resp.headers().get("grpc-status").map(HeaderValue::as_bytes);
+            Some(Outcome::of_response(resp.status().as_u16(), grpc))
+        }
+        Err(e) if matches!(e.flag, Flag::UpstreamConnectFailure | Flag::UpstreamTerminated) => {
+            Some(Outcome::LocalFailure)
+        }
+        Err(_) => None,
+    }
+}
+
+/// A `connectionPool` limit refused the request: 503 `UO` at once, naming the limit.
+pub fn overflow_error(service: &str, overflow: &crate::balance::Overflow) -> ProxyError {
+    let mut err = ProxyError::new(
+        Flag::Overflow,
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{service}: {overflow}"),
+    );
+    err.not_sent = true;
+    err
 }
 
 pub fn connect_error(e: ConnectError) -> ProxyError {
     let flag = match e {
-        ConnectError::Overflow { .. } => Flag::Overflow,
+        ConnectError::Overflow { .. } | ConnectError::ServiceOverflow { .. } => Flag::Overflow,
         _ => Flag::UpstreamConnectFailure,
     };
     let mut err = ProxyError::new(flag, StatusCode::SERVICE_UNAVAILABLE, e.to_string());
@@ -164,6 +224,11 @@ pub async fn to_service(
         *req.version_mut() = Version::HTTP_11;
     }
     let h2 = req.version() == Version::HTTP_2;
+    // A place among the requests in flight, held until the response body ends.
+    let admitted = match balancer.breaker().map(|b| b.request()).transpose() {
+        Ok(admitted) => admitted.flatten(),
+        Err(overflow) => return Err(overflow_error(&svc.fqdn, &overflow)),
+    };
     let (slot, hop, ready) = pick_and_connect(shared, &balancer, &svc.fqdn, h2).await?;
     meta.destination = slot.peer(&svc.namespace);
     note_mtls(meta, ready.peer_identity());
@@ -172,7 +237,23 @@ pub async fn to_service(
     let req = shape(req.map(|b| meta.count_request(b)), &fallback, &hop, meta);
     let resp = send(ready, req).await;
     in_flight.finish_now();
-    resp
+    if let Some(o) = outcome(&resp) {
+        balancer.observe(slot, o);
+    }
+    match admitted {
+        None => resp,
+        Some(place) => resp.map(|r| r.map(|body| hold_until_end(body, place))),
+    }
+}
+
+/// The body, holding `place` until it ends or is dropped.
+fn hold_until_end(body: Body, place: crate::balance::Admitted) -> Body {
+    use http_body_util::BodyExt;
+    // The closure owns the place: it is dropped with the body, whichever way the body ends.
+    crate::http::boxed(body.map_err(move |e| {
+        let _held = &place;
+        e
+    }))
 }
 
 /// Forwards an HTTP request straight to `addr` (an app, or a destination outside the mesh).
@@ -188,7 +269,10 @@ pub async fn to_addr(
     }
     let hop = Hop::Direct { addr };
     let h2 = req.version() == Version::HTTP_2;
-    let ready = hop.ready(shared, h2).await.map_err(connect_error)?;
+    let ready = hop
+        .ready(shared, h2, &NO_CONN_POLICY)
+        .await
+        .map_err(connect_error)?;
     let fallback = || addr.to_string();
     let req = shape(req.map(|b| meta.count_request(b)), &fallback, &hop, meta);
     send(ready, req).await
@@ -340,13 +424,14 @@ pub async fn open_stream_to_service<'b>(
             Err(e) if e.flag == Flag::UpstreamConnectFailure => {
                 tracing::info!(service = %svc.fqdn, endpoint = %slot.state.addr, error = %e, "endpoint failed, trying another");
                 slot.state.mark_unreachable(UNREACHABLE_BACKOFF);
+                balancer.observe(slot, Outcome::LocalFailure);
                 tried.push(slot.state.addr);
                 last = Some(e);
             }
             Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or_else(|| ProxyError::no_endpoints(&svc.fqdn)))
+    Err(last.unwrap_or_else(|| no_healthy_endpoint(balancer, &svc.fqdn)))
 }
 
 /// An opened byte stream, with the peer proxy's SPIFFE ID when it rides mTLS.
@@ -370,7 +455,7 @@ pub async fn tunnel(
 ) -> Result<Opened, ProxyError> {
     let conn = shared
         .pools
-        .h2_mesh(peer, identity)
+        .h2_mesh(peer, identity, &NO_CONN_POLICY)
         .await
         .map_err(connect_error)?;
     let mut sender = conn.sender;

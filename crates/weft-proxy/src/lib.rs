@@ -22,6 +22,7 @@ pub mod io;
 pub mod listen;
 pub mod outbound;
 pub mod pool;
+pub mod rate_limit;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;

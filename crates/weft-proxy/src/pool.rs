@@ -37,7 +37,31 @@ pub enum ConnectError {
     /// breaker `max_connections`): the request gets 503 with flag `UO`.
     #[error("{addr} has {limit} connections open (the per-endpoint limit)")]
     Overflow { addr: SocketAddr, limit: usize },
+    /// The service's endpoints already have as many connections as its `connectionPool`
+    /// allows: 503 `UO` too.
+    #[error("connectionPool maxConnections ({limit}) reached")]
+    ServiceOverflow { limit: usize },
 }
+
+/// What a service's `connectionPool` asks of the connections opened for it. The default asks
+/// nothing beyond the pools' own settings.
+#[derive(Debug, Clone, Default)]
+pub struct ConnPolicy {
+    /// Time allowed to connect, instead of the pools' default.
+    pub connect_timeout: Option<Duration>,
+    /// HTTP/1 connections open at once to the service's endpoints: the service's long-lived
+    /// counter and its limit.
+    pub max_connections: Option<(Arc<AtomicUsize>, usize)>,
+    /// Requests one HTTP/1 connection carries before it is closed.
+    pub max_requests_per_connection: Option<u32>,
+}
+
+/// The policy of a service without a `connectionPool`.
+pub static NO_CONN_POLICY: ConnPolicy = ConnPolicy {
+    connect_timeout: None,
+    max_connections: None,
+    max_requests_per_connection: None,
+};
 
 /// A pooled HTTP/2 connection to a peer proxy's mesh port.
 #[derive(Clone)]
@@ -57,22 +81,26 @@ struct H2Key {
     tls: bool,
 }
 
-/// HTTP/1 connections per endpoint: the idle ones, each with the time it went idle, and how
-/// many are open in all (idle or busy).
+/// HTTP/1 connections per endpoint: the idle ones, each with the time it went idle and the
+/// requests it has carried, and how many are open in all (idle or busy).
 #[derive(Default)]
 struct EndpointH1 {
-    idle: Vec<(Instant, http1::SendRequest<Body>)>,
+    idle: Vec<(Instant, http1::SendRequest<Body>, u32)>,
     open: Arc<AtomicUsize>,
 }
 
 type IdleH1 = HashMap<SocketAddr, EndpointH1>;
 
-/// Counts one open connection until dropped (with the connection's task).
-struct OpenGuard(Arc<AtomicUsize>);
+/// Counts one open connection, to its endpoint and (with a `connectionPool` limit) to its
+/// service, until dropped with the connection's task.
+struct OpenGuard(Arc<AtomicUsize>, Option<Arc<AtomicUsize>>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        if let Some(service) = &self.1 {
+            service.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -98,6 +126,9 @@ pub struct H1Conn {
     /// Taken from the pool (not opened for this request): it may have been closed by the
     /// server while idle.
     reused: bool,
+    /// Requests it carried before this one.
+    served: u32,
+    policy: ConnPolicy,
 }
 
 /// Why a request on a pooled HTTP/1 connection got no response.
@@ -148,6 +179,15 @@ impl Pools {
     /// Opens a TCP connection with the connect timeout, `TCP_NODELAY`, and the proxy's mark
     /// (so iptables does not capture the proxy's own traffic again).
     pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+        self.connect_tcp_within(addr, self.connect_timeout).await
+    }
+
+    /// As [`Pools::connect_tcp`], with a connect timeout of `timeout`.
+    async fn connect_tcp_within(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpStream, ConnectError> {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()
         } else {
@@ -159,12 +199,9 @@ impl Pools {
                 .set_mark(mark)
                 .map_err(|source| ConnectError::Refused { addr, source })?;
         }
-        let stream = tokio::time::timeout(self.connect_timeout, socket.connect(addr))
+        let stream = tokio::time::timeout(timeout, socket.connect(addr))
             .await
-            .map_err(|_| ConnectError::Timeout {
-                addr,
-                after: self.connect_timeout,
-            })?
+            .map_err(|_| ConnectError::Timeout { addr, after: timeout })?
             .map_err(|source| ConnectError::Refused { addr, source })?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
@@ -172,29 +209,43 @@ impl Pools {
 
     /// A multiplexed plaintext HTTP/2 connection to `addr` (an app that speaks HTTP/2), opened
     /// if there is none.
-    pub async fn h2(&self, addr: SocketAddr) -> Result<http2::SendRequest<Body>, ConnectError> {
+    pub async fn h2(
+        &self,
+        addr: SocketAddr,
+        policy: &ConnPolicy,
+    ) -> Result<http2::SendRequest<Body>, ConnectError> {
         let key = H2Key {
             addr,
             identity: None,
             tls: false,
         };
-        Ok(self.h2_keyed(key, None).await?.sender)
+        Ok(self.h2_keyed(key, None, policy).await?.sender)
     }
 
     /// A multiplexed HTTP/2 connection to a peer proxy's mesh port: mTLS when this proxy has
     /// credentials, the server's SPIFFE ID checked against `identity` (None: any identity the
     /// trust bundle vouches for); plaintext before credentials exist.
-    pub async fn h2_mesh(&self, addr: SocketAddr, identity: Option<&str>) -> Result<MeshH2, ConnectError> {
+    pub async fn h2_mesh(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&str>,
+        policy: &ConnPolicy,
+    ) -> Result<MeshH2, ConnectError> {
         let tls = self.tls.as_ref().filter(|t| t.ready());
         let key = H2Key {
             addr,
             identity: identity.map(str::to_string),
             tls: tls.is_some(),
         };
-        self.h2_keyed(key, tls).await
+        self.h2_keyed(key, tls, policy).await
     }
 
-    async fn h2_keyed(&self, key: H2Key, tls: Option<&MeshConnector>) -> Result<MeshH2, ConnectError> {
+    async fn h2_keyed(
+        &self,
+        key: H2Key,
+        tls: Option<&MeshConnector>,
+        policy: &ConnPolicy,
+    ) -> Result<MeshH2, ConnectError> {
         if let Some(conn) = self.lock_h2().get(&key) {
             if !conn.sender.is_closed() {
                 return Ok(conn.clone());
@@ -203,16 +254,14 @@ impl Pools {
         // Two requests racing here may both connect; the later one is kept in the pool and the
         // earlier serves its own request and closes when dropped.
         let addr = key.addr;
-        let stream = self.connect_tcp(addr).await?;
+        let timeout = policy.connect_timeout.unwrap_or(self.connect_timeout);
+        let stream = self.connect_tcp_within(addr, timeout).await?;
         let conn = match tls {
             Some(tls) => {
                 let handshake = crate::tls::connect(tls.state(), key.identity.as_deref(), addr, stream);
-                let (stream, peer) = tokio::time::timeout(self.connect_timeout, handshake)
+                let (stream, peer) = tokio::time::timeout(timeout, handshake)
                     .await
-                    .map_err(|_| ConnectError::Timeout {
-                        addr,
-                        after: self.connect_timeout,
-                    })?
+                    .map_err(|_| ConnectError::Timeout { addr, after: timeout })?
                     .map_err(|source| ConnectError::Tls { addr, source })?;
                 MeshH2 {
                     sender: handshake_h2(addr, stream).await?,
@@ -229,32 +278,34 @@ impl Pools {
     }
 
     /// An idle HTTP/1 connection to `addr`, or a new one.
-    pub async fn h1(self: &Arc<Self>, addr: SocketAddr) -> Result<H1Conn, ConnectError> {
+    pub async fn h1(self: &Arc<Self>, addr: SocketAddr, policy: &ConnPolicy) -> Result<H1Conn, ConnectError> {
         let now = Instant::now();
         {
             let mut pools = self.lock_h1();
             if let Some(idle) = pools.get_mut(&addr).map(|e| &mut e.idle) {
                 // Connections still reading an earlier response stay (they become ready once it
                 // ends); closed and long-idle ones go.
-                idle.retain(|(since, sender)| {
+                idle.retain(|(since, sender, _)| {
                     !sender.is_closed() && now.duration_since(*since) < self.idle_timeout
                 });
-                if let Some(i) = idle.iter().rposition(|(_, sender)| sender.is_ready()) {
-                    let (_, sender) = idle.swap_remove(i);
+                if let Some(i) = idle.iter().rposition(|(_, sender, _)| sender.is_ready()) {
+                    let (_, sender, served) = idle.swap_remove(i);
                     return Ok(H1Conn {
                         addr,
                         sender,
                         pools: self.clone(),
                         reused: true,
+                        served,
+                        policy: policy.clone(),
                     });
                 }
             }
         }
-        self.new_h1(addr).await
+        self.new_h1(addr, policy).await
     }
 
     /// A new HTTP/1 connection to `addr`.
-    async fn new_h1(self: &Arc<Self>, addr: SocketAddr) -> Result<H1Conn, ConnectError> {
+    async fn new_h1(self: &Arc<Self>, addr: SocketAddr, policy: &ConnPolicy) -> Result<H1Conn, ConnectError> {
         let open = self.lock_h1().entry(addr).or_default().open.clone();
         if open.fetch_add(1, Ordering::Relaxed) >= self.max_per_endpoint {
             open.fetch_sub(1, Ordering::Relaxed);
@@ -263,8 +314,16 @@ impl Pools {
                 limit: self.max_per_endpoint,
             });
         }
-        let guard = OpenGuard(open);
-        let stream = self.connect_tcp(addr).await?;
+        let mut guard = OpenGuard(open, None);
+        if let Some((service, limit)) = &policy.max_connections {
+            if service.fetch_add(1, Ordering::Relaxed) >= *limit {
+                service.fetch_sub(1, Ordering::Relaxed);
+                return Err(ConnectError::ServiceOverflow { limit: *limit });
+            }
+            guard.1 = Some(Arc::clone(service));
+        }
+        let timeout = policy.connect_timeout.unwrap_or(self.connect_timeout);
+        let stream = self.connect_tcp_within(addr, timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -280,14 +339,24 @@ impl Pools {
             sender,
             pools: self.clone(),
             reused: false,
+            served: 0,
+            policy: policy.clone(),
         })
     }
 
-    fn put_h1(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
+    /// Keeps a connection that carried `served` requests for reuse, unless the service's
+    /// `maxRequestsPerConnection` is reached: dropped, it closes once its response is read.
+    fn put_h1(&self, addr: SocketAddr, sender: http1::SendRequest<Body>, served: u32, policy: &ConnPolicy) {
+        if policy
+            .max_requests_per_connection
+            .is_some_and(|max| served >= max)
+        {
+            return;
+        }
         let mut pools = self.lock_h1();
         let idle = &mut pools.entry(addr).or_default().idle;
         if idle.len() < self.max_idle {
-            idle.push((Instant::now(), sender));
+            idle.push((Instant::now(), sender, served));
         }
     }
 
@@ -343,12 +412,14 @@ impl H1Conn {
             mut sender,
             pools,
             reused,
+            served,
+            policy,
         } = self;
         // A fresh connection becomes ready once its task runs; an idle one already is.
         let ready = sender.ready().await;
         let sent = match ready {
             Ok(()) => sender.try_send_request(req).await,
-            Err(_) if reused => return Box::pin(pools.new_h1(addr).await?.send(req)).await,
+            Err(_) if reused => return Box::pin(pools.new_h1(addr, &policy).await?.send(req)).await,
             Err(e) => return Err(e.into()),
         };
         let resp = match sent {
@@ -356,7 +427,7 @@ impl H1Conn {
             Err(mut e) => match (reused, e.take_message()) {
                 (true, Some(req)) => {
                     tracing::debug!(%addr, "pooled connection closed before the request went out; sending on a new one");
-                    return Box::pin(pools.new_h1(addr).await?.send(req)).await;
+                    return Box::pin(pools.new_h1(addr, &policy).await?.send(req)).await;
                 }
                 _ => return Err(e.into_error().into()),
             },
@@ -364,7 +435,7 @@ impl H1Conn {
         // Back in the pool at once (no task per request): it is handed out again only once
         // `is_ready`, i.e. after this response has been read to the end.
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-            pools.put_h1(addr, sender);
+            pools.put_h1(addr, sender, served + 1, &policy);
         }
         Ok(resp)
     }
@@ -400,7 +471,7 @@ mod tests {
     async fn a_pooled_connection_found_closed_sends_the_request_on_a_new_one() {
         let (addr, server) = closes_first_then_answers().await;
         let pools = Pools::new(Duration::from_secs(1), Duration::from_secs(60), 8, None);
-        let mut conn = pools.new_h1(addr).await.expect("connect");
+        let mut conn = pools.new_h1(addr, &ConnPolicy::default()).await.expect("connect");
         // It sat idle in the pool while the server closed it.
         conn.reused = true;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -428,16 +499,16 @@ mod tests {
             }
         });
         let pools = Pools::with_tls(Duration::from_secs(1), Duration::from_secs(60), 8, 2, None, None);
-        let a = pools.new_h1(addr).await.expect("first");
-        let _b = pools.new_h1(addr).await.expect("second");
+        let a = pools.new_h1(addr, &ConnPolicy::default()).await.expect("first");
+        let _b = pools.new_h1(addr, &ConnPolicy::default()).await.expect("second");
         assert!(matches!(
-            pools.new_h1(addr).await,
+            pools.new_h1(addr, &ConnPolicy::default()).await,
             Err(ConnectError::Overflow { limit: 2, .. })
         ));
         // A closed connection frees its place.
         drop(a);
         for _ in 0..50 {
-            if pools.new_h1(addr).await.is_ok() {
+            if pools.new_h1(addr, &ConnPolicy::default()).await.is_ok() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -446,10 +517,77 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_services_connection_limit_spans_its_endpoints_and_outlives_the_policy_value() {
+        let mut addrs = Vec::new();
+        for _ in 0..2 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            addrs.push(listener.local_addr().expect("addr"));
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((s, _)) = listener.accept().await {
+                    held.push(s);
+                }
+            });
+        }
+        let pools = Pools::new(Duration::from_secs(1), Duration::from_secs(60), 8, None);
+        let counter = Arc::new(AtomicUsize::new(0));
+        let policy = ConnPolicy {
+            max_connections: Some((Arc::clone(&counter), 2)),
+            ..ConnPolicy::default()
+        };
+        let a = pools.new_h1(addrs[0], &policy).await.expect("first");
+        let _b = pools
+            .new_h1(addrs[1], &policy)
+            .await
+            .expect("second, other endpoint");
+        assert!(matches!(
+            pools.new_h1(addrs[0], &policy).await,
+            Err(ConnectError::ServiceOverflow { limit: 2 })
+        ));
+        // A push builds a new policy value on the same counter: still full.
+        let pushed = ConnPolicy {
+            max_connections: Some((Arc::clone(&counter), 2)),
+            ..ConnPolicy::default()
+        };
+        assert!(pools.new_h1(addrs[1], &pushed).await.is_err());
+        drop(a);
+        for _ in 0..50 {
+            if pools.new_h1(addrs[0], &pushed).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("a closed connection never freed its place");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_not_reused_past_max_requests_per_connection() {
+        let echo = weft_test_support::HttpEcho::start("e").await.expect("echo");
+        let pools = Pools::new(Duration::from_secs(1), Duration::from_secs(60), 8, None);
+        let policy = ConnPolicy {
+            max_requests_per_connection: Some(2),
+            ..ConnPolicy::default()
+        };
+        for _ in 0..6 {
+            let conn = pools.h1(echo.addr(), &policy).await.expect("conn");
+            let req = Request::get("/")
+                .header("host", "e")
+                .body(crate::http::empty())
+                .expect("request");
+            let resp = conn.send(req).await.expect("response");
+            http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .expect("body");
+        }
+        assert_eq!(echo.requests(), 6);
+        assert_eq!(echo.connections(), 3, "two requests per connection");
+    }
+
+    #[tokio::test]
     async fn a_new_connection_that_fails_is_an_error_not_a_second_try() {
         let (addr, server) = closes_first_then_answers().await;
         let pools = Pools::new(Duration::from_secs(1), Duration::from_secs(60), 8, None);
-        let conn = pools.new_h1(addr).await.expect("connect");
+        let conn = pools.new_h1(addr, &ConnPolicy::default()).await.expect("connect");
         tokio::time::sleep(Duration::from_millis(100)).await;
         let req = Request::get("/x")
             .header("host", "x")

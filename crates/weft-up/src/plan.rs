@@ -304,6 +304,7 @@ impl InstancePlan {
                         .then(|| self.sidecar.front.get(declared).map(|p| local(*p)))
                         .flatten(),
                     mtls: None,
+                    rate_limit: None,
                 })
                 .collect()
         };

@@ -42,6 +42,9 @@ impl ProxyConfig {
                     &mut problems,
                 );
             }
+            if let Some(od) = &svc.outlier_detection {
+                problems.extend(od.problems(&format!("services[{i}].outlierDetection")));
+            }
             let mut ports = HashSet::new();
             for (j, p) in svc.ports.iter().enumerate() {
                 if !ports.insert(p.port) {

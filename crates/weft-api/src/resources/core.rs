@@ -1,4 +1,5 @@
-//! Core `v1` `Service` and Weft's own `weft.dev/v1alpha1` `Workload`, as written.
+//! Core `v1` `Service` and Weft's own `weft.dev/v1alpha1` `Workload` and `RateLimitPolicy`, as
+//! written.
 //!
 //! Fields of the upstream schema that Weft does not need are accepted (so they are not
 //! reported as unknown); the translator warns about the ones that would change behaviour.
@@ -109,4 +110,45 @@ pub struct WorkloadPort {
     /// `http`, `http2`, `grpc`, `tcp`; else from the name; else detected.
     #[serde(default)]
     pub protocol: Option<String>,
+}
+
+/// `RateLimitPolicy.spec` (`weft.dev/v1alpha1`): local rate limits for Istio users, enforced by
+/// the proxies of the workloads it targets, as Linkerd's `HTTPLocalRateLimitPolicy` is.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitPolicySpec {
+    /// `{kind: Service | Workload, name}`, in the policy's namespace.
+    pub target_ref: LocalTargetRef,
+    /// A service port (of a Service target) or a workload port; every port when absent.
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub total: Option<RequestsPerSecond>,
+    #[serde(default)]
+    pub identity: Option<RequestsPerSecond>,
+    #[serde(default)]
+    pub overrides: Vec<RateLimitOverride>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LocalTargetRef {
+    #[serde(default)]
+    pub group: Option<String>,
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestsPerSecond {
+    pub requests_per_second: u32,
+}
+
+/// Callers with a per-identity limit of their own: SPIFFE IDs or `ns/NS/sa/SA`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitOverride {
+    pub requests_per_second: u32,
+    pub clients: Vec<String>,
 }

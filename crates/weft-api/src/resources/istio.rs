@@ -294,9 +294,9 @@ pub struct TrafficPolicy {
     #[serde(default)]
     pub load_balancer: Option<LoadBalancerSettings>,
     #[serde(default)]
-    pub connection_pool: Option<IgnoredAny>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
     #[serde(default)]
-    pub outlier_detection: Option<IgnoredAny>,
+    pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     pub tls: Option<ClientTls>,
     #[serde(default)]
@@ -332,6 +332,78 @@ pub struct Subset {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// `trafficPolicy.connectionPool`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionPoolSettings {
+    #[serde(default)]
+    pub tcp: Option<TcpSettings>,
+    #[serde(default)]
+    pub http: Option<HttpSettings>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpSettings {
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    #[serde(default)]
+    pub tcp_keepalive: Option<IgnoredAny>,
+    #[serde(default)]
+    pub max_connection_duration: Option<IgnoredAny>,
+    #[serde(default)]
+    pub idle_timeout: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpSettings {
+    #[serde(default, rename = "http1MaxPendingRequests")]
+    pub http1_max_pending_requests: Option<u32>,
+    #[serde(default, rename = "http2MaxRequests")]
+    pub http2_max_requests: Option<u32>,
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub idle_timeout: Option<IgnoredAny>,
+    #[serde(default)]
+    pub h2_upgrade_policy: Option<IgnoredAny>,
+    #[serde(default)]
+    pub use_client_protocol: Option<IgnoredAny>,
+    #[serde(default)]
+    pub max_concurrent_streams: Option<IgnoredAny>,
+}
+
+/// `trafficPolicy.outlierDetection`. Counts are numbers, times Istio durations (`30s`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetection {
+    #[serde(default, rename = "consecutive5xxErrors")]
+    pub consecutive_5xx_errors: Option<u32>,
+    #[serde(default)]
+    pub consecutive_gateway_errors: Option<u32>,
+    #[serde(default)]
+    pub consecutive_local_origin_failures: Option<u32>,
+    #[serde(default)]
+    pub split_external_local_origin_errors: Option<bool>,
+    /// Deprecated by Istio in favour of `consecutive5xxErrors`; read as a gateway-error count,
+    /// as Istio did.
+    #[serde(default)]
+    pub consecutive_errors: Option<u32>,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub base_ejection_time: Option<String>,
+    #[serde(default)]
+    pub max_ejection_percent: Option<u32>,
+    #[serde(default)]
+    pub min_health_percent: Option<u32>,
 }
 
 /// `trafficPolicy.tls`: how a client reaches the host. Only `mode` is read (for `analyze`).

@@ -123,12 +123,18 @@ pub const ANNOTATIONS: &[&str] = &[
     TIMEOUT_REQUEST,
     TIMEOUT_RESPONSE,
     TIMEOUT_IDLE,
-    "balancer.linkerd.io/failure-accrual",
-    "balancer.linkerd.io/failure-accrual-consecutive-max-failures",
-    "balancer.linkerd.io/failure-accrual-consecutive-min-penalty",
-    "balancer.linkerd.io/failure-accrual-consecutive-max-penalty",
-    "balancer.linkerd.io/failure-accrual-consecutive-jitter-ratio",
+    FAILURE_ACCRUAL,
+    FAILURE_ACCRUAL_MAX_FAILURES,
+    FAILURE_ACCRUAL_MIN_PENALTY,
+    FAILURE_ACCRUAL_MAX_PENALTY,
+    FAILURE_ACCRUAL_JITTER,
 ];
+
+pub const FAILURE_ACCRUAL: &str = "balancer.linkerd.io/failure-accrual";
+pub const FAILURE_ACCRUAL_MAX_FAILURES: &str = "balancer.linkerd.io/failure-accrual-consecutive-max-failures";
+pub const FAILURE_ACCRUAL_MIN_PENALTY: &str = "balancer.linkerd.io/failure-accrual-consecutive-min-penalty";
+pub const FAILURE_ACCRUAL_MAX_PENALTY: &str = "balancer.linkerd.io/failure-accrual-consecutive-max-penalty";
+pub const FAILURE_ACCRUAL_JITTER: &str = "balancer.linkerd.io/failure-accrual-consecutive-jitter-ratio";
 
 pub const RETRY_HTTP: &str = "retry.linkerd.io/http";
 pub const RETRY_GRPC: &str = "retry.linkerd.io/grpc";

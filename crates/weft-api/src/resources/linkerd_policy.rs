@@ -89,6 +89,35 @@ pub struct AuthorizationPolicySpec {
     pub required_authentication_refs: Vec<TargetRef>,
 }
 
+/// `HTTPLocalRateLimitPolicy.spec` (policy.linkerd.io/v1alpha1): local rate limits on the
+/// Server it targets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpLocalRateLimitPolicySpec {
+    pub target_ref: TargetRef,
+    #[serde(default)]
+    pub total: Option<RequestsPerSecond>,
+    #[serde(default)]
+    pub identity: Option<RequestsPerSecond>,
+    #[serde(default)]
+    pub overrides: Vec<RateLimitOverride>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestsPerSecond {
+    pub requests_per_second: u32,
+}
+
+/// Clients (by `ServiceAccount`) with a per-identity limit of their own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitOverride {
+    pub requests_per_second: u32,
+    #[serde(default)]
+    pub client_refs: Vec<TargetRef>,
+}
+
 /// A reference to another resource (`group`, `kind`, `name`, optional `namespace`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -7,7 +7,7 @@
 use super::core::{locate, not_implemented};
 use super::{mesh_host, origin, Part, Translated};
 use crate::finding::{codes, Finding, Location};
-use crate::model::{self, DestinationPolicy, Dialect, HostRoutes};
+use crate::model::{self, DestinationPolicy, Dialect, HostOutlierDetection, HostRoutes};
 use crate::resources::istio as vs;
 use crate::resources::Document;
 use crate::route::{
@@ -95,10 +95,11 @@ pub(super) fn destination_rule(doc: &Document, _seen: usize, out: &mut Translate
     if spec.workload_selector.is_some() {
         cx.not_implemented(&["spec", "workloadSelector"], "the rule applies to every client");
     }
-    let load_balancer = spec
+    let applied = spec
         .traffic_policy
         .as_ref()
-        .and_then(|tp| cx.traffic_policy(tp, &["spec", "trafficPolicy"]));
+        .map(|tp| cx.traffic_policy(tp, &["spec", "trafficPolicy"], false))
+        .unwrap_or_default();
     let subsets = spec
         .subsets
         .iter()
@@ -108,10 +109,10 @@ pub(super) fn destination_rule(doc: &Document, _seen: usize, out: &mut Translate
             model::Subset {
                 name: s.name.clone(),
                 labels: s.labels.clone(),
-                load_balancer: s
-                    .traffic_policy
-                    .as_ref()
-                    .and_then(|tp| cx.traffic_policy(tp, &["spec", "subsets", &i, "trafficPolicy"])),
+                load_balancer: s.traffic_policy.as_ref().and_then(|tp| {
+                    cx.traffic_policy(tp, &["spec", "subsets", &i, "trafficPolicy"], true)
+                        .load_balancer
+                }),
             }
         })
         .collect();
@@ -119,10 +120,18 @@ pub(super) fn destination_rule(doc: &Document, _seen: usize, out: &mut Translate
         Some(host) => {
             cx.record(Part::Host(host.clone()), &["spec", "host"]);
             cx.record(Part::TlsMode, &["spec", "trafficPolicy", "tls", "mode"]);
+            if let Some(settings) = applied.outlier_detection {
+                out.mesh.outlier_detections.push(HostOutlierDetection {
+                    host: host.clone(),
+                    origin: origin(doc),
+                    settings,
+                });
+            }
             out.mesh.destinations.push(DestinationPolicy {
                 host,
                 origin: origin(doc),
-                load_balancer,
+                load_balancer: applied.load_balancer,
+                connection_pool: applied.connection_pool,
                 subsets,
                 tls_mode: spec
                     .traffic_policy

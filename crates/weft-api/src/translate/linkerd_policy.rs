@@ -79,6 +79,7 @@ pub struct Pending {
     routes: Vec<(Document, HttpRouteSpec)>,
     /// Namespace name -> its `Namespace` document carrying the annotation.
     namespace_defaults: BTreeMap<String, Document>,
+    rate_limits: Vec<(Document, lp::HttpLocalRateLimitPolicySpec)>,
 }
 
 // === per document ===
@@ -114,6 +115,13 @@ pub(super) fn server(doc: &Document, _seen: usize, out: &mut Translated) {
             .push(schema(doc, &["spec", "port"], "port 0 is not a port".into()));
     }
     out.linkerd_policy.servers.push((doc.clone(), spec));
+}
+
+pub(super) fn http_local_rate_limit_policy(doc: &Document, _seen: usize, out: &mut Translated) {
+    match doc.spec() {
+        Ok(spec) => out.linkerd_policy.rate_limits.push((doc.clone(), spec)),
+        Err(f) => out.findings.extend(f),
+    }
 }
 
 pub(super) fn authorization_policy(doc: &Document, _seen: usize, out: &mut Translated) {
@@ -295,6 +303,8 @@ pub(super) fn resolve(docs: &[Document], out: &mut Translated) {
     let pending = std::mem::take(&mut out.linkerd_policy);
     let workloads = out.mesh.workloads.clone();
     let authn = authentications(&pending, out);
+    let servers: Vec<&Document> = pending.servers.iter().map(|(d, _)| d).collect();
+    rate_limit::report_missing_servers(&servers, &pending.rate_limits, out);
     // (namespace, workload) -> ports a Server covers.
     let mut covered: BTreeMap<(String, String), Vec<u16>> = BTreeMap::new();
     for (sdoc, spec) in &pending.servers {
@@ -336,6 +346,7 @@ pub(super) fn resolve(docs: &[Document], out: &mut Translated) {
         let access = spec.access_policy.as_deref().unwrap_or("deny");
         let (rule, audit) = fallback(access).unwrap_or((None, false));
         rules.extend(rule);
+        rate_limit::attach(sdoc, &by_port, &pending.rate_limits, out);
         for (port, names) in by_port {
             push(
                 out,
@@ -523,6 +534,7 @@ fn missing(doc: &Document, path: &[&str], kind: &str, ns: &str, name: &str) -> F
     )
 }
 
+mod rate_limit;
 mod rules;
 #[cfg(test)]
 mod tests;

@@ -84,6 +84,7 @@ fn server_sidecar(name: &str, version: &str, app: SocketAddr) -> ProxyConfig {
         protocol: Protocol::Http,
         listen: None,
         mtls: None,
+        rate_limit: None,
     }];
     config.outbound.listen = None;
     config
@@ -120,6 +121,8 @@ fn client_sidecar(endpoints: Vec<Endpoint>, port: u16) -> ProxyConfig {
             protocol: Protocol::Http,
         }],
         load_balancer: LoadBalancer::RoundRobin,
+        outlier_detection: None,
+        connection_pool: None,
         routes: Vec::new(),
     }];
     config.endpoints = vec![EndpointSet {

@@ -150,6 +150,7 @@ fn bookinfo() -> (Mesh, Registry) {
             host: fqdn("reviews"),
             origin: origin("DestinationRule", "reviews"),
             load_balancer: Some(LoadBalancer::RoundRobin),
+            connection_pool: None,
             tls_mode: None,
             subsets: vec![
                 Subset {

@@ -32,6 +32,8 @@ pub struct EndpointState {
     rtt: AtomicU64,
     /// Nanoseconds after `born` until which connecting is pointless; 0 when reachable.
     unreachable_until: AtomicU64,
+    /// Its outlier-detection counters and ejection.
+    pub outlier: super::OutlierState,
 }
 
 /// One request in flight to an endpoint. Dropping it, finished or not, ends the request.
@@ -53,6 +55,7 @@ impl EndpointState {
             in_flight: AtomicUsize::new(0),
             rtt: AtomicU64::new(pack(nanos_f64(DEFAULT_RTT), 0)),
             unreachable_until: AtomicU64::new(0),
+            outlier: super::OutlierState::default(),
         }
     }
 

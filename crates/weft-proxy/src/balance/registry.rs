@@ -10,19 +10,30 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use weft_api::proxy_config::{Endpoint, LoadBalancer, ProxyConfig};
+use prometheus_client::registry::Registry;
+use weft_api::proxy_config::{ConnectionPool, Endpoint, LoadBalancer, OutlierDetection, ProxyConfig};
 
-use super::{lock, Balancer, EndpointState, Slot};
+use super::metrics::OutlierMetrics;
+use super::{lock, Balancer, Breaker, BreakerState, EndpointState, Outlier, Slot};
 
 /// FQDN -> port -> balancers. Nested so that a lookup by `&str` needs no allocation.
-type Table = HashMap<String, HashMap<u16, PortBalancers>>;
+pub(super) type Table = HashMap<String, HashMap<u16, PortBalancers>>;
 
 /// The balancers of one service port: over every endpoint, and per subset. An endpoint in a
 /// subset shares its state with the same endpoint in the whole set: it is one endpoint.
 #[derive(Debug, Clone, Default)]
-struct PortBalancers {
-    all: Option<Arc<Balancer>>,
-    subsets: HashMap<String, Arc<Balancer>>,
+pub(super) struct PortBalancers {
+    pub(super) all: Option<Arc<Balancer>>,
+    pub(super) subsets: HashMap<String, Arc<Balancer>>,
+    /// What the port has in flight, for its `connectionPool` limits; kept across pushes.
+    breaker_state: Arc<BreakerState>,
+}
+
+/// What a service's balancers are built with.
+struct ServicePolicy {
+    load_balancer: LoadBalancer,
+    outlier: Option<Arc<Outlier>>,
+    connection_pool: Option<ConnectionPool>,
 }
 
 /// The endpoints one service port should have: all of them, and per subset.
@@ -35,7 +46,9 @@ struct Desired {
 /// Every balancer of the current config.
 #[derive(Debug, Default)]
 pub struct Balancers {
-    table: ArcSwap<Table>,
+    table: Arc<ArcSwap<Table>>,
+    /// Where ejections are counted; None in tests that build balancers without an app.
+    metrics: Option<OutlierMetrics>,
     /// Held for the whole of a reconcile so that two pushes applied at once cannot each build
     /// on the same old table and lose one another's state. Holds the seed source of
     /// [`Balancers::with_seed`].
@@ -53,8 +66,19 @@ impl Balancers {
     /// An empty registry whose balancers are seeded from `seed`, for deterministic tests.
     pub fn with_seed(seed: u64) -> Self {
         Self {
-            table: ArcSwap::default(),
+            table: Arc::default(),
+            metrics: None,
             reconciling: Mutex::new(Some(fastrand::Rng::with_seed(seed))),
+        }
+    }
+
+    /// An empty registry whose outlier metrics are registered in `registry`.
+    pub fn registered(registry: &mut Registry) -> Self {
+        let table: Arc<ArcSwap<Table>> = Arc::default();
+        Self {
+            metrics: Some(OutlierMetrics::register(registry, Arc::clone(&table))),
+            table,
+            reconciling: Mutex::new(None),
         }
     }
 
@@ -82,26 +106,57 @@ impl Balancers {
     pub fn reconcile(&self, config: &ProxyConfig) {
         let mut seeds = lock(&self.reconciling);
         let old = self.table.load_full();
-        let policies: HashMap<String, LoadBalancer> = config
+        let policies: HashMap<String, ServicePolicy> = config
             .services
             .iter()
-            .map(|s| (s.fqdn(), s.load_balancer))
+            .map(|s| {
+                let fqdn = s.fqdn();
+                let outlier = s.outlier_detection.clone().map(|settings| {
+                    let counters = self.metrics.as_ref().map(|m| m.counters(&fqdn));
+                    Arc::new(Outlier::new(settings, counters))
+                });
+                let policy = ServicePolicy {
+                    load_balancer: s.load_balancer,
+                    outlier,
+                    connection_pool: s.connection_pool.clone(),
+                };
+                (fqdn, policy)
+            })
             .collect();
 
         let mut table = Table::new();
         for ((fqdn, port), desired) in desired_endpoints(config) {
-            let policy = policies.get(&fqdn).copied().unwrap_or_default();
+            let service = policies.get(&fqdn);
+            let policy = service.map(|s| s.load_balancer).unwrap_or_default();
+            let outlier = service.and_then(|s| s.outlier.clone());
             let previous = old.get(&fqdn).and_then(|ports| ports.get(&port));
             // One state per address across the whole set and its subsets.
             let mut states = previous_states(previous);
+            let breaker_state = previous.map(|p| Arc::clone(&p.breaker_state)).unwrap_or_default();
+            let limits = service.and_then(|s| s.connection_pool.clone());
+            // One breaker per service port, its subsets included.
+            let breaker = match previous.and_then(|p| p.all.as_ref()?.breaker().cloned()) {
+                Some(b) if Some(&b.limits) == limits.as_ref() => Some(b),
+                _ => limits.map(|limits| {
+                    let overflows = self.metrics.as_ref().map(|m| m.overflow_counters(&fqdn));
+                    Arc::new(Breaker::new(limits, Arc::clone(&breaker_state), overflows))
+                }),
+            };
             let mut build = |previous: Option<&Arc<Balancer>>, endpoints: Vec<Endpoint>| match previous {
-                Some(b) if unchanged(b, policy, &endpoints) => Arc::clone(b),
+                Some(b) if unchanged(b, policy, outlier.as_deref(), breaker.as_ref(), &endpoints) => {
+                    Arc::clone(b)
+                }
                 _ => {
                     let slots = carry_state(&mut states, endpoints);
-                    Arc::new(match seeds.as_mut() {
+                    let balancer = match seeds.as_mut() {
                         Some(rng) => Balancer::with_seed(policy, slots, rng.u64(..)),
                         None => Balancer::new(policy, slots),
-                    })
+                    };
+                    Arc::new(
+                        balancer
+                            .with_outlier(outlier.clone())
+                            .with_breaker(breaker.clone()),
+                    )
                 }
             };
             let all = build(previous.and_then(|p| p.all.as_ref()), desired.all);
@@ -119,6 +174,7 @@ impl Balancers {
                 PortBalancers {
                     all: Some(all),
                     subsets,
+                    breaker_state,
                 },
             );
         }
@@ -160,8 +216,23 @@ fn previous_states(previous: Option<&PortBalancers>) -> HashMap<SocketAddr, Arc<
         .collect()
 }
 
-fn unchanged(balancer: &Balancer, policy: LoadBalancer, endpoints: &[Endpoint]) -> bool {
+fn unchanged(
+    balancer: &Balancer,
+    policy: LoadBalancer,
+    outlier: Option<&Outlier>,
+    breaker: Option<&Arc<Breaker>>,
+    endpoints: &[Endpoint],
+) -> bool {
+    let settings = |o: Option<&Outlier>| o.map(|o| o.settings.clone());
+    let same_outlier: Option<OutlierDetection> = settings(outlier);
+    let same_breaker = match (balancer.breaker(), breaker) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    };
     balancer.policy() == policy
+        && same_breaker
+        && settings(balancer.outlier().map(|o| &**o)) == same_outlier
         && balancer.slots().len() == endpoints.len()
         && balancer
             .slots()

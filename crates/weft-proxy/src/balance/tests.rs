@@ -368,6 +368,8 @@ fn config(policy: LoadBalancer, endpoints: Vec<Endpoint>) -> ProxyConfig {
                 },
             ],
             load_balancer: policy,
+            outlier_detection: None,
+            connection_pool: None,
             routes: Vec::new(),
         }],
         endpoints: vec![EndpointSet {

@@ -35,6 +35,8 @@ pub enum Flag {
     Unauthorized,
     /// A request's JWT was refused (RequestAuthentication): 401. Envoy sets no flag for it.
     Unauthenticated,
+    /// A local rate limit refused the request (Envoy's local rate limit filter).
+    RateLimited,
 }
 
 /// An error the proxy answers itself.
@@ -48,6 +50,8 @@ pub struct ProxyError {
     pub not_sent: bool,
     /// The `grpc-status` a gRPC client gets, when not the flag's (a fault's `grpcStatus`).
     pub grpc_status: Option<u32>,
+    /// Seconds after which the client may try again (`retry-after`), for a rate limit.
+    pub retry_after_secs: Option<u64>,
 }
 
 pub const FLAGS_HEADER: &str = "x-weft-response-flags";
@@ -71,6 +75,7 @@ impl Flag {
             Flag::FaultInjected => "FI",
             Flag::Unauthorized => "RBAC",
             Flag::Unauthenticated => "-",
+            Flag::RateLimited => "RL",
         }
     }
 
@@ -83,6 +88,7 @@ impl Flag {
             Flag::DownstreamTerminated => 1, // CANCELLED
             Flag::Unauthorized => 7,         // PERMISSION_DENIED
             Flag::Unauthenticated => 16,     // UNAUTHENTICATED
+            Flag::RateLimited => 8,          // RESOURCE_EXHAUSTED
             _ => 14,                         // UNAVAILABLE
         }
     }
@@ -104,7 +110,16 @@ impl ProxyError {
             message: message.into(),
             not_sent: false,
             grpc_status: None,
+            retry_after_secs: None,
         }
+    }
+
+    /// A local rate limit said no: 429 with `retry-after` (gRPC: RESOURCE_EXHAUSTED), flag `RL`.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        let mut e = Self::new(Flag::RateLimited, StatusCode::TOO_MANY_REQUESTS, message);
+        // Whole seconds, rounded up: a client told 0 would come straight back.
+        e.retry_after_secs = Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0));
+        e
     }
 
     pub fn no_endpoints(service: &str) -> Self {
@@ -145,6 +160,7 @@ impl ProxyError {
             Flag::UpstreamTerminated => "upstream reset",
             Flag::Passthrough => "passthrough",
             Flag::FaultInjected => "fault filter abort",
+            Flag::RateLimited => "local rate limited",
         }
     }
 
@@ -158,6 +174,9 @@ impl ProxyError {
             &self.message
         };
         let mut builder = Response::builder().header(FLAGS_HEADER, self.flag.code());
+        if let Some(secs) = self.retry_after_secs {
+            builder = builder.header(http::header::RETRY_AFTER, secs);
+        }
         if let Ok(v) = HeaderValue::from_str(&sanitize(message)) {
             builder = builder.header(ERROR_HEADER, v.clone());
             if grpc {
@@ -232,6 +251,23 @@ mod tests {
         let r = e.to_response(true, true);
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["grpc-status"], "7");
+    }
+
+    #[test]
+    fn rate_limits_are_429_with_retry_after_or_grpc_resource_exhausted() {
+        let e = ProxyError::rate_limited(
+            "local rate limit (total)",
+            std::time::Duration::from_millis(1_200),
+        );
+        let r = e.to_response(false, true);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[FLAGS_HEADER], "RL");
+        assert_eq!(r.headers()[http::header::RETRY_AFTER], "2", "rounded up");
+        let r = e.to_response(true, true);
+        assert_eq!(
+            (r.status(), &r.headers()["grpc-status"]),
+            (StatusCode::OK, &HeaderValue::from_static("8"))
+        );
     }
 
     #[test]

@@ -168,5 +168,8 @@ pub(super) async fn app_request(
     if let Err(d) = check(&snap, Some(&shared.metrics), who, port, Some(&req), auth.as_ref()) {
         return meta.fail(&denied(&d));
     }
+    if let Err(e) = rate_limit(shared, who, port) {
+        return meta.fail(&e);
+    }
     to_app(shared, target, req, meta).await
 }

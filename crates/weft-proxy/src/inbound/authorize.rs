@@ -12,6 +12,20 @@ pub(super) struct Caller {
     pub(super) mtls: bool,
 }
 
+/// Takes a token for one request to `port` from the caller; 429 `RL` when a limit refuses.
+pub(super) fn rate_limit(shared: &crate::config::Shared, who: &Caller, port: u16) -> Result<(), ProxyError> {
+    shared
+        .rate_limits
+        .check(port, who.principal.as_deref())
+        .map_err(|l| {
+            tracing::debug!(port, limit = l.which, "request rate limited");
+            ProxyError::rate_limited(
+                format!("local rate limit ({}) on port {port}", l.which),
+                l.retry_after,
+            )
+        })
+}
+
 impl Caller {
     pub(super) fn of(peer: &MeshPeer, remote: Option<SocketAddr>) -> Self {
         let ip = remote.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());

@@ -252,6 +252,9 @@ pub(super) async fn mesh_request(
     ) {
         return meta.fail(&denied(&d));
     }
+    if let Err(e) = rate_limit(shared, &who, port) {
+        return meta.fail(&e);
+    }
     let headers = req.headers();
     let orig_h1 = headers.contains_key(mesh_headers::ORIG_PROTO);
     // The app gets the protocol the client spoke; an HTTP/2 request for an app declared as

@@ -205,6 +205,8 @@ async fn retry_loop(
     let (parts, body) = req.into_parts();
     let body = ReplayBody::new(body, MAX_REPLAY_BYTES);
     let mut backoff = RETRY_BACKOFF;
+    // A retry in flight holds a place under the service's `connectionPool.http.maxRetries`.
+    let mut _retry_place = None;
     for attempt in 0..=retries.attempts {
         let mut copy = Request::new(body.handle().into_body());
         *copy.method_mut() = parts.method.clone();
@@ -234,6 +236,15 @@ async fn retry_loop(
             tracing::debug!(service = %target.fqdn, attempt, "retry budget spent: not retrying");
             meta.metrics().retry(&target.fqdn_label, true);
             return result;
+        }
+        let breaker = shared.balancers.get_subset(&target.fqdn, port, subset);
+        match breaker.as_deref().and_then(|b| b.breaker()).map(|b| b.retry()) {
+            Some(Err(overflow)) => {
+                tracing::debug!(service = %target.fqdn, attempt, %overflow, "not retrying");
+                return result;
+            }
+            Some(Ok(place)) => _retry_place = place,
+            None => _retry_place = None,
         }
         meta.metrics().retry(&target.fqdn_label, false);
         tracing::debug!(service = %target.fqdn, attempt, "retrying");

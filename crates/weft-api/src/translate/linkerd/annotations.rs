@@ -2,16 +2,16 @@
 //! annotations (Linkerd 2.16+), on a `Service` (service-wide defaults) or on a Gateway API
 //! route (that route's rules).
 //!
-//! Retries and the request timeout are acted on. The response and idle timeouts and failure
-//! accrual are read and reported as not implemented; an unknown name under those prefixes is an
-//! unknown field. Each finding sits at the annotation's own line.
+//! Retries, the request timeout and (on a Service) consecutive failure accrual are acted on. The
+//! response and idle timeouts are read and reported as not implemented; an unknown name under
+//! those prefixes is an unknown field. Each finding sits at the annotation's own line.
 
 use super::super::core::locate;
 use super::super::istio::parse_duration;
 use super::super::Translated;
 use crate::finding::{codes, Finding};
-use crate::model::HostProfile;
-use crate::proxy_config::ProxyConfig;
+use crate::model::{HostOutlierDetection, HostProfile};
+use crate::proxy_config::{OutlierDetection, ProxyConfig};
 use crate::resources::linkerd::{self as l, ANNOTATIONS, ANNOTATION_PREFIXES};
 use crate::resources::Document;
 use crate::route::{Profile, Retries};
@@ -31,6 +31,19 @@ const GRPC_CONDITIONS: &[&str] = &[
 pub struct Annotated {
     pub timeout_ms: Option<u64>,
     pub retries: Option<Retries>,
+    /// `balancer.linkerd.io/failure-accrual: consecutive` and its settings.
+    pub failure_accrual: Option<OutlierDetection>,
+}
+
+/// The `balancer.linkerd.io/failure-accrual*` annotations as read, before they are combined.
+#[derive(Debug, Default)]
+struct Accrual {
+    /// `failure-accrual: consecutive` was given.
+    consecutive: bool,
+    max_failures: Option<u32>,
+    min_penalty_ms: Option<u64>,
+    max_penalty_ms: Option<u64>,
+    jitter_ratio: Option<f64>,
 }
 
 /// Where Linkerd reads these annotations: a `Service` and a route's own document. `first` is
@@ -49,6 +62,16 @@ pub(crate) fn apply(doc: &Document, first: usize, out: &mut Translated) {
 fn service_annotations(doc: &Document, out: &mut Translated) {
     let a = read(doc, out);
     if a == Annotated::default() {
+        return;
+    }
+    if let Some(settings) = a.failure_accrual.clone() {
+        out.mesh.outlier_detections.push(HostOutlierDetection {
+            host: ProxyConfig::fqdn(&doc.name, &doc.namespace),
+            origin: origin(doc),
+            settings,
+        });
+    }
+    if a.timeout_ms.is_none() && a.retries.is_none() {
         return;
     }
     out.mesh.profiles.push(HostProfile {
@@ -85,6 +108,7 @@ pub fn read(doc: &Document, out: &mut Translated) -> Annotated {
     let mut a = Annotated::default();
     let mut retry_on: Vec<String> = Vec::new();
     let (mut any_retry, mut limit, mut per_try) = (false, 1u32, None);
+    let mut accrual = Accrual::default();
     for (key, value) in &doc.annotations {
         if !ANNOTATION_PREFIXES.iter().any(|p| key.starts_with(p)) {
             continue;
@@ -152,17 +176,37 @@ pub fn read(doc: &Document, out: &mut Translated) -> Annotated {
                 ),
                 &at,
             )),
-            k if ANNOTATIONS.contains(&k) => out.findings.push(Finding::warning(
-                codes::NOT_IMPLEMENTED,
-                format!("{who} is read but not acted on yet: the proxy has no failure accrual (outlier ejection) yet"),
+            _ if doc.kind != "Service" && key.starts_with(l::FAILURE_ACCRUAL) => out.findings.push(Finding::warning(
+                codes::SCHEMA,
+                format!("{who} is read on a Service only: ignored"),
                 &at,
             )),
+            l::FAILURE_ACCRUAL => match value.trim() {
+                "consecutive" => accrual.consecutive = true,
+                _ => bad("is not a failure accrual kind Linkerd has (consecutive)"),
+            },
+            l::FAILURE_ACCRUAL_MAX_FAILURES => match value.trim().parse::<u32>() {
+                Ok(n) if n > 0 => accrual.max_failures = Some(n),
+                _ => bad("is not a whole number of failures above 0"),
+            },
+            l::FAILURE_ACCRUAL_MIN_PENALTY | l::FAILURE_ACCRUAL_MAX_PENALTY => {
+                match parse_duration(value).filter(|ms| *ms > 0) {
+                    Some(ms) if key == l::FAILURE_ACCRUAL_MIN_PENALTY => accrual.min_penalty_ms = Some(ms),
+                    Some(ms) => accrual.max_penalty_ms = Some(ms),
+                    None => bad("is not a duration such as 1s or 1m"),
+                }
+            }
+            l::FAILURE_ACCRUAL_JITTER => match value.trim().parse::<f64>() {
+                Ok(r) if (0.0..=100.0).contains(&r) => accrual.jitter_ratio = Some(r),
+                _ => bad("is not a ratio from 0 to 100"),
+            },
             _ => out.findings.push(
                 Finding::warning(codes::UNKNOWN_FIELD, format!("{who} is not a Linkerd annotation: ignored"), &at)
                     .with_fix(format!("one of {}", ANNOTATIONS.join(", "))),
             ),
         }
     }
+    a.failure_accrual = accrual.settings(doc, out);
     if any_retry {
         // A limit or per-try timeout alone retries what Linkerd's HTTP default does: 5xx.
         if retry_on.is_empty() {
@@ -175,6 +219,66 @@ pub fn read(doc: &Document, out: &mut Translated) -> Annotated {
         });
     }
     a
+}
+
+// === impl Accrual ===
+
+impl Accrual {
+    /// The outlier detection these annotations ask for: Linkerd's consecutive failure accrual
+    /// with its defaults for what is not given. Settings without `failure-accrual:
+    /// consecutive` do nothing in Linkerd; they are reported.
+    fn settings(self, doc: &Document, out: &mut Translated) -> Option<OutlierDetection> {
+        let tuned = self.max_failures.is_some()
+            || self.min_penalty_ms.is_some()
+            || self.max_penalty_ms.is_some()
+            || self.jitter_ratio.is_some();
+        if !self.consecutive {
+            if tuned {
+                out.findings.push(Finding::warning(
+                    codes::SCHEMA,
+                    format!(
+                        "{} {}/{}: failure-accrual settings without {}: consecutive do nothing",
+                        doc.kind,
+                        doc.namespace,
+                        doc.name,
+                        l::FAILURE_ACCRUAL
+                    ),
+                    &locate(doc, &["metadata", "annotations"]),
+                ));
+            }
+            return None;
+        }
+        let mut od = OutlierDetection::linkerd_consecutive();
+        if let Some(n) = self.max_failures {
+            od.consecutive_5xx_errors = n;
+            od.consecutive_local_origin_failures = n;
+        }
+        if let Some(ms) = self.min_penalty_ms {
+            od.base_ejection_time_ms = ms;
+        }
+        if let Some(ms) = self.max_penalty_ms {
+            od.max_ejection_time_ms = ms;
+        }
+        if let Some(r) = self.jitter_ratio {
+            od.jitter_ratio = r;
+        }
+        if od.max_ejection_time_ms < od.base_ejection_time_ms {
+            out.findings.push(Finding::error(
+                codes::SCHEMA,
+                format!(
+                    "{} {}/{}: {} is shorter than {}; failure accrual is not applied",
+                    doc.kind,
+                    doc.namespace,
+                    doc.name,
+                    l::FAILURE_ACCRUAL_MAX_PENALTY,
+                    l::FAILURE_ACCRUAL_MIN_PENALTY
+                ),
+                &locate(doc, &["metadata", "annotations", l::FAILURE_ACCRUAL_MAX_PENALTY]),
+            ));
+            return None;
+        }
+        Some(od)
+    }
 }
 
 /// `5xx`, `gateway-error`, `429`, `500-504`, comma-separated.

@@ -502,8 +502,6 @@ spec:
     assert_eq!(
         codes_at(&t.findings),
         [
-            (codes::NOT_IMPLEMENTED, Some(12)),
-            (codes::NOT_IMPLEMENTED, Some(13)),
             (codes::UNKNOWN_FIELD, Some(14)),
             (codes::NOT_IMPLEMENTED, Some(11)),
         ],
@@ -518,6 +516,59 @@ spec:
     assert_eq!(r.retry_on, ["cancelled", "unavailable", "5xx", "429"]);
     assert_eq!(d.policies.route_name, None);
     assert_eq!(d.policies.retry_budget, None, "annotations do not budget retries");
+    // Failure accrual: Linkerd's consecutive mode with its defaults but the count given.
+    let od = &t.mesh.outlier_detections[0].settings;
+    assert_eq!(od.consecutive_5xx_errors, 7);
+    assert!(od.probe);
+    assert_eq!(
+        (od.base_ejection_time_ms, od.max_ejection_time_ms),
+        (1_000, 60_000)
+    );
+}
+
+#[test]
+fn failure_accrual_annotations_are_read_and_bad_ones_reported_at_their_line() {
+    let yaml = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: books
+  annotations:
+    balancer.linkerd.io/failure-accrual: consecutive
+    balancer.linkerd.io/failure-accrual-consecutive-max-failures: \"3\"
+    balancer.linkerd.io/failure-accrual-consecutive-min-penalty: 2s
+    balancer.linkerd.io/failure-accrual-consecutive-max-penalty: 30s
+    balancer.linkerd.io/failure-accrual-consecutive-jitter-ratio: \"0.1\"
+spec:
+  ports: [{port: 7000}]
+";
+    let t = run(yaml);
+    assert!(t.findings.is_empty(), "{:#?}", t.findings);
+    let od = &t.mesh.outlier_detections[0].settings;
+    assert_eq!(od.consecutive_5xx_errors, 3);
+    assert_eq!(
+        (od.base_ejection_time_ms, od.max_ejection_time_ms),
+        (2_000, 30_000)
+    );
+    assert_eq!(od.jitter_ratio, 0.1);
+    assert_eq!(od.max_ejection_percent, 100, "Linkerd ejects any number");
+
+    let bad = yaml.replace("\"3\"", "\"many\"").replace("30s", "1s");
+    let t = run(&bad);
+    assert_eq!(
+        codes_at(&t.findings),
+        [(codes::SCHEMA, Some(7)), (codes::SCHEMA, Some(9))],
+        "{:#?}",
+        t.findings
+    );
+    assert!(
+        t.mesh.outlier_detections.is_empty(),
+        "max penalty below the min: not applied"
+    );
+
+    let untriggered = yaml.replace("failure-accrual: consecutive", "failure-accrual-x: y");
+    let t = run(&untriggered);
+    assert!(t.mesh.outlier_detections.is_empty());
 }
 
 #[test]

@@ -58,6 +58,62 @@ spec:
 }
 
 #[test]
+fn connection_pool_limits_are_read_and_per_subset_ones_reported() {
+    let t = run("\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1, connectTimeout: 250ms}
+      http:
+        http1MaxPendingRequests: 2
+        http2MaxRequests: 3
+        maxRequestsPerConnection: 4
+        maxRetries: 5
+        idleTimeout: 30s
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      connectionPool: {http: {http2MaxRequests: 9}}
+      outlierDetection: {consecutive5xxErrors: 2}
+");
+    let at: Vec<_> = t.findings.iter().map(|f| (f.code, f.line)).collect();
+    assert_eq!(
+        at,
+        [
+            (codes::NOT_IMPLEMENTED, Some(14)),
+            (codes::NOT_IMPLEMENTED, Some(20)),
+            (codes::NOT_IMPLEMENTED, Some(19)),
+        ],
+        "{:#?}",
+        t.findings
+    );
+    let cp = t.mesh.destinations[0]
+        .connection_pool
+        .clone()
+        .expect("connectionPool");
+    assert_eq!(
+        cp,
+        crate::proxy_config::ConnectionPool {
+            max_connections: Some(1),
+            connect_timeout_ms: Some(250),
+            max_pending_requests: Some(2),
+            max_requests: Some(3),
+            max_requests_per_connection: Some(4),
+            max_retries: Some(5),
+        }
+    );
+    assert!(
+        t.mesh.outlier_detections.is_empty(),
+        "a subset's own is not applied"
+    );
+}
+
+#[test]
 fn upstream_fields_not_acted_on_are_reported_with_their_lines() {
     let t = run("\
 apiVersion: networking.istio.io/v1
@@ -81,7 +137,7 @@ metadata: {name: web}
 spec:
   host: web
   trafficPolicy:
-    connectionPool: {tcp: {maxConnections: 100}}
+    connectionPool: {tcp: {maxConnections: 100, tcpKeepalive: {time: 7200s}}}
     outlierDetection: {consecutive5xxErrors: 7}
     tls: {mode: ISTIO_MUTUAL}
     loadBalancer:
@@ -105,7 +161,7 @@ spec:
         .collect();
     assert_eq!(
         lines,
-        [7, 6, 9, 13, 10, 14, 22, 23, 24, 27, 33, 34],
+        [7, 6, 9, 13, 10, 14, 22, 24, 27, 33, 34],
         "{:#?}",
         t.findings
     );
@@ -120,6 +176,23 @@ spec:
         t.mesh.destinations[0].load_balancer,
         Some(LoadBalancer::LeastRequest)
     );
+    // The connection limit is acted on; the keepalive is reported (line 22).
+    assert!(
+        t.findings[6].message.contains("tcpKeepalive"),
+        "{}",
+        t.findings[6]
+    );
+    let cp = t.mesh.destinations[0]
+        .connection_pool
+        .as_ref()
+        .expect("connectionPool");
+    assert_eq!(cp.max_connections, Some(100));
+    // Outlier detection is acted on, Istio's defaults filling in the rest.
+    let od = &t.mesh.outlier_detections[0];
+    assert_eq!(od.host, "web.default.svc.cluster.local");
+    assert_eq!(od.settings.consecutive_5xx_errors, 7);
+    assert_eq!(od.settings.base_ejection_time_ms, 30_000);
+    assert_eq!(od.settings.max_ejection_percent, 10);
 }
 
 #[test]
