@@ -26,6 +26,30 @@ pub struct Mesh {
     pub authorization_policies: Vec<AuthorizationPolicy>,
     /// Linkerd ServiceProfiles and Linkerd retry/timeout annotations, per host, in load order.
     pub profiles: Vec<HostProfile>,
+    /// Istio `Telemetry` documents, in document order.
+    pub telemetries: Vec<Telemetry>,
+}
+
+/// Istio `Telemetry`: access logging for the workloads it selects. A field left `None` is not
+/// decided by this document (a less specific one, or the proxy's default, decides it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Telemetry {
+    pub name: String,
+    pub namespace: String,
+    /// `selector.matchLabels`; None: the whole namespace (the whole mesh in a root namespace).
+    pub selector: Option<BTreeMap<String, String>>,
+    /// The `accessLogging` rules, in order (empty: the document says nothing of access logs).
+    pub access_logging: Vec<AccessLogRule>,
+    pub origin: Origin,
+}
+
+/// One `accessLogging` entry: the side it is for, and either its destinations or `disabled`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessLogRule {
+    pub mode: crate::proxy_config::TrafficMode,
+    pub disabled: bool,
+    /// One per provider, each with this rule's mode and filter.
+    pub logs: Vec<crate::proxy_config::AccessLog>,
 }
 
 /// What one Linkerd document (a ServiceProfile, or a Service's annotations) says about a host.

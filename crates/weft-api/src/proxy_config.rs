@@ -15,11 +15,13 @@ use crate::canonical::PathNormalization;
 
 mod authz;
 mod load;
+mod telemetry;
 mod validate;
 
 pub use authz::{AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource};
 
 pub use load::{ConfigError, Problem};
+pub use telemetry::{AccessLog, AccessLogFormat, Telemetry, TrafficMode};
 pub use validate::split_host;
 
 /// The cluster domain used to spell a service's fully qualified name.
@@ -53,6 +55,9 @@ pub struct ProxyConfig {
     /// Where each service port's traffic may go.
     #[serde(default)]
     pub endpoints: Vec<EndpointSet>,
+    /// Access logs (Istio `Telemetry`); metrics are always on.
+    #[serde(default, skip_serializing_if = "Telemetry::is_default")]
+    pub telemetry: Telemetry,
 }
 
 /// Who this proxy is: the labels of its `source_*`/`destination_*` metrics and, from the

@@ -11,6 +11,7 @@ pub mod linkerd_policy;
 pub mod security;
 pub mod smi;
 pub mod spans;
+mod telemetry;
 
 pub(crate) use self::core::locate;
 use crate::finding::{codes, Finding};
@@ -111,6 +112,7 @@ const TRANSLATORS: &[(&str, &str, Translator)] = &[
     ),
     ("policy.linkerd.io", "HTTPRoute", linkerd_policy::http_route),
     ("", "Namespace", linkerd_policy::namespace),
+    ("telemetry.istio.io", "Telemetry", telemetry::telemetry),
 ];
 
 /// Translates every document, in order.

@@ -272,6 +272,7 @@ pub fn compile_local(mesh: &Mesh, registry: &Registry, proxy: &ProxyRef) -> Comp
         l.mtls = port_mtls.get(&l.port).copied();
     }
     config.inbound.authorization = weft_api::authz::policies_for(mesh, &ns, &config.workload.name, &labels);
+    config.telemetry = weft_api::telemetry::for_workload(mesh, &ns, &labels);
     Compiled { config, errors }
 }
 

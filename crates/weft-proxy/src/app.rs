@@ -19,6 +19,7 @@ use crate::config::{Shared, Snapshot};
 use crate::identity::{self, IdentityMetrics};
 use crate::listen::{accept_loop, Listening};
 use crate::pool::Pools;
+use crate::telemetry::access_log::AccessLogger;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::{CredentialsCell, MeshAcceptor, MeshConnector, TlsState};
 use crate::{admin, inbound, outbound};
@@ -69,6 +70,7 @@ pub struct Running {
 pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Running> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
+    let access_logger = AccessLogger::new(&config.telemetry, &mut registry)?;
     let identity = options
         .await_identity
         .then(|| (identity::new_cell(), IdentityMetrics::new(&mut registry)));
@@ -97,6 +99,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
         mesh_tls: tls.map(MeshAcceptor::new),
         identity: identity.as_ref().map(|(cell, _)| cell.clone()),
         http_seen: Default::default(),
+        access_logger,
     });
     shared.apply(config.clone());
 

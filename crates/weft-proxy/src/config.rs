@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub local_source_value: Option<http::HeaderValue>,
     /// Compiled route tables by service FQDN and port (absent: no rules).
     routes: HashMap<String, HashMap<u16, Arc<CompiledTable>>>,
+    /// The access logs this config asks for (none until [`Shared::apply`] plans them).
+    pub access_log: Arc<crate::telemetry::access_log::Plan>,
 }
 
 /// What the proxy knows of one mesh service.
@@ -76,6 +78,8 @@ pub struct Shared {
     pub identity: Option<crate::identity::CredentialsCell>,
     /// Inbound ports that have carried HTTP: from then on they never fall back to raw TCP.
     pub http_seen: HttpSeen,
+    /// The access-log queue and the bootstrap's default.
+    pub access_logger: crate::telemetry::access_log::AccessLogger,
 }
 
 /// One bit per port, set once a port carried HTTP (lock-free: read on every connection).
@@ -193,6 +197,7 @@ impl Snapshot {
             local,
             local_source_value,
             routes,
+            access_log: Arc::default(),
         }
     }
 
@@ -281,7 +286,9 @@ impl Shared {
                     .unwrap_or_else(|| SocketAddr::new(IpAddr::from([127, 0, 0, 1]), l.port))
             }))
             .collect();
-        self.snapshot.store(Arc::new(Snapshot::new(config)));
+        let mut snapshot = Snapshot::new(config);
+        snapshot.access_log = self.access_logger.plan(&snapshot.config);
+        self.snapshot.store(Arc::new(snapshot));
         // Passthrough destinations are pooled too; they stay until the next push drops them.
         self.pools.retain(|a| keep.contains(a));
     }

@@ -1,4 +1,5 @@
-//! What the proxy reports: Istio-standard metrics (and, later, traces and access logs).
+//! What the proxy reports: Istio-standard metrics, and access logs (traces come later).
 
+pub mod access_log;
 pub mod metered;
 pub mod metrics;

@@ -278,6 +278,24 @@ fn expand(arg: &str, env: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// What `weft up` turns on in every sidecar unless a document says otherwise, as Istio's demo
+/// profile does: access logs in the default text format on the sidecar's stdout (its log file,
+/// shown by `weft logs --access`).
+fn up_defaults() -> ProxyConfig {
+    use weft_api::proxy_config::{AccessLog, Telemetry};
+    ProxyConfig {
+        telemetry: Telemetry {
+            access_logs: Some(vec![AccessLog {
+                format: Default::default(),
+                path: None,
+                mode: Default::default(),
+                filter: None,
+            }]),
+        },
+        ..ProxyConfig::default()
+    }
+}
+
 // === impl InstancePlan ===
 
 impl InstancePlan {
@@ -327,7 +345,7 @@ impl InstancePlan {
                     ports: Vec::new(),
                     traffic_policy: OutboundTrafficPolicy::AllowAny,
                 },
-                ..ProxyConfig::default()
+                ..up_defaults()
             };
         }
         ProxyConfig {
@@ -356,7 +374,7 @@ impl InstancePlan {
                     .collect(),
                 traffic_policy: OutboundTrafficPolicy::AllowAny,
             },
-            ..ProxyConfig::default()
+            ..up_defaults()
         }
     }
 

@@ -46,6 +46,10 @@ pub struct LogsArgs {
     /// Only the sidecar's log (default: the app's and the sidecar's).
     #[arg(long)]
     pub sidecar: bool,
+    /// Only the sidecars' access-log lines (one per request or connection; text or JSON as the
+    /// `Telemetry` says), without headers, ready for `grep` or `jq`.
+    #[arg(long, conflicts_with = "sidecar")]
+    pub access: bool,
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -135,6 +139,9 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
 
 pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let run = RunDir::new(&args.run_dir);
+    if args.access {
+        return access_logs(&run, &args);
+    }
     let files: Vec<_> = run
         .logs_of(&args.workload)?
         .into_iter()
@@ -151,6 +158,35 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     for f in files {
         println!("==> {} <==", f.display());
         print!("{}", std::fs::read_to_string(&f).unwrap_or_default());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weft logs --access`: the access-log lines of a workload's sidecars (their stdout, where the
+/// default provider writes), in instance order. Lines a `Telemetry` sends to a file are in
+/// that file, not here.
+fn access_logs(run: &RunDir, args: &LogsArgs) -> anyhow::Result<ExitCode> {
+    let files: Vec<_> = run
+        .logs_of(&args.workload)?
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".sidecar.log"))
+        .collect();
+    if files.is_empty() {
+        eprintln!(
+            "weft logs: no sidecar logs for {} in {}",
+            args.workload,
+            args.run_dir.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    for f in files {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        for line in text
+            .lines()
+            .filter(|l| weft_proxy::telemetry::access_log::is_line(l))
+        {
+            println!("{line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

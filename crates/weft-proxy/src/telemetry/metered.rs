@@ -11,7 +11,9 @@ use http::{HeaderMap, Response};
 use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 
+use super::access_log::{Outcome, Pending};
 use super::metrics::{Label, Metrics, Peer, RequestLabels, SeriesKey};
+use crate::config::Snapshot;
 use crate::http::error::ProxyError;
 use crate::http::{Body, BoxError};
 
@@ -36,6 +38,8 @@ pub struct RequestMeta {
     /// The caller is outside the mesh (not this proxy's app, not a peer verified by mTLS): the
     /// errors it gets name no policy and no internal address.
     pub outside: bool,
+    /// The access-log entry, when this side logs (see [`RequestMeta::observe`]).
+    pub log: Option<Box<Pending>>,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
 }
@@ -81,6 +85,63 @@ impl RequestMeta {
             service_value: None,
             route: None,
             outside: false,
+            log: None,
+        }
+    }
+
+    /// Starts this request's access-log entry when the config asks for one on this side: what
+    /// the request head says is kept for the line written when the request ends.
+    pub fn observe<B>(&mut self, snap: &Snapshot, req: &http::Request<B>) {
+        self.log = Pending::request(&snap.access_log, self.is_client(), req);
+    }
+
+    /// As [`observe`](Self::observe), for a TCP connection.
+    pub fn observe_connection(&mut self, snap: &Snapshot) {
+        self.log = Pending::connection(&snap.access_log, self.is_client());
+    }
+
+    /// Notes an attempt to an upstream endpoint for the access log (its cluster, Istio's
+    /// `outbound|PORT|SUBSET|FQDN`, is built only when logging).
+    pub fn note_upstream(&mut self, host: std::net::SocketAddr, cluster: impl FnOnce() -> String) {
+        if let Some(log) = &mut self.log {
+            log.upstream(host, cluster);
+        }
+    }
+
+    /// Writes the access-log line of a TCP connection that moved `received` bytes from the
+    /// client and `sent` to it.
+    pub fn log_connection(&self, flags: &'static str, received: u64, sent: u64) {
+        if let Some(log) = &self.log {
+            log.finish(&self.outcome(0, None, flags, received, sent), true);
+        }
+    }
+
+    /// The outbound proxy reports as `source`, the inbound one as `destination`.
+    fn is_client(&self) -> bool {
+        self.reporter == "source"
+    }
+
+    fn outcome<'a>(
+        &'a self,
+        code: u16,
+        grpc_status: Option<&'a Label>,
+        flags: &'static str,
+        bytes_received: u64,
+        bytes_sent: u64,
+    ) -> Outcome<'a> {
+        Outcome {
+            code,
+            flags,
+            grpc_status,
+            bytes_received,
+            bytes_sent,
+            duration_ms: self.start.elapsed().as_millis() as u64,
+            reporter: self.reporter,
+            source: &self.source,
+            destination: &self.destination,
+            service: &self.service,
+            route: self.route.as_ref(),
+            mtls: self.connection_security_policy == crate::tls::MUTUAL_TLS,
         }
     }
 
@@ -173,6 +234,11 @@ impl RequestMeta {
 
     fn record(&self, code: u16, grpc_status: Label, flags: &'static str, response_bytes: u64) {
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        if let Some(log) = &self.log {
+            let received = self.request_bytes.load(Ordering::Relaxed);
+            let grpc = self.grpc.then_some(&grpc_status);
+            log.finish(&self.outcome(code, grpc, flags, received, response_bytes), false);
+        }
         if let Some(route) = &self.route {
             self.metrics.route_request(&super::metrics::RouteLabels {
                 destination_service: self.service.clone(),
