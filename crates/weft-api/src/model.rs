@@ -40,7 +40,18 @@ pub struct Telemetry {
     pub selector: Option<BTreeMap<String, String>>,
     /// The `accessLogging` rules, in order (empty: the document says nothing of access logs).
     pub access_logging: Vec<AccessLogRule>,
+    /// What its `tracing` sets (None: the document says nothing of tracing).
+    pub tracing: Option<TracingRule>,
     pub origin: Origin,
+}
+
+/// A `tracing` entry: each field it sets overrides the less specific levels'.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TracingRule {
+    pub random_sampling_percentage: Option<f64>,
+    pub disable_span_reporting: Option<bool>,
+    /// A provider was named: its collector (None: the proxy's `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub collector: Option<Option<String>>,
 }
 
 /// One `accessLogging` entry: the side it is for, and either its destinations or `disabled`.

@@ -21,7 +21,7 @@ mod validate;
 pub use authz::{AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource};
 
 pub use load::{ConfigError, Problem};
-pub use telemetry::{AccessLog, AccessLogFormat, Telemetry, TrafficMode};
+pub use telemetry::{AccessLog, AccessLogFormat, Telemetry, Tracing, TrafficMode};
 pub use validate::split_host;
 
 /// The cluster domain used to spell a service's fully qualified name.
@@ -55,7 +55,7 @@ pub struct ProxyConfig {
     /// Where each service port's traffic may go.
     #[serde(default)]
     pub endpoints: Vec<EndpointSet>,
-    /// Access logs (Istio `Telemetry`); metrics are always on.
+    /// Access logs and tracing (Istio `Telemetry`); metrics are always on.
     #[serde(default, skip_serializing_if = "Telemetry::is_default")]
     pub telemetry: Telemetry,
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use crate::authz::ROOT_NAMESPACES;
 use crate::model::{Mesh, Telemetry as TelemetryDoc};
-use crate::proxy_config::{AccessLog, AccessLogFormat, Telemetry, TrafficMode};
+use crate::proxy_config::{AccessLog, AccessLogFormat, Telemetry, Tracing, TrafficMode};
 
 pub mod filter;
 
@@ -24,6 +24,35 @@ pub use filter::{Filter, FilterError, FilterInput};
 /// - an absolute path (`/var/log/weft/access.log`) or `file:PATH`: text, appended to that file;
 /// - `json:PATH`: JSON, appended to that file.
 pub const PROVIDERS: &str = "envoy, envoy-json, an absolute file path, file:PATH or json:PATH";
+
+/// The tracing providers every proxy has: OpenTelemetry over OTLP/gRPC, to the collector the
+/// proxy's `OTEL_EXPORTER_OTLP_ENDPOINT` names (`otel`, `opentelemetry`, `otel-tracing`), or to
+/// the one the name gives (`otel:http://collector:4317`, or the URL alone).
+pub const TRACING_PROVIDERS: &str =
+    "otel (the proxy's OTEL_EXPORTER_OTLP_ENDPOINT), otel:URL, or an http(s):// URL";
+
+/// The collector a tracing provider name stands for (None: the proxy's environment).
+pub fn tracing_provider(name: &str) -> Result<Option<String>, String> {
+    let url = |u: &str| {
+        if u.starts_with("http://") || u.starts_with("https://") {
+            Ok(Some(u.to_string()))
+        } else {
+            Err(format!(
+                "tracing provider {name:?}: the collector must be an http:// or https:// URL"
+            ))
+        }
+    };
+    match name {
+        "otel" | "opentelemetry" | "otel-tracing" => Ok(None),
+        _ if name.starts_with("http://") || name.starts_with("https://") => url(name),
+        _ => match name.split_once(':') {
+            Some(("otel", rest)) => url(rest),
+            _ => Err(format!(
+                "unknown tracing provider {name:?}: Weft exports OpenTelemetry over OTLP/gRPC only ({TRACING_PROVIDERS})"
+            )),
+        },
+    }
+}
 
 /// The format and destination (None: stdout) a provider name stands for.
 pub fn provider(name: &str) -> Result<(AccessLogFormat, Option<PathBuf>), String> {
@@ -88,9 +117,13 @@ pub fn for_workload(mesh: &Mesh, namespace: &str, labels: &BTreeMap<String, Stri
             });
         Some(logs.collect())
     };
+    let tracing = tracing_of(&ordered);
     let (client, server) = (side(true), side(false));
     if client.is_none() && server.is_none() {
-        return Telemetry::default();
+        return Telemetry {
+            access_logs: None,
+            tracing,
+        };
     }
     let mut logs = client.unwrap_or_default();
     for s in server.unwrap_or_default() {
@@ -105,7 +138,28 @@ pub fn for_workload(mesh: &Mesh, namespace: &str, labels: &BTreeMap<String, Stri
     }
     Telemetry {
         access_logs: Some(logs),
+        tracing,
     }
+}
+
+/// Tracing, field by field from the most specific document that sets each; None when no
+/// document has a `tracing` entry.
+fn tracing_of(ordered: &[&TelemetryDoc]) -> Option<Tracing> {
+    let rules: Vec<_> = ordered.iter().filter_map(|t| t.tracing.as_ref()).collect();
+    if rules.is_empty() {
+        return None;
+    }
+    let mut out = Tracing::default();
+    if let Some(p) = rules.iter().find_map(|r| r.random_sampling_percentage) {
+        out.random_sampling_percentage = p;
+    }
+    if let Some(d) = rules.iter().find_map(|r| r.disable_span_reporting) {
+        out.disable_span_reporting = d;
+    }
+    if let Some(c) = rules.iter().find_map(|r| r.collector.clone()) {
+        out.collector = c;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -128,6 +182,7 @@ mod tests {
                     filter: None,
                 }],
             }],
+            tracing: None,
             origin: Default::default(),
         }
     }

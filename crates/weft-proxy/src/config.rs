@@ -38,6 +38,8 @@ pub struct Snapshot {
     routes: HashMap<String, HashMap<u16, Arc<CompiledTable>>>,
     /// The access logs this config asks for (none until [`Shared::apply`] plans them).
     pub access_log: Arc<crate::telemetry::access_log::Plan>,
+    /// The tracing this config asks for (planned by [`Shared::apply`] likewise).
+    pub trace: Arc<crate::telemetry::trace::Plan>,
 }
 
 /// What the proxy knows of one mesh service.
@@ -80,6 +82,8 @@ pub struct Shared {
     pub http_seen: HttpSeen,
     /// The access-log queue and the bootstrap's default.
     pub access_logger: crate::telemetry::access_log::AccessLogger,
+    /// Span export and the bootstrap's tracing default.
+    pub tracer: crate::telemetry::trace::Tracer,
 }
 
 /// One bit per port, set once a port carried HTTP (lock-free: read on every connection).
@@ -198,6 +202,7 @@ impl Snapshot {
             local_source_value,
             routes,
             access_log: Arc::default(),
+            trace: Arc::default(),
         }
     }
 
@@ -288,6 +293,7 @@ impl Shared {
             .collect();
         let mut snapshot = Snapshot::new(config);
         snapshot.access_log = self.access_logger.plan(&snapshot.config);
+        snapshot.trace = self.tracer.plan(&snapshot.config);
         self.snapshot.store(Arc::new(snapshot));
         // Passthrough destinations are pooled too; they stay until the next push drops them.
         self.pools.retain(|a| keep.contains(a));

@@ -131,7 +131,7 @@ async fn request(shared: &Shared, dest: Option<Dest>, mut req: Request<Incoming>
         is_grpc(req.headers()),
     );
     meta.source_value = snap.local_source_value.clone();
-    meta.observe(&snap, &req);
+    meta.observe(&snap, &mut req);
     if let Err(e) = check_request(&req, &snap.config.limits) {
         return close_after(meta.fail(&e));
     }

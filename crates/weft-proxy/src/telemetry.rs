@@ -1,5 +1,6 @@
-//! What the proxy reports: Istio-standard metrics, and access logs (traces come later).
+//! What the proxy reports: Istio-standard metrics, access logs and traces.
 
 pub mod access_log;
 pub mod metered;
 pub mod metrics;
+pub mod trace;

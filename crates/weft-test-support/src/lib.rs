@@ -4,6 +4,7 @@
 //! - [`HttpEcho`]: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, answering what it was asked.
 //! - [`TcpEcho`]: raw TCP echo that respects half-close.
 //! - [`ServerFirst`]: raw TCP that greets first (like MySQL or SMTP), then echoes.
+//! - [`OtlpCollector`]: an OTLP/gRPC trace collector keeping the spans it receives.
 //!
 //! Servers spawn on the current tokio runtime and stop when dropped.
 
@@ -21,10 +22,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 mod http_echo;
+mod otlp;
 mod serving;
 mod tcp_echo;
 
 pub use http_echo::{HttpEcho, PROTOCOL_HEADER, SERVER_HEADER};
+pub use otlp::{CollectedSpan, OtlpCollector};
 pub use tcp_echo::{ServerFirst, TcpEcho};
 
 /// Pause between two probes of [`wait_for_http`].

@@ -280,9 +280,10 @@ fn expand(arg: &str, env: &BTreeMap<String, String>) -> String {
 
 /// What `weft up` turns on in every sidecar unless a document says otherwise, as Istio's demo
 /// profile does: access logs in the default text format on the sidecar's stdout (its log file,
-/// shown by `weft logs --access`).
+/// shown by `weft logs --access`), and every trace recorded (spans go to the collector that
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` names, which sidecars inherit from `weft up`).
 fn up_defaults() -> ProxyConfig {
-    use weft_api::proxy_config::{AccessLog, Telemetry};
+    use weft_api::proxy_config::{AccessLog, Telemetry, Tracing};
     ProxyConfig {
         telemetry: Telemetry {
             access_logs: Some(vec![AccessLog {
@@ -291,6 +292,10 @@ fn up_defaults() -> ProxyConfig {
                 mode: Default::default(),
                 filter: None,
             }]),
+            tracing: Some(Tracing {
+                random_sampling_percentage: 100.0,
+                ..Tracing::default()
+            }),
         },
         ..ProxyConfig::default()
     }

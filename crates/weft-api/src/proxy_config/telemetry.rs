@@ -1,10 +1,11 @@
-//! What a proxy reports beyond its metrics: access logs (and the settings Istio's `Telemetry`
-//! resource carries for them). Metrics are always on and need no setting here.
+//! What a proxy reports beyond its metrics: access logs and traces (the settings Istio's
+//! `Telemetry` resource carries for them). Metrics are always on and need no setting here.
 //!
 //! Each field is `None` when no `Telemetry` document decides it for this workload: the proxy
 //! then keeps its own default, from its bootstrap config (off unless set there, as Istio's
 //! `meshConfig.accessLogFile` is empty by default; `weft up` sets it on, as Istio's demo
-//! profile does). `Some(vec![])` is a document that turned logging off.
+//! profile does). `Some(vec![])` is a document that turned logging off. Likewise for tracing:
+//! without a setting anywhere, 1 % of new traces are sampled, as in Istio.
 
 use std::path::PathBuf;
 
@@ -18,6 +19,43 @@ pub struct Telemetry {
     /// None: not decided by any document (the bootstrap's value applies); empty: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_logs: Option<Vec<AccessLog>>,
+    /// Distributed tracing (Istio `tracing`). None: not decided by any document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+/// How a proxy takes part in distributed traces. Trace context (W3C `traceparent`, B3,
+/// `x-request-id`) is always propagated; these settings decide which traces are recorded and
+/// where their spans go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tracing {
+    /// Percent (0 to 100) of new traces recorded; a trace whose caller already decided keeps
+    /// that decision. Default 1, as Istio's `randomSamplingPercentage`.
+    #[serde(default = "default_sampling")]
+    pub random_sampling_percentage: f64,
+    /// The OTLP/gRPC collector (`http://host:4317`). None: the proxy's
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; without either, spans are recorded nowhere (context is
+    /// still propagated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<String>,
+    /// Istio's `disableSpanReporting`: propagate and sample, but send no spans. Default false.
+    #[serde(default)]
+    pub disable_span_reporting: bool,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Self {
+            random_sampling_percentage: default_sampling(),
+            collector: None,
+            disable_span_reporting: false,
+        }
+    }
+}
+
+fn default_sampling() -> f64 {
+    1.0
 }
 
 /// One access-log destination: a format, a place, which side's traffic, and a filter.
@@ -73,6 +111,7 @@ impl Telemetry {
     pub fn over(self, local: &Telemetry) -> Telemetry {
         Telemetry {
             access_logs: self.access_logs.or_else(|| local.access_logs.clone()),
+            tracing: self.tracing.or_else(|| local.tracing.clone()),
         }
     }
 

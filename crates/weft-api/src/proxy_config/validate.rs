@@ -17,6 +17,14 @@ impl ProxyConfig {
                 ));
             }
         }
+        if let Some(t) = &self.telemetry.tracing {
+            if !(0.0..=100.0).contains(&t.random_sampling_percentage) {
+                problems.push(Problem::field(
+                    "telemetry.tracing.randomSamplingPercentage",
+                    format!("{} is not a percentage (0 to 100)", t.random_sampling_percentage),
+                ));
+            }
+        }
         let mut services = HashSet::new();
         for (i, svc) in self.services.iter().enumerate() {
             if svc.name.is_empty() || svc.name.contains('.') {

@@ -16,7 +16,7 @@ pub struct TelemetrySpec {
     #[serde(default)]
     pub target_refs: Option<IgnoredAny>,
     #[serde(default)]
-    pub tracing: Option<IgnoredAny>,
+    pub tracing: Vec<Tracing>,
     #[serde(default)]
     pub metrics: Option<IgnoredAny>,
     #[serde(default)]
@@ -54,4 +54,23 @@ pub struct ProviderRef {
 pub struct AccessLogFilter {
     #[serde(default)]
     pub expression: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tracing {
+    #[serde(default, rename = "match")]
+    pub matches: Option<IgnoredAny>,
+    #[serde(default)]
+    pub providers: Vec<ProviderRef>,
+    #[serde(default)]
+    pub random_sampling_percentage: Option<f64>,
+    #[serde(default)]
+    pub disable_span_reporting: Option<bool>,
+    #[serde(default)]
+    pub custom_tags: Option<IgnoredAny>,
+    #[serde(default)]
+    pub use_request_id_for_trace_sampling: Option<IgnoredAny>,
+    #[serde(default)]
+    pub enable_istio_tags: Option<IgnoredAny>,
 }

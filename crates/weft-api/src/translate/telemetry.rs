@@ -1,16 +1,16 @@
 //! Istio `telemetry.istio.io` `Telemetry` -> the model: access logging (providers, filter,
-//! side, disabled). Every value that cannot be used is an error at its line, and what it
+//! side, disabled) and tracing (sampling percentage, provider, span reporting). Every value that cannot be used is an error at its line, and what it
 //! would have limited is kept rather than lost: a filter that does not parse logs every
 //! request, an unknown mode covers both sides.
 
 use super::core::{locate, not_implemented};
 use super::{origin, Translated};
 use crate::finding::{codes, Finding};
-use crate::model::{AccessLogRule, Telemetry};
+use crate::model::{AccessLogRule, Telemetry, TracingRule};
 use crate::proxy_config::{AccessLog, TrafficMode};
 use crate::resources::telemetry as tel;
 use crate::resources::Document;
-use crate::telemetry::{provider, Filter};
+use crate::telemetry::{provider, tracing_provider, Filter};
 
 /// `Telemetry` -> `model::Telemetry`.
 pub(super) fn telemetry(doc: &Document, _seen: usize, out: &mut Translated) {
@@ -29,7 +29,6 @@ pub(super) fn telemetry(doc: &Document, _seen: usize, out: &mut Translated) {
             spec.target_refs.is_some(),
             "select workloads with `selector`",
         ),
-        ("tracing", spec.tracing.is_some(), "tracing is not built yet"),
         (
             "metrics",
             spec.metrics.is_some(),
@@ -110,13 +109,75 @@ pub(super) fn telemetry(doc: &Document, _seen: usize, out: &mut Translated) {
             logs,
         });
     }
+    let tracing = tracing(doc, &spec.tracing, out);
     out.mesh.telemetries.push(Telemetry {
         name: doc.name.clone(),
         namespace: doc.namespace.clone(),
         selector: spec.selector.map(|s| s.match_labels),
         access_logging: rules,
+        tracing,
         origin: origin(doc),
     });
+}
+
+/// The `tracing` list: Istio applies one entry per workload and side; Weft applies the first
+/// to both sides and reports the others.
+fn tracing(doc: &Document, entries: &[tel::Tracing], out: &mut Translated) -> Option<TracingRule> {
+    let first = entries.first()?;
+    for i in 1..entries.len() {
+        out.findings.push(not_implemented(
+            doc,
+            &["spec", "tracing", &i.to_string()],
+            "only the first tracing entry is applied, to both sides",
+        ));
+    }
+    for (field, present) in [
+        ("match", first.matches.is_some()),
+        ("customTags", first.custom_tags.is_some()),
+        (
+            "useRequestIdForTraceSampling",
+            first.use_request_id_for_trace_sampling.is_some(),
+        ),
+        ("enableIstioTags", first.enable_istio_tags.is_some()),
+    ] {
+        if present {
+            out.findings.push(not_implemented(
+                doc,
+                &["spec", "tracing", "0", field],
+                "the default applies",
+            ));
+        }
+    }
+    let mut rule = TracingRule {
+        random_sampling_percentage: first.random_sampling_percentage,
+        disable_span_reporting: first.disable_span_reporting,
+        collector: None,
+    };
+    if let Some(p) = first
+        .random_sampling_percentage
+        .filter(|p| !(0.0..=100.0).contains(p))
+    {
+        out.findings.push(Finding::error(
+            codes::SCHEMA,
+            format!(
+                "Telemetry {}/{}: randomSamplingPercentage {p} is not a percentage (0 to 100); the less specific setting applies",
+                doc.namespace, doc.name
+            ),
+            &locate(doc, &["spec", "tracing", "0", "randomSamplingPercentage"]),
+        ));
+        rule.random_sampling_percentage = None;
+    }
+    if let Some(p) = first.providers.first() {
+        match tracing_provider(&p.name) {
+            Ok(collector) => rule.collector = Some(collector),
+            Err(message) => out.findings.push(Finding::error(
+                codes::SCHEMA,
+                format!("Telemetry {}/{}: {message}", doc.namespace, doc.name),
+                &locate(doc, &["spec", "tracing", "0", "providers", "0", "name"]),
+            )),
+        }
+    }
+    Some(rule)
 }
 
 #[cfg(test)]
@@ -164,11 +225,7 @@ spec:
         let findings: Vec<(&str, Option<usize>)> = t.findings.iter().map(|f| (f.code, f.line)).collect();
         assert_eq!(
             findings,
-            [
-                (codes::NOT_IMPLEMENTED, Some(26)),
-                (codes::SCHEMA, Some(19)),
-                (codes::SCHEMA, Some(25)),
-            ],
+            [(codes::SCHEMA, Some(19)), (codes::SCHEMA, Some(25)),],
             "{:#?}",
             t.findings
         );
@@ -192,5 +249,9 @@ spec:
         assert_eq!(client.mode, TrafficMode::Client);
         // The filter that does not parse is dropped: every request would be logged.
         assert_eq!(client.logs[0].filter, None);
+        let tracing = errors.tracing.as_ref().expect("tracing");
+        assert_eq!(tracing.random_sampling_percentage, Some(10.0));
+        assert_eq!(tracing.collector, None, "no provider named");
+        assert!(mesh.tracing.is_none());
     }
 }

@@ -153,7 +153,7 @@ pub(super) async fn app_request(
     if verified.is_some() {
         meta.connection_security_policy = crate::tls::MUTUAL_TLS;
     }
-    meta.observe(&snap, &req);
+    meta.observe(&snap, &mut req);
     if let Err(e) = check_request(&req, &snap.config.limits) {
         return close_after(meta.fail(&e));
     }

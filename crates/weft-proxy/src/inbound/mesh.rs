@@ -202,7 +202,7 @@ pub(super) async fn mesh_request(
     } else {
         meta.outside = true;
     }
-    meta.observe(&snap, &req);
+    meta.observe(&snap, &mut req);
     let who = Caller::of(peer, remote);
     if let Err(e) = canonicalize(&mut req, &snap.config.http) {
         return meta.fail(&e);

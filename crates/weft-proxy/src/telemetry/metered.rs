@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::access_log::{Outcome, Pending};
 use super::metrics::{Label, Metrics, Peer, RequestLabels, SeriesKey};
+use super::trace::ActiveSpan;
 use crate::config::Snapshot;
 use crate::http::error::ProxyError;
 use crate::http::{Body, BoxError};
@@ -40,6 +41,8 @@ pub struct RequestMeta {
     pub outside: bool,
     /// The access-log entry, when this side logs (see [`RequestMeta::observe`]).
     pub log: Option<Box<Pending>>,
+    /// This hop's span, when its trace is sampled and spans are sent (see [`RequestMeta::observe`]).
+    pub span: Option<Box<ActiveSpan>>,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
 }
@@ -86,12 +89,15 @@ impl RequestMeta {
             route: None,
             outside: false,
             log: None,
+            span: None,
         }
     }
 
-    /// Starts this request's access-log entry when the config asks for one on this side: what
-    /// the request head says is kept for the line written when the request ends.
-    pub fn observe<B>(&mut self, snap: &Snapshot, req: &http::Request<B>) {
+    /// Continues the request's trace (its trace headers rewritten for the next hop, an
+    /// `x-request-id` added if missing; this hop's span started when sampled), then starts its
+    /// access-log entry when the config asks for one on this side.
+    pub fn observe<B>(&mut self, snap: &Snapshot, req: &mut http::Request<B>) {
+        self.span = ActiveSpan::start(&snap.trace, self.is_client(), req);
         self.log = Pending::request(&snap.access_log, self.is_client(), req);
     }
 
@@ -100,11 +106,18 @@ impl RequestMeta {
         self.log = Pending::connection(&snap.access_log, self.is_client());
     }
 
-    /// Notes an attempt to an upstream endpoint for the access log (its cluster, Istio's
-    /// `outbound|PORT|SUBSET|FQDN`, is built only when logging).
+    /// Notes an attempt to an upstream endpoint for the access log and the span (its cluster,
+    /// Istio's `outbound|PORT|SUBSET|FQDN`, is built only when either is kept).
     pub fn note_upstream(&mut self, host: std::net::SocketAddr, cluster: impl FnOnce() -> String) {
+        if self.log.is_none() && self.span.is_none() {
+            return;
+        }
+        let cluster = cluster();
         if let Some(log) = &mut self.log {
-            log.upstream(host, cluster);
+            log.upstream(host, || cluster.clone());
+        }
+        if let Some(span) = &mut self.span {
+            span.upstream(host, &cluster);
         }
     }
 
@@ -234,10 +247,16 @@ impl RequestMeta {
 
     fn record(&self, code: u16, grpc_status: Label, flags: &'static str, response_bytes: u64) {
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        if let Some(log) = &self.log {
+        if self.log.is_some() || self.span.is_some() {
             let received = self.request_bytes.load(Ordering::Relaxed);
             let grpc = self.grpc.then_some(&grpc_status);
-            log.finish(&self.outcome(code, grpc, flags, received, response_bytes), false);
+            let outcome = self.outcome(code, grpc, flags, received, response_bytes);
+            if let Some(log) = &self.log {
+                log.finish(&outcome, false);
+            }
+            if let Some(span) = &self.span {
+                span.finish(&outcome);
+            }
         }
         if let Some(route) = &self.route {
             self.metrics.route_request(&super::metrics::RouteLabels {
