@@ -234,6 +234,43 @@ mod tests {
     }
 
     #[test]
+    fn tracing_fields_come_from_the_most_specific_document_that_sets_each() {
+        use crate::model::TracingRule;
+        let mut mesh = Mesh::default();
+        let mut mesh_doc = doc("istio-system", None, "/mesh");
+        mesh_doc.access_logging.clear();
+        mesh_doc.tracing = Some(TracingRule {
+            random_sampling_percentage: Some(5.0),
+            disable_span_reporting: None,
+            collector: Some(Some("http://collector:4317".into())),
+        });
+        let mut workload_doc = doc("default", Some(("app", "reviews")), "/w");
+        workload_doc.access_logging.clear();
+        workload_doc.tracing = Some(TracingRule {
+            random_sampling_percentage: Some(100.0),
+            ..TracingRule::default()
+        });
+        mesh.telemetries.extend([mesh_doc, workload_doc]);
+        let labels = BTreeMap::from([("app".to_string(), "reviews".to_string())]);
+        let t = for_workload(&mesh, "default", &labels);
+        assert_eq!(t.access_logs, None);
+        let tracing = t.tracing.expect("decided");
+        assert_eq!(tracing.random_sampling_percentage, 100.0);
+        assert_eq!(tracing.collector.as_deref(), Some("http://collector:4317"));
+        let other = for_workload(&mesh, "default", &BTreeMap::new())
+            .tracing
+            .expect("mesh");
+        assert_eq!(other.random_sampling_percentage, 5.0);
+        assert_eq!(tracing_provider("otel"), Ok(None));
+        assert_eq!(
+            tracing_provider("otel:http://c:4317"),
+            Ok(Some("http://c:4317".to_string()))
+        );
+        assert!(tracing_provider("zipkin").is_err());
+        assert!(tracing_provider("otel:c:4317").is_err());
+    }
+
+    #[test]
     fn built_in_providers() {
         assert_eq!(provider("envoy"), Ok((AccessLogFormat::Text, None)));
         assert_eq!(provider("envoy-json"), Ok((AccessLogFormat::Json, None)));
