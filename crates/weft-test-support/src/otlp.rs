@@ -37,13 +37,16 @@ pub struct OtlpCollector {
     addr: SocketAddr,
     spans: Arc<Mutex<Vec<CollectedSpan>>>,
     exports: Arc<Mutex<u64>>,
+    received: Arc<std::sync::atomic::AtomicU64>,
     stop: Option<oneshot::Sender<()>>,
 }
 
 #[derive(Clone)]
 struct Receiver {
-    spans: Arc<Mutex<Vec<CollectedSpan>>>,
+    /// None: count spans without keeping them (a sink for benchmarks).
+    spans: Option<Arc<Mutex<Vec<CollectedSpan>>>>,
     exports: Arc<Mutex<u64>>,
+    received: Arc<std::sync::atomic::AtomicU64>,
 }
 
 // === impl OtlpCollector ===
@@ -51,11 +54,19 @@ struct Receiver {
 impl OtlpCollector {
     /// Starts on `127.0.0.1`, on a port the OS picks.
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), true).await
+    }
+
+    /// Starts on `addr`; with `keep` false it only counts spans ([`received`](Self::received)),
+    /// so a long benchmark does not grow it.
+    pub async fn start_on(addr: SocketAddr, keep: bool) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let spans: Arc<Mutex<Vec<CollectedSpan>>> = Arc::default();
         let receiver = Receiver {
-            spans: Arc::default(),
+            spans: keep.then(|| spans.clone()),
             exports: Arc::default(),
+            received: Arc::default(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let service = TraceServiceServer::new(receiver.clone());
@@ -75,10 +86,16 @@ impl OtlpCollector {
         });
         Ok(Self {
             addr,
-            spans: receiver.spans,
+            spans,
             exports: receiver.exports,
+            received: receiver.received,
             stop: Some(stop),
         })
+    }
+
+    /// Spans received so far (kept or not).
+    pub fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `http://127.0.0.1:PORT`, as `OTEL_EXPORTER_OTLP_ENDPOINT` takes it.
@@ -128,8 +145,25 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let n: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.received
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut n) = self.exports.lock() {
+            *n += 1;
+        }
+        let Some(kept) = &self.spans else {
+            return Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }));
+        };
         let mut received = Vec::new();
-        for rs in request.into_inner().resource_spans {
+        for rs in request.resource_spans {
             let resource_attrs = rs.resource.map(|r| r.attributes).unwrap_or_default();
             let service = text_attributes(&resource_attrs)
                 .remove("service.name")
@@ -146,11 +180,8 @@ impl TraceService for Receiver {
                 });
             }
         }
-        if let Ok(mut spans) = self.spans.lock() {
+        if let Ok(mut spans) = kept.lock() {
             spans.extend(received);
-        }
-        if let Ok(mut n) = self.exports.lock() {
-            *n += 1;
         }
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
