@@ -74,8 +74,8 @@ pub struct AccessLog {
     pub mode: TrafficMode,
     /// Istio's `filter.expression` (CEL): only requests it is true for are logged. The proxy
     /// understands comparisons of `response.code`, `response.flags`, `response.grpc_status`,
-    /// `request.method` and `connection.mtls`, joined by `&&`, `||`, `!` and parentheses
-    /// ([`crate::telemetry::Filter`]). None: every request.
+    /// `request.method`, `connection.mtls` and `xds.cluster_name`, joined by `&&`, `||`, `!`
+    /// and parentheses ([`crate::telemetry::Filter`]). None: every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
 }

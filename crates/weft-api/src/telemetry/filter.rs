@@ -10,7 +10,10 @@
 //!   modelled, so any other number is refused;
 //! - `response.grpc_status`: the gRPC status, a number (false when the request is not gRPC);
 //! - `request.method`: `"GET"`...;
-//! - `connection.mtls`: `true` when this hop was mutual TLS (alone, or compared with a bool).
+//! - `connection.mtls`: `true` when this hop was mutual TLS (alone, or compared with a bool);
+//! - `xds.cluster_name`: the upstream cluster (`outbound|9080||reviews.default.svc.cluster.local`,
+//!   Istio's `PassthroughCluster` for traffic sent on outside the mesh, `BlackHoleCluster` for
+//!   traffic refused under `REGISTRY_ONLY`), compared by `==` or `!=`.
 
 use std::fmt;
 
@@ -29,6 +32,8 @@ pub struct FilterInput<'a> {
     pub grpc_status: Option<u32>,
     pub method: &'a str,
     pub mtls: bool,
+    /// The upstream cluster's name; empty when there was none.
+    pub cluster: &'a str,
 }
 
 /// Why an expression cannot be used, with where it went wrong.
@@ -63,6 +68,10 @@ enum Compare {
         method: String,
     },
     Mtls(bool),
+    Cluster {
+        equal: bool,
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +173,7 @@ impl Expr {
                 Compare::Grpc(op, v) => i.grpc_status.is_some_and(|g| op.apply(i64::from(g), *v)),
                 Compare::Method { equal, method } => i.method.eq_ignore_ascii_case(method) == *equal,
                 Compare::Mtls(want) => i.mtls == *want,
+                Compare::Cluster { equal, name } => (i.cluster == name) == *equal,
             },
         }
     }
@@ -278,16 +288,24 @@ impl Parser {
                 Some(equal) => Compare::Method { equal, method },
                 None => return bad("a method compares by == or != only"),
             },
+            ("xds.cluster_name", Token::Str(name)) => match op.equality() {
+                Some(equal) => Compare::Cluster { equal, name },
+                None => return bad("a cluster name compares by == or != only"),
+            },
             ("connection.mtls", Token::Bool(b)) => match op.equality() {
                 Some(equal) => Compare::Mtls(b == equal),
                 None => return bad("a bool compares by == or != only"),
             },
-            ("response.code" | "response.grpc_status" | "response.flags" | "request.method" | "connection.mtls", _) => {
+            (
+                "response.code" | "response.grpc_status" | "response.flags" | "request.method" | "connection.mtls"
+                | "xds.cluster_name",
+                _,
+            ) => {
                 return bad("the value has the wrong type")
             }
             _ => {
                 return Err((
-                    format!("unknown attribute {attr} (known: response.code, response.flags, response.grpc_status, request.method, connection.mtls)"),
+                    format!("unknown attribute {attr} (known: response.code, response.flags, response.grpc_status, request.method, connection.mtls, xds.cluster_name)"),
                     at,
                 ))
             }
@@ -379,6 +397,7 @@ mod tests {
             grpc_status: None,
             method: "GET",
             mtls: true,
+            cluster: "outbound|9080||reviews.default.svc.cluster.local",
         }
     }
 
@@ -419,6 +438,14 @@ mod tests {
         };
         assert!(eval("response.grpc_status != 0", grpc));
         assert!(!eval("response.grpc_status != 0", input(200, "-")));
+        // Istio's docs: errors, and whatever leaves or is refused at the mesh's edge.
+        let edge = "response.code >= 400 || xds.cluster_name == 'BlackHoleCluster' || xds.cluster_name == 'PassthroughCluster'";
+        assert!(!eval(edge, input(200, "-")));
+        let out = FilterInput {
+            cluster: "PassthroughCluster",
+            ..input(200, "PT")
+        };
+        assert!(eval(edge, out));
     }
 
     #[test]

@@ -257,12 +257,18 @@ impl Pending {
             (Some(h), false) => h.method.as_str(),
             _ => "",
         };
+        let cluster = match (out.flags, self.upstream_cluster.as_deref()) {
+            ("PT", _) => "PassthroughCluster",
+            ("NR", None) => "BlackHoleCluster",
+            (_, c) => c.unwrap_or(""),
+        };
         let input = FilterInput {
             code: if tcp { 0 } else { out.code },
             flags: out.flags,
             grpc_status,
             method,
             mtls: out.mtls,
+            cluster,
         };
         let chosen: Vec<Arc<Sink>> = sinks
             .iter()
