@@ -328,6 +328,8 @@ async fn every_request_and_connection_is_logged_field_by_field() {
         (&s["response_code"], &s["bytes_received"], &s["bytes_sent"]),
         (&Value::from(0), &Value::from(5), &Value::from(5))
     );
+    assert_eq!(s["upstream_host"], tcp_app.addr().to_string());
+    assert_eq!(s["source_principal"], PRODUCTPAGE);
 
     // A Telemetry change applied live: from now on only errors are logged on the client.
     let mut filtered = client_cfg;
