@@ -11,8 +11,11 @@
 # Then bench/targets.py prints each figure of issue 12 / BENCHMARKS.md beside its target: met / missed.
 # Knobs (passed through to the peers script): DUR=5 REPS=3 CONNS=32 RATE=4800 WARM=2 FIXED=auto
 #   RESULTS=/tmp/weft-bench (each invocation writes RESULTS/<timestamp>/{weft,weft2hop})
-#   ONLY=weft|weft2hop|weft2hop-mtls runs one of them; ONLY=routes runs the one-proxy path with 100 and
-#   1,000 routes configured.  CARGO_TARGET_DIR (default $HOME/.cache/weft/target).
+#   ONLY=weft|weft2hop|weft2hop-mtls runs one of them; ONLY=routes runs the one-proxy path with 100
+#   and 1,000 routes configured; ONLY=telemetry runs the one-proxy path four ways: as configured
+#   (metrics only), with JSON access logs to a file, and with tracing at 1 % and at 100 % to a
+#   local OTLP collector (weft-test-support's otlp-sink example, counting spans).
+#   CARGO_TARGET_DIR (default $HOME/.cache/weft/target).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -58,7 +61,7 @@ WEFT="$CARGO_TARGET_DIR/release/weft"
 [ -x "$WEFT" ] || { echo "no binary at $WEFT" >&2; exit 1; }
 
 # The peers script checks its own ports and the candidate's; the others Weft binds are checked here.
-for p in 18083 18084 18085 18086 18087 18090 18091 18092 18093 18094 18095 18096; do
+for p in 18083 18084 18085 18086 18087 18090 18091 18092 18093 18094 18095 18096 18097; do
   if ss -Hltn "sport = :$p" | grep -q .; then echo "port $p already in use" >&2; exit 1; fi
 done
 
@@ -104,6 +107,36 @@ if [ "$ONLY" = routes ]; then
     run_one "weft$n" http://127.0.0.1:18083/ \
       "exec '$WEFT' proxy --threads 1 --config '$(routes_config "$n")'"
   done
+fi
+# The cost of telemetry (issue 13): the same one-proxy path with access logs on (JSON, to a file)
+# and with tracing at 1 % and 100 %, beside the default, each a run of its own (the peers run
+# again each time: read the ratios within a run, and the weft rows across runs).
+telemetry_config() {  # $1 name, $2 telemetry section as one line of YAML -> a config file
+  local out="$BASE/weft-peer-$1.yaml"
+  { cat "$B/weft-peer.yaml"; echo "telemetry: $2"; } > "$out"
+  echo "$out"
+}
+if [ "$ONLY" = telemetry ]; then
+  cargo build --release --locked -p weft-test-support --example otlp-sink
+  SINK_ADDR=127.0.0.1:18093
+  "$CARGO_TARGET_DIR/release/examples/otlp-sink" "$SINK_ADDR" > "$BASE/otlp-sink.log" &
+  SINK_PID=$!
+  trap 'kill -INT $SINK_PID 2>/dev/null || true' EXIT
+  # Only the tracing runs name the collector: the default run exports nothing (its 1 % of
+  # traces is sampled but has nowhere to go), as a proxy without a collector.
+  OTEL="env OTEL_EXPORTER_OTLP_ENDPOINT=http://$SINK_ADDR"
+  run_one weft http://127.0.0.1:18083/ \
+    "exec '$WEFT' proxy --threads 1 --config '$B/weft-peer.yaml'"
+  run_one weftlog http://127.0.0.1:18083/ \
+    "exec '$WEFT' proxy --threads 1 --config '$(telemetry_config log "{accessLogs: [{format: json, path: $BASE/access.json}]}")'"
+  run_one wefttrace1 http://127.0.0.1:18083/ \
+    "exec $OTEL '$WEFT' proxy --threads 1 --config '$(telemetry_config trace1 "{tracing: {randomSamplingPercentage: 1}}")'"
+  run_one wefttrace100 http://127.0.0.1:18083/ \
+    "exec $OTEL '$WEFT' proxy --threads 1 --config '$(telemetry_config trace100 "{tracing: {randomSamplingPercentage: 100}}")'"
+  kill -INT $SINK_PID 2>/dev/null || true
+  wait $SINK_PID 2>/dev/null || true
+  echo "access-log lines written: $(wc -l < "$BASE/access.json" 2>/dev/null || echo 0)"
+  echo "spans the collector received: $(tail -n1 "$BASE/otlp-sink.log")"
 fi
 if [ -z "$ONLY" ] || [ "$ONLY" = weft2hop ]; then
   # The server sidecar is started in the background by the shell, which then becomes the client

@@ -21,13 +21,17 @@ use serde::{Deserialize, Serialize};
 pub use crate::proto::ResourceType;
 use crate::proto::{DiscoveryResponse, Resource, ResourceKey};
 use crate::proxy_config::{
-    AuthzPolicy, EndpointSet, InboundListener, JwtRule, MeshService, MtlsMode, ProxyConfig, WorkloadInfo,
+    AuthzPolicy, EndpointSet, InboundListener, JwtRule, MeshService, MtlsMode, ProxyConfig, Telemetry,
+    WorkloadInfo,
 };
 
 /// The name of the one [`ResourceType::Workload`] resource of a proxy.
 pub const WORKLOAD_NAME: &str = "workload";
 /// The name of the one [`ResourceType::Policy`] resource of a proxy (its inbound policy).
 pub const INBOUND_POLICY_NAME: &str = "inbound";
+/// The name of a proxy's [`ResourceType::Policy`] resource carrying its telemetry settings
+/// (Istio `Telemetry`); sent only when a document decides something.
+pub const TELEMETRY_POLICY_NAME: &str = "telemetry";
 
 /// Which resource: its type and its name within that type.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -124,6 +128,13 @@ pub fn own_resources(config: &ProxyConfig) -> Result<Vec<Rendered>, ResourceErro
         authentication: config.inbound.authentication.clone(),
     };
     out.push(Rendered::new(ResourceType::Policy, INBOUND_POLICY_NAME, &policy)?);
+    if !config.telemetry.is_default() {
+        out.push(Rendered::new(
+            ResourceType::Policy,
+            TELEMETRY_POLICY_NAME,
+            &config.telemetry,
+        )?);
+    }
     Ok(out)
 }
 
@@ -349,6 +360,7 @@ enum Value {
     Workload(WorkloadInfo),
     Listener(InboundListener),
     Policy(InboundPolicy),
+    Telemetry(Telemetry),
     Service(MeshService),
     Endpoints(EndpointSet),
 }
@@ -433,6 +445,7 @@ impl Held {
                     c.inbound.authorization = p.authorization.clone();
                     c.inbound.authentication = p.authentication.clone();
                 }
+                Value::Telemetry(t) => c.telemetry = t.clone(),
                 Value::Service(s) => c.services.push(s.clone()),
                 Value::Endpoints(e) => c.endpoints.push(e.clone()),
             }
@@ -482,6 +495,10 @@ impl HeldResource {
                 let name = l.port.to_string();
                 (Value::Listener(l), name)
             }
+            ResourceType::Policy if *key.name == *TELEMETRY_POLICY_NAME => (
+                Value::Telemetry(body(&resource.body).map_err(invalid)?),
+                TELEMETRY_POLICY_NAME.to_string(),
+            ),
             ResourceType::Policy => (
                 Value::Policy(body(&resource.body).map_err(invalid)?),
                 INBOUND_POLICY_NAME.to_string(),

@@ -21,6 +21,7 @@ pub mod proto;
 pub mod proxy_config;
 pub mod resources;
 pub mod route;
+pub mod telemetry;
 pub mod translate;
 pub mod validate;
 pub mod version;

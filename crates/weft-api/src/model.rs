@@ -35,6 +35,8 @@ pub struct Mesh {
     pub outlier_detections: Vec<HostOutlierDetection>,
     /// Local rate limits on workload ports (Linkerd `HTTPLocalRateLimitPolicy` on a Server).
     pub inbound_rate_limits: Vec<InboundRateLimit>,
+    /// Istio `Telemetry` documents, in document order.
+    pub telemetries: Vec<Telemetry>,
 }
 
 /// Rate limits on ports of some workloads, in `namespace`.
@@ -65,6 +67,39 @@ pub struct HostOutlierDetection {
     pub host: String,
     pub origin: Origin,
     pub settings: OutlierDetection,
+}
+
+/// Istio `Telemetry`: access logging for the workloads it selects. A field left `None` is not
+/// decided by this document (a less specific one, or the proxy's default, decides it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Telemetry {
+    pub name: String,
+    pub namespace: String,
+    /// `selector.matchLabels`; None: the whole namespace (the whole mesh in a root namespace).
+    pub selector: Option<BTreeMap<String, String>>,
+    /// The `accessLogging` rules, in order (empty: the document says nothing of access logs).
+    pub access_logging: Vec<AccessLogRule>,
+    /// What its `tracing` sets (None: the document says nothing of tracing).
+    pub tracing: Option<TracingRule>,
+    pub origin: Origin,
+}
+
+/// A `tracing` entry: each field it sets overrides the less specific levels'.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TracingRule {
+    pub random_sampling_percentage: Option<f64>,
+    pub disable_span_reporting: Option<bool>,
+    /// A provider was named: its collector (None: the proxy's `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub collector: Option<Option<String>>,
+}
+
+/// One `accessLogging` entry: the side it is for, and either its destinations or `disabled`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessLogRule {
+    pub mode: crate::proxy_config::TrafficMode,
+    pub disabled: bool,
+    /// One per provider, each with this rule's mode and filter.
+    pub logs: Vec<crate::proxy_config::AccessLog>,
 }
 
 /// What one Linkerd document (a ServiceProfile, or a Service's annotations) says about a host.

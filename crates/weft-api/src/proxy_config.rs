@@ -17,6 +17,7 @@ mod authn;
 mod authz;
 mod load;
 mod resilience;
+mod telemetry;
 mod validate;
 
 pub use authn::{ClaimToHeader, JwtHeader, JwtRule, RequestAuth, TokenLocation};
@@ -24,6 +25,7 @@ pub use authz::{AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzR
 
 pub use load::{ConfigError, Problem};
 pub use resilience::{ConnectionPool, EjectionBackoff, OutlierDetection, RateLimit, RateLimitOverride};
+pub use telemetry::{AccessLog, AccessLogFormat, Telemetry, Tracing, TrafficMode};
 pub use validate::split_host;
 
 /// The cluster domain used to spell a service's fully qualified name.
@@ -57,6 +59,9 @@ pub struct ProxyConfig {
     /// Where each service port's traffic may go.
     #[serde(default)]
     pub endpoints: Vec<EndpointSet>,
+    /// Access logs and tracing (Istio `Telemetry`); metrics are always on.
+    #[serde(default, skip_serializing_if = "Telemetry::is_default")]
+    pub telemetry: Telemetry,
 }
 
 /// Who this proxy is: the labels of its `source_*`/`destination_*` metrics and, from the

@@ -20,6 +20,7 @@ pub mod linkerd_policy;
 mod schema;
 pub mod security;
 pub mod smi;
+pub mod telemetry;
 pub mod yaml;
 
 /// One document with where it came from. Equal when its text, place and metadata are: the

@@ -12,6 +12,7 @@ mod rate_limit;
 pub mod security;
 pub mod smi;
 pub mod spans;
+mod telemetry;
 
 pub(crate) use self::core::locate;
 use crate::finding::{codes, Finding};
@@ -118,6 +119,7 @@ const TRANSLATORS: &[(&str, &str, Translator)] = &[
         linkerd_policy::http_local_rate_limit_policy,
     ),
     ("", "Namespace", linkerd_policy::namespace),
+    ("telemetry.istio.io", "Telemetry", telemetry::telemetry),
 ];
 
 /// Translates every document, in order.

@@ -232,7 +232,7 @@ async fn sidecars_verify_jwts_and_authorize_on_their_claims() {
             config.path.to_str().expect("utf-8"),
             "--from",
             "web-v1",
-            "GET http://books/private/1",
+            "GET http://books:9080/private/1",
             "-o",
             "json",
         ],

@@ -277,6 +277,7 @@ pub fn compile_local(mesh: &Mesh, registry: &Registry, proxy: &ProxyRef) -> Comp
     }
     config.inbound.authorization = weft_api::authz::policies_for(mesh, &ns, &config.workload.name, &labels);
     config.inbound.authentication = weft_api::authz::authentications_for(mesh, &ns, &labels);
+    config.telemetry = weft_api::telemetry::for_workload(mesh, &ns, &labels);
     Compiled { config, errors }
 }
 

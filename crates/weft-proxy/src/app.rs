@@ -19,7 +19,9 @@ use crate::config::{Shared, Snapshot};
 use crate::identity::{self, IdentityMetrics};
 use crate::listen::{accept_loop, Listening};
 use crate::pool::Pools;
+use crate::telemetry::access_log::AccessLogger;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace::Tracer;
 use crate::tls::{CredentialsCell, MeshAcceptor, MeshConnector, TlsState};
 use crate::{admin, inbound, outbound};
 
@@ -39,6 +41,9 @@ pub struct Options {
     /// [`Running::identity`] holds the cell and metrics to pass to
     /// [`identity::run`](crate::identity::run); mTLS on the mesh hop uses that cell.
     pub await_identity: bool,
+    /// Where spans go when the config names no collector: the process's
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, read by the binary (tests set it here instead).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The addresses a running proxy is bound to (ports resolved when the config said 0).
@@ -69,6 +74,8 @@ pub struct Running {
 pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Running> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
+    let access_logger = AccessLogger::new(&config.telemetry, &mut registry)?;
+    let tracer = Tracer::new(&config.telemetry, options.otlp_endpoint.clone(), &mut registry);
     let identity = options
         .await_identity
         .then(|| (identity::new_cell(), IdentityMetrics::new(&mut registry)));
@@ -103,6 +110,8 @@ pub async fn start(config: ProxyConfig, options: Options) -> anyhow::Result<Runn
         jwks: Default::default(),
         mirrors,
         tap: Default::default(),
+        access_logger,
+        tracer,
     });
     shared.apply(config.clone());
     tokio::spawn(crate::http::mirror::run(shared.clone(), mirror_queue));

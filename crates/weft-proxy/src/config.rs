@@ -38,6 +38,10 @@ pub struct Snapshot {
     routes: HashMap<String, HashMap<u16, Arc<CompiledTable>>>,
     /// The workload's JWT rules with their inline key sets parsed (RequestAuthentication).
     pub authn: crate::authn::Authenticator,
+    /// The access logs this config asks for (none until [`Shared::apply`] plans them).
+    pub access_log: Arc<crate::telemetry::access_log::Plan>,
+    /// The tracing this config asks for (planned by [`Shared::apply`] likewise).
+    pub trace: Arc<crate::telemetry::trace::Plan>,
 }
 
 /// What the proxy knows of one mesh service.
@@ -86,6 +90,10 @@ pub struct Shared {
     pub mirrors: crate::http::mirror::Mirrors,
     /// Open `weft tap` streams (none: requests skip tapping after one atomic load).
     pub tap: Arc<crate::telemetry::tap::TapHub>,
+    /// The access-log queue and the bootstrap's default.
+    pub access_logger: crate::telemetry::access_log::AccessLogger,
+    /// Span export and the bootstrap's tracing default.
+    pub tracer: crate::telemetry::trace::Tracer,
 }
 
 /// One bit per port, set once a port carried HTTP (lock-free: read on every connection).
@@ -205,6 +213,8 @@ impl Snapshot {
             local_source_value,
             routes,
             authn,
+            access_log: Arc::default(),
+            trace: Arc::default(),
         }
     }
 
@@ -294,7 +304,10 @@ impl Shared {
                     .unwrap_or_else(|| SocketAddr::new(IpAddr::from([127, 0, 0, 1]), l.port))
             }))
             .collect();
-        self.snapshot.store(Arc::new(Snapshot::new(config)));
+        let mut snapshot = Snapshot::new(config);
+        snapshot.access_log = self.access_logger.plan(&snapshot.config);
+        snapshot.trace = self.tracer.plan(&snapshot.config);
+        self.snapshot.store(Arc::new(snapshot));
         // Passthrough destinations are pooled too; they stay until the next push drops them.
         self.pools.retain(|a| keep.contains(a));
     }

@@ -232,6 +232,9 @@ pub async fn to_service(
     let (slot, hop, ready) = pick_and_connect(shared, &balancer, &svc.fqdn, h2).await?;
     meta.destination = slot.peer(&svc.namespace);
     note_mtls(meta, ready.peer_identity());
+    meta.note_upstream(slot.endpoint.address, || {
+        crate::telemetry::access_log::cluster_name(true, port, subset, &svc.fqdn)
+    });
     let in_flight = slot.state.start();
     let fallback = || format!("{}:{port}", svc.fqdn);
     let req = shape(req.map(|b| meta.count_request(b)), &fallback, &hop, meta);

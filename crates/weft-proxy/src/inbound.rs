@@ -36,6 +36,7 @@ use crate::http::headers::{self as mesh_headers, is_grpc, strip_mesh, HeadersVie
 use crate::http::server::{check_request, close_after, serve, Version};
 use crate::http::Body;
 use crate::io::PrefixedIo;
+use crate::telemetry::access_log;
 use crate::telemetry::metered::RequestMeta;
 use crate::telemetry::metrics::{Label, Metrics, Peer};
 
@@ -74,8 +75,11 @@ async fn to_app(
     shared: &Shared,
     target: InboundTarget,
     mut req: Request<Incoming>,
-    meta: RequestMeta,
+    mut meta: RequestMeta,
 ) -> Response<Body> {
+    meta.note_upstream(target.app, || {
+        access_log::cluster_name(false, target.app.port(), None, "")
+    });
     // An app declared HTTP/1 gets HTTP/1.1 whatever the client spoke (gRPC excepted).
     if target.protocol == Protocol::Http && !meta.grpc {
         *req.version_mut() = HttpVersion::HTTP_11;

@@ -131,6 +131,7 @@ async fn request(shared: &Shared, dest: Option<Dest>, mut req: Request<Incoming>
         is_grpc(req.headers()),
     );
     meta.source_value = snap.local_source_value.clone();
+    meta.observe(&snap, &mut req);
     if let Err(e) = check_request(&req, &snap.config.limits) {
         return close_after(meta.fail(&e));
     }
@@ -267,6 +268,7 @@ async fn relay(shared: &Shared, snap: &Snapshot, dest: Dest, io: PrefixedIo<TcpS
         false,
     );
     meta.source_value = snap.local_source_value.clone();
+    meta.observe_connection(snap);
     match dest {
         Dest::Service(svc, port) => {
             meta.set_service(&svc);
@@ -280,6 +282,9 @@ async fn relay(shared: &Shared, snap: &Snapshot, dest: Dest, io: PrefixedIo<TcpS
                 Ok((slot, upstream, peer_id)) => {
                     meta.destination = slot.peer(&svc.namespace);
                     forward::note_mtls(&mut meta, peer_id.as_ref());
+                    meta.note_upstream(slot.endpoint.address, || {
+                        crate::telemetry::access_log::cluster_name(true, port, None, &svc.fqdn)
+                    });
                     let in_flight = slot.state.start();
                     crate::tcp::relay(io, upstream, idle, &meta, "-").await;
                     in_flight.finish_now();

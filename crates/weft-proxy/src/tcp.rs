@@ -30,4 +30,5 @@ where
     let received = activity.received.load(Ordering::Relaxed);
     let sent = activity.sent.load(Ordering::Relaxed);
     meta.metrics().tcp_closed(&labels, sent, received);
+    meta.log_connection(flags, received, sent);
 }

@@ -8,6 +8,7 @@
 //! - [`privilege`]: tests that need root or IPv6 skip elsewhere and fail under CI.
 //! - [`StaticHttp`]: one fixed body at every path (a JWKS for end-user authentication tests).
 //! - [`JwtIssuer`]: signs test JWTs (RS256, ES256) and gives its JWKS.
+//! - [`OtlpCollector`]: an OTLP/gRPC trace collector keeping the spans it receives.
 //!
 //! Servers spawn on the current tokio runtime and stop when dropped.
 
@@ -26,6 +27,7 @@ use tokio::time::Instant;
 
 mod http_echo;
 pub mod jwt;
+mod otlp;
 pub mod privilege;
 mod relay;
 mod serving;
@@ -34,6 +36,7 @@ mod tcp_echo;
 
 pub use http_echo::{HttpEcho, PROTOCOL_HEADER, SERVER_HEADER};
 pub use jwt::JwtIssuer;
+pub use otlp::{CollectedSpan, OtlpCollector};
 pub use relay::TcpRelay;
 pub use static_http::{Seen, StaticHttp};
 pub use tcp_echo::{ServerFirst, TcpEcho};

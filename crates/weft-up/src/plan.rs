@@ -278,6 +278,29 @@ fn expand(arg: &str, env: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// What `weft up` turns on in every sidecar unless a document says otherwise, as Istio's demo
+/// profile does: access logs in the default text format on the sidecar's stdout (its log file,
+/// shown by `weft logs --access`), and every trace recorded (spans go to the collector that
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` names, which sidecars inherit from `weft up`).
+fn up_defaults() -> ProxyConfig {
+    use weft_api::proxy_config::{AccessLog, Telemetry, Tracing};
+    ProxyConfig {
+        telemetry: Telemetry {
+            access_logs: Some(vec![AccessLog {
+                format: Default::default(),
+                path: None,
+                mode: Default::default(),
+                filter: None,
+            }]),
+            tracing: Some(Tracing {
+                random_sampling_percentage: 100.0,
+                ..Tracing::default()
+            }),
+        },
+        ..ProxyConfig::default()
+    }
+}
+
 // === impl InstancePlan ===
 
 impl InstancePlan {
@@ -330,7 +353,7 @@ impl InstancePlan {
                     ports: Vec::new(),
                     traffic_policy: OutboundTrafficPolicy::AllowAny,
                 },
-                ..ProxyConfig::default()
+                ..up_defaults()
             };
         }
         ProxyConfig {
@@ -360,7 +383,7 @@ impl InstancePlan {
                     .collect(),
                 traffic_policy: OutboundTrafficPolicy::AllowAny,
             },
-            ..ProxyConfig::default()
+            ..up_defaults()
         }
     }
 

@@ -9,6 +9,22 @@ impl ProxyConfig {
     /// Every reason this config cannot run; empty when it can.
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
+        for (i, log) in self.telemetry.access_logs.iter().flatten().enumerate() {
+            if let Some(Err(e)) = log.filter.as_deref().map(crate::telemetry::Filter::parse) {
+                problems.push(Problem::field(
+                    format!("telemetry.accessLogs[{i}].filter"),
+                    e.to_string(),
+                ));
+            }
+        }
+        if let Some(t) = &self.telemetry.tracing {
+            if !(0.0..=100.0).contains(&t.random_sampling_percentage) {
+                problems.push(Problem::field(
+                    "telemetry.tracing.randomSamplingPercentage",
+                    format!("{} is not a percentage (0 to 100)", t.random_sampling_percentage),
+                ));
+            }
+        }
         let mut services = HashSet::new();
         for (i, svc) in self.services.iter().enumerate() {
             if svc.name.is_empty() || svc.name.contains('.') {

@@ -106,6 +106,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 outbound_mark: args.outbound_mark,
                 await_control: control.is_some(),
                 await_identity: control.is_some(),
+                // OpenTelemetry's convention: where spans go when no Telemetry names a collector.
+                otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok(),
                 ..Options::default()
             },
         )

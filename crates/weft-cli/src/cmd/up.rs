@@ -56,6 +56,10 @@ pub struct LogsArgs {
     /// (`90s`, `10m`, `2h`). Lines without a time of their own go with the line before.
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
+    /// Only the sidecars' access-log lines (one per request or connection; text or JSON as the
+    /// `Telemetry` says), without headers, ready for `grep` or `jq`.
+    #[arg(long, conflicts_with = "sidecar")]
+    pub access: bool,
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -169,6 +173,9 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
 pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let run = args.mesh.run()?;
     let since = args.since.as_deref().map(super::logs::parse_since).transpose()?;
+    if args.access {
+        return access_logs(&run.dir, &args);
+    }
     let files: Vec<_> = run
         .dir
         .logs_of(&args.workload)?
@@ -208,6 +215,35 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     }
     if args.follow && run.running {
         super::logs::follow(&mut readers, &run)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weft logs --access`: the access-log lines of a workload's sidecars (their stdout, where the
+/// default provider writes), in instance order. Lines a `Telemetry` sends to a file are in
+/// that file, not here.
+fn access_logs(run: &RunDir, args: &LogsArgs) -> anyhow::Result<ExitCode> {
+    let files: Vec<_> = run
+        .logs_of(&args.workload)?
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".sidecar.log"))
+        .collect();
+    if files.is_empty() {
+        eprintln!(
+            "weft logs: no sidecar logs for {} in {}",
+            args.workload,
+            run.root.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    for f in files {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        for line in text
+            .lines()
+            .filter(|l| weft_proxy::telemetry::access_log::is_line(l))
+        {
+            println!("{line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -82,13 +82,14 @@ pub async fn handle_app_port(
         Detected::Http2 => Version::Http2,
         Detected::Tls | Detected::Opaque => {
             // The app's own TLS passes through untouched, like any opaque bytes.
-            let meta = RequestMeta::new(
+            let mut meta = RequestMeta::new(
                 shared.metrics.clone(),
                 "destination",
                 Peer::unknown(),
                 snap.local.clone(),
                 false,
             );
+            meta.observe_connection(&snap);
             if let Err(d) = check(&snap, Some(&shared.metrics), &who, port, None, None) {
                 tracing::info!(?remote, port, flags = "RBAC", policy = %d.describe(), "TCP connection denied by authorization policy");
                 let labels = meta.tcp_labels("RBAC");
@@ -152,6 +153,7 @@ pub(super) async fn app_request(
     if verified.is_some() {
         meta.connection_security_policy = crate::tls::MUTUAL_TLS;
     }
+    meta.observe(&snap, &mut req);
     if let Err(e) = check_request(&req, &snap.config.limits) {
         return close_after(meta.fail(&e));
     }

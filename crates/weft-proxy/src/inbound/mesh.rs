@@ -202,6 +202,7 @@ pub(super) async fn mesh_request(
     } else {
         meta.outside = true;
     }
+    meta.observe(&snap, &mut req);
     let who = Caller::of(peer, remote);
     if let Err(e) = canonicalize(&mut req, &snap.config.http) {
         return meta.fail(&e);
@@ -271,7 +272,7 @@ pub(super) async fn mesh_request(
 pub(super) async fn mesh_connect(
     shared: &Arc<Shared>,
     mut req: Request<Incoming>,
-    meta: RequestMeta,
+    mut meta: RequestMeta,
     who: &Caller,
     verified: Option<(&str, &str)>,
 ) -> Response<Body> {
@@ -299,6 +300,7 @@ pub(super) async fn mesh_connect(
         tracing::info!(port, flags = "RBAC", policy = %d.describe(), "TCP connection denied by authorization policy");
         return refused_stream(&meta, "RBAC", StatusCode::FORBIDDEN);
     }
+    meta.note_upstream(target.app, || access_log::cluster_name(false, port, None, ""));
     let app = match shared.pools.connect_tcp(target.app).await {
         Ok(s) => s,
         Err(e) => return meta.fail(&forward::connect_error(e)),

@@ -11,7 +11,10 @@ use http::{HeaderMap, Response};
 use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 
+use super::access_log::{Outcome, Pending};
 use super::metrics::{Label, Metrics, Peer, RequestLabels, SeriesKey};
+use super::trace::ActiveSpan;
+use crate::config::Snapshot;
 use crate::http::error::ProxyError;
 use crate::http::{Body, BoxError};
 
@@ -38,6 +41,10 @@ pub struct RequestMeta {
     pub outside: bool,
     /// The request's head for `weft tap`; set only while someone taps (see [`super::tap`]).
     pub tap: Option<Box<super::tap::TapHead>>,
+    /// The access-log entry, when this side logs (see [`RequestMeta::observe`]).
+    pub log: Option<Box<Pending>>,
+    /// This hop's span, when its trace is sampled and spans are sent (see [`RequestMeta::observe`]).
+    pub span: Option<Box<ActiveSpan>>,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
 }
@@ -84,6 +91,73 @@ impl RequestMeta {
             route: None,
             outside: false,
             tap: None,
+            log: None,
+            span: None,
+        }
+    }
+
+    /// Continues the request's trace (its trace headers rewritten for the next hop, an
+    /// `x-request-id` added if missing; this hop's span started when sampled), then starts its
+    /// access-log entry when the config asks for one on this side.
+    pub fn observe<B>(&mut self, snap: &Snapshot, req: &mut http::Request<B>) {
+        self.span = ActiveSpan::start(&snap.trace, self.is_client(), req);
+        self.log = Pending::request(&snap.access_log, self.is_client(), req);
+    }
+
+    /// As [`observe`](Self::observe), for a TCP connection.
+    pub fn observe_connection(&mut self, snap: &Snapshot) {
+        self.log = Pending::connection(&snap.access_log, self.is_client());
+    }
+
+    /// Notes an attempt to an upstream endpoint for the access log and the span (its cluster,
+    /// Istio's `outbound|PORT|SUBSET|FQDN`, is built only when either is kept).
+    pub fn note_upstream(&mut self, host: std::net::SocketAddr, cluster: impl FnOnce() -> String) {
+        if self.log.is_none() && self.span.is_none() {
+            return;
+        }
+        let cluster = cluster();
+        if let Some(log) = &mut self.log {
+            log.upstream(host, || cluster.clone());
+        }
+        if let Some(span) = &mut self.span {
+            span.upstream(host, &cluster);
+        }
+    }
+
+    /// Writes the access-log line of a TCP connection that moved `received` bytes from the
+    /// client and `sent` to it.
+    pub fn log_connection(&self, flags: &'static str, received: u64, sent: u64) {
+        if let Some(log) = &self.log {
+            log.finish(&self.outcome(0, None, flags, received, sent), true);
+        }
+    }
+
+    /// The outbound proxy reports as `source`, the inbound one as `destination`.
+    fn is_client(&self) -> bool {
+        self.reporter == "source"
+    }
+
+    fn outcome<'a>(
+        &'a self,
+        code: u16,
+        grpc_status: Option<&'a Label>,
+        flags: &'static str,
+        bytes_received: u64,
+        bytes_sent: u64,
+    ) -> Outcome<'a> {
+        Outcome {
+            code,
+            flags,
+            grpc_status,
+            bytes_received,
+            bytes_sent,
+            duration_ms: self.start.elapsed().as_millis() as u64,
+            reporter: self.reporter,
+            source: &self.source,
+            destination: &self.destination,
+            service: &self.service,
+            route: self.route.as_ref(),
+            mtls: self.connection_security_policy == crate::tls::MUTUAL_TLS,
         }
     }
 
@@ -176,6 +250,17 @@ impl RequestMeta {
 
     fn record(&self, code: u16, grpc_status: Label, flags: &'static str, response_bytes: u64) {
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        if self.log.is_some() || self.span.is_some() {
+            let received = self.request_bytes.load(Ordering::Relaxed);
+            let grpc = self.grpc.then_some(&grpc_status);
+            let outcome = self.outcome(code, grpc, flags, received, response_bytes);
+            if let Some(log) = &self.log {
+                log.finish(&outcome, false);
+            }
+            if let Some(span) = &self.span {
+                span.finish(&outcome);
+            }
+        }
         if let Some(route) = &self.route {
             self.metrics.route_request(&super::metrics::RouteLabels {
                 destination_service: self.service.clone(),
