@@ -7,21 +7,12 @@
 //! mesh, kept small so it can give way to a shared resolver.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use anyhow::Context as _;
-use weft_up::rundir::RunDir;
 
-/// Where the mesh is.
-#[derive(Debug, Clone, clap::Args)]
-pub struct MeshArgs {
-    /// The run directory of a `weft up` (its control plane and sidecars).
-    #[arg(long, default_value = ".weft/run")]
-    pub run_dir: PathBuf,
-    /// The control plane's admin address (default: the `weft up` run's).
-    #[arg(long)]
-    pub control_admin: Option<SocketAddr>,
-}
+/// Where the mesh is: the one resolution every verb shares (`--run-dir`, `--control-admin`, else
+/// the `weft up` of the current directory).
+pub use crate::cmd::find_mesh::MeshArgs;
 
 /// A running mesh, as far as it could be found.
 #[derive(Debug, Clone)]
@@ -42,22 +33,18 @@ pub struct ProxyAdmin {
 
 /// Reads the run directory (when there is a run) and the flags.
 pub fn locate(args: &MeshArgs) -> anyhow::Result<Mesh> {
-    let run = RunDir::new(&args.run_dir);
-    let record = run.read()?;
-    let control_admin = match (args.control_admin, &record) {
-        (Some(addr), _) => Some(addr),
-        (None, Some(rec)) => Some(rec.control_admin.parse().with_context(|| {
-            format!(
-                "{}: control plane address {:?}",
-                run.record().display(),
-                rec.control_admin
-            )
-        })?),
-        (None, None) => None,
+    let run = args.run()?;
+    // The control plane as `weft status` finds it: the flag, else the running `weft up`'s, else a
+    // `weft control` on its default address; None when there is none (the sidecar views still
+    // work from the run directory).
+    let control_admin = match args.control_admin {
+        Some(addr) => Some(addr),
+        None => args.find().ok().map(|found| found.control_admin),
     };
+    let record = run.record;
     let mut proxies = Vec::new();
     for inst in record.iter().flat_map(|r| &r.instances) {
-        let path = run.sidecar_config(&inst.id);
+        let path = run.dir.sidecar_config(&inst.id);
         let boot: serde_json::Value = serde_json::from_slice(
             &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
         )
@@ -85,7 +72,7 @@ pub fn locate(args: &MeshArgs) -> anyhow::Result<Mesh> {
         anyhow::bail!(
             "the sidecars of the run in {} listen for admin inside their network namespaces (`weft up --netns`); \
              reading them from the host is not built yet: use `sudo ip netns exec NETNS curl http://127.0.0.1:15000/proxy_config`",
-            args.run_dir.display()
+            args.run_dir().display()
         );
     }
     Ok(Mesh {
@@ -100,7 +87,7 @@ impl Mesh {
         self.control_admin.with_context(|| {
             format!(
                 "no running mesh found: no `weft up` run in {} and no --control-admin given",
-                args.run_dir.display()
+                args.run_dir().display()
             )
         })
     }
@@ -110,7 +97,7 @@ impl Mesh {
         anyhow::ensure!(
             !self.proxies.is_empty(),
             "no sidecars found: no `weft up` run in {} (the sidecars' admin addresses come from the run directory)",
-            args.run_dir.display()
+            args.run_dir().display()
         );
         Ok(&self.proxies)
     }
