@@ -484,8 +484,9 @@ async fn grpc_client_gets_unavailable_status_not_a_bare_503() {
         .body(())
         .expect("request");
     let (resp, mut body) = client.send_request(req, false).expect("send");
-    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
-        .expect("body");
+    // The proxy may answer (trailers-only, no endpoint) and close the stream before this body
+    // is sent, as HTTP/2 allows: the body failing then is not the test's concern, the answer is.
+    let _ = body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true);
     let resp = tokio::time::timeout(Duration::from_secs(5), resp)
         .await
         .expect("answer in time")
