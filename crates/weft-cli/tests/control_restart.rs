@@ -100,6 +100,25 @@ fn status_code(url: &str) -> String {
     .stdout
 }
 
+/// Until the control plane's `registry.json` in `state` holds instance `id`.
+fn registered_on_disk(state: &tempdir::Dir, id: &str) {
+    let file = state.path.join("registry.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if json["instances"].get(id).is_some() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never reached {}: {text}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn restart(control: Control, config: &tempdir::Dir, state: &tempdir::Dir) -> Control {
     let (discovery, admin) = (control.discovery, control.admin);
     drop(control); // SIGKILL: nothing is flushed on the way out
@@ -128,8 +147,8 @@ async fn a_restarted_control_plane_serves_the_endpoints_it_knew_before_any_proxy
         assert!(Instant::now() < deadline, "reviews never served");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The registry is written at most once a second: let the registration reach the disk.
-    std::thread::sleep(Duration::from_millis(1200));
+    // The registry is written at most once a second: wait until the registration is on disk.
+    registered_on_disk(&state, "reviews-v1-0");
     let mesh_port = reviews.bound.mesh.port() as u64;
 
     // Both sidecars frozen, so neither can reconnect; the control plane killed and started again.
@@ -176,7 +195,7 @@ async fn an_endpoint_whose_proxy_never_comes_back_goes_after_the_grace_period() 
     let reviews = reviews(&control, app.addr());
     wait_ready(&reviews);
     let mesh_port = reviews.bound.mesh.port() as u64;
-    std::thread::sleep(Duration::from_millis(1200));
+    registered_on_disk(&state, "reviews-v1-0");
 
     // reviews' sidecar dies with the control plane and never comes back.
     signal(&reviews, "-KILL");

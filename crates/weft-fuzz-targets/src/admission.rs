@@ -14,15 +14,23 @@ use weft_control::tokens::Grant;
 
 const DOCS: &str = "apiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: reviews-v1}\nspec: {labels: {app: reviews, version: v1}, serviceAccount: reviews, ports: [{port: 9080}]}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: reviews}\nspec: {labels: {app: reviews}, serviceAccount: reviews}\n---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {name: db-vm}\nspec: {labels: {app: db}, address: 192.0.2.10, ports: [{port: 5432}]}\n";
 
+/// The documents, translated once (not per input: that would be most of each run).
+fn mesh() -> &'static weft_api::model::Mesh {
+    static MESH: std::sync::OnceLock<weft_api::model::Mesh> = std::sync::OnceLock::new();
+    MESH.get_or_init(|| {
+        let mut loaded = weft_api::resources::Loaded::default();
+        weft_api::resources::parse_file("mesh.yaml", DOCS, &mut loaded);
+        weft_api::translate::translate(&loaded.documents).mesh
+    })
+}
+
 /// `data`: one byte choosing the grant and the peer, then a `Subscribe` (protobuf).
 pub fn admission(data: &[u8]) {
     let Some((&choice, rest)) = data.split_first() else {
         return;
     };
     let Ok(sub) = Subscribe::decode(rest) else { return };
-    let mut loaded = weft_api::resources::Loaded::default();
-    weft_api::resources::parse_file("mesh.yaml", DOCS, &mut loaded);
-    let mesh = weft_api::translate::translate(&loaded.documents).mesh;
+    let mesh = mesh();
     let mut registry = match Registry::load(None) {
         Ok(r) => r,
         Err(e) => panic!("an in-memory registry: {e}"),
@@ -45,7 +53,7 @@ pub fn admission(data: &[u8]) {
         _ => Some(Grant::new("", "default", "reviews")),
     };
     let peer = (choice & 0x80 == 0).then_some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, choice & 0x7f)));
-    let Ok(instance) = admit(&mesh, &registry, grant.clone(), &sub, peer) else {
+    let Ok(instance) = admit(mesh, &registry, grant.clone(), &sub, peer) else {
         return;
     };
     let Some(grant) = grant else {
