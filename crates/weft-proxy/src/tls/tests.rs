@@ -368,9 +368,19 @@ async fn strict_refuses_plaintext_http2_and_permissive_accepts_it() {
         let server = start(server_config(backend.addr(), mode), Some(ca.cell(REVIEWS))).await;
         let tcp = TcpStream::connect(server.bound.mesh).await.expect("connect");
         let result = mesh_get(tcp, target).await;
-        let m = metrics(&server).await;
+        let mut m = metrics(&server).await;
         if accepted {
             assert_eq!(result.expect("plaintext accepted"), StatusCode::OK, "{mode}");
+            // A request is counted when its response has been sent, which may be just after the
+            // client read it: wait for the count (to a deadline) rather than race it.
+            let counted = [("reporter", "destination")];
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while metric_sum(&m, "istio_requests_total", &counted) < 1.0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                m = metrics(&server).await;
+            }
             assert_eq!(rejected(&m, "plaintext_strict"), 0.0, "{mode}: {m}");
             // Plaintext from a peer when this proxy has credentials: the source header is not
             // believed.
